@@ -1,0 +1,69 @@
+"""The offline training job: build the tokenizer from a config, fit it, write the checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.checkpoint import (
+    CheckpointError,
+    clear_resume_state,
+    load_resume_state,
+    save_checkpoint,
+    save_resume_state,
+)
+from model.config import SemidConfig
+from model.rqvae import SemanticTokenizer, build_tokenizer
+from model.train import TrainState, fit_rqkmeans, fit_rqvae
+
+log = logging.getLogger(__name__)
+
+
+def train_tokenizer(
+    embeddings: np.ndarray, config: SemidConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
+        raise ValueError(f"training needs at least 2 embeddings, got shape {embeddings.shape}")
+    if embeddings.shape[1] != config.model.input_dim:
+        config = config.with_overrides("model", input_dim=int(embeddings.shape[1]))
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    state = TrainState()
+    tokenizer: SemanticTokenizer
+    if resume:
+        epoch, model_state, opt_state, history, saved_cfg = load_resume_state(out)
+        if saved_cfg != config.to_dict():
+            raise CheckpointError(f"{out}: the interrupted run used another config; resume with the same flags")
+        tokenizer = build_tokenizer(config.model, config.train)
+        tokenizer.load_state_dict(model_state)
+        state = TrainState(start_epoch=epoch, optimizer_state=opt_state, history=history)
+        log.info("resuming %s after epoch %d", out, epoch)
+    else:
+        tokenizer = build_tokenizer(config.model, config.train)
+    start = time.perf_counter()
+    if config.model.tokenizer == "rqkmeans":
+        history = fit_rqkmeans(tokenizer, embeddings, config)
+    else:
+        def checkpoint_epoch(epoch: int, tok: SemanticTokenizer, opt: torch.optim.Optimizer | None, hist: list) -> None:
+            if opt is not None and epoch < config.train.epochs:
+                save_resume_state(out, tok, opt, epoch, hist, config)
+
+        history = fit_rqvae(tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch)
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "lr")}
+    metrics = {
+        "items": int(embeddings.shape[0]),
+        "train_seconds": round(time.perf_counter() - start + sum(r["seconds"] for r in state.history), 2),
+        "final": final,
+        "epochs": history,
+    }
+    fingerprint = save_checkpoint(out, tokenizer, config, metrics)
+    clear_resume_state(out)
+    return fingerprint, metrics

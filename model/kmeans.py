@@ -1,0 +1,73 @@
+"""Seeded k-means (k-means++ seeding + Lloyd iterations), a pure function of its inputs."""
+
+from __future__ import annotations
+
+import torch
+
+
+def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """||x - c||^2 for every row of x against every centroid, as one matmul."""
+    x_sq = (x * x).sum(dim=1, keepdim=True)
+    c_sq = (centroids * centroids).sum(dim=1)
+    return (x_sq - 2.0 * x @ centroids.T + c_sq).clamp_min_(0.0)
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and squared distance to the nearest centroid, computed in chunks to bound memory."""
+    codes = torch.empty(x.shape[0], dtype=torch.long)
+    dists = torch.empty(x.shape[0], dtype=x.dtype)
+    for start in range(0, x.shape[0], chunk):
+        d = squared_distances(x[start : start + chunk], centroids)
+        best, idx = d.min(dim=1)
+        codes[start : start + chunk] = idx
+        dists[start : start + chunk] = best
+    return codes, dists
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre drawn with probability proportional to D(x)^2."""
+    n = x.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator))
+    centroids = x.new_empty(k, x.shape[1])
+    centroids[0] = x[first]
+    closest = squared_distances(x, centroids[:1]).squeeze(1)
+    for i in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than k: fill with random points
+            idx = int(torch.randint(n, (1,), generator=generator))
+        else:
+            idx = int(torch.multinomial(closest / total, 1, generator=generator))
+        centroids[i] = x[idx]
+        closest = torch.minimum(closest, squared_distances(x, centroids[i : i + 1]).squeeze(1))
+    return centroids
+
+
+@torch.no_grad()
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 25, seed: int = 0, sample: int | None = None) -> torch.Tensor:
+    """Fit k centroids to the rows of x; same inputs and seed give the same centroids.
+
+    Empty clusters are re-seeded with the points farthest from their centroid, so every
+    centroid ends up owning data when there are at least k distinct points.
+    """
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"kmeans needs a non-empty 2-d tensor, got shape {tuple(x.shape)}")
+    x = x.detach().to(torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    if sample is not None and x.shape[0] > sample:
+        x = x[torch.randperm(x.shape[0], generator=generator)[:sample]]
+    if x.shape[0] < k:  # too few points: repeat them with a little noise so every code has a centre
+        reps = -(-k // x.shape[0])
+        x = x.repeat(reps, 1)
+        x = x + 1e-4 * torch.randn(x.shape, generator=generator) * x.std().clamp_min(1e-6)
+    centroids = kmeans_plus_plus(x, k, generator)
+    for _ in range(iters):
+        codes, dists = nearest(x, centroids)
+        counts = torch.bincount(codes, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, codes, x)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+        empty = (~filled).nonzero().squeeze(1)
+        if empty.numel():
+            far = dists.argsort(descending=True)[: empty.numel()]
+            centroids[empty] = x[far]
+    return centroids

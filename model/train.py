@@ -1,0 +1,205 @@
+"""Fitting a tokenizer: the RQ-VAE training loop and the RQ-KMeans fit, with per-epoch health."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.config import SemidConfig
+from model.metrics import codebook_health
+from model.rqvae import SemanticTokenizer
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, SemanticTokenizer, torch.optim.Optimizer | None, list[dict[str, Any]]], None]
+
+
+@dataclass
+class TrainState:
+    """What `--resume` needs: the epoch to start from, the optimizer state and the history so far."""
+
+    start_epoch: int = 0
+    optimizer_state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # One generator per epoch, derived from the seed: a resumed run replays the same shuffles.
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "onecycle":  # linear anneal to 4 % of the peak after the warm-up
+        return max(0.04, 1.0 - 0.96 * progress)
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def beta_at(epoch: int, cfg: SemidConfig) -> float:
+    t = cfg.train
+    if t.beta_warmup_epochs == 0 or epoch >= t.beta_warmup_epochs:
+        return t.beta
+    return t.beta_start + (t.beta - t.beta_start) * epoch / t.beta_warmup_epochs
+
+
+@torch.inference_mode()
+def evaluate(tokenizer: SemanticTokenizer, x: torch.Tensor, codebook_size: int, batch: int = 8192) -> dict[str, float]:
+    """Reconstruction error and codebook health of the whole training set."""
+    was_training = tokenizer.training
+    tokenizer.eval()
+    codes, sq_err = [], 0.0
+    for s in range(0, x.shape[0], batch):
+        xb = x[s : s + batch]
+        target = tokenizer.normalizer(xb)
+        c, _, _ = tokenizer.quantizer.encode(tokenizer.encoder(target))
+        recon = tokenizer.decoder(tokenizer.quantizer.decode(c))
+        sq_err += float(((recon - target) ** 2).sum())
+        codes.append(c.numpy())
+    tokenizer.train(was_training)
+    all_codes = np.concatenate(codes)
+    out = {"recon_mse": sq_err / x.shape[0]}
+    out.update(codebook_health(all_codes, codebook_size))
+    return out
+
+
+def fit_rqkmeans(tokenizer: SemanticTokenizer, embeddings: np.ndarray, cfg: SemidConfig) -> list[dict[str, Any]]:
+    """Residual k-means: each level's codebook is k-means on the previous level's residuals."""
+    torch.manual_seed(cfg.train.seed)
+    x = torch.from_numpy(embeddings)
+    start = time.perf_counter()
+    tokenizer.normalizer.fit(x)
+    with torch.no_grad():
+        tokenizer.quantizer.init_from_data(
+            tokenizer.normalizer(x), iters=cfg.train.kmeans_iters, seed=cfg.train.seed, sample=cfg.train.kmeans_sample
+        )
+    row = {"epoch": 1, "seconds": round(time.perf_counter() - start, 3)}
+    row.update(evaluate(tokenizer, x, cfg.model.codebook_size))
+    log.info("rqkmeans fitted: %s", row)
+    return [row]
+
+
+def fit_rqvae(
+    tokenizer: SemanticTokenizer,
+    embeddings: np.ndarray,
+    cfg: SemidConfig,
+    *,
+    state: TrainState | None = None,
+    progress: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Train the RQ-VAE; returns one metrics row per epoch.
+
+    Codebook health: a short autoencoder warm-up before the codebooks exist, seeded k-means
+    initialisation on the warmed-up latents, dead-code reset after each epoch (for the first
+    `dead_code_reset_until` of the run), optional EMA codebooks, beta warm-up.
+    """
+    t = cfg.train
+    state = state or TrainState()
+    torch.manual_seed(t.seed)
+    x = torch.from_numpy(embeddings)
+    n = x.shape[0]
+    batch = min(t.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    total_steps = t.epochs * steps_per_epoch
+    warmup_steps = t.warmup_epochs * steps_per_epoch
+    params = [p for p in tokenizer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    if state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
+    if state.start_epoch == 0:
+        tokenizer.normalizer.fit(x)
+    history = list(state.history)
+    for epoch in range(state.start_epoch, t.epochs):
+        gen = _epoch_generator(t.seed, epoch)
+        start = time.perf_counter()
+        tokenizer.train()
+        if not bool(tokenizer.quantizer.initialized) and epoch >= t.ae_warmup_epochs:
+            _init_codebooks(tokenizer, x, cfg)
+        quantize = bool(tokenizer.quantizer.initialized)
+        beta = beta_at(epoch, cfg)
+        sums = {"loss": 0.0, "recon_loss": 0.0, "commit_loss": 0.0, "codebook_loss": 0.0}
+        perm = torch.randperm(n, generator=gen)
+        recent: list[list[torch.Tensor]] = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            for group in optimizer.param_groups:
+                group["lr"] = t.lr * lr_factor(step, total_steps, warmup_steps, t.schedule)
+            xb = x[perm[i * batch : (i + 1) * batch]]
+            if quantize:
+                out = tokenizer(xb)
+                q = out.quantized
+                loss = out.recon_loss + q.codebook_loss + beta * q.commit_loss
+                recent = (recent + [q.residuals])[-4:]
+                sums["commit_loss"] += float(q.commit_loss.detach())
+                sums["codebook_loss"] += float(q.codebook_loss.detach())
+            else:  # autoencoder warm-up: no quantization yet
+                target = tokenizer.normalizer(xb)
+                recon = tokenizer.decoder(tokenizer.encoder(target))
+                loss = ((recon - target) ** 2).sum(1).mean()
+                out = None
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            optimizer.step()
+            sums["loss"] += float(loss.detach())
+            sums["recon_loss"] += float(out.recon_loss.detach()) if out is not None else float(loss.detach())
+            if progress and i % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        resets: list[int] = []
+        if quantize and t.dead_code_reset_every and epoch < t.dead_code_reset_until * t.epochs:
+            if (epoch + 1) % t.dead_code_reset_every == 0 and recent:
+                residuals = [torch.cat([r[level] for r in recent]) for level in range(cfg.model.levels)]
+                resets = tokenizer.quantizer.reset_dead_codes(residuals, threshold=t.dead_code_threshold, generator=gen)
+        else:
+            tokenizer.quantizer.usage.zero_()
+        row: dict[str, Any] = {"epoch": epoch + 1, "quantized": quantize, "beta": round(beta, 4)}
+        row.update({k: round(v / steps_per_epoch, 6) for k, v in sums.items()})
+        row["lr"] = optimizer.param_groups[0]["lr"]
+        if quantize:
+            row.update(evaluate(tokenizer, x, cfg.model.codebook_size))
+        row.update({f"codes_reset_l{i + 1}": r for i, r in enumerate(resets)})
+        row["seconds"] = round(time.perf_counter() - start, 3)
+        history.append(row)
+        log.info("epoch %d: %s", epoch + 1, row)
+        if progress:
+            tqdm.write(_epoch_line(row))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, tokenizer, optimizer, history)
+    tokenizer.eval()
+    return history
+
+
+def _init_codebooks(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig) -> None:
+    t = cfg.train
+    gen = torch.Generator().manual_seed(t.seed)
+    sample = x[torch.randperm(x.shape[0], generator=gen)[: t.kmeans_sample]]
+    was_training = tokenizer.training
+    tokenizer.eval()
+    with torch.no_grad():
+        z = tokenizer.encoder(tokenizer.normalizer(sample))
+    tokenizer.train(was_training)
+    tokenizer.quantizer.init_from_data(z, iters=t.kmeans_iters, seed=t.seed)
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}"]
+    if "recon_mse" in row:
+        parts.append(f"recon {row['recon_mse']:.4f}")
+        levels = sorted(k for k in row if k.startswith("perplexity_l"))
+        parts.append("ppl " + "/".join(f"{row[k]:.0f}" for k in levels))
+        parts.append(f"collisions {100 * row['base_collision_rate']:.2f}%")
+    return " | ".join(parts)

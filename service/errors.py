@@ -1,0 +1,165 @@
+"""Domain exceptions of the service package.
+
+Every exception carries a stable machine-readable ``code`` and, where one input is
+to blame, the name of that input in ``field``; the HTTP layer maps them to status
+codes in one handler. Each also subclasses the matching builtin (``ValueError``,
+``KeyError``, ``FileNotFoundError``...) so plain Python callers can catch those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SemidError(Exception):
+    """Base class of semid's own errors."""
+
+    code = "semid_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.message
+
+
+# --- invalid input -----------------------------------------------------------------
+
+
+class InvalidInputError(SemidError, ValueError):
+    """An argument is malformed or out of range; ``field`` names it."""
+
+    code = "invalid_input"
+
+
+class InvalidLayoutError(InvalidInputError):
+    """An ``IdLayout`` cannot be built from the given sizes."""
+
+    code = "invalid_layout"
+
+
+class InvalidPrefixError(InvalidInputError):
+    """A semantic-ID prefix is empty, too long, malformed or has a code out of range."""
+
+    code = "invalid_prefix"
+
+    def __init__(self, message: str, *, field: str = "prefix") -> None:
+        super().__init__(message, field=field)
+
+
+class InvalidSemanticIdError(InvalidInputError):
+    """A full semantic ID has the wrong length or a code out of range."""
+
+    code = "invalid_semantic_id"
+
+    def __init__(self, message: str, *, field: str = "semantic_id") -> None:
+        super().__init__(message, field=field)
+
+
+class InvalidCursorError(InvalidInputError):
+    """A pagination cursor was not produced by this prefix query."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, message: str, *, field: str = "cursor") -> None:
+        super().__init__(message, field=field)
+
+
+# --- collisions / uniqueness -------------------------------------------------------
+
+
+class IndexFullError(SemidError, ValueError):
+    """Every last-level bucket under ``prefix`` already holds ``dedup_size`` items."""
+
+    code = "index_full"
+
+    def __init__(self, message: str, *, prefix: Sequence[int]) -> None:
+        super().__init__(message, field=None)
+        self.prefix = tuple(int(c) for c in prefix)
+
+
+class DuplicateItemError(SemidError, ValueError):
+    """Item ids are repeated in a batch or already present in the index."""
+
+    code = "duplicate_item"
+
+    def __init__(self, message: str, *, item_ids: Sequence[object]) -> None:
+        super().__init__(message, field="item_ids")
+        self.item_ids = list(item_ids)
+
+
+class DuplicateSemanticIdError(SemidError, ValueError):
+    """Semantic ids are repeated in a batch or already taken in the index."""
+
+    code = "duplicate_semantic_id"
+
+    def __init__(self, message: str, *, semantic_ids: Sequence[Sequence[int]]) -> None:
+        super().__init__(message, field="semantic_ids")
+        self.semantic_ids = [tuple(int(c) for c in sid) for sid in semantic_ids]
+
+
+# --- look-ups ----------------------------------------------------------------------
+
+
+class UnknownItemError(SemidError, KeyError):
+    """No item with this item_id is in the index."""
+
+    code = "unknown_item"
+
+    def __init__(self, message: str, *, item_id: object) -> None:
+        super().__init__(message, field="item_id")
+        self.item_id = item_id
+
+
+class UnknownSemanticIdError(SemidError, KeyError):
+    """No item holds this semantic id."""
+
+    code = "unknown_semantic_id"
+
+    def __init__(self, message: str, *, semantic_id: Sequence[int]) -> None:
+        super().__init__(message, field="semantic_id")
+        self.semantic_id = tuple(int(c) for c in semantic_id)
+
+
+# --- the index on disk -------------------------------------------------------------
+
+
+class IndexNotFoundError(SemidError, FileNotFoundError):
+    """The directory holds no index (no manifest.json)."""
+
+    code = "index_not_found"
+
+
+class IndexExistsError(SemidError, FileExistsError):
+    """``create`` was asked to write where an index (or other data) already is."""
+
+    code = "index_exists"
+
+
+class CorruptIndexError(SemidError, ValueError):
+    """The manifest or a segment listed in it is missing, unreadable or inconsistent."""
+
+    code = "corrupt_index"
+
+
+class FingerprintMismatchError(SemidError, ValueError):
+    """The index was built from a different checkpoint than the one expected."""
+
+    code = "fingerprint_mismatch"
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message, field="checkpoint_fingerprint")
+        self.expected = expected
+        self.actual = actual
+
+
+class IndexLockedError(SemidError, RuntimeError):
+    """Another process (or another open handle) holds the index's write lock."""
+
+    code = "index_locked"
+
+    def __init__(self, message: str, *, holder_pid: int | None) -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
