@@ -37,10 +37,11 @@ def train_tokenizer(
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     state = TrainState()
+    torch.manual_seed(config.train.seed)  # the MLP's initial weights come from the seed too
     tokenizer: SemanticTokenizer
     if resume:
         epoch, model_state, opt_state, history, saved_cfg = load_resume_state(out)
-        if saved_cfg != config.to_dict():
+        if SemidConfig.from_dict(saved_cfg).to_dict() != config.to_dict():
             raise CheckpointError(f"{out}: the interrupted run used another config; resume with the same flags")
         tokenizer = build_tokenizer(config.model, config.train)
         tokenizer.load_state_dict(model_state)

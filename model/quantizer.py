@@ -148,6 +148,7 @@ class ResidualQuantizer(nn.Module):
             alt = codes_t[:, -1:]
         return codes_t, torch.stack(dists, dim=1), alt
 
+    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Sum of the chosen code vectors: the quantized latent."""
         out = torch.zeros(codes.shape[0], self.dim, dtype=self.codebooks.dtype)

@@ -62,6 +62,19 @@ class BucketCounts:
         return cls(keys)
 
     @classmethod
+    def from_sorted_keys(cls, keys: np.ndarray) -> BucketCounts:
+        """One count per occurrence of each key, for keys already sorted ascending (O(n))."""
+        sorted_keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        if sorted_keys.shape[0] and (sorted_keys[1:] < sorted_keys[:-1]).any():
+            raise InvalidInputError("keys are not sorted ascending", field="keys")
+        out = cls()
+        if sorted_keys.shape[0]:
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            out._keys = sorted_keys[starts]
+            out._counts = np.diff(np.r_[starts, sorted_keys.shape[0]]).astype(np.int64)
+        return out
+
+    @classmethod
     def from_semantic_ids(cls, layout: IdLayout, ids: np.ndarray) -> BucketCounts:
         """Occupancy of existing items from their full semantic ids ``[N, L+1]``."""
         return cls(layout.pack(ids) >> layout.bits)
@@ -267,8 +280,12 @@ def _check_alternatives(alternatives: np.ndarray, n: int, last_size: int) -> np.
             field="alternatives",
         )
     if n and alts.dtype.kind not in "iu":
-        raise InvalidInputError(f"alternatives has dtype {alts.dtype}; expected integers", field="alternatives")
+        raise InvalidInputError(
+            f"alternatives has dtype {alts.dtype}; expected integers", field="alternatives"
+        )
     alts = alts.astype(np.int64, copy=False)
     if (alts >= last_size).any():
-        raise InvalidInputError(f"alternatives must be < {last_size} (or negative padding)", field="alternatives")
+        raise InvalidInputError(
+            f"alternatives must be < {last_size} (or negative padding)", field="alternatives"
+        )
     return alts

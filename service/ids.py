@@ -127,9 +127,7 @@ class IdLayout:
         if isinstance(prefix, (str, bytes)) or not isinstance(prefix, (Sequence, np.ndarray)):
             raise InvalidPrefixError(f"prefix must be a sequence of ints, got {type(prefix).__name__}")
         if len(prefix) < min_length or len(prefix) > self.width:
-            raise InvalidPrefixError(
-                f"prefix has {len(prefix)} codes; expected {min_length}..{self.width}"
-            )
+            raise InvalidPrefixError(f"prefix has {len(prefix)} codes; expected {min_length}..{self.width}")
         out = []
         for pos, code in enumerate(prefix):
             if not _is_int(code):
@@ -191,7 +189,7 @@ class IdLayout:
         """
         if not isinstance(text, str) or _PARSE_RE.fullmatch(text) is None:
             raise InvalidPrefixError(
-                f"cannot parse {text!r} as a semantic id or prefix; expected codes joined by '-', e.g. 12-201-7"
+                f"cannot parse {text!r} as a semantic id or prefix; expected codes joined by '-' (12-201-7)"
             )
         return tuple(int(part) for part in text.split("-"))
 

@@ -1,0 +1,83 @@
+"""ID quality on a real catalog, side by side in one run: semid RQ-VAE, semid RQ-KMeans, FAISS RQ.
+
+    python benchmarks/quality.py [--catalog ../shared/data/movielens-small/items.parquet]
+
+Writes benchmarks/results/quality.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
+from model.catalog import read_catalog  # noqa: E402
+from model.config import SemidConfig  # noqa: E402
+from model.job import train_tokenizer  # noqa: E402
+from service.id_quality import id_quality  # noqa: E402
+
+COLUMNS = [
+    "tokenizer", "fit_s", "recon_mse", "base_collision_rate", "largest_bucket", "util_l1", "util_l2", "util_l3",
+    "perplexity_l1", "perplexity_l2", "perplexity_l3", "nn_share_d1", "nn_share_d2", "nn_share_d3", "nn_lift_d1",
+]
+
+
+def semid_row(name: str, emb: np.ndarray, tokenizer: str, overrides: dict) -> dict:
+    cfg = SemidConfig.from_dict({"model": {"tokenizer": tokenizer, **overrides.get("model", {})},
+                                 "train": overrides.get("train", {})})
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        _, metrics = train_tokenizer(emb, cfg, tmp)
+        fit_s = time.perf_counter() - start
+        from model.checkpoint import load_checkpoint
+
+        tok = load_checkpoint(tmp).tokenizer
+        codes = tok.encode(torch.from_numpy(emb)).codes.numpy()
+    row = {"tokenizer": name, "fit_s": round(fit_s, 1), "recon_mse": round(metrics["final"]["recon_mse"], 4)}
+    row.update(id_quality(emb, codes, cfg.model.codebook_size))
+    return row
+
+
+def faiss_rq_row(emb: np.ndarray) -> dict:
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    start = time.perf_counter()
+    rq = faiss.ResidualQuantizer(x.shape[1], 3, 8)
+    rq.train(x)
+    fit_s = time.perf_counter() - start
+    packed = rq.compute_codes(x)
+    codes = np.stack([packed[:, i] for i in range(3)], axis=1).astype(np.int64)
+    recon = rq.decode(packed)
+    row = {"tokenizer": "faiss ResidualQuantizer 3x8", "fit_s": round(fit_s, 1),
+           "recon_mse": round(float(((recon - x) ** 2).sum(1).mean()), 4)}
+    row.update(id_quality(x, codes, 256))
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--catalog", default=str(MOVIELENS))
+    args = ap.parse_args()
+    if not Path(args.catalog).is_file():
+        raise SystemExit(f"catalog {args.catalog} not found (needs ../shared/data)")
+    emb = read_catalog(args.catalog).embeddings
+    rows = [
+        semid_row("semid rqvae (defaults)", emb, "rqvae", {}),
+        semid_row("semid rqkmeans (defaults)", emb, "rqkmeans", {}),
+        faiss_rq_row(emb),
+    ]
+    md = markdown_table(rows, COLUMNS)
+    path = write_results("quality", {"catalog": args.catalog, "rows": rows}, md)
+    print(md)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

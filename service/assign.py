@@ -1,0 +1,235 @@
+"""`semid assign`: stream a catalog, encode it, resolve collisions, write or extend the index.
+
+The run is one atomic write: every new item lands in a single segment that the manifest lists
+only once it is complete, so an interrupted run leaves the previous index as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from model.catalog import CatalogError, iter_parquet_batches, parquet_rows, read_catalog
+from service.dedup import resolve_collisions
+from service.encoder import CheckpointEncoder
+from service.hashing import embedding_hash
+from service.index import SemanticIdIndex
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_CHANGED = 20
+
+
+@dataclass
+class AssignSummary:
+    items: int = 0
+    new_items: int = 0
+    existing_items: int = 0
+    changed_items: int = 0
+    changed_ids: list = field(default_factory=list)
+    recoded_items: int = 0
+    index_items: int = 0
+    distinct_base_codes: int = 0
+    base_collision_rate: float = 0.0
+    largest_bucket: int = 0
+    fallback_items: int = 0
+    segment: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"items in catalog        {self.items}",
+            f"new items assigned      {self.new_items}",
+            f"already in the index    {self.existing_items}",
+            f"embedding changed       {self.changed_items}"
+            + (f" (ids: {', '.join(map(str, self.changed_ids))}{' ...' if self.changed_items > len(self.changed_ids) else ''})"
+               if self.changed_items else ""),
+        ]
+        if self.recoded_items:
+            out.append(f"re-coded (new IDs)      {self.recoded_items}")
+        out += [
+            f"items in index          {self.index_items}",
+            f"distinct base codes     {self.distinct_base_codes}",
+            f"base collision rate     {100 * self.base_collision_rate:.3f}%",
+            f"largest bucket          {self.largest_bucket}",
+            f"needed the fallback     {self.fallback_items}",
+            f"segment written         {self.segment or '(none: nothing new)'}",
+            f"seconds                 {self.seconds:.2f}",
+        ]
+        return out
+
+
+@dataclass
+class _Pending:
+    """New items gathered over the stream, encoded, waiting for collision resolution."""
+
+    ids: list[np.ndarray] = field(default_factory=list)
+    codes: list[np.ndarray] = field(default_factory=list)
+    dists: list[np.ndarray] = field(default_factory=list)
+    alts: list[np.ndarray] = field(default_factory=list)
+    hashes: list[np.ndarray] = field(default_factory=list)
+    columns: list[pa.Table] = field(default_factory=list)
+
+    def add(self, mask: np.ndarray, ids, enc, hashes, columns: pa.Table | None) -> None:
+        self.ids.append(ids[mask])
+        self.codes.append(enc.base_codes[mask])
+        self.dists.append(enc.distances[mask])
+        self.alts.append(enc.alternatives[mask].astype(np.int32))
+        self.hashes.append(hashes[mask])
+        if columns is not None:
+            self.columns.append(columns.filter(pa.array(mask)))
+
+
+def _open_or_create(index_dir: Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str],
+                    checkpoint_dir: Path) -> SemanticIdIndex:
+    if (index_dir / "manifest.json").is_file():
+        index = SemanticIdIndex.open(index_dir, expected_fingerprint=encoder.fingerprint)
+        if index.id_kind != id_kind:
+            raise CatalogError(f"catalog item ids are {id_kind} but index {index_dir} holds {index.id_kind} ids")
+        missing = [c for c in index.keep_columns if c not in keep_columns]
+        if missing or list(keep_columns) != list(index.keep_columns):
+            raise CatalogError(
+                f"index {index_dir} keeps columns {list(index.keep_columns)}; pass the same --keep-columns "
+                f"(got {list(keep_columns)})"
+            )
+        return index
+    return SemanticIdIndex.create(
+        index_dir, layout=encoder.layout, fingerprint=encoder.fingerprint, id_kind=id_kind,
+        vector_dim=encoder.vector_dim, keep_columns=keep_columns, checkpoint_dir=checkpoint_dir,
+    )
+
+
+def _batches(catalog: Path, *, id_column: str, embedding_column: str, keep_columns: Sequence[str],
+             ids_path: Path | None, batch_rows: int, dim: int):
+    if catalog.suffix == ".npy":
+        cat = read_catalog(catalog, ids_path=ids_path)
+        if cat.dim != dim:
+            raise CatalogError(f"catalog {catalog} has dimension {cat.dim}; the checkpoint expects {dim}")
+        for s in range(0, len(cat), batch_rows):
+            from model.catalog import CatalogBatch
+
+            yield CatalogBatch(item_ids=cat.item_ids[s : s + batch_rows], embeddings=cat.embeddings[s : s + batch_rows],
+                               columns=None, start=s)
+        return
+    yield from iter_parquet_batches(catalog, id_column=id_column, embedding_column=embedding_column,
+                                    keep_columns=keep_columns, batch_rows=batch_rows, dim=dim)
+
+
+def assign_catalog(
+    *,
+    checkpoint: str | Path,
+    catalog: str | Path,
+    index_dir: str | Path,
+    keep_columns: Sequence[str] = (),
+    id_column: str = "item_id",
+    embedding_column: str = "embedding",
+    ids_path: str | Path | None = None,
+    recode_changed: bool = False,
+    batch_rows: int = 65536,
+    progress: bool = False,
+) -> AssignSummary:
+    start = time.perf_counter()
+    checkpoint, catalog, index_dir = Path(checkpoint), Path(catalog), Path(index_dir)
+    if not catalog.is_file():
+        raise CatalogError(f"catalog file {catalog} does not exist")
+    encoder = CheckpointEncoder.from_dir(checkpoint)
+    summary = AssignSummary()
+    pending = _Pending()
+    changed_ids: list = []
+    recode_rows: list[np.ndarray] = []
+    seen: list[np.ndarray] = []
+    index: SemanticIdIndex | None = None
+    total = parquet_rows(catalog) if catalog.suffix == ".parquet" else None
+    bar = tqdm(total=total, unit="items", desc="assign", disable=not progress)
+    for batch in _batches(catalog, id_column=id_column, embedding_column=embedding_column, keep_columns=keep_columns,
+                          ids_path=Path(ids_path) if ids_path else None, batch_rows=batch_rows, dim=encoder.input_dim):
+        if index is None:
+            id_kind = "str" if batch.item_ids.dtype == object else "int"
+            index = _open_or_create(index_dir, encoder, id_kind, keep_columns, checkpoint)
+        ids = batch.item_ids
+        seen.append(ids)
+        hashes = embedding_hash(batch.embeddings)
+        rows = index.lookup_items(ids)
+        known = rows >= 0
+        if known.any():
+            changed = known.copy()
+            changed[known] = index.embedding_hashes(rows[known]) != hashes[known]
+            if changed.any():
+                changed_ids.extend(ids[changed].tolist())
+                if recode_changed:
+                    recode_rows.append(rows[changed])
+                    known = known & ~changed
+        summary.existing_items += int(known.sum())
+        new = ~known
+        if new.any():
+            enc = encoder.encode(batch.embeddings[new]) if not new.all() else encoder.encode(batch.embeddings)
+            full = _expand(enc, new) if not new.all() else enc
+            pending.add(new, ids, full, hashes, batch.columns)
+        summary.items += len(ids)
+        bar.update(len(ids))
+    bar.close()
+    if index is None:
+        raise CatalogError(f"catalog {catalog} is empty")
+    _check_unique(seen)
+    summary.changed_items = len(changed_ids)
+    summary.changed_ids = changed_ids[:MAX_LISTED_CHANGED]
+    if changed_ids and not recode_changed:
+        log.warning("%d known items have a changed embedding; they keep their IDs (use --recode-changed)",
+                    len(changed_ids))
+    if pending.ids:
+        item_ids = np.concatenate(pending.ids)
+        base = np.concatenate(pending.codes)
+        result = resolve_collisions(
+            layout=encoder.layout, base_codes=base, distances=np.concatenate(pending.dists), item_ids=item_ids,
+            alternatives=np.concatenate(pending.alts).astype(np.int64), occupancy=index.occupancy(),
+        )
+        vectors = encoder.vectors(result.semantic_ids[:, : encoder.layout.levels])
+        columns = None
+        if keep_columns:
+            table = pa.concat_tables(pending.columns)
+            columns = {name: table.column(name) for name in keep_columns}
+        recode = np.concatenate(recode_rows) if recode_rows else None
+        summary.segment = index.append(
+            item_ids=item_ids, base_codes=base, semantic_ids=result.semantic_ids, fallback=result.used_fallback,
+            embedding_hash=np.concatenate(pending.hashes), vectors=vectors, columns=columns,
+            **({"supersede_rows": recode} if recode is not None else {}),
+        )
+        summary.new_items = int(len(item_ids)) - (0 if recode is None else len(recode))
+        summary.recoded_items = 0 if recode is None else len(recode)
+        summary.fallback_items = int(result.used_fallback.sum())
+    stats = index.base_code_stats()
+    summary.index_items = len(index)
+    summary.distinct_base_codes = stats["distinct"]
+    summary.base_collision_rate = stats["collision_rate"]
+    summary.largest_bucket = stats["largest_bucket"]
+    summary.seconds = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _expand(enc, mask: np.ndarray):
+    """Place the encodings of the masked rows back at their positions in the full batch."""
+    from service.encoder import EncodedBatch
+
+    n = mask.shape[0]
+    codes = np.zeros((n, enc.base_codes.shape[1]), dtype=np.int64)
+    dists = np.zeros(n, dtype=np.float32)
+    alts = np.zeros((n, enc.alternatives.shape[1]), dtype=np.int64)
+    codes[mask], dists[mask], alts[mask] = enc.base_codes, enc.distances, enc.alternatives
+    return EncodedBatch(base_codes=codes, distances=dists, alternatives=alts)
+
+
+def _check_unique(parts: list[np.ndarray]) -> None:
+    from model.catalog import check_unique_ids
+
+    ids = np.concatenate(parts)
+    check_unique_ids(ids)

@@ -1,0 +1,155 @@
+"""The `semid` command line: train, inspect, assign, export, serve, check, evaluate, quickstart."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from model.catalog import CatalogError
+
+log = logging.getLogger("semid")
+
+
+class SemidGroup(click.Group):
+    """Turns every failure into a one-line message and a non-zero exit code, never a stack trace."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except (CatalogError, ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
+            if os.environ.get("SEMID_DEBUG"):
+                raise
+            click.echo(f"error: {type(err).__name__}: {err} (set SEMID_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=SemidGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """semid: semantic IDs for generative recommenders."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load_catalog(catalog: str | None, ids: str | None, id_column: str, embedding_column: str,
+                  synthetic_items: int, synthetic_dim: int, seed: int, keep: tuple[str, ...] = ()):
+    from model.catalog import read_catalog
+    from model.synthetic import synthetic_catalog
+
+    if catalog is None:
+        click.echo(f"no --catalog given: using the built-in synthetic catalog ({synthetic_items} items, "
+                   f"dim {synthetic_dim}, seed {seed})", err=True)
+        return synthetic_catalog(items=synthetic_items, dim=synthetic_dim, seed=seed)
+    return read_catalog(catalog, id_column=id_column, embedding_column=embedding_column, ids_path=ids,
+                        keep_columns=keep)
+
+
+def catalog_options(fn):
+    fn = click.option("--embedding-column", default="embedding", show_default=True, help="Embedding column.")(fn)
+    fn = click.option("--id-column", default="item_id", show_default=True, help="Item id column.")(fn)
+    fn = click.option("--ids", type=click.Path(dir_okay=False), help="Item ids for a .npy catalog (.npy or text).")(fn)
+    return fn
+
+
+@main.command()
+@click.option("--catalog", type=click.Path(dir_okay=False), help="Parquet or .npy catalog (default: synthetic).")
+@catalog_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON config (model/train sections).")
+@click.option("--tokenizer", type=click.Choice(["rqvae", "rqkmeans"]), help="Tokenizer kind (default rqvae).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--beta", type=float, help="Commitment loss weight.")
+@click.option("--ema/--no-ema", default=None, help="EMA codebook updates instead of the codebook loss.")
+@click.option("--levels", type=int)
+@click.option("--codebook-size", type=int)
+@click.option("--latent-dim", type=int)
+@click.option("--seed", type=int)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--synthetic-items", default=20_000, show_default=True, help="Size of the synthetic catalog.")
+@click.option("--synthetic-dim", default=384, show_default=True, help="Dimension of the synthetic catalog.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(catalog, ids, id_column, embedding_column, out, config_file, tokenizer, epochs, batch_size, lr, beta, ema,
+          levels, codebook_size, latent_dim, seed, resume, synthetic_items, synthetic_dim, quiet) -> None:
+    """Fit an RQ-VAE (or RQ-KMeans) tokenizer and write a checkpoint directory."""
+    from model.config import SemidConfig
+    from model.job import train_tokenizer
+
+    config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
+    config = config.with_overrides("model", tokenizer=tokenizer, levels=levels, codebook_size=codebook_size,
+                                   latent_dim=latent_dim)
+    config = config.with_overrides("train", epochs=epochs, batch_size=batch_size, lr=lr, beta=beta, ema=ema, seed=seed)
+    cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
+    click.echo(f"training {config.model.tokenizer} on {len(cat)} items x {cat.dim} dims -> {out}", err=True)
+    fingerprint, metrics = train_tokenizer(cat.embeddings, config, out, resume=resume, progress=not quiet)
+    click.echo(_final_line(metrics))
+    click.echo(f"checkpoint {out} (fingerprint {fingerprint})")
+
+
+def _final_line(metrics: dict[str, Any]) -> str:
+    f = metrics["final"]
+    levels = sorted(k for k in f if k.startswith("perplexity_l"))
+    util = sorted(k for k in f if k.startswith("util_l"))
+    return (f"done in {metrics['train_seconds']}s: recon_mse {f['recon_mse']:.4f}, "
+            f"utilisation {'/'.join(f'{100 * f[k]:.0f}%' for k in util)}, "
+            f"perplexity {'/'.join(f'{f[k]:.0f}' for k in levels)}, "
+            f"base collisions {100 * f['base_collision_rate']:.2f}%")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def inspect(checkpoint, as_json) -> None:
+    """Print a checkpoint's config and final metrics."""
+    from model.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(checkpoint)
+    final = ck.metrics.get("final", {})
+    if as_json:
+        click.echo(json.dumps({"fingerprint": ck.fingerprint, "config": ck.config.to_dict(), "final": final,
+                               "items": ck.metrics.get("items"), "train_seconds": ck.metrics.get("train_seconds")},
+                              indent=2))
+        return
+    click.echo(f"checkpoint   {ck.path}")
+    click.echo(f"fingerprint  {ck.fingerprint}")
+    for section, values in ck.config.to_dict().items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"  {key} = {value}")
+    click.echo("[final metrics]")
+    click.echo(f"  items = {ck.metrics.get('items')}, train_seconds = {ck.metrics.get('train_seconds')}")
+    for key, value in final.items():
+        click.echo(f"  {key} = {value}")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+@click.option("--items", default=20_000, show_default=True, type=click.IntRange(1, 50_000_000))
+@click.option("--dim", default=384, show_default=True, type=click.IntRange(2, 65536))
+@click.option("--seed", default=0, show_default=True, type=int)
+def synth(out, items, dim, seed) -> None:
+    """Write the seeded synthetic catalog (categories > sub-categories > items, with duplicates)."""
+    from model.synthetic import synthetic_catalog, write_catalog
+
+    path = write_catalog(synthetic_catalog(items=items, dim=dim, seed=seed), out)
+    click.echo(f"wrote {items} items x {dim} dims to {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""From embeddings to base codes with a loaded checkpoint: the service's view of the tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import LoadedCheckpoint, load_checkpoint
+from service.ids import IdLayout
+
+
+class EmbeddingError(ValueError):
+    """Embeddings that cannot be encoded; `field` names the request field, `row` the offending item."""
+
+    def __init__(self, message: str, *, field: str = "embeddings", row: int | None = None):
+        super().__init__(message)
+        self.field = field
+        self.row = row
+
+
+@dataclass
+class EncodedBatch:
+    base_codes: np.ndarray  # int64 [N, L]
+    distances: np.ndarray  # float32 [N]: distance of the latent to its code reconstruction
+    alternatives: np.ndarray  # int64 [N, C]: last-level codes, nearest first
+
+
+class CheckpointEncoder:
+    """Wraps a tokenizer for batched, autograd-free encoding of NumPy embeddings."""
+
+    def __init__(self, checkpoint: LoadedCheckpoint, *, alternatives: int = 16, batch_size: int = 16384):
+        self.checkpoint = checkpoint
+        self.tokenizer = checkpoint.tokenizer.eval()
+        cfg = checkpoint.config.model
+        self.input_dim = cfg.input_dim
+        self.levels = cfg.levels
+        self.codebook_size = cfg.codebook_size
+        self.vector_dim = cfg.code_dim
+        self.alternatives = alternatives
+        self.batch_size = batch_size
+        self.layout = IdLayout(codebook_sizes=(cfg.codebook_size,) * cfg.levels, dedup_size=cfg.codebook_size)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, **kw: int) -> CheckpointEncoder:
+        return cls(load_checkpoint(path), **kw)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.checkpoint.fingerprint
+
+    def check(self, embeddings: np.ndarray, *, field: str = "embeddings", first_row: int = 0) -> np.ndarray:
+        """float32 C-contiguous [N, D] with D == input_dim and only finite values, or EmbeddingError."""
+        try:
+            x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise EmbeddingError(f"{field} must be numbers: {err}", field=field) from err
+        if x.ndim != 2:
+            raise EmbeddingError(f"{field} must be a list of vectors, got an array of shape {x.shape}", field=field)
+        if x.shape[0] == 0:
+            raise EmbeddingError(f"{field} is empty; expected at least one embedding", field=field)
+        if x.shape[1] != self.input_dim:
+            raise EmbeddingError(
+                f"{field} has dimension {x.shape[1]}; the checkpoint expects {self.input_dim}", field=field
+            )
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise EmbeddingError(f"{field}[{first_row + row}] contains NaN or Inf", field=field, row=row)
+        return x
+
+    def encode(self, embeddings: np.ndarray, *, alternatives: int | None = None) -> EncodedBatch:
+        x = self.check(embeddings)
+        alt = self.alternatives if alternatives is None else alternatives
+        codes, dists, alts = [], [], []
+        with torch.inference_mode():
+            for s in range(0, x.shape[0], self.batch_size):
+                out = self.tokenizer.encode(torch.from_numpy(x[s : s + self.batch_size]), alternatives=alt)
+                codes.append(out.codes.numpy())
+                dists.append(out.distances[:, -1].numpy())
+                alts.append(out.alternatives.numpy())
+        return EncodedBatch(
+            base_codes=np.concatenate(codes).astype(np.int64, copy=False),
+            distances=np.concatenate(dists).astype(np.float32, copy=False),
+            alternatives=np.concatenate(alts).astype(np.int64, copy=False),
+        )
+
+    def vectors(self, codes: np.ndarray) -> np.ndarray:
+        """The quantized latent of base codes [N, L]: what the FAISS index holds for nearest-ID queries."""
+        with torch.inference_mode():
+            out = self.tokenizer.decode_latent(torch.from_numpy(np.ascontiguousarray(codes, dtype=np.int64)))
+        return np.ascontiguousarray(out.numpy(), dtype=np.float32)

@@ -1,0 +1,756 @@
+"""``SemanticIdIndex``: the on-disk index directory and the look-ups it serves.
+
+Directory::
+
+    manifest.json            which segments form the index (replaced last, atomically)
+    segments/seg-NNNNNN.parquet
+    faiss.index              IndexFlatL2 over the vectors in row order (rebuilt if stale)
+    checkpoint/              copy of the tokenizer checkpoint the ids came from
+    index.lock               writers' flock
+
+Readers never lock: a handle loads the segments named by the manifest and serves
+from memory. Writers hold ``index.lock``; under it a handle first catches up with
+segments other processes appended, so ids are checked against the latest state.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import re
+import shutil
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from service.dedup import BucketCounts
+from service.errors import (
+    CorruptIndexError,
+    DuplicateItemError,
+    DuplicateSemanticIdError,
+    FingerprintMismatchError,
+    IndexExistsError,
+    IndexLockedError,
+    IndexNotFoundError,
+    InvalidCursorError,
+    InvalidInputError,
+    UnknownItemError,
+    UnknownSemanticIdError,
+)
+from service.ids import IdLayout
+from service.index_check import CheckReport, check_index
+from service.index_state import IndexState
+from service.manifest import (
+    CHECKPOINT_DIR,
+    FAISS_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SEGMENTS_DIR,
+    Manifest,
+    SegmentInfo,
+    read_manifest,
+    write_manifest,
+)
+from service.segments import SegmentData, build_table, read_segment, read_vectors, write_segment
+from service.store import TMP_PREFIX, WriterLock, copy_dir_atomically, replace_atomically
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE_LIMIT = 10_000
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_-]{11}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixPage:
+    prefix: tuple[int, ...]
+    count: int
+    items: list[dict[str, object]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Snapshot:
+    """Everything a reader needs, swapped as one object after each append."""
+
+    manifest: Manifest
+    state: IndexState
+    vectors: faiss.Index
+
+
+class SemanticIdIndex:
+    """An index directory opened for reading, and for appending under its lock.
+
+    Build with ``create`` or ``open``. Reads are safe from many threads; appends
+    replace the in-memory snapshot in one assignment.
+    """
+
+    def __init__(self, path: Path, snapshot: _Snapshot, *, lock_timeout: float) -> None:
+        self._path = path
+        self._snapshot = snapshot
+        self._lock = WriterLock(path / LOCK_NAME, description=f"index {path}")
+        self._lock_timeout = lock_timeout
+
+    # --- opening -------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        layout: IdLayout,
+        fingerprint: str,
+        id_kind: str,
+        vector_dim: int,
+        keep_columns: Sequence[str] = (),
+        checkpoint_dir: Path | None = None,
+        lock_timeout: float = 0.0,
+    ) -> SemanticIdIndex:
+        """Make an empty index at ``path`` (missing or empty directory).
+
+        Raises ``IndexExistsError`` if ``path`` already holds an index or other files,
+        ``InvalidInputError`` for bad arguments.
+        """
+        root = Path(path)
+        if not isinstance(layout, IdLayout):
+            raise InvalidInputError(
+                f"layout must be an IdLayout, got {type(layout).__name__}", field="layout"
+            )
+        manifest = Manifest(
+            checkpoint_fingerprint=fingerprint,
+            layout=layout,
+            id_kind=id_kind,
+            vector_dim=vector_dim,
+            keep_columns=tuple(keep_columns),
+        )
+        if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
+            raise InvalidInputError(
+                f"checkpoint_dir {checkpoint_dir} is not a directory", field="checkpoint_dir"
+            )
+        _refuse_existing(root)
+        root.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(root / LOCK_NAME, description=f"index {root}")
+        with lock.held_for(timeout=lock_timeout):
+            _refuse_existing(root)  # another creator may have finished while we waited
+            (root / SEGMENTS_DIR).mkdir(exist_ok=True)
+            _remove_leftovers(root, manifest)
+            if checkpoint_dir is not None:
+                copy_dir_atomically(Path(checkpoint_dir), root / CHECKPOINT_DIR)
+            vectors = faiss.IndexFlatL2(vector_dim)
+            _write_faiss(root, vectors)
+            write_manifest(root, manifest)
+        logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
+        state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
+        return cls(
+            root, _Snapshot(manifest=manifest, state=state, vectors=vectors), lock_timeout=lock_timeout
+        )
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_fingerprint: str | None = None,
+        lock_timeout: float = 0.0,
+    ) -> SemanticIdIndex:
+        """Load the index at ``path``.
+
+        Raises ``IndexNotFoundError`` (no manifest), ``CorruptIndexError`` (bad manifest,
+        missing or malformed segment, duplicate ids), ``FingerprintMismatchError``.
+        ``lock_timeout`` is how long later writes wait for the writer lock.
+        """
+        root = Path(path)
+        manifest = _read_manifest_or_raise(root)
+        if expected_fingerprint is not None and manifest.checkpoint_fingerprint != expected_fingerprint:
+            raise FingerprintMismatchError(
+                f"index {root} was built from checkpoint {manifest.checkpoint_fingerprint}, "
+                f"expected {expected_fingerprint}",
+                expected=expected_fingerprint,
+                actual=manifest.checkpoint_fingerprint,
+            )
+        index = cls(root, _load_snapshot(root, manifest, None), lock_timeout=lock_timeout)
+        index._ensure_faiss_file()
+        logger.info("opened index %s: %d items in %d segments", root, len(index), len(manifest.segments))
+        return index
+
+    # --- properties ----------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def layout(self) -> IdLayout:
+        return self._snapshot.manifest.layout
+
+    @property
+    def fingerprint(self) -> str:
+        return self._snapshot.manifest.checkpoint_fingerprint
+
+    @property
+    def id_kind(self) -> str:
+        return self._snapshot.manifest.id_kind
+
+    @property
+    def keep_columns(self) -> tuple[str, ...]:
+        return self._snapshot.manifest.keep_columns
+
+    @property
+    def vector_dim(self) -> int:
+        return self._snapshot.manifest.vector_dim
+
+    @property
+    def item_count(self) -> int:
+        return self._snapshot.state.size
+
+    def __len__(self) -> int:
+        return self.item_count
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self._snapshot.manifest.segments)
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        path = self._path / CHECKPOINT_DIR
+        return path if path.is_dir() else None
+
+    # --- writing -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, *, timeout: float | None = None) -> Iterator[SemanticIdIndex]:
+        """Hold the writer lock across several steps (occupancy -> resolve -> append).
+
+        On entry the handle catches up with segments appended by other processes.
+        Raises ``IndexLockedError`` if the lock is not free within ``timeout`` seconds
+        (default: the handle's ``lock_timeout``).
+        """
+        if self._lock.held:
+            yield self
+            return
+        self._lock.acquire(timeout=self._lock_timeout if timeout is None else timeout)
+        try:
+            self.refresh()
+            yield self
+        finally:
+            self._lock.release()
+
+    def refresh(self) -> None:
+        """Load segments that other processes appended since this handle was loaded."""
+        current = self._snapshot
+        manifest = _read_manifest_or_raise(self._path)
+        if manifest.segments == current.manifest.segments:
+            return
+        if manifest.checkpoint_fingerprint != current.manifest.checkpoint_fingerprint:
+            raise FingerprintMismatchError(
+                f"index {self._path} was replaced by one built from checkpoint "
+                f"{manifest.checkpoint_fingerprint}",
+                expected=current.manifest.checkpoint_fingerprint,
+                actual=manifest.checkpoint_fingerprint,
+            )
+        known = current.manifest.segments
+        extends = manifest.segments[: len(known)] == known
+        self._snapshot = _load_snapshot(self._path, manifest, current if extends else None)
+        logger.info("index %s refreshed: %d items", self._path, self.item_count)
+
+    def append(
+        self,
+        *,
+        item_ids: np.ndarray,
+        base_codes: np.ndarray,
+        semantic_ids: np.ndarray,
+        fallback: np.ndarray,
+        embedding_hash: np.ndarray,
+        vectors: np.ndarray,
+        columns: Mapping[str, pa.Array] | None = None,
+    ) -> str:
+        """Write one batch as a new segment, atomically; returns the segment's name.
+
+        Refuses, writing nothing: ``DuplicateItemError`` (item ids repeated or already
+        indexed), ``DuplicateSemanticIdError`` (semantic ids repeated or taken),
+        ``InvalidInputError`` and subclasses (shapes, ranges, columns),
+        ``IndexLockedError`` (another writer).
+        """
+        with self.writer():
+            snap = self._snapshot
+            part, vecs = self._validated_batch(
+                snap,
+                item_ids=item_ids,
+                base_codes=base_codes,
+                semantic_ids=semantic_ids,
+                fallback=fallback,
+                embedding_hash=embedding_hash,
+                vectors=vectors,
+                columns=columns or {},
+            )
+            manifest = snap.manifest
+            table = build_table(
+                layout=manifest.layout,
+                id_kind=manifest.id_kind,
+                item_ids=part.item_ids,
+                semantic_ids=part.semantic_ids,
+                base_codes=part.base_codes,
+                fallback=part.fallback,
+                embedding_hashes=part.embedding_hashes,
+                vectors=vecs,
+                columns={name: part.kept.column(name) for name in manifest.keep_columns},
+                keep_columns=manifest.keep_columns,
+            )
+            _remove_leftovers(self._path, manifest)
+            name = manifest.next_segment_name()
+            replace_atomically(self._path / SEGMENTS_DIR / name, lambda tmp: write_segment(table, tmp))
+            new_vectors = faiss.clone_index(snap.vectors)
+            new_vectors.add(vecs)
+            _write_faiss(self._path, new_vectors)
+            new_manifest = manifest.with_segment(SegmentInfo(name=name, rows=part.rows))
+            write_manifest(self._path, new_manifest)
+            self._snapshot = _Snapshot(
+                manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
+            )
+        logger.info("index %s: appended %s with %d items", self._path, name, part.rows)
+        return name
+
+    # --- look-ups ------------------------------------------------------------------
+
+    def occupancy(self) -> BucketCounts:
+        """Items per base bucket, from the semantic ids (fallback items count where they sit)."""
+        state = self._snapshot.state
+        return BucketCounts.from_sorted_keys(state.sorted_packed >> self.layout.bits)
+
+    def base_code_stats(self) -> dict[str, float]:
+        """How crowded the encoder's base codes are (before collision resolution).
+
+        ``distinct``: number of distinct base codes; ``largest_bucket``: most items
+        sharing one base code; ``collision_rate``: share of items whose base code is
+        also another item's (1 - items alone in their base code / items).
+        """
+        state = self._snapshot.state
+        if state.size == 0:
+            return {"distinct": 0, "largest_bucket": 0, "collision_rate": 0.0}
+        counts = BucketCounts(self.layout.pack_base(state.base_codes)).counts
+        alone = int((counts == 1).sum())
+        return {
+            "distinct": int(counts.shape[0]),
+            "largest_bucket": int(counts.max()),
+            "collision_rate": 1.0 - alone / state.size,
+        }
+
+    def lookup_items(self, item_ids: Sequence[object] | np.ndarray) -> np.ndarray:
+        """Row per item id, -1 if unknown. An int index also accepts decimal strings."""
+        state = self._snapshot.state
+        query = np.asarray(item_ids)
+        if query.ndim != 1:
+            query = query.reshape(-1)
+        if state.id_kind == "int":
+            ints, valid = _as_int_ids(query)
+            rows = state.rows_of_items(ints)
+            return np.where(valid, rows, -1)
+        return state.rows_of_items([x if isinstance(x, str) else None for x in query.tolist()])
+
+    def item(self, row: int) -> dict[str, object]:
+        return self.items([row])[0]
+
+    def items(self, rows: Sequence[int] | np.ndarray) -> list[dict[str, object]]:
+        """Item dicts ``{"item_id", "semantic_id", "token", "base_code", "fallback", **kept}``."""
+        state = self._snapshot.state
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if idx.shape[0] and (idx.min() < 0 or idx.max() >= state.size):
+            raise IndexError(f"rows must be in 0..{state.size - 1}")
+        sids = state.semantic_ids[idx]
+        tokens = self.layout.tokens(sids)
+        kept = state.kept.take(pa.array(idx)).to_pylist() if state.kept is not None else [{}] * idx.shape[0]
+        out = []
+        for i, row in enumerate(idx.tolist()):
+            item_id = state.item_ids[row]
+            out.append(
+                {
+                    "item_id": int(item_id) if state.id_kind == "int" else str(item_id),
+                    "semantic_id": sids[i].tolist(),
+                    "token": tokens[i],
+                    "base_code": state.base_codes[row].tolist(),
+                    "fallback": bool(state.fallback[row]),
+                    **kept[i],
+                }
+            )
+        return out
+
+    def get_item(self, item_id: object) -> dict[str, object]:
+        row = int(self.lookup_items([item_id])[0])
+        if row < 0:
+            raise UnknownItemError(f"no item {item_id!r} in the index", item_id=item_id)
+        return self.item(row)
+
+    def get_by_semantic_id(self, sid: Sequence[int]) -> dict[str, object]:
+        """The item holding full semantic id ``sid``; ``InvalidSemanticIdError`` if malformed."""
+        codes = self.layout.validate(sid)
+        row = int(self._snapshot.state.rows_of_packed(self.layout.pack(np.array([codes])))[0])
+        if row < 0:
+            raise UnknownSemanticIdError(
+                f"no item has semantic id {'-'.join(map(str, codes))}", semantic_id=codes
+            )
+        return self.item(row)
+
+    def prefix_count(self, prefix: Sequence[int]) -> int:
+        start, stop = self._snapshot.state.sorted_bounds(*self.layout.prefix_range(prefix))
+        return stop - start
+
+    def prefix_items(
+        self, prefix: Sequence[int], *, limit: int = 100, cursor: str | None = None
+    ) -> PrefixPage:
+        """One page of the items under ``prefix`` in semantic-id order.
+
+        ``cursor`` is the ``next_cursor`` of the previous page (opaque); a cursor from
+        another prefix or garbage raises ``InvalidCursorError``.
+        """
+        codes = self.layout.validate_prefix(prefix, min_length=1)
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, (int, np.integer))
+            or not 1 <= limit <= MAX_PAGE_LIMIT
+        ):
+            raise InvalidInputError(f"limit is {limit!r}; expected 1..{MAX_PAGE_LIMIT}", field="limit")
+        state = self._snapshot.state
+        lo, hi = self.layout.prefix_range(codes)
+        start, stop = state.sorted_bounds(lo, hi)
+        first = start
+        if cursor is not None:
+            after = _decode_cursor(cursor, lo=lo, hi=hi)
+            first = int(np.searchsorted(state.sorted_packed, after, side="right"))
+        last = min(stop, first + int(limit))
+        rows = state.order[first:last]
+        next_cursor = _encode_cursor(int(state.sorted_packed[last - 1])) if last < stop else None
+        return PrefixPage(prefix=codes, count=stop - start, items=self.items(rows), next_cursor=next_cursor)
+
+    def children(self, prefix: Sequence[int]) -> list[tuple[int, int]]:
+        """``(code, count)`` of the next position under a prefix of length 0..L (0 = root)."""
+        codes = self.layout.validate_prefix(prefix, min_length=0)
+        if len(codes) > self.layout.levels:
+            raise InvalidInputError(
+                f"prefix has {len(codes)} codes; children need 0..{self.layout.levels}", field="prefix"
+            )
+        return self._snapshot.state.children(codes)
+
+    def nearest(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 distances float32 ``[n, k']`` and rows int64 ``[n, k']``, k' = min(k, len)."""
+        arr = np.ascontiguousarray(vectors, dtype=np.float32)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != self.vector_dim:
+            raise InvalidInputError(
+                f"vectors has shape {np.shape(vectors)}; expected (n, {self.vector_dim})", field="vectors"
+            )
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k is {k!r}; expected an int >= 1", field="k")
+        index = self._snapshot.vectors
+        k_eff = min(int(k), int(index.ntotal))
+        if k_eff == 0:
+            return np.zeros((arr.shape[0], 0), dtype=np.float32), np.zeros((arr.shape[0], 0), dtype=np.int64)
+        distances, rows = index.search(arr, k_eff)
+        return distances, rows.astype(np.int64)
+
+    def embedding_hashes(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._snapshot.state.embedding_hashes[np.asarray(rows, dtype=np.int64)]
+
+    def check(self) -> CheckReport:
+        """Consistency check of the files on disk (not of this handle's memory)."""
+        return check_index(self._path)
+
+    # --- internals -----------------------------------------------------------------
+
+    def _ensure_faiss_file(self) -> None:
+        """Persist a rebuilt faiss index if the file on disk is stale and no one is writing."""
+        snap = self._snapshot
+        if _faiss_file_ok(self._path, snap.manifest):
+            return
+        try:
+            with self._lock.held_for(timeout=0.0):
+                if _read_manifest_or_raise(self._path).segments == snap.manifest.segments:
+                    _write_faiss(self._path, snap.vectors)
+                    logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
+        except IndexLockedError:
+            logger.warning(
+                "index %s: rebuilt %s in memory only; a writer holds the lock", self._path, FAISS_NAME
+            )
+
+    def _validated_batch(
+        self,
+        snap: _Snapshot,
+        *,
+        item_ids: np.ndarray,
+        base_codes: np.ndarray,
+        semantic_ids: np.ndarray,
+        fallback: np.ndarray,
+        embedding_hash: np.ndarray,
+        vectors: np.ndarray,
+        columns: Mapping[str, pa.Array],
+    ) -> tuple[SegmentData, np.ndarray]:
+        layout, state, manifest = snap.manifest.layout, snap.state, snap.manifest
+        ids = _batch_item_ids(item_ids, manifest.id_kind)
+        n = ids.shape[0]
+        taken = state.rows_of_items(ids if manifest.id_kind == "int" else ids.tolist()) >= 0
+        if taken.any():
+            dup = ids[taken][:10].tolist()
+            raise DuplicateItemError(
+                f"{int(taken.sum())} item ids are already in the index, e.g. {dup}", item_ids=dup
+            )
+        sids = _batch_array(semantic_ids, "semantic_ids", (n, layout.width))
+        packed = layout.pack(sids)
+        uniq, counts = np.unique(packed, return_counts=True)
+        repeated = uniq[counts > 1]
+        taken_sids = packed[state.rows_of_packed(packed) >= 0]
+        if repeated.shape[0] or taken_sids.shape[0]:
+            bad = layout.unpack(np.concatenate([repeated, taken_sids])[:10]).tolist()
+            raise DuplicateSemanticIdError(
+                f"{repeated.shape[0]} semantic ids repeated in the batch and {taken_sids.shape[0]} already "
+                f"taken, e.g. {bad}",
+                semantic_ids=bad,
+            )
+        codes = _batch_array(base_codes, "base_codes", (n, layout.levels))
+        layout.pack_base(codes)
+        flags = np.asarray(fallback)
+        if flags.shape != (n,) or flags.dtype != np.bool_:
+            raise InvalidInputError(
+                f"fallback must be bool of shape ({n},), got {flags.dtype} {flags.shape}", field="fallback"
+            )
+        hashes = np.asarray(embedding_hash)
+        if hashes.shape != (n,) or hashes.dtype.kind not in "iu":
+            raise InvalidInputError(f"embedding_hash must be ints of shape ({n},)", field="embedding_hash")
+        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vecs.shape != (n, manifest.vector_dim) or not np.isfinite(vecs).all():
+            raise InvalidInputError(
+                f"vectors must be finite, shape ({n}, {manifest.vector_dim}); got {np.shape(vectors)}",
+                field="vectors",
+            )
+        kept = _batch_columns(columns, manifest.keep_columns, n, state.kept)
+        part = SegmentData(
+            item_ids=ids,
+            semantic_ids=sids,
+            base_codes=codes,
+            fallback=flags,
+            embedding_hashes=hashes.astype(np.uint64),
+            kept=kept,
+        )
+        return part, vecs
+
+
+# --- module helpers ------------------------------------------------------------------
+
+
+def _read_manifest_or_raise(root: Path) -> Manifest:
+    try:
+        return read_manifest(root)
+    except (FileNotFoundError, NotADirectoryError):
+        raise IndexNotFoundError(f"no index at {root} ({MANIFEST_NAME} missing)") from None
+
+
+def _refuse_existing(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise IndexExistsError(f"{root} exists and is not a directory")
+    if (root / MANIFEST_NAME).exists():
+        raise IndexExistsError(f"{root} already holds an index")
+    if root.is_dir():
+        own = {LOCK_NAME, SEGMENTS_DIR, CHECKPOINT_DIR, FAISS_NAME}
+        foreign = sorted(
+            p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(TMP_PREFIX)
+        )
+        if foreign:
+            raise IndexExistsError(
+                f"{root} is not empty (holds {', '.join(foreign[:5])}); refusing to create an index"
+            )
+
+
+def _remove_leftovers(root: Path, manifest: Manifest) -> None:
+    """Delete temp files and segments the manifest does not list (crashed writes). Under the lock."""
+    listed = {s.name for s in manifest.segments}
+    for directory in (root, root / SEGMENTS_DIR):
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            orphan = (
+                directory.name == SEGMENTS_DIR
+                and entry.name.endswith(".parquet")
+                and entry.name not in listed
+            )
+            if entry.name.startswith(TMP_PREFIX) or orphan:
+                logger.info("removing leftover %s", entry)
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> _Snapshot:
+    """Read the manifest's segments (only those after ``base``'s, if given)."""
+    layout, id_kind, keep = manifest.layout, manifest.id_kind, manifest.keep_columns
+    known = len(base.manifest.segments) if base is not None else 0
+    parts = []
+    for info in manifest.segments[known:]:
+        part = read_segment(
+            root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep
+        )
+        if part.rows != info.rows:
+            raise CorruptIndexError(
+                f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}"
+            )
+        parts.append(part)
+    if base is None:
+        state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=parts)
+    else:
+        state = base.state
+        for part in parts:
+            state = state.extended(part)
+    duplicates = state.duplicate_item_ids()
+    if duplicates:
+        raise CorruptIndexError(f"index {root}: item ids held by several rows: {duplicates[:10]}")
+    dup_sids = state.duplicate_packed()
+    if dup_sids.shape[0]:
+        raise CorruptIndexError(
+            f"index {root}: semantic ids held by several items: {layout.unpack(dup_sids[:10]).tolist()}"
+        )
+    if base is not None:
+        vectors = faiss.clone_index(base.vectors)
+        for info in manifest.segments[known:]:
+            vectors.add(read_vectors(root / SEGMENTS_DIR / info.name, vector_dim=manifest.vector_dim))
+    else:
+        vectors = _load_or_rebuild_faiss(root, manifest)
+    return _Snapshot(manifest=manifest, state=state, vectors=vectors)
+
+
+def _faiss_file_ok(root: Path, manifest: Manifest) -> bool:
+    try:
+        index = faiss.read_index(str(root / FAISS_NAME))
+    except RuntimeError:
+        return False
+    return bool(index.ntotal == manifest.item_count and index.d == manifest.vector_dim)
+
+
+def _load_or_rebuild_faiss(root: Path, manifest: Manifest) -> faiss.Index:
+    path = root / FAISS_NAME
+    index = None
+    if path.exists():
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            logger.warning("index %s: %s unreadable (%s); rebuilding", root, FAISS_NAME, exc)
+    if index is not None and index.ntotal == manifest.item_count and index.d == manifest.vector_dim:
+        return index
+    if index is not None:
+        logger.warning(
+            "index %s: %s holds %d vectors, expected %d; rebuilding",
+            root,
+            FAISS_NAME,
+            index.ntotal,
+            manifest.item_count,
+        )
+    elif not path.exists():
+        logger.warning("index %s: %s missing; rebuilding from segments", root, FAISS_NAME)
+    rebuilt = faiss.IndexFlatL2(manifest.vector_dim)
+    for info in manifest.segments:
+        rebuilt.add(read_vectors(root / SEGMENTS_DIR / info.name, vector_dim=manifest.vector_dim))
+    return rebuilt
+
+
+def _write_faiss(root: Path, index: faiss.Index) -> None:
+    replace_atomically(root / FAISS_NAME, lambda tmp: faiss.write_index(index, str(tmp)))
+
+
+def _encode_cursor(packed: int) -> str:
+    return base64.urlsafe_b64encode(struct.pack(">q", packed)).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: str, *, lo: int, hi: int) -> int:
+    if not isinstance(cursor, str) or _CURSOR_RE.fullmatch(cursor) is None:
+        raise InvalidCursorError(f"cursor {cursor!r} is not a cursor returned by this prefix")
+    try:
+        (value,) = struct.unpack(">q", base64.urlsafe_b64decode(cursor + "="))
+    except (binascii.Error, struct.error):
+        raise InvalidCursorError(f"cursor {cursor!r} is not a cursor returned by this prefix") from None
+    if not lo <= value < hi:
+        raise InvalidCursorError(f"cursor {cursor!r} does not belong to this prefix")
+    return int(value)
+
+
+def _as_int_ids(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids plus a validity mask; decimal strings are converted, anything else is invalid."""
+    if query.dtype.kind in "iu" and query.dtype != np.uint64:
+        return query.astype(np.int64), np.ones(query.shape[0], dtype=bool)
+    values = query.tolist()
+    ints = np.zeros(len(values), dtype=np.int64)
+    valid = np.zeros(len(values), dtype=bool)
+    for i, value in enumerate(values):
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,19}", value):
+            value = int(value)
+        if isinstance(value, int) and -(2**63) <= value < 2**63:
+            ints[i], valid[i] = value, True
+    return ints, valid
+
+
+def _batch_item_ids(item_ids: np.ndarray, id_kind: str) -> np.ndarray:
+    ids = np.asarray(item_ids)
+    if ids.ndim != 1 or ids.shape[0] == 0:
+        raise InvalidInputError(
+            f"item_ids must be a non-empty 1-d array, got shape {ids.shape}", field="item_ids"
+        )
+    if id_kind == "int":
+        if ids.dtype.kind not in "iu" or (ids.dtype == np.uint64 and (ids > np.iinfo(np.int64).max).any()):
+            raise InvalidInputError(
+                f"item_ids has dtype {ids.dtype}; this index holds int64 ids", field="item_ids"
+            )
+        ids = ids.astype(np.int64)
+    else:
+        values = ids.tolist()
+        if not all(isinstance(v, str) for v in values):
+            raise InvalidInputError("item_ids must all be strings in this index", field="item_ids")
+        ids = np.array(values, dtype=object)
+    uniq, counts = np.unique(ids.astype(np.str_) if id_kind == "str" else ids, return_counts=True)
+    if uniq.shape[0] != ids.shape[0]:
+        dup = uniq[counts > 1][:10].tolist()
+        raise DuplicateItemError(f"item ids repeated in the batch: {dup}", item_ids=dup)
+    return ids
+
+
+def _batch_array(values: np.ndarray, field: str, shape: tuple[int, int]) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != shape or arr.dtype.kind not in "iu":
+        raise InvalidInputError(
+            f"{field} must be ints of shape {shape}, got {arr.dtype} {arr.shape}", field=field
+        )
+    return arr.astype(np.int64)
+
+
+def _batch_columns(
+    columns: Mapping[str, pa.Array], keep: Sequence[str], n: int, existing: pa.Table | None
+) -> pa.Table:
+    if set(columns) != set(keep):
+        raise InvalidInputError(
+            f"columns are {sorted(columns)}; this index keeps exactly {sorted(keep)}", field="columns"
+        )
+    arrays = []
+    for name in keep:
+        column = columns[name]
+        try:
+            if isinstance(column, pa.ChunkedArray):
+                array = column.combine_chunks()
+            elif isinstance(column, pa.Array):
+                array = column
+            else:
+                array = pa.array(column)
+            if existing is not None:
+                array = array.cast(existing.schema.field(name).type)
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"column {name!r}: {exc}", field=name) from None
+        if len(array) != n:
+            raise InvalidInputError(f"column {name!r} has {len(array)} rows; expected {n}", field=name)
+        arrays.append(array)
+    if not keep:
+        return pa.table({})
+    return pa.Table.from_arrays(arrays, names=list(keep))

@@ -1,0 +1,86 @@
+"""``check_index``: a read-only consistency check of an index directory."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+
+from service.errors import CorruptIndexError
+from service.index_state import IndexState
+from service.manifest import FAISS_NAME, MANIFEST_NAME, SEGMENTS_DIR, read_manifest
+from service.segments import SegmentData, read_segment, read_vectors
+
+logger = logging.getLogger(__name__)
+
+_SHOWN = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckReport:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    item_count: int = 0
+    segment_count: int = 0
+
+
+def check_index(path: str | Path) -> CheckReport:
+    """Every listed segment present and readable, row counts as in the manifest, no
+    duplicate item ids or semantic ids, vectors of the right width, faiss in step.
+
+    Never raises for a broken index; the problems are listed in the report.
+    """
+    root = Path(path)
+    try:
+        manifest = read_manifest(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return CheckReport(ok=False, problems=[f"{root / MANIFEST_NAME} is missing"])
+    except CorruptIndexError as exc:
+        return CheckReport(ok=False, problems=[str(exc)])
+    problems: list[str] = []
+    parts: list[SegmentData] = []
+    for info in manifest.segments:
+        seg_path = root / SEGMENTS_DIR / info.name
+        try:
+            part = read_segment(
+                seg_path, layout=manifest.layout, id_kind=manifest.id_kind, keep_columns=manifest.keep_columns
+            )
+            vectors = read_vectors(seg_path, vector_dim=manifest.vector_dim)
+        except CorruptIndexError as exc:
+            problems.append(str(exc))
+            continue
+        if part.rows != info.rows or vectors.shape[0] != info.rows:
+            problems.append(f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}")
+        parts.append(part)
+    state = IndexState.from_segments(layout=manifest.layout, id_kind=manifest.id_kind, parts=parts)
+    dup_items = state.duplicate_item_ids()
+    if dup_items:
+        problems.append(f"{len(dup_items)} item ids are held by several rows, e.g. {dup_items[:_SHOWN]}")
+    dup_sids = state.duplicate_packed()
+    if dup_sids.shape[0]:
+        shown = manifest.layout.unpack(dup_sids[:_SHOWN]).tolist()
+        problems.append(f"{dup_sids.shape[0]} semantic ids are held by several items, e.g. {shown}")
+    faiss_path = root / FAISS_NAME
+    if not faiss_path.exists():
+        problems.append(f"{FAISS_NAME} is missing")
+    else:
+        try:
+            index = faiss.read_index(str(faiss_path))
+            if index.ntotal != manifest.item_count:
+                problems.append(
+                    f"{FAISS_NAME} holds {index.ntotal} vectors; manifest has {manifest.item_count} items"
+                )
+            if index.d != manifest.vector_dim:
+                problems.append(f"{FAISS_NAME} has dimension {index.d}; expected {manifest.vector_dim}")
+        except RuntimeError as exc:
+            problems.append(f"{FAISS_NAME} is unreadable: {exc}")
+    for problem in problems:
+        logger.warning("check %s: %s", root, problem)
+    return CheckReport(
+        ok=not problems,
+        problems=problems,
+        item_count=manifest.item_count,
+        segment_count=len(manifest.segments),
+    )

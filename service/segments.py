@@ -1,0 +1,158 @@
+"""Parquet segments: the Arrow schema of one batch of items and its conversion to NumPy.
+
+Columns: item_id (int64 or string), semantic_id (fixed-size list of ints, L+1),
+base_code (fixed-size list, L), fallback (bool), embedding_hash (uint64), vector
+(fixed-size list<float32>[vector_dim]) and the kept catalog columns. Reading goes
+column-wise through ``flatten().to_numpy()``, never row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from service.errors import CorruptIndexError
+from service.ids import IdLayout
+
+CORE_COLUMNS = ("item_id", "semantic_id", "base_code", "fallback", "embedding_hash")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentData:
+    """One segment's columns as arrays (vectors are read separately, only when needed)."""
+
+    item_ids: np.ndarray  # int64 [n] or object (str) [n]
+    semantic_ids: np.ndarray  # int64 [n, L+1]
+    base_codes: np.ndarray  # int64 [n, L]
+    fallback: np.ndarray  # bool [n]
+    embedding_hashes: np.ndarray  # uint64 [n]
+    kept: pa.Table  # the kept columns, n rows
+
+    @property
+    def rows(self) -> int:
+        return int(self.fallback.shape[0])
+
+
+def code_type(layout: IdLayout) -> pa.DataType:
+    largest = max(layout.sizes) - 1
+    if largest <= np.iinfo(np.int16).max:
+        return pa.int16()
+    if largest <= np.iinfo(np.int32).max:
+        return pa.int32()
+    return pa.int64()
+
+
+def build_table(
+    *,
+    layout: IdLayout,
+    id_kind: str,
+    item_ids: np.ndarray,
+    semantic_ids: np.ndarray,
+    base_codes: np.ndarray,
+    fallback: np.ndarray,
+    embedding_hashes: np.ndarray,
+    vectors: np.ndarray,
+    columns: Mapping[str, pa.Array],
+    keep_columns: Sequence[str],
+) -> pa.Table:
+    """Arrow table of one segment; inputs are already validated by the index."""
+    ctype = code_type(layout)
+    np_ctype = ctype.to_pandas_dtype()
+    ids = pa.array(item_ids, type=pa.int64() if id_kind == "int" else pa.string())
+    arrays: dict[str, pa.Array] = {
+        "item_id": ids,
+        "semantic_id": _fixed_list(semantic_ids.astype(np_ctype), ctype, layout.width),
+        "base_code": _fixed_list(base_codes.astype(np_ctype), ctype, layout.levels),
+        "fallback": pa.array(fallback, type=pa.bool_()),
+        "embedding_hash": pa.array(embedding_hashes, type=pa.uint64()),
+        "vector": _fixed_list(vectors.astype(np.float32), pa.float32(), vectors.shape[1]),
+    }
+    for name in keep_columns:
+        arrays[name] = columns[name]
+    return pa.table(arrays)
+
+
+def write_segment(table: pa.Table, path: Path) -> None:
+    pq.write_table(table, path, compression="zstd")
+
+
+def read_segment(path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Sequence[str]) -> SegmentData:
+    """Read and validate one segment; any problem raises ``CorruptIndexError`` naming it."""
+    name = path.name
+    try:
+        table = pq.read_table(path, columns=[*CORE_COLUMNS, *keep_columns])
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {name} is listed in the manifest but missing") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {name} is unreadable: {exc}") from None
+    try:
+        item_col = table.column("item_id")
+        if item_col.null_count:
+            raise ValueError("item_id has nulls")
+        if id_kind == "int":
+            if not pa.types.is_integer(item_col.type):
+                raise ValueError(f"item_id is {item_col.type}; the index holds int ids")
+            item_ids = item_col.to_numpy().astype(np.int64, copy=False)
+        else:
+            if not (pa.types.is_string(item_col.type) or pa.types.is_large_string(item_col.type)):
+                raise ValueError(f"item_id is {item_col.type}; the index holds string ids")
+            item_ids = item_col.to_numpy()
+        fallback_col = table.column("fallback")
+        hash_col = table.column("embedding_hash")
+        if fallback_col.null_count or hash_col.null_count:
+            raise ValueError("fallback/embedding_hash have nulls")
+        data = SegmentData(
+            item_ids=item_ids,
+            semantic_ids=list_column_to_numpy(table.column("semantic_id"), layout.width, np.int64),
+            base_codes=list_column_to_numpy(table.column("base_code"), layout.levels, np.int64),
+            fallback=fallback_col.to_numpy().astype(bool, copy=False),
+            embedding_hashes=hash_col.to_numpy().astype(np.uint64, copy=False),
+            kept=table.select(list(keep_columns)),
+        )
+        layout.pack(data.semantic_ids)  # range checks: InvalidSemanticIdError is a ValueError
+        layout.pack_base(data.base_codes)
+    except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {name} is malformed: {exc}") from None
+    return data
+
+
+def read_vectors(path: Path, *, vector_dim: int) -> np.ndarray:
+    """float32 ``[n, vector_dim]`` vectors of one segment."""
+    try:
+        column = pq.read_table(path, columns=["vector"]).column("vector")
+        return list_column_to_numpy(column, vector_dim, np.float32)
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {path.name}: cannot read vectors: {exc}") from None
+
+
+def list_column_to_numpy(column: pa.ChunkedArray | pa.Array, width: int, dtype: type) -> np.ndarray:
+    """A list / fixed-size-list column whose every row has ``width`` values -> ``[n, width]``."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if array.null_count:
+        raise ValueError("list column has null rows")
+    if pa.types.is_fixed_size_list(array.type):
+        if array.type.list_size != width:
+            raise ValueError(f"list size is {array.type.list_size}; expected {width}")
+    elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        if n and (pc.min_max(pc.list_value_length(array)).as_py() != {"min": width, "max": width}):
+            raise ValueError(f"list rows do not all have {width} values")
+    else:
+        raise ValueError(f"column type is {array.type}; expected a list")
+    values = array.flatten()
+    if values.null_count:
+        raise ValueError("list values contain nulls")
+    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, width)
+
+
+def _fixed_list(values: np.ndarray, value_type: pa.DataType, width: int) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, width)
