@@ -95,7 +95,10 @@ def _embeddings_to_numpy(column: pa.Array, name: str, start: int, dim: int | Non
 
 
 def parquet_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as err:
+        raise CatalogError(f"catalog {path} is not a readable Parquet file: {err}") from err
 
 
 def iter_parquet_batches(
@@ -217,4 +220,4 @@ def check_unique_ids(ids: np.ndarray) -> None:
     dup = np.flatnonzero(s[1:] == s[:-1])
     if dup.size:
         i = int(dup[0])
-        raise CatalogError(f"duplicate item_id {s[i]!r} at rows {int(order[i])} and {int(order[i + 1])}")
+        raise CatalogError(f"duplicate item_id {s[i].item()!r} at rows {int(order[i])} and {int(order[i + 1])}")
