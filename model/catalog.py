@@ -60,7 +60,7 @@ def _ids_to_numpy(column: pa.ChunkedArray | pa.Array, name: str, start: int) -> 
     raise CatalogError(f"column {name!r} has type {t}; expected int64 or string item ids")
 
 
-def _embeddings_to_numpy(column: pa.Array, name: str, start: int, dim: int | None) -> np.ndarray:
+def embeddings_to_numpy(column: pa.Array, name: str, start: int, dim: int | None) -> np.ndarray:
     t = column.type
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
         raise CatalogError(f"column {name!r} has type {t}; expected a list of floats (fixed_size_list<float32>)")
@@ -125,7 +125,7 @@ def iter_parquet_batches(
     try:
         for rb in pf.iter_batches(batch_size=batch_rows, columns=[id_column, embedding_column, *keep_columns]):
             ids = _ids_to_numpy(rb.column(id_column), id_column, start)
-            emb = _embeddings_to_numpy(rb.column(embedding_column), embedding_column, start, dim)
+            emb = embeddings_to_numpy(rb.column(embedding_column), embedding_column, start, dim)
             dim = emb.shape[1]
             kept = pa.Table.from_batches([rb.select(list(keep_columns))]) if keep_columns else None
             yield CatalogBatch(item_ids=ids, embeddings=emb, columns=kept, start=start)

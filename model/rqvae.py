@@ -40,6 +40,8 @@ class ForwardResult:
     reconstruction: torch.Tensor
     quantized: QuantizedResult
     recon_loss: torch.Tensor
+    target: torch.Tensor  # the normalised input
+    latent: torch.Tensor  # the encoder's output, before quantization
 
 
 @dataclass
@@ -62,7 +64,8 @@ class SemanticTokenizer(nn.Module):
         z = self.encoder(target)
         q = self.quantizer(z)
         recon = self.decoder(q.quantized)
-        return ForwardResult(reconstruction=recon, quantized=q, recon_loss=F.mse_loss(recon, target, reduction="none").sum(1).mean())
+        recon_loss = F.mse_loss(recon, target, reduction="none").sum(1).mean()
+        return ForwardResult(reconstruction=recon, quantized=q, recon_loss=recon_loss, target=target, latent=z)
 
     @torch.inference_mode()
     def latent(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from model.catalog import CatalogError, iter_parquet_batches, parquet_rows, read_catalog
-from service.dedup import resolve_collisions
-from service.encoder import CheckpointEncoder
+from service.encoder import CheckpointEncoder, EncodedBatch
 from service.hashing import embedding_hash
 from service.index import SemanticIdIndex
+from service.registry import place_new_items
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ class AssignSummary:
     existing_items: int = 0
     changed_items: int = 0
     changed_ids: list = field(default_factory=list)
-    recoded_items: int = 0
     index_items: int = 0
     distinct_base_codes: int = 0
     base_collision_rate: float = 0.0
@@ -55,8 +54,6 @@ class AssignSummary:
             + (f" (ids: {', '.join(map(str, self.changed_ids))}{' ...' if self.changed_items > len(self.changed_ids) else ''})"
                if self.changed_items else ""),
         ]
-        if self.recoded_items:
-            out.append(f"re-coded (new IDs)      {self.recoded_items}")
         out += [
             f"items in index          {self.index_items}",
             f"distinct base codes     {self.distinct_base_codes}",
@@ -134,7 +131,7 @@ def assign_catalog(
     id_column: str = "item_id",
     embedding_column: str = "embedding",
     ids_path: str | Path | None = None,
-    recode_changed: bool = False,
+    lock_timeout: float = 0.0,
     batch_rows: int = 65536,
     progress: bool = False,
 ) -> AssignSummary:
@@ -146,7 +143,6 @@ def assign_catalog(
     summary = AssignSummary()
     pending = _Pending()
     changed_ids: list = []
-    recode_rows: list[np.ndarray] = []
     seen: list[np.ndarray] = []
     index: SemanticIdIndex | None = None
     total = parquet_rows(catalog) if catalog.suffix == ".parquet" else None
@@ -166,9 +162,6 @@ def assign_catalog(
             changed[known] = index.embedding_hashes(rows[known]) != hashes[known]
             if changed.any():
                 changed_ids.extend(ids[changed].tolist())
-                if recode_changed:
-                    recode_rows.append(rows[changed])
-                    known = known & ~changed
         summary.existing_items += int(known.sum())
         new = ~known
         if new.any():
@@ -183,29 +176,22 @@ def assign_catalog(
     _check_unique(seen)
     summary.changed_items = len(changed_ids)
     summary.changed_ids = changed_ids[:MAX_LISTED_CHANGED]
-    if changed_ids and not recode_changed:
-        log.warning("%d known items have a changed embedding; they keep their IDs (use --recode-changed)",
-                    len(changed_ids))
+    if changed_ids:
+        log.warning("%d known items have a changed embedding; they keep their published IDs", len(changed_ids))
     if pending.ids:
         item_ids = np.concatenate(pending.ids)
         base = np.concatenate(pending.codes)
-        result = resolve_collisions(
-            layout=encoder.layout, base_codes=base, distances=np.concatenate(pending.dists), item_ids=item_ids,
-            alternatives=np.concatenate(pending.alts).astype(np.int64), occupancy=index.occupancy(),
-        )
-        vectors = encoder.vectors(result.semantic_ids[:, : encoder.layout.levels])
         columns = None
         if keep_columns:
             table = pa.concat_tables(pending.columns)
             columns = {name: table.column(name) for name in keep_columns}
-        recode = np.concatenate(recode_rows) if recode_rows else None
-        summary.segment = index.append(
-            item_ids=item_ids, base_codes=base, semantic_ids=result.semantic_ids, fallback=result.used_fallback,
-            embedding_hash=np.concatenate(pending.hashes), vectors=vectors, columns=columns,
-            **({"supersede_rows": recode} if recode is not None else {}),
+        encoded = EncodedBatch(base_codes=base, distances=np.concatenate(pending.dists),
+                               alternatives=np.concatenate(pending.alts).astype(np.int64))
+        result, summary.segment = place_new_items(
+            index, encoder, item_ids=item_ids, encoded=encoded, hashes=np.concatenate(pending.hashes),
+            columns=columns, lock_timeout=lock_timeout,
         )
-        summary.new_items = int(len(item_ids)) - (0 if recode is None else len(recode))
-        summary.recoded_items = 0 if recode is None else len(recode)
+        summary.new_items = int(len(item_ids))
         summary.fallback_items = int(result.used_fallback.sum())
     stats = index.base_code_stats()
     summary.index_items = len(index)
@@ -218,8 +204,6 @@ def assign_catalog(
 
 def _expand(enc, mask: np.ndarray):
     """Place the encodings of the masked rows back at their positions in the full batch."""
-    from service.encoder import EncodedBatch
-
     n = mask.shape[0]
     codes = np.zeros((n, enc.base_codes.shape[1]), dtype=np.int64)
     dists = np.zeros(n, dtype=np.float32)

@@ -6,12 +6,12 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from model.catalog import CatalogError
+from service.errors import SemidError
 
 log = logging.getLogger("semid")
 
@@ -24,7 +24,8 @@ class SemidGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except (CatalogError, ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        except (SemidError, CatalogError, ValueError, KeyError, FileNotFoundError, FileExistsError,
+                PermissionError) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
@@ -149,6 +150,84 @@ def synth(out, items, dim, seed) -> None:
 
     path = write_catalog(synthetic_catalog(items=items, dim=dim, seed=seed), out)
     click.echo(f"wrote {items} items x {dim} dims to {path}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint directory from `semid train`.")
+@click.option("--catalog", required=True, type=click.Path(), help="Parquet or .npy catalog.")
+@catalog_options
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index to create or extend.")
+@click.option("--keep-columns", default="", help="Comma-separated catalog columns to keep (e.g. title,genres).")
+@click.option("--batch-rows", default=65536, show_default=True, type=click.IntRange(1, 10_000_000))
+@click.option("--wait-lock", default=0.0, show_default=True, type=float, help="Seconds to wait for another writer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def assign(checkpoint, catalog, ids, id_column, embedding_column, index_dir, keep_columns, batch_rows, wait_lock,
+           as_json, quiet) -> None:
+    """Encode a catalog, resolve collisions and write (or extend) an index; existing IDs never change."""
+    from service.assign import assign_catalog
+
+    keep = tuple(c.strip() for c in keep_columns.split(",") if c.strip())
+    summary = assign_catalog(checkpoint=checkpoint, catalog=catalog, index_dir=index_dir, keep_columns=keep,
+                             id_column=id_column, embedding_column=embedding_column, ids_path=ids,
+                             batch_rows=batch_rows, lock_timeout=wait_lock, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        for line in summary.lines():
+            click.echo(line)
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+def export(index_dir, out) -> None:
+    """Write item_id, semantic_id (list of ints) and token for every item to Parquet."""
+    from service.export import export_index
+
+    rows = export_index(index_dir, out)
+    click.echo(f"wrote {rows} items to {out}")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False))
+def check(index_dir) -> None:
+    """Consistency check: segments present and readable, counts match, no duplicate IDs or items."""
+    from service.index_check import check_index
+
+    report = check_index(index_dir)
+    click.echo(f"{index_dir}: {report.item_count} items in {report.segment_count} segments")
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+    click.echo("ok")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), envvar="SEMID_INDEX_DIR")
+@click.option("--checkpoint", type=click.Path(file_okay=False), help="Default: the index's own checkpoint copy.")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="SEMID_HOST")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), envvar="SEMID_PORT")
+@click.option("--max-batch", type=click.IntRange(1, 1_000_000), help="Most embeddings per request (SEMID_MAX_BATCH).")
+@click.option("--workers-threads", "threads", type=click.IntRange(0, 1024), help="torch threads (SEMID_THREADS).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs); the API key comes from SEMID_API_KEY."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import ServiceSettings
+    from service.state import ServiceState
+
+    overrides = {"index_dir": index_dir, "host": host, "port": port, "checkpoint_dir": checkpoint,
+                 "max_batch": max_batch, "threads": threads}
+    settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+    state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
+    logging.getLogger().setLevel(log_level.upper())
+    click.echo(f"serving {len(state.index)} items from {index_dir} on http://{host}:{port} (docs: /docs)", err=True)
+    uvicorn.run(create_app(settings, state=state), host=host, port=port, log_level=log_level, access_log=False)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,8 @@ class CheckpointEncoder:
             raise EmbeddingError(
                 f"{field} has dimension {x.shape[1]}; the checkpoint expects {self.input_dim}", field=field
             )
+        if not x.flags.writeable:  # e.g. zero-copy from Arrow; torch wants writable memory
+            x = x.copy()
         finite = np.isfinite(x).all(axis=1)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])

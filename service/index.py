@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,6 @@ import pyarrow as pa
 from service.dedup import BucketCounts
 from service.errors import (
     CorruptIndexError,
-    DuplicateItemError,
-    DuplicateSemanticIdError,
     FingerprintMismatchError,
     IndexExistsError,
     IndexLockedError,
@@ -46,6 +45,7 @@ from service.errors import (
     UnknownSemanticIdError,
 )
 from service.ids import IdLayout
+from service.index_batch import validate_batch
 from service.index_check import CheckReport, check_index
 from service.index_state import IndexState
 from service.manifest import (
@@ -59,8 +59,9 @@ from service.manifest import (
     read_manifest,
     write_manifest,
 )
-from service.segments import SegmentData, build_table, read_segment, read_vectors, write_segment
+from service.segments import build_table, read_segment, write_segment
 from service.store import TMP_PREFIX, WriterLock, copy_dir_atomically, replace_atomically
+from service.vector_index import add_segments, load_vector_index, write_vector_index
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class SemanticIdIndex:
         self._snapshot = snapshot
         self._lock = WriterLock(path / LOCK_NAME, description=f"index {path}")
         self._lock_timeout = lock_timeout
+        self._thread_lock = threading.RLock()
 
     # --- opening -------------------------------------------------------------------
 
@@ -144,7 +146,7 @@ class SemanticIdIndex:
             if checkpoint_dir is not None:
                 copy_dir_atomically(Path(checkpoint_dir), root / CHECKPOINT_DIR)
             vectors = faiss.IndexFlatL2(vector_dim)
-            _write_faiss(root, vectors)
+            write_vector_index(root, vectors)
             write_manifest(root, manifest)
         logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
@@ -175,8 +177,10 @@ class SemanticIdIndex:
                 expected=expected_fingerprint,
                 actual=manifest.checkpoint_fingerprint,
             )
-        index = cls(root, _load_snapshot(root, manifest, None), lock_timeout=lock_timeout)
-        index._ensure_faiss_file()
+        snapshot, rebuilt = _load_snapshot(root, manifest, None)
+        index = cls(root, snapshot, lock_timeout=lock_timeout)
+        if rebuilt:
+            index._persist_rebuilt_vectors()
         logger.info("opened index %s: %d items in %d segments", root, len(index), len(manifest.segments))
         return index
 
@@ -210,6 +214,11 @@ class SemanticIdIndex:
     def item_count(self) -> int:
         return self._snapshot.state.size
 
+    @property
+    def state(self) -> IndexState:
+        """The current immutable in-memory arrays, for bulk reads (export, evaluation)."""
+        return self._snapshot.state
+
     def __len__(self) -> int:
         return self.item_count
 
@@ -230,17 +239,28 @@ class SemanticIdIndex:
 
         On entry the handle catches up with segments appended by other processes.
         Raises ``IndexLockedError`` if the lock is not free within ``timeout`` seconds
-        (default: the handle's ``lock_timeout``).
+        (default: the handle's ``lock_timeout``). Re-entrant within one thread; other
+        threads using the same handle wait or fail like other processes do.
         """
-        if self._lock.held:
-            yield self
-            return
-        self._lock.acquire(timeout=self._lock_timeout if timeout is None else timeout)
+        wait = self._lock_timeout if timeout is None else max(0.0, timeout)
+        got = self._thread_lock.acquire(timeout=wait) if wait > 0 else self._thread_lock.acquire(False)
+        if not got:
+            raise IndexLockedError(
+                f"index {self._path} is being written by another thread of this process (pid {os.getpid()})",
+                holder_pid=os.getpid(),
+            )
         try:
-            self.refresh()
-            yield self
+            if self._lock.held:  # re-entered by the thread that holds it
+                yield self
+                return
+            self._lock.acquire(timeout=wait)
+            try:
+                self.refresh()
+                yield self
+            finally:
+                self._lock.release()
         finally:
-            self._lock.release()
+            self._thread_lock.release()
 
     def refresh(self) -> None:
         """Load segments that other processes appended since this handle was loaded."""
@@ -257,7 +277,9 @@ class SemanticIdIndex:
             )
         known = current.manifest.segments
         extends = manifest.segments[: len(known)] == known
-        self._snapshot = _load_snapshot(self._path, manifest, current if extends else None)
+        self._snapshot, rebuilt = _load_snapshot(self._path, manifest, current if extends else None)
+        if rebuilt and self._lock.held:
+            write_vector_index(self._path, self._snapshot.vectors)
         logger.info("index %s refreshed: %d items", self._path, self.item_count)
 
     def append(
@@ -270,8 +292,12 @@ class SemanticIdIndex:
         embedding_hash: np.ndarray,
         vectors: np.ndarray,
         columns: Mapping[str, pa.Array] | None = None,
+        persist_vectors: bool = True,
     ) -> str:
         """Write one batch as a new segment, atomically; returns the segment's name.
+
+        ``persist_vectors=False`` skips rewriting ``faiss.index`` (small online writes):
+        the vectors are in the segment, and the next open rebuilds the stale FAISS file.
 
         Refuses, writing nothing: ``DuplicateItemError`` (item ids repeated or already
         indexed), ``DuplicateSemanticIdError`` (semantic ids repeated or taken),
@@ -280,8 +306,9 @@ class SemanticIdIndex:
         """
         with self.writer():
             snap = self._snapshot
-            part, vecs = self._validated_batch(
-                snap,
+            part, vecs = validate_batch(
+                manifest=snap.manifest,
+                state=snap.state,
                 item_ids=item_ids,
                 base_codes=base_codes,
                 semantic_ids=semantic_ids,
@@ -308,7 +335,8 @@ class SemanticIdIndex:
             replace_atomically(self._path / SEGMENTS_DIR / name, lambda tmp: write_segment(table, tmp))
             new_vectors = faiss.clone_index(snap.vectors)
             new_vectors.add(vecs)
-            _write_faiss(self._path, new_vectors)
+            if persist_vectors:
+                write_vector_index(self._path, new_vectors)
             new_manifest = manifest.with_segment(SegmentInfo(name=name, rows=part.rows))
             write_manifest(self._path, new_manifest)
             self._snapshot = _Snapshot(
@@ -328,18 +356,17 @@ class SemanticIdIndex:
         """How crowded the encoder's base codes are (before collision resolution).
 
         ``distinct``: number of distinct base codes; ``largest_bucket``: most items
-        sharing one base code; ``collision_rate``: share of items whose base code is
-        also another item's (1 - items alone in their base code / items).
+        sharing one base code; ``collision_rate``: 1 - distinct base codes / items, the
+        definition the reference scorer uses.
         """
         state = self._snapshot.state
         if state.size == 0:
             return {"distinct": 0, "largest_bucket": 0, "collision_rate": 0.0}
         counts = BucketCounts(self.layout.pack_base(state.base_codes)).counts
-        alone = int((counts == 1).sum())
         return {
             "distinct": int(counts.shape[0]),
             "largest_bucket": int(counts.max()),
-            "collision_rate": 1.0 - alone / state.size,
+            "collision_rate": 1.0 - counts.shape[0] / state.size,
         }
 
     def lookup_items(self, item_ids: Sequence[object] | np.ndarray) -> np.ndarray:
@@ -464,80 +491,18 @@ class SemanticIdIndex:
 
     # --- internals -----------------------------------------------------------------
 
-    def _ensure_faiss_file(self) -> None:
-        """Persist a rebuilt faiss index if the file on disk is stale and no one is writing."""
+    def _persist_rebuilt_vectors(self) -> None:
+        """Write a rebuilt faiss index unless another writer holds the lock (then memory only)."""
         snap = self._snapshot
-        if _faiss_file_ok(self._path, snap.manifest):
-            return
         try:
             with self._lock.held_for(timeout=0.0):
                 if _read_manifest_or_raise(self._path).segments == snap.manifest.segments:
-                    _write_faiss(self._path, snap.vectors)
+                    write_vector_index(self._path, snap.vectors)
                     logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
         except IndexLockedError:
             logger.warning(
                 "index %s: rebuilt %s in memory only; a writer holds the lock", self._path, FAISS_NAME
             )
-
-    def _validated_batch(
-        self,
-        snap: _Snapshot,
-        *,
-        item_ids: np.ndarray,
-        base_codes: np.ndarray,
-        semantic_ids: np.ndarray,
-        fallback: np.ndarray,
-        embedding_hash: np.ndarray,
-        vectors: np.ndarray,
-        columns: Mapping[str, pa.Array],
-    ) -> tuple[SegmentData, np.ndarray]:
-        layout, state, manifest = snap.manifest.layout, snap.state, snap.manifest
-        ids = _batch_item_ids(item_ids, manifest.id_kind)
-        n = ids.shape[0]
-        taken = state.rows_of_items(ids if manifest.id_kind == "int" else ids.tolist()) >= 0
-        if taken.any():
-            dup = ids[taken][:10].tolist()
-            raise DuplicateItemError(
-                f"{int(taken.sum())} item ids are already in the index, e.g. {dup}", item_ids=dup
-            )
-        sids = _batch_array(semantic_ids, "semantic_ids", (n, layout.width))
-        packed = layout.pack(sids)
-        uniq, counts = np.unique(packed, return_counts=True)
-        repeated = uniq[counts > 1]
-        taken_sids = packed[state.rows_of_packed(packed) >= 0]
-        if repeated.shape[0] or taken_sids.shape[0]:
-            bad = layout.unpack(np.concatenate([repeated, taken_sids])[:10]).tolist()
-            raise DuplicateSemanticIdError(
-                f"{repeated.shape[0]} semantic ids repeated in the batch and {taken_sids.shape[0]} already "
-                f"taken, e.g. {bad}",
-                semantic_ids=bad,
-            )
-        codes = _batch_array(base_codes, "base_codes", (n, layout.levels))
-        layout.pack_base(codes)
-        flags = np.asarray(fallback)
-        if flags.shape != (n,) or flags.dtype != np.bool_:
-            raise InvalidInputError(
-                f"fallback must be bool of shape ({n},), got {flags.dtype} {flags.shape}", field="fallback"
-            )
-        hashes = np.asarray(embedding_hash)
-        if hashes.shape != (n,) or hashes.dtype.kind not in "iu":
-            raise InvalidInputError(f"embedding_hash must be ints of shape ({n},)", field="embedding_hash")
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vecs.shape != (n, manifest.vector_dim) or not np.isfinite(vecs).all():
-            raise InvalidInputError(
-                f"vectors must be finite, shape ({n}, {manifest.vector_dim}); got {np.shape(vectors)}",
-                field="vectors",
-            )
-        kept = _batch_columns(columns, manifest.keep_columns, n, state.kept)
-        part = SegmentData(
-            item_ids=ids,
-            semantic_ids=sids,
-            base_codes=codes,
-            fallback=flags,
-            embedding_hashes=hashes.astype(np.uint64),
-            kept=kept,
-        )
-        return part, vecs
 
 
 # --- module helpers ------------------------------------------------------------------
@@ -586,8 +551,11 @@ def _remove_leftovers(root: Path, manifest: Manifest) -> None:
                     entry.unlink(missing_ok=True)
 
 
-def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> _Snapshot:
-    """Read the manifest's segments (only those after ``base``'s, if given)."""
+def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> tuple[_Snapshot, bool]:
+    """Read the manifest's segments (only those after ``base``'s, if given).
+
+    Also returns whether the faiss index had to be rebuilt from the segments.
+    """
     layout, id_kind, keep = manifest.layout, manifest.id_kind, manifest.keep_columns
     known = len(base.manifest.segments) if base is not None else 0
     parts = []
@@ -614,51 +582,13 @@ def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> _S
         raise CorruptIndexError(
             f"index {root}: semantic ids held by several items: {layout.unpack(dup_sids[:10]).tolist()}"
         )
+    rebuilt = False
     if base is not None:
         vectors = faiss.clone_index(base.vectors)
-        for info in manifest.segments[known:]:
-            vectors.add(read_vectors(root / SEGMENTS_DIR / info.name, vector_dim=manifest.vector_dim))
+        add_segments(vectors, root, manifest.segments[known:], vector_dim=manifest.vector_dim)
     else:
-        vectors = _load_or_rebuild_faiss(root, manifest)
-    return _Snapshot(manifest=manifest, state=state, vectors=vectors)
-
-
-def _faiss_file_ok(root: Path, manifest: Manifest) -> bool:
-    try:
-        index = faiss.read_index(str(root / FAISS_NAME))
-    except RuntimeError:
-        return False
-    return bool(index.ntotal == manifest.item_count and index.d == manifest.vector_dim)
-
-
-def _load_or_rebuild_faiss(root: Path, manifest: Manifest) -> faiss.Index:
-    path = root / FAISS_NAME
-    index = None
-    if path.exists():
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            logger.warning("index %s: %s unreadable (%s); rebuilding", root, FAISS_NAME, exc)
-    if index is not None and index.ntotal == manifest.item_count and index.d == manifest.vector_dim:
-        return index
-    if index is not None:
-        logger.warning(
-            "index %s: %s holds %d vectors, expected %d; rebuilding",
-            root,
-            FAISS_NAME,
-            index.ntotal,
-            manifest.item_count,
-        )
-    elif not path.exists():
-        logger.warning("index %s: %s missing; rebuilding from segments", root, FAISS_NAME)
-    rebuilt = faiss.IndexFlatL2(manifest.vector_dim)
-    for info in manifest.segments:
-        rebuilt.add(read_vectors(root / SEGMENTS_DIR / info.name, vector_dim=manifest.vector_dim))
-    return rebuilt
-
-
-def _write_faiss(root: Path, index: faiss.Index) -> None:
-    replace_atomically(root / FAISS_NAME, lambda tmp: faiss.write_index(index, str(tmp)))
+        vectors, rebuilt = load_vector_index(root, manifest)
+    return _Snapshot(manifest=manifest, state=state, vectors=vectors), rebuilt
 
 
 def _encode_cursor(packed: int) -> str:
@@ -692,65 +622,3 @@ def _as_int_ids(query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(value, int) and -(2**63) <= value < 2**63:
             ints[i], valid[i] = value, True
     return ints, valid
-
-
-def _batch_item_ids(item_ids: np.ndarray, id_kind: str) -> np.ndarray:
-    ids = np.asarray(item_ids)
-    if ids.ndim != 1 or ids.shape[0] == 0:
-        raise InvalidInputError(
-            f"item_ids must be a non-empty 1-d array, got shape {ids.shape}", field="item_ids"
-        )
-    if id_kind == "int":
-        if ids.dtype.kind not in "iu" or (ids.dtype == np.uint64 and (ids > np.iinfo(np.int64).max).any()):
-            raise InvalidInputError(
-                f"item_ids has dtype {ids.dtype}; this index holds int64 ids", field="item_ids"
-            )
-        ids = ids.astype(np.int64)
-    else:
-        values = ids.tolist()
-        if not all(isinstance(v, str) for v in values):
-            raise InvalidInputError("item_ids must all be strings in this index", field="item_ids")
-        ids = np.array(values, dtype=object)
-    uniq, counts = np.unique(ids.astype(np.str_) if id_kind == "str" else ids, return_counts=True)
-    if uniq.shape[0] != ids.shape[0]:
-        dup = uniq[counts > 1][:10].tolist()
-        raise DuplicateItemError(f"item ids repeated in the batch: {dup}", item_ids=dup)
-    return ids
-
-
-def _batch_array(values: np.ndarray, field: str, shape: tuple[int, int]) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.shape != shape or arr.dtype.kind not in "iu":
-        raise InvalidInputError(
-            f"{field} must be ints of shape {shape}, got {arr.dtype} {arr.shape}", field=field
-        )
-    return arr.astype(np.int64)
-
-
-def _batch_columns(
-    columns: Mapping[str, pa.Array], keep: Sequence[str], n: int, existing: pa.Table | None
-) -> pa.Table:
-    if set(columns) != set(keep):
-        raise InvalidInputError(
-            f"columns are {sorted(columns)}; this index keeps exactly {sorted(keep)}", field="columns"
-        )
-    arrays = []
-    for name in keep:
-        column = columns[name]
-        try:
-            if isinstance(column, pa.ChunkedArray):
-                array = column.combine_chunks()
-            elif isinstance(column, pa.Array):
-                array = column
-            else:
-                array = pa.array(column)
-            if existing is not None:
-                array = array.cast(existing.schema.field(name).type)
-        except (pa.ArrowException, TypeError, ValueError) as exc:
-            raise InvalidInputError(f"column {name!r}: {exc}", field=name) from None
-        if len(array) != n:
-            raise InvalidInputError(f"column {name!r} has {len(array)} rows; expected {n}", field=name)
-        arrays.append(array)
-    if not keep:
-        return pa.table({})
-    return pa.Table.from_arrays(arrays, names=list(keep))

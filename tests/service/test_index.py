@@ -384,6 +384,27 @@ def test_lock_held_by_another_process(tmp_path):
     assert len(index) == 23
 
 
+def test_writer_excludes_other_threads_of_the_same_handle(tmp_path):
+    rng = np.random.default_rng(22)
+    index, _ = filled_index(tmp_path / "idx", rng, batches=1)
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
+            index.append(**make_batch(rng, 2, start=500))
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    with index.writer():
+        index.append(**make_batch(rng, 2, start=400, occupancy=index.occupancy()))  # re-entrant
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert len(errors) == 1 and isinstance(errors[0], IndexLockedError)
+    assert "another thread" in str(errors[0])
+    assert len(index) == 22
+
+
 def test_second_handle_catches_up_before_writing(tmp_path):
     rng = np.random.default_rng(16)
     first, _ = filled_index(tmp_path / "idx", rng, batches=1)
@@ -469,4 +490,8 @@ def test_base_code_stats(tmp_path):
     batch["base_codes"] = np.array([[1, 1, 1], [1, 1, 1], [2, 2, 2]])
     batch["semantic_ids"] = np.array([[1, 1, 1, 0], [1, 1, 1, 1], [2, 2, 2, 0]])
     index.append(**batch)
-    assert index.base_code_stats() == {"distinct": 2, "largest_bucket": 2, "collision_rate": pytest.approx(2 / 3)}
+    assert index.base_code_stats() == {
+        "distinct": 2,
+        "largest_bucket": 2,
+        "collision_rate": pytest.approx(2 / 3),
+    }

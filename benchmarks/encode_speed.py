@@ -1,0 +1,191 @@
+"""Encoding throughput of the default tokenizer against this machine's dense-matmul ceiling, in one run.
+
+    python benchmarks/encode_speed.py [--checkpoint DIR] [--threads N] [--min-seconds 1.0] [--rounds 3]
+
+Without --checkpoint a default-config RQ-VAE is trained for 2 epochs on a 20k x 384 synthetic
+catalog (the weights' values do not matter for speed). Measured:
+
+* the matmul ceiling: float32 torch.matmul of (8192 x 384) @ (384 x 512) and of 2048^3,
+  best of several repeats, as GFLOP/s = 2*m*n*k / s;
+* FLOPs per encoded item, counted from the model's modules: 2*in*out for every Linear of the
+  encoder plus levels * codebook_size * code_dim * 2 for the quantizer's distance matmuls;
+* items/s of CheckpointEncoder.encode(numpy) and of tokenizer.encode(torch tensor) at batch
+  sizes 1, 64 and 8192 (warm-up first, each measurement >= --min-seconds, best of --rounds),
+  with the achieved GFLOP/s and its share of the ceiling (the larger of the two matmuls).
+
+Target: >= 50 % of the matmul ceiling at batch 8192.
+Writes benchmarks/results/encode_speed.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import markdown_table, write_results  # noqa: E402
+from model.config import SemidConfig  # noqa: E402
+from model.job import train_tokenizer  # noqa: E402
+from model.rqvae import SemanticTokenizer  # noqa: E402
+from model.synthetic import synthetic_catalog  # noqa: E402
+from service.encoder import CheckpointEncoder  # noqa: E402
+
+BATCH_SIZES = (1, 64, 8192)
+TARGET_SHARE = 0.5
+TARGET_BATCH = 8192
+MATMUL_SHAPES = ((8192, 384, 512), (2048, 2048, 2048))  # (m, k, n): [m, k] @ [k, n]
+COLUMNS = ["path", "batch", "items_per_s", "gflops", "share_of_ceiling", "calls", "seconds"]
+
+
+def timed_loop(fn: Callable[[], object], min_seconds: float) -> tuple[int, float]:
+    """Call fn until at least min_seconds have passed; returns (calls, seconds)."""
+    calls = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return calls, elapsed
+
+
+def best_rate(fn: Callable[[], object], work_per_call: float, *, min_seconds: float, rounds: int) -> dict:
+    """Warm up, then `rounds` measurements of >= min_seconds each; the best rate (work units/s) wins."""
+    timed_loop(fn, min(0.25, min_seconds))  # warm-up: allocator, thread pool, oneDNN primitive caches
+    best = None
+    for _ in range(rounds):
+        calls, seconds = timed_loop(fn, min_seconds)
+        rate = calls * work_per_call / seconds
+        if best is None or rate > best["rate"]:
+            best = {"rate": rate, "calls": calls, "seconds": seconds}
+    return best
+
+
+def matmul_ceiling(min_seconds: float, rounds: int) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in MATMUL_SHAPES:
+        a = torch.randn(m, k, generator=gen)
+        b = torch.randn(k, n, generator=gen)
+        out = torch.empty(m, n)
+        flops = 2.0 * m * n * k
+        best = best_rate(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), flops,
+                         min_seconds=min_seconds, rounds=rounds)
+        rows.append({"shape": f"({m} x {k}) @ ({k} x {n})", "gflops": round(best["rate"] / 1e9, 2),
+                     "calls": best["calls"], "seconds": round(best["seconds"], 3)})
+    return rows
+
+
+def flops_per_item(tokenizer: SemanticTokenizer) -> dict:
+    """Multiply-add FLOPs to encode one item: encoder Linears + the quantizer's distance matmuls."""
+    linears = [m for m in tokenizer.encoder.modules() if isinstance(m, nn.Linear)]
+    encoder = sum(2 * m.in_features * m.out_features for m in linears)
+    q = tokenizer.quantizer
+    quantizer = q.levels * q.codebook_size * q.dim * 2
+    return {
+        "encoder_linears": [f"{m.in_features}x{m.out_features}" for m in linears],
+        "encoder_flops": encoder,
+        "quantizer_flops": quantizer,
+        "total": encoder + quantizer,
+    }
+
+
+def default_checkpoint(workdir: Path) -> Path:
+    emb = synthetic_catalog(items=20_000, dim=384, seed=0).embeddings
+    data = SemidConfig().to_dict()
+    data["model"]["input_dim"] = int(emb.shape[1])
+    t = data["train"]
+    t.update(epochs=2, warmup_epochs=min(t["warmup_epochs"], 2), beta_warmup_epochs=min(t["beta_warmup_epochs"], 2),
+             ae_warmup_epochs=min(t["ae_warmup_epochs"], 1))
+    out = workdir / "checkpoint"
+    train_tokenizer(emb, SemidConfig.from_dict(data), out)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="checkpoint directory (default: train a throwaway default model)")
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads before measuring (0: leave as is)")
+    ap.add_argument("--min-seconds", type=float, default=1.0, help="minimum duration of one measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements per figure; the best is kept")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="semid-encode-speed-") as tmp:
+        ckpt_dir = Path(args.checkpoint) if args.checkpoint else default_checkpoint(Path(tmp))
+        encoder = CheckpointEncoder.from_dir(ckpt_dir)
+    if args.threads:  # training may have changed it (train.threads)
+        torch.set_num_threads(args.threads)
+    tokenizer = encoder.tokenizer
+    cfg = encoder.checkpoint.config.model
+    threads = torch.get_num_threads()
+
+    ceiling_rows = matmul_ceiling(args.min_seconds, args.rounds)
+    ceiling = max(r["gflops"] for r in ceiling_rows)
+    flops = flops_per_item(tokenizer)
+
+    x_np = synthetic_catalog(items=max(BATCH_SIZES), dim=cfg.input_dim, seed=1).embeddings
+    x_t = torch.from_numpy(x_np)
+    rows = []
+    for batch in BATCH_SIZES:
+        xb_np = np.ascontiguousarray(x_np[:batch])
+        xb_t = x_t[:batch].contiguous()
+        paths = {
+            "CheckpointEncoder.encode (numpy)": lambda xb=xb_np: encoder.encode(xb),
+            "tokenizer.encode (torch)": lambda xb=xb_t: tokenizer.encode(xb),
+        }
+        for name, fn in paths.items():
+            best = best_rate(fn, batch, min_seconds=args.min_seconds, rounds=args.rounds)
+            gflops = best["rate"] * flops["total"] / 1e9
+            rows.append({
+                "path": name, "batch": batch, "items_per_s": round(best["rate"], 1), "gflops": round(gflops, 2),
+                "share_of_ceiling": round(gflops / ceiling, 4), "calls": best["calls"],
+                "seconds": round(best["seconds"], 3),
+            })
+
+    target = {
+        row["path"]: {"share": row["share_of_ceiling"], "met": row["share_of_ceiling"] >= TARGET_SHARE}
+        for row in rows if row["batch"] == TARGET_BATCH
+    }
+    data = {
+        "checkpoint": str(args.checkpoint) if args.checkpoint else "throwaway default model (20k x 384, 2 epochs)",
+        "model": {"tokenizer": cfg.tokenizer, "input_dim": cfg.input_dim, "hidden_dims": list(cfg.hidden_dims),
+                  "latent_dim": cfg.latent_dim, "levels": cfg.levels, "codebook_size": cfg.codebook_size},
+        "encoder_alternatives": encoder.alternatives,
+        "encoder_batch_size": encoder.batch_size,
+        "torch_threads": threads,
+        "matmul": ceiling_rows,
+        "ceiling_gflops": ceiling,
+        "flops_per_item": flops,
+        "rows": rows,
+        "target": f">= {TARGET_SHARE:.0%} of the matmul ceiling at batch {TARGET_BATCH}",
+        "target_results": target,
+        "min_seconds": args.min_seconds,
+        "rounds": args.rounds,
+    }
+    md = f"torch threads: {threads}\n\n"
+    md += markdown_table(ceiling_rows, ["shape", "gflops", "calls", "seconds"])
+    md += (f"\n\nceiling: {ceiling} GFLOP/s. FLOPs per item: {flops['total']:,} "
+           f"(encoder {' + '.join(flops['encoder_linears'])}: {flops['encoder_flops']:,}; "
+           f"quantizer {cfg.levels} x {cfg.codebook_size} x {tokenizer.quantizer.dim} x 2: {flops['quantizer_flops']:,}). "
+           f"CheckpointEncoder uses alternatives={encoder.alternatives}, tokenizer.encode alternatives=1.\n\n")
+    md += markdown_table(rows, COLUMNS)
+    md += f"\n\ntarget {data['target']}: " + "; ".join(
+        f"{p}: {t['share']:.1%} ({'met' if t['met'] else 'not met'})" for p, t in target.items()
+    )
+    path = write_results("encode_speed", data, md)
+    print(md)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""HTTP routes under /v1: thin wrappers that validate, call the index or encoder, and return."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from model.catalog import CatalogError, embeddings_to_numpy
+from service.errors import InvalidInputError
+from service.registry import register_batch
+from service.schemas import (
+    AssignRequest,
+    AssignResponse,
+    ChildrenResponse,
+    EncodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    Health,
+    ItemPublic,
+    PrefixPage,
+    ResolveRequest,
+    ResolveResponse,
+)
+from service.state import ServiceState
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)
+}
+
+router = APIRouter()
+
+
+class ApiKeyError(Exception):
+    def __init__(self, message: str, *, status: int, code: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class BatchTooLargeError(Exception):
+    def __init__(self, message: str, *, field: str):
+        super().__init__(message)
+        self.field = field
+
+
+class NotReadyError(Exception):
+    """The index is not loaded (yet): 503."""
+
+
+def get_state(request: Request) -> ServiceState:
+    state = request.app.state.semid
+    if state is None:
+        raise NotReadyError("the index is not loaded yet")
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+ApiKeyHeader = Annotated[str | None, Header(alias="X-API-Key", description="API key for write routes.")]
+
+
+def require_api_key(state: ServiceState, key: str | None) -> None:
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    if not key:
+        raise ApiKeyError("this route writes to the index and needs the X-API-Key header", status=401,
+                          code="api_key_missing")
+    if not hmac.compare_digest(key.encode(), expected.encode()):
+        raise ApiKeyError("the X-API-Key header is not the configured API key", status=403, code="api_key_invalid")
+
+
+def _check_batch(state: ServiceState, n: int, field: str) -> None:
+    if n == 0:
+        raise InvalidInputError(f"{field} is empty; expected at least one", field=field)
+    if n > state.settings.max_batch:
+        raise BatchTooLargeError(f"{field} has {n} entries; at most {state.settings.max_batch} per request",
+                                 field=field)
+
+
+def _as_matrix(rows: list[list[float]], field: str) -> np.ndarray:
+    widths = {len(r) for r in rows}
+    if len(widths) > 1:
+        raise InvalidInputError(f"{field} must all have the same dimension, got {sorted(widths)[:5]}", field=field)
+    return np.asarray(rows, dtype=np.float32)
+
+
+def _ids_array(state: ServiceState, ids: list[Any], field: str = "item_ids") -> np.ndarray:
+    if state.index.id_kind == "int":
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise InvalidInputError(f"{field} must be integers for this index", field=field)
+        if any(not -(2**63) <= i < 2**63 for i in ids):
+            raise InvalidInputError(f"{field} must fit in 64 bits", field=field)
+        return np.asarray(ids, dtype=np.int64)
+    if not all(isinstance(i, str) for i in ids):
+        raise InvalidInputError(f"{field} must be strings for this index", field=field)
+    return np.asarray(ids, dtype=object)
+
+
+def _public_id(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@router.post("/v1/encode", response_model=EncodeResponse, responses=ERRORS, tags=["ids"])
+def encode(body: EncodeRequest, state: StateDep, request: Request, x_api_key: ApiKeyHeader = None) -> JSONResponse:
+    """Embeddings -> base codes; full semantic IDs for known items, or for new ones with register=true."""
+    n = len(body.embeddings)
+    _check_batch(state, n, "embeddings")
+    if body.item_ids is not None and len(body.item_ids) != n:
+        raise InvalidInputError(f"item_ids has {len(body.item_ids)} entries for {n} embeddings", field="item_ids")
+    if body.register_items:
+        require_api_key(state, x_api_key)
+        if body.item_ids is None:
+            raise InvalidInputError("register=true needs item_ids, one per embedding", field="item_ids")
+    x = state.encoder.check(_as_matrix(body.embeddings, "embeddings"))
+    encoded = state.encoder.encode(x, alternatives=1)
+    layout = state.index.layout
+    sids: list[list[int] | None] = [None] * n
+    existing: list[bool | None] = [None] * n
+    segment = None
+    if body.item_ids is not None:
+        ids = _ids_array(state, body.item_ids)
+        if body.register_items:
+            reg = register_batch(state.index, state.encoder, item_ids=ids, embeddings=x,
+                                 lock_timeout=state.settings.write_lock_timeout)
+            sids = reg.semantic_ids.tolist()
+            existing = reg.existing.tolist()
+            segment = reg.segment
+            request.app.state.metrics.registered.inc(int((~reg.existing).sum()))
+        else:
+            rows = state.index.lookup_items(ids)
+            known = state.index.state.semantic_ids[np.maximum(rows, 0)].tolist()
+            sids = [k if r >= 0 else None for k, r in zip(known, rows.tolist(), strict=True)]
+            existing = [r >= 0 for r in rows.tolist()]
+    request.app.state.metrics.encoded.inc(n)
+    base = encoded.base_codes.tolist()
+    item_ids = body.item_ids or [None] * n
+    results = [
+        {"base_code": b, "semantic_id": s, "token": layout.token(s) if s is not None else None,
+         "item_id": i, "existing": e}
+        for b, s, i, e in zip(base, sids, item_ids, existing, strict=True)
+    ]
+    return JSONResponse({"results": results, "segment": segment})
+
+
+_ASSIGN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": AssignRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _read_arrow(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
+    try:
+        table = pa.ipc.open_stream(raw).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InvalidInputError(f"body is not an Arrow IPC stream: {err}", field="body") from err
+    for col in ("item_id", "embedding"):
+        if col not in table.column_names:
+            raise InvalidInputError(f"Arrow stream has no column {col!r}", field=col)
+    _check_batch(state, table.num_rows, "items")
+    id_col = table.column("item_id").combine_chunks()
+    if id_col.null_count:
+        raise InvalidInputError("item_id has nulls", field="item_id")
+    if pa.types.is_integer(id_col.type):
+        ids = _ids_array(state, id_col.to_pylist(), "item_id")
+    elif pa.types.is_string(id_col.type) or pa.types.is_large_string(id_col.type):
+        ids = _ids_array(state, id_col.to_pylist(), "item_id")
+    else:
+        raise InvalidInputError(f"item_id has type {id_col.type}; expected integers or strings", field="item_id")
+    try:
+        emb = embeddings_to_numpy(table.column("embedding").combine_chunks(), "embedding", 0, None)
+    except CatalogError as err:
+        raise InvalidInputError(str(err), field="embedding") from err
+    columns = {c: table.column(c).combine_chunks() for c in state.index.keep_columns if c in table.column_names}
+    for c in state.index.keep_columns:
+        columns.setdefault(c, pa.nulls(table.num_rows, pa.string()))
+    return ids, emb, columns
+
+
+def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
+    try:
+        body = AssignRequest.model_validate_json(raw)
+    except ValidationError as err:
+        from fastapi.exceptions import RequestValidationError
+
+        raise RequestValidationError(err.errors(include_url=False), body=None) from err
+    _check_batch(state, len(body.items), "items")
+    ids = _ids_array(state, [it.item_id for it in body.items], "items.item_id")
+    emb = _as_matrix([it.embedding for it in body.items], "items.embedding")
+    columns = {}
+    for c in state.index.keep_columns:
+        values = [(it.model_extra or {}).get(c) for it in body.items]
+        try:
+            columns[c] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise InvalidInputError(f"items.{c} has mixed or unsupported values: {err}", field=f"items.{c}") from err
+    return ids, emb, columns
+
+
+@router.post("/v1/assign", response_model=AssignResponse, responses=ERRORS, tags=["ids"], openapi_extra=_ASSIGN_BODY)
+async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = None) -> JSONResponse:
+    """Register many items at once (JSON or an Arrow IPC stream); new ones land in one atomic segment."""
+    require_api_key(state, x_api_key)
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if content_type == ARROW_STREAM:
+        ids, emb, columns = _read_arrow(state, raw)
+    elif content_type in ("application/json", ""):
+        ids, emb, columns = _read_json_items(state, raw)
+    else:
+        raise InvalidInputError(f"content-type {content_type!r}; expected application/json or {ARROW_STREAM}",
+                                field="content-type")
+    from starlette.concurrency import run_in_threadpool
+
+    reg = await run_in_threadpool(
+        register_batch, state.index, state.encoder, item_ids=ids, embeddings=state.encoder.check(emb, field="embedding"),
+        columns=columns, lock_timeout=state.settings.write_lock_timeout,
+    )
+    request.app.state.metrics.registered.inc(int((~reg.existing).sum()))
+    layout = state.index.layout
+    sids = reg.semantic_ids.tolist()
+    results = [
+        {"item_id": _public_id(i), "semantic_id": s, "token": layout.token(s), "existing": bool(e),
+         "embedding_changed": bool(c)}
+        for i, s, e, c in zip(ids.tolist(), sids, reg.existing, reg.changed, strict=True)
+    ]
+    return JSONResponse({"results": results, "segment": reg.segment, "fallback": reg.fallback})
+
+
+@router.get("/v1/items/{item_id}", response_model=ItemPublic, responses=ERRORS, tags=["look-up"])
+def get_item(item_id: str, state: StateDep) -> JSONResponse:
+    """The semantic ID (and kept columns) of one item."""
+    return JSONResponse(state.index.get_item(item_id))
+
+
+@router.get("/v1/ids/{semantic_id}", response_model=ItemPublic, responses=ERRORS, tags=["look-up"])
+def get_by_id(semantic_id: str, state: StateDep) -> JSONResponse:
+    """The item holding a full semantic ID, written with dashes: 12-201-7-0."""
+    layout = state.index.layout
+    try:
+        codes = layout.parse(semantic_id)
+    except InvalidInputError as err:
+        err.field = "semantic_id"
+        raise
+    return JSONResponse(state.index.get_by_semantic_id(codes))
+
+
+@router.get("/v1/prefixes/{prefix}", response_model=PrefixPage, responses=ERRORS, tags=["look-up"])
+def prefix_items(
+    prefix: str,
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Items per page.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page.")] = None,
+) -> JSONResponse:
+    """Items under an ID prefix (1..L+1 codes), in ID order, paginated, with the total count."""
+    if limit > state.settings.max_page:
+        raise InvalidInputError(f"limit is {limit}; at most {state.settings.max_page}", field="limit")
+    page = state.index.prefix_items(state.index.layout.parse(prefix), limit=limit, cursor=cursor)
+    return JSONResponse({"prefix": list(page.prefix), "count": page.count, "items": page.items,
+                         "next_cursor": page.next_cursor})
+
+
+def _children(state: ServiceState, codes: tuple[int, ...]) -> JSONResponse:
+    children = state.index.children(codes)
+    return JSONResponse({"prefix": list(codes), "children": [{"code": c, "count": n} for c, n in children]})
+
+
+@router.get("/v1/prefixes/{prefix}/children", response_model=ChildrenResponse, responses=ERRORS, tags=["look-up"])
+def prefix_children(prefix: str, state: StateDep) -> JSONResponse:
+    """The valid next codes under a prefix, with item counts: the allowed tokens for constrained decoding."""
+    return _children(state, state.index.layout.parse(prefix))
+
+
+@router.get("/v1/children", response_model=ChildrenResponse, responses=ERRORS, tags=["look-up"])
+def root_children(state: StateDep) -> JSONResponse:
+    """The valid first codes, with item counts."""
+    return _children(state, ())
+
+
+@router.post("/v1/resolve", response_model=ResolveResponse, responses=ERRORS, tags=["look-up"])
+def resolve(body: ResolveRequest, state: StateDep) -> JSONResponse:
+    """Any code tuple (e.g. generated) -> the exact item, or the k nearest valid IDs and their items."""
+    layout = state.index.layout
+    if not 1 <= body.k <= state.settings.max_k:
+        raise InvalidInputError(f"k is {body.k}; expected 1..{state.settings.max_k}", field="k")
+    try:
+        codes = layout.validate_prefix(body.semantic_id, min_length=1)
+    except InvalidInputError as err:
+        err.field = "semantic_id"
+        raise
+    exact = None
+    if len(codes) == layout.width:
+        rows = state.index.state.rows_of_packed(layout.pack(np.array([codes])))
+        if rows[0] >= 0:
+            exact = state.index.item(int(rows[0]))
+    base = np.array([codes[: layout.levels]], dtype=np.int64)
+    distances, rows = state.index.nearest(state.encoder.vectors(base), body.k)
+    items = state.index.items(rows[0]) if rows.shape[1] else []
+    nearest = [
+        {"semantic_id": it["semantic_id"], "item_id": it["item_id"], "distance": float(d), "item": it}
+        for it, d in zip(items, distances[0].tolist(), strict=True)
+    ]
+    return JSONResponse({"exact": exact, "nearest": nearest})
+
+
+@router.get("/healthz", response_model=Health, tags=["operations"])
+def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}}, tags=["operations"])
+def readyz(request: Request) -> JSONResponse:
+    """Readiness: the index and checkpoint are loaded."""
+    state = request.app.state.semid
+    if state is None:
+        return JSONResponse({"error": {"code": "not_ready", "message": "the index is loading"}}, status_code=503)
+    return JSONResponse({"status": "ready", "items": len(state.index), "fingerprint": state.index.fingerprint})

@@ -1,0 +1,24 @@
+"""Service settings: environment variables (SEMID_*) or CLI flags, read once and injected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEMID_", extra="ignore")
+
+    index_dir: Path = Field(default=Path("index"), description="Index directory to serve.")
+    checkpoint_dir: Path | None = Field(default=None, description="Checkpoint (default: the index's own copy).")
+    api_key: str | None = Field(default=None, description="Required in X-API-Key on write routes when set.")
+    max_batch: int = Field(default=8192, ge=1, le=1_000_000, description="Most embeddings or items per request.")
+    max_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_page: int = Field(default=1000, ge=1, le=10_000, description="Largest page size of prefix look-ups.")
+    max_k: int = Field(default=100, ge=1, le=10_000, description="Largest k of nearest-ID resolution.")
+    write_lock_timeout: float = Field(default=30.0, ge=0, description="Seconds a write waits for the index lock.")
+    threads: int = Field(default=0, ge=0, le=1024, description="torch threads for encoding (0: torch's default).")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
