@@ -77,10 +77,17 @@ def matmul_ceiling(min_seconds: float, rounds: int) -> list[dict]:
         b = torch.randn(k, n, generator=gen)
         out = torch.empty(m, n)
         flops = 2.0 * m * n * k
-        best = best_rate(lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), flops,
-                         min_seconds=min_seconds, rounds=rounds)
-        rows.append({"shape": f"({m} x {k}) @ ({k} x {n})", "gflops": round(best["rate"] / 1e9, 2),
-                     "calls": best["calls"], "seconds": round(best["seconds"], 3)})
+        best = best_rate(
+            lambda a=a, b=b, out=out: torch.matmul(a, b, out=out), flops, min_seconds=min_seconds, rounds=rounds
+        )
+        rows.append(
+            {
+                "shape": f"({m} x {k}) @ ({k} x {n})",
+                "gflops": round(best["rate"] / 1e9, 2),
+                "calls": best["calls"],
+                "seconds": round(best["seconds"], 3),
+            }
+        )
     return rows
 
 
@@ -103,8 +110,12 @@ def default_checkpoint(workdir: Path) -> Path:
     data = SemidConfig().to_dict()
     data["model"]["input_dim"] = int(emb.shape[1])
     t = data["train"]
-    t.update(epochs=2, warmup_epochs=min(t["warmup_epochs"], 2), beta_warmup_epochs=min(t["beta_warmup_epochs"], 2),
-             ae_warmup_epochs=min(t["ae_warmup_epochs"], 1))
+    t.update(
+        epochs=2,
+        warmup_epochs=min(t["warmup_epochs"], 2),
+        beta_warmup_epochs=min(t["beta_warmup_epochs"], 2),
+        ae_warmup_epochs=min(t["ae_warmup_epochs"], 1),
+    )
     out = workdir / "checkpoint"
     train_tokenizer(emb, SemidConfig.from_dict(data), out)
     return out
@@ -146,20 +157,33 @@ def main() -> None:
         for name, fn in paths.items():
             best = best_rate(fn, batch, min_seconds=args.min_seconds, rounds=args.rounds)
             gflops = best["rate"] * flops["total"] / 1e9
-            rows.append({
-                "path": name, "batch": batch, "items_per_s": round(best["rate"], 1), "gflops": round(gflops, 2),
-                "share_of_ceiling": round(gflops / ceiling, 4), "calls": best["calls"],
-                "seconds": round(best["seconds"], 3),
-            })
+            rows.append(
+                {
+                    "path": name,
+                    "batch": batch,
+                    "items_per_s": round(best["rate"], 1),
+                    "gflops": round(gflops, 2),
+                    "share_of_ceiling": round(gflops / ceiling, 4),
+                    "calls": best["calls"],
+                    "seconds": round(best["seconds"], 3),
+                }
+            )
 
     target = {
         row["path"]: {"share": row["share_of_ceiling"], "met": row["share_of_ceiling"] >= TARGET_SHARE}
-        for row in rows if row["batch"] == TARGET_BATCH
+        for row in rows
+        if row["batch"] == TARGET_BATCH
     }
     data = {
         "checkpoint": str(args.checkpoint) if args.checkpoint else "throwaway default model (20k x 384, 2 epochs)",
-        "model": {"tokenizer": cfg.tokenizer, "input_dim": cfg.input_dim, "hidden_dims": list(cfg.hidden_dims),
-                  "latent_dim": cfg.latent_dim, "levels": cfg.levels, "codebook_size": cfg.codebook_size},
+        "model": {
+            "tokenizer": cfg.tokenizer,
+            "input_dim": cfg.input_dim,
+            "hidden_dims": list(cfg.hidden_dims),
+            "latent_dim": cfg.latent_dim,
+            "levels": cfg.levels,
+            "codebook_size": cfg.codebook_size,
+        },
         "encoder_alternatives": encoder.alternatives,
         "encoder_batch_size": encoder.batch_size,
         "torch_threads": threads,
@@ -174,10 +198,12 @@ def main() -> None:
     }
     md = f"torch threads: {threads}\n\n"
     md += markdown_table(ceiling_rows, ["shape", "gflops", "calls", "seconds"])
-    md += (f"\n\nceiling: {ceiling} GFLOP/s. FLOPs per item: {flops['total']:,} "
-           f"(encoder {' + '.join(flops['encoder_linears'])}: {flops['encoder_flops']:,}; "
-           f"quantizer {cfg.levels} x {cfg.codebook_size} x {tokenizer.quantizer.dim} x 2: {flops['quantizer_flops']:,}). "
-           f"CheckpointEncoder uses alternatives={encoder.alternatives}, tokenizer.encode alternatives=1.\n\n")
+    md += (
+        f"\n\nceiling: {ceiling} GFLOP/s. FLOPs per item: {flops['total']:,} "
+        f"(encoder {' + '.join(flops['encoder_linears'])}: {flops['encoder_flops']:,}; "
+        f"quantizer {cfg.levels} x {cfg.codebook_size} x {tokenizer.quantizer.dim} x 2: {flops['quantizer_flops']:,}). "
+        f"CheckpointEncoder uses alternatives={encoder.alternatives}, tokenizer.encode alternatives=1.\n\n"
+    )
     md += markdown_table(rows, COLUMNS)
     md += f"\n\ntarget {data['target']}: " + "; ".join(
         f"{p}: {t['share']:.1%} ({'met' if t['met'] else 'not met'})" for p, t in target.items()

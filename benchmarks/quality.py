@@ -25,14 +25,28 @@ from model.job import train_tokenizer  # noqa: E402
 from service.id_quality import id_quality  # noqa: E402
 
 COLUMNS = [
-    "tokenizer", "fit_s", "recon_mse", "base_collision_rate", "largest_bucket", "util_l1", "util_l2", "util_l3",
-    "perplexity_l1", "perplexity_l2", "perplexity_l3", "nn_share_d1", "nn_share_d2", "nn_share_d3", "nn_lift_d1",
+    "tokenizer",
+    "fit_s",
+    "recon_mse",
+    "base_collision_rate",
+    "largest_bucket",
+    "util_l1",
+    "util_l2",
+    "util_l3",
+    "perplexity_l1",
+    "perplexity_l2",
+    "perplexity_l3",
+    "nn_share_d1",
+    "nn_share_d2",
+    "nn_share_d3",
+    "nn_lift_d1",
 ]
 
 
 def semid_row(name: str, emb: np.ndarray, tokenizer: str, overrides: dict) -> dict:
-    cfg = SemidConfig.from_dict({"model": {"tokenizer": tokenizer, **overrides.get("model", {})},
-                                 "train": overrides.get("train", {})})
+    cfg = SemidConfig.from_dict(
+        {"model": {"tokenizer": tokenizer, **overrides.get("model", {})}, "train": overrides.get("train", {})}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         _, metrics = train_tokenizer(emb, cfg, tmp)
@@ -55,8 +69,11 @@ def faiss_rq_row(emb: np.ndarray) -> dict:
     packed = rq.compute_codes(x)
     codes = np.stack([packed[:, i] for i in range(3)], axis=1).astype(np.int64)
     recon = rq.decode(packed)
-    row = {"tokenizer": "faiss ResidualQuantizer 3x8", "fit_s": round(fit_s, 1),
-           "recon_mse": round(float(((recon - x) ** 2).sum(1).mean()), 4)}
+    row = {
+        "tokenizer": "faiss ResidualQuantizer 3x8",
+        "fit_s": round(fit_s, 1),
+        "recon_mse": round(float(((recon - x) ** 2).sum(1).mean()), 4),
+    }
     row.update(id_quality(x, codes, 256))
     return row
 

@@ -33,11 +33,27 @@ from model.synthetic import synthetic_catalog  # noqa: E402
 
 BAR_SECONDS = 300.0
 METRICS = [
-    "recon_mse", "util_l1", "util_l2", "util_l3", "perplexity_l1", "perplexity_l2", "perplexity_l3",
+    "recon_mse",
+    "util_l1",
+    "util_l2",
+    "util_l3",
+    "perplexity_l1",
+    "perplexity_l2",
+    "perplexity_l3",
     "base_collision_rate",
 ]
 COLUMNS = [
-    "tokenizer", "ema", "items", "dim", "epochs", "train_s", "s_per_epoch", *METRICS, "peak_rss_mb", "bar", "met",
+    "tokenizer",
+    "ema",
+    "items",
+    "dim",
+    "epochs",
+    "train_s",
+    "s_per_epoch",
+    *METRICS,
+    "peak_rss_mb",
+    "bar",
+    "met",
 ]
 
 
@@ -134,8 +150,10 @@ def main() -> None:
         "final": final,
     }
     md = markdown_table([row], COLUMNS)
-    md += (f"\n\ntrain_s: wall clock of train_tokenizer (catalog generation of {gen_s:.1f} s excluded); "
-           f"peak_rss_mb: ru_maxrss of the training process (catalog built in a child process).")
+    md += (
+        f"\n\ntrain_s: wall clock of train_tokenizer (catalog generation of {gen_s:.1f} s excluded); "
+        f"peak_rss_mb: ru_maxrss of the training process (catalog built in a child process)."
+    )
     path = write_results("train_speed", data, md)
     print(md)
     print(f"written to {path}")

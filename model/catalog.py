@@ -159,7 +159,9 @@ def _read_npy(path: Path, ids_path: Path | None) -> Catalog:
         else:
             ids = np.asarray(ids_path.read_text().split(), dtype=object)
         if ids.ndim != 1 or ids.shape[0] != emb.shape[0]:
-            raise CatalogError(f"ids file {ids_path} has {ids.shape[0] if ids.ndim else 0} ids for {emb.shape[0]} embeddings")
+            raise CatalogError(
+                f"ids file {ids_path} has {ids.shape[0] if ids.ndim else 0} ids for {emb.shape[0]} embeddings"
+            )
         ids = ids.astype(np.int64) if np.issubdtype(ids.dtype, np.integer) else ids.astype(str).astype(object)
     return Catalog(item_ids=ids, embeddings=out)
 

@@ -137,7 +137,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         state = load_file(str(weights))
         tokenizer.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS_FILE} does not fit the config ({str(err).splitlines()[0]})") from err
+        raise CheckpointError(
+            f"checkpoint {path}: {WEIGHTS_FILE} does not fit the config ({str(err).splitlines()[0]})"
+        ) from err
     tokenizer.eval()
     metrics: dict[str, Any] = {}
     if (path / METRICS_FILE).is_file():
@@ -148,8 +150,14 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(tokenizer=tokenizer, config=config, fingerprint=fp, metrics=metrics, path=path)
 
 
-def save_resume_state(out_dir: Path, tokenizer: SemanticTokenizer, optimizer: torch.optim.Optimizer, epoch: int,
-                      history: list[dict[str, Any]], config: SemidConfig) -> None:
+def save_resume_state(
+    out_dir: Path,
+    tokenizer: SemanticTokenizer,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, Any]],
+    config: SemidConfig,
+) -> None:
     """Everything `--resume` needs after `epoch` finished: weights, optimizer moments, history."""
     tensors = {f"model.{k}": v for k, v in _state_tensors(tokenizer).items()}
     opt = optimizer.state_dict()
@@ -163,8 +171,16 @@ def save_resume_state(out_dir: Path, tokenizer: SemanticTokenizer, optimizer: to
     tmp = out_dir / f".{RESUME_WEIGHTS}.tmp"
     save_file(tensors, str(tmp))
     os.replace(tmp, out_dir / RESUME_WEIGHTS)
-    write_json(out_dir / RESUME_STATE, {"epoch": epoch, "history": history, "config": config.to_dict(),
-                                        "param_groups": opt["param_groups"], "scalar_state": meta_state})
+    write_json(
+        out_dir / RESUME_STATE,
+        {
+            "epoch": epoch,
+            "history": history,
+            "config": config.to_dict(),
+            "param_groups": opt["param_groups"],
+            "scalar_state": meta_state,
+        },
+    )
 
 
 def load_resume_state(out_dir: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, Any], list[dict[str, Any]], dict]:
@@ -177,7 +193,7 @@ def load_resume_state(out_dir: Path) -> tuple[int, dict[str, torch.Tensor], dict
         tensors = load_file(str(weights_path))
     except (json.JSONDecodeError, SafetensorError, OSError) as err:
         raise CheckpointError(f"{out_dir}: resume state is unreadable ({err})") from err
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):

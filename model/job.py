@@ -53,6 +53,7 @@ def train_tokenizer(
     if config.model.tokenizer == "rqkmeans":
         history = fit_rqkmeans(tokenizer, embeddings, config)
     else:
+
         def checkpoint_epoch(epoch: int, tok: SemanticTokenizer, opt: torch.optim.Optimizer | None, hist: list) -> None:
             if opt is not None and epoch < config.train.epochs:
                 save_resume_state(out, tok, opt, epoch, hist, config)

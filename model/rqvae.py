@@ -52,7 +52,9 @@ class EncodeResult:
 
 
 class SemanticTokenizer(nn.Module):
-    def __init__(self, *, normalizer: InputNormalizer, encoder: nn.Module, quantizer: ResidualQuantizer, decoder: nn.Module):
+    def __init__(
+        self, *, normalizer: InputNormalizer, encoder: nn.Module, quantizer: ResidualQuantizer, decoder: nn.Module
+    ):
         super().__init__()
         self.normalizer = normalizer
         self.encoder = encoder

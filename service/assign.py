@@ -46,13 +46,15 @@ class AssignSummary:
         return asdict(self)
 
     def lines(self) -> list[str]:
+        changed = f"embedding changed       {self.changed_items}"
+        if self.changed_items:
+            more = " ..." if self.changed_items > len(self.changed_ids) else ""
+            changed += f" (ids: {', '.join(map(str, self.changed_ids))}{more}; they keep their IDs)"
         out = [
             f"items in catalog        {self.items}",
             f"new items assigned      {self.new_items}",
             f"already in the index    {self.existing_items}",
-            f"embedding changed       {self.changed_items}"
-            + (f" (ids: {', '.join(map(str, self.changed_ids))}{' ...' if self.changed_items > len(self.changed_ids) else ''})"
-               if self.changed_items else ""),
+            changed,
         ]
         out += [
             f"items in index          {self.index_items}",
@@ -87,8 +89,9 @@ class _Pending:
             self.columns.append(columns.filter(pa.array(mask)))
 
 
-def _open_or_create(index_dir: Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str],
-                    checkpoint_dir: Path) -> SemanticIdIndex:
+def _open_or_create(
+    index_dir: Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str], checkpoint_dir: Path
+) -> SemanticIdIndex:
     if (index_dir / "manifest.json").is_file():
         index = SemanticIdIndex.open(index_dir, expected_fingerprint=encoder.fingerprint)
         if index.id_kind != id_kind:
@@ -101,13 +104,26 @@ def _open_or_create(index_dir: Path, encoder: CheckpointEncoder, id_kind: str, k
             )
         return index
     return SemanticIdIndex.create(
-        index_dir, layout=encoder.layout, fingerprint=encoder.fingerprint, id_kind=id_kind,
-        vector_dim=encoder.vector_dim, keep_columns=keep_columns, checkpoint_dir=checkpoint_dir,
+        index_dir,
+        layout=encoder.layout,
+        fingerprint=encoder.fingerprint,
+        id_kind=id_kind,
+        vector_dim=encoder.vector_dim,
+        keep_columns=keep_columns,
+        checkpoint_dir=checkpoint_dir,
     )
 
 
-def _batches(catalog: Path, *, id_column: str, embedding_column: str, keep_columns: Sequence[str],
-             ids_path: Path | None, batch_rows: int, dim: int):
+def _batches(
+    catalog: Path,
+    *,
+    id_column: str,
+    embedding_column: str,
+    keep_columns: Sequence[str],
+    ids_path: Path | None,
+    batch_rows: int,
+    dim: int,
+):
     if catalog.suffix == ".npy":
         cat = read_catalog(catalog, ids_path=ids_path)
         if cat.dim != dim:
@@ -115,11 +131,21 @@ def _batches(catalog: Path, *, id_column: str, embedding_column: str, keep_colum
         for s in range(0, len(cat), batch_rows):
             from model.catalog import CatalogBatch
 
-            yield CatalogBatch(item_ids=cat.item_ids[s : s + batch_rows], embeddings=cat.embeddings[s : s + batch_rows],
-                               columns=None, start=s)
+            yield CatalogBatch(
+                item_ids=cat.item_ids[s : s + batch_rows],
+                embeddings=cat.embeddings[s : s + batch_rows],
+                columns=None,
+                start=s,
+            )
         return
-    yield from iter_parquet_batches(catalog, id_column=id_column, embedding_column=embedding_column,
-                                    keep_columns=keep_columns, batch_rows=batch_rows, dim=dim)
+    yield from iter_parquet_batches(
+        catalog,
+        id_column=id_column,
+        embedding_column=embedding_column,
+        keep_columns=keep_columns,
+        batch_rows=batch_rows,
+        dim=dim,
+    )
 
 
 def assign_catalog(
@@ -147,8 +173,15 @@ def assign_catalog(
     index: SemanticIdIndex | None = None
     total = parquet_rows(catalog) if catalog.suffix == ".parquet" else None
     bar = tqdm(total=total, unit="items", desc="assign", disable=not progress)
-    for batch in _batches(catalog, id_column=id_column, embedding_column=embedding_column, keep_columns=keep_columns,
-                          ids_path=Path(ids_path) if ids_path else None, batch_rows=batch_rows, dim=encoder.input_dim):
+    for batch in _batches(
+        catalog,
+        id_column=id_column,
+        embedding_column=embedding_column,
+        keep_columns=keep_columns,
+        ids_path=Path(ids_path) if ids_path else None,
+        batch_rows=batch_rows,
+        dim=encoder.input_dim,
+    ):
         if index is None:
             id_kind = "str" if batch.item_ids.dtype == object else "int"
             index = _open_or_create(index_dir, encoder, id_kind, keep_columns, checkpoint)
@@ -185,11 +218,19 @@ def assign_catalog(
         if keep_columns:
             table = pa.concat_tables(pending.columns)
             columns = {name: table.column(name) for name in keep_columns}
-        encoded = EncodedBatch(base_codes=base, distances=np.concatenate(pending.dists),
-                               alternatives=np.concatenate(pending.alts).astype(np.int64))
+        encoded = EncodedBatch(
+            base_codes=base,
+            distances=np.concatenate(pending.dists),
+            alternatives=np.concatenate(pending.alts).astype(np.int64),
+        )
         result, summary.segment = place_new_items(
-            index, encoder, item_ids=item_ids, encoded=encoded, hashes=np.concatenate(pending.hashes),
-            columns=columns, lock_timeout=lock_timeout,
+            index,
+            encoder,
+            item_ids=item_ids,
+            encoded=encoded,
+            hashes=np.concatenate(pending.hashes),
+            columns=columns,
+            lock_timeout=lock_timeout,
         )
         summary.new_items = int(len(item_ids))
         summary.fallback_items = int(result.used_fallback.sum())

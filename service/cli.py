@@ -24,8 +24,15 @@ class SemidGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except (SemidError, CatalogError, ValueError, KeyError, FileNotFoundError, FileExistsError,
-                PermissionError) as err:
+        except (
+            SemidError,
+            CatalogError,
+            ValueError,
+            KeyError,
+            FileNotFoundError,
+            FileExistsError,
+            PermissionError,
+        ) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
@@ -47,17 +54,29 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _load_catalog(catalog: str | None, ids: str | None, id_column: str, embedding_column: str,
-                  synthetic_items: int, synthetic_dim: int, seed: int, keep: tuple[str, ...] = ()):
+def _load_catalog(
+    catalog: str | None,
+    ids: str | None,
+    id_column: str,
+    embedding_column: str,
+    synthetic_items: int,
+    synthetic_dim: int,
+    seed: int,
+    keep: tuple[str, ...] = (),
+):
     from model.catalog import read_catalog
     from model.synthetic import synthetic_catalog
 
     if catalog is None:
-        click.echo(f"no --catalog given: using the built-in synthetic catalog ({synthetic_items} items, "
-                   f"dim {synthetic_dim}, seed {seed})", err=True)
+        click.echo(
+            f"no --catalog given: using the built-in synthetic catalog ({synthetic_items} items, "
+            f"dim {synthetic_dim}, seed {seed})",
+            err=True,
+        )
         return synthetic_catalog(items=synthetic_items, dim=synthetic_dim, seed=seed)
-    return read_catalog(catalog, id_column=id_column, embedding_column=embedding_column, ids_path=ids,
-                        keep_columns=keep)
+    return read_catalog(
+        catalog, id_column=id_column, embedding_column=embedding_column, ids_path=ids, keep_columns=keep
+    )
 
 
 def catalog_options(fn):
@@ -86,15 +105,36 @@ def catalog_options(fn):
 @click.option("--synthetic-items", default=20_000, show_default=True, help="Size of the synthetic catalog.")
 @click.option("--synthetic-dim", default=384, show_default=True, help="Dimension of the synthetic catalog.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(catalog, ids, id_column, embedding_column, out, config_file, tokenizer, epochs, batch_size, lr, beta, ema,
-          levels, codebook_size, latent_dim, seed, resume, synthetic_items, synthetic_dim, quiet) -> None:
+def train(
+    catalog,
+    ids,
+    id_column,
+    embedding_column,
+    out,
+    config_file,
+    tokenizer,
+    epochs,
+    batch_size,
+    lr,
+    beta,
+    ema,
+    levels,
+    codebook_size,
+    latent_dim,
+    seed,
+    resume,
+    synthetic_items,
+    synthetic_dim,
+    quiet,
+) -> None:
     """Fit an RQ-VAE (or RQ-KMeans) tokenizer and write a checkpoint directory."""
     from model.config import SemidConfig
     from model.job import train_tokenizer
 
     config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
-    config = config.with_overrides("model", tokenizer=tokenizer, levels=levels, codebook_size=codebook_size,
-                                   latent_dim=latent_dim)
+    config = config.with_overrides(
+        "model", tokenizer=tokenizer, levels=levels, codebook_size=codebook_size, latent_dim=latent_dim
+    )
     config = config.with_overrides("train", epochs=epochs, batch_size=batch_size, lr=lr, beta=beta, ema=ema, seed=seed)
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
     click.echo(f"training {config.model.tokenizer} on {len(cat)} items x {cat.dim} dims -> {out}", err=True)
@@ -107,10 +147,12 @@ def _final_line(metrics: dict[str, Any]) -> str:
     f = metrics["final"]
     levels = sorted(k for k in f if k.startswith("perplexity_l"))
     util = sorted(k for k in f if k.startswith("util_l"))
-    return (f"done in {metrics['train_seconds']}s: recon_mse {f['recon_mse']:.4f}, "
-            f"utilisation {'/'.join(f'{100 * f[k]:.0f}%' for k in util)}, "
-            f"perplexity {'/'.join(f'{f[k]:.0f}' for k in levels)}, "
-            f"base collisions {100 * f['base_collision_rate']:.2f}%")
+    return (
+        f"done in {metrics['train_seconds']}s: recon_mse {f['recon_mse']:.4f}, "
+        f"utilisation {'/'.join(f'{100 * f[k]:.0f}%' for k in util)}, "
+        f"perplexity {'/'.join(f'{f[k]:.0f}' for k in levels)}, "
+        f"base collisions {100 * f['base_collision_rate']:.2f}%"
+    )
 
 
 @main.command()
@@ -123,9 +165,18 @@ def inspect(checkpoint, as_json) -> None:
     ck = load_checkpoint(checkpoint)
     final = ck.metrics.get("final", {})
     if as_json:
-        click.echo(json.dumps({"fingerprint": ck.fingerprint, "config": ck.config.to_dict(), "final": final,
-                               "items": ck.metrics.get("items"), "train_seconds": ck.metrics.get("train_seconds")},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "fingerprint": ck.fingerprint,
+                    "config": ck.config.to_dict(),
+                    "final": final,
+                    "items": ck.metrics.get("items"),
+                    "train_seconds": ck.metrics.get("train_seconds"),
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(f"checkpoint   {ck.path}")
     click.echo(f"fingerprint  {ck.fingerprint}")
@@ -156,21 +207,43 @@ def synth(out, items, dim, seed) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint directory from `semid train`.")
 @click.option("--catalog", required=True, type=click.Path(), help="Parquet or .npy catalog.")
 @catalog_options
-@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index to create or extend.")
+@click.option(
+    "--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index to create or extend."
+)
 @click.option("--keep-columns", default="", help="Comma-separated catalog columns to keep (e.g. title,genres).")
 @click.option("--batch-rows", default=65536, show_default=True, type=click.IntRange(1, 10_000_000))
 @click.option("--wait-lock", default=0.0, show_default=True, type=float, help="Seconds to wait for another writer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def assign(checkpoint, catalog, ids, id_column, embedding_column, index_dir, keep_columns, batch_rows, wait_lock,
-           as_json, quiet) -> None:
+def assign(
+    checkpoint,
+    catalog,
+    ids,
+    id_column,
+    embedding_column,
+    index_dir,
+    keep_columns,
+    batch_rows,
+    wait_lock,
+    as_json,
+    quiet,
+) -> None:
     """Encode a catalog, resolve collisions and write (or extend) an index; existing IDs never change."""
     from service.assign import assign_catalog
 
     keep = tuple(c.strip() for c in keep_columns.split(",") if c.strip())
-    summary = assign_catalog(checkpoint=checkpoint, catalog=catalog, index_dir=index_dir, keep_columns=keep,
-                             id_column=id_column, embedding_column=embedding_column, ids_path=ids,
-                             batch_rows=batch_rows, lock_timeout=wait_lock, progress=not quiet)
+    summary = assign_catalog(
+        checkpoint=checkpoint,
+        catalog=catalog,
+        index_dir=index_dir,
+        keep_columns=keep,
+        id_column=id_column,
+        embedding_column=embedding_column,
+        ids_path=ids,
+        batch_rows=batch_rows,
+        lock_timeout=wait_lock,
+        progress=not quiet,
+    )
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
@@ -211,8 +284,12 @@ def check(index_dir) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), envvar="SEMID_PORT")
 @click.option("--max-batch", type=click.IntRange(1, 1_000_000), help="Most embeddings per request (SEMID_MAX_BATCH).")
 @click.option("--workers-threads", "threads", type=click.IntRange(0, 1024), help="torch threads (SEMID_THREADS).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs); the API key comes from SEMID_API_KEY."""
     import uvicorn
@@ -221,8 +298,14 @@ def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> N
     from service.settings import ServiceSettings
     from service.state import ServiceState
 
-    overrides = {"index_dir": index_dir, "host": host, "port": port, "checkpoint_dir": checkpoint,
-                 "max_batch": max_batch, "threads": threads}
+    overrides = {
+        "index_dir": index_dir,
+        "host": host,
+        "port": port,
+        "checkpoint_dir": checkpoint,
+        "max_batch": max_batch,
+        "threads": threads,
+    }
     settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
     state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
     logging.getLogger().setLevel(log_level.upper())

@@ -51,9 +51,7 @@ class BucketCounts:
         keys = np.asarray(keys, dtype=np.int64).reshape(-1)
         counts = np.ones_like(keys) if counts is None else np.asarray(counts, dtype=np.int64).reshape(-1)
         if counts.shape != keys.shape:
-            raise InvalidInputError(
-                f"counts has {counts.shape[0]} entries; expected {keys.shape[0]}", field="counts"
-            )
+            raise InvalidInputError(f"counts has {counts.shape[0]} entries; expected {keys.shape[0]}", field="counts")
         self._keys, self._counts = _sum_by_key(keys, counts)
 
     @classmethod
@@ -173,9 +171,7 @@ def resolve_collisions(
     fallback_rows = order[overflow_sorted]
     for row in fallback_rows.tolist():
         prefix_key = int(keys[row]) >> layout.bits
-        code = _pick_fallback_code(
-            prefix_key=prefix_key, candidates=alts[row], counter=counter, layout=layout
-        )
+        code = _pick_fallback_code(prefix_key=prefix_key, candidates=alts[row], counter=counter, layout=layout)
         if code is None:
             prefix = codes[row, :-1].tolist()
             raise IndexFullError(
@@ -280,12 +276,8 @@ def _check_alternatives(alternatives: np.ndarray, n: int, last_size: int) -> np.
             field="alternatives",
         )
     if n and alts.dtype.kind not in "iu":
-        raise InvalidInputError(
-            f"alternatives has dtype {alts.dtype}; expected integers", field="alternatives"
-        )
+        raise InvalidInputError(f"alternatives has dtype {alts.dtype}; expected integers", field="alternatives")
     alts = alts.astype(np.int64, copy=False)
     if (alts >= last_size).any():
-        raise InvalidInputError(
-            f"alternatives must be < {last_size} (or negative padding)", field="alternatives"
-        )
+        raise InvalidInputError(f"alternatives must be < {last_size} (or negative padding)", field="alternatives")
     return alts

@@ -43,9 +43,7 @@ class IdLayout:
                 )
         object.__setattr__(self, "codebook_sizes", tuple(int(s) for s in sizes))
         if not _is_int(self.dedup_size) or self.dedup_size < 1:
-            raise InvalidLayoutError(
-                f"dedup_size is {self.dedup_size!r}; expected an int >= 1", field="dedup_size"
-            )
+            raise InvalidLayoutError(f"dedup_size is {self.dedup_size!r}; expected an int >= 1", field="dedup_size")
         object.__setattr__(self, "dedup_size", int(self.dedup_size))
         if self.width > len(_LETTERS):
             raise InvalidLayoutError(
@@ -133,9 +131,7 @@ class IdLayout:
             if not _is_int(code):
                 raise InvalidPrefixError(f"prefix position {pos} is {code!r}; expected an int")
             if not 0 <= code < self.sizes[pos]:
-                raise InvalidPrefixError(
-                    f"prefix position {pos} is {code}; expected 0..{self.sizes[pos] - 1}"
-                )
+                raise InvalidPrefixError(f"prefix position {pos} is {code}; expected 0..{self.sizes[pos] - 1}")
             out.append(int(code))
         return tuple(out)
 
@@ -150,9 +146,7 @@ class IdLayout:
             if not _is_int(code):
                 raise InvalidSemanticIdError(f"semantic id position {pos} is {code!r}; expected an int")
             if not 0 <= code < self.sizes[pos]:
-                raise InvalidSemanticIdError(
-                    f"semantic id position {pos} is {code}; expected 0..{self.sizes[pos] - 1}"
-                )
+                raise InvalidSemanticIdError(f"semantic id position {pos} is {code}; expected 0..{self.sizes[pos] - 1}")
             out.append(int(code))
         return tuple(out)
 

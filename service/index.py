@@ -122,9 +122,7 @@ class SemanticIdIndex:
         """
         root = Path(path)
         if not isinstance(layout, IdLayout):
-            raise InvalidInputError(
-                f"layout must be an IdLayout, got {type(layout).__name__}", field="layout"
-            )
+            raise InvalidInputError(f"layout must be an IdLayout, got {type(layout).__name__}", field="layout")
         manifest = Manifest(
             checkpoint_fingerprint=fingerprint,
             layout=layout,
@@ -133,9 +131,7 @@ class SemanticIdIndex:
             keep_columns=tuple(keep_columns),
         )
         if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
-            raise InvalidInputError(
-                f"checkpoint_dir {checkpoint_dir} is not a directory", field="checkpoint_dir"
-            )
+            raise InvalidInputError(f"checkpoint_dir {checkpoint_dir} is not a directory", field="checkpoint_dir")
         _refuse_existing(root)
         root.mkdir(parents=True, exist_ok=True)
         lock = WriterLock(root / LOCK_NAME, description=f"index {root}")
@@ -150,9 +146,7 @@ class SemanticIdIndex:
             write_manifest(root, manifest)
         logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
-        return cls(
-            root, _Snapshot(manifest=manifest, state=state, vectors=vectors), lock_timeout=lock_timeout
-        )
+        return cls(root, _Snapshot(manifest=manifest, state=state, vectors=vectors), lock_timeout=lock_timeout)
 
     @classmethod
     def open(
@@ -270,8 +264,7 @@ class SemanticIdIndex:
             return
         if manifest.checkpoint_fingerprint != current.manifest.checkpoint_fingerprint:
             raise FingerprintMismatchError(
-                f"index {self._path} was replaced by one built from checkpoint "
-                f"{manifest.checkpoint_fingerprint}",
+                f"index {self._path} was replaced by one built from checkpoint {manifest.checkpoint_fingerprint}",
                 expected=current.manifest.checkpoint_fingerprint,
                 actual=manifest.checkpoint_fingerprint,
             )
@@ -339,9 +332,7 @@ class SemanticIdIndex:
                 write_vector_index(self._path, new_vectors)
             new_manifest = manifest.with_segment(SegmentInfo(name=name, rows=part.rows))
             write_manifest(self._path, new_manifest)
-            self._snapshot = _Snapshot(
-                manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
-            )
+            self._snapshot = _Snapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
         logger.info("index %s: appended %s with %d items", self._path, name, part.rows)
         return name
 
@@ -419,29 +410,21 @@ class SemanticIdIndex:
         codes = self.layout.validate(sid)
         row = int(self._snapshot.state.rows_of_packed(self.layout.pack(np.array([codes])))[0])
         if row < 0:
-            raise UnknownSemanticIdError(
-                f"no item has semantic id {'-'.join(map(str, codes))}", semantic_id=codes
-            )
+            raise UnknownSemanticIdError(f"no item has semantic id {'-'.join(map(str, codes))}", semantic_id=codes)
         return self.item(row)
 
     def prefix_count(self, prefix: Sequence[int]) -> int:
         start, stop = self._snapshot.state.sorted_bounds(*self.layout.prefix_range(prefix))
         return stop - start
 
-    def prefix_items(
-        self, prefix: Sequence[int], *, limit: int = 100, cursor: str | None = None
-    ) -> PrefixPage:
+    def prefix_items(self, prefix: Sequence[int], *, limit: int = 100, cursor: str | None = None) -> PrefixPage:
         """One page of the items under ``prefix`` in semantic-id order.
 
         ``cursor`` is the ``next_cursor`` of the previous page (opaque); a cursor from
         another prefix or garbage raises ``InvalidCursorError``.
         """
         codes = self.layout.validate_prefix(prefix, min_length=1)
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, (int, np.integer))
-            or not 1 <= limit <= MAX_PAGE_LIMIT
-        ):
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= MAX_PAGE_LIMIT:
             raise InvalidInputError(f"limit is {limit!r}; expected 1..{MAX_PAGE_LIMIT}", field="limit")
         state = self._snapshot.state
         lo, hi = self.layout.prefix_range(codes)
@@ -500,9 +483,7 @@ class SemanticIdIndex:
                     write_vector_index(self._path, snap.vectors)
                     logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
         except IndexLockedError:
-            logger.warning(
-                "index %s: rebuilt %s in memory only; a writer holds the lock", self._path, FAISS_NAME
-            )
+            logger.warning("index %s: rebuilt %s in memory only; a writer holds the lock", self._path, FAISS_NAME)
 
 
 # --- module helpers ------------------------------------------------------------------
@@ -522,13 +503,9 @@ def _refuse_existing(root: Path) -> None:
         raise IndexExistsError(f"{root} already holds an index")
     if root.is_dir():
         own = {LOCK_NAME, SEGMENTS_DIR, CHECKPOINT_DIR, FAISS_NAME}
-        foreign = sorted(
-            p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(TMP_PREFIX)
-        )
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(TMP_PREFIX))
         if foreign:
-            raise IndexExistsError(
-                f"{root} is not empty (holds {', '.join(foreign[:5])}); refusing to create an index"
-            )
+            raise IndexExistsError(f"{root} is not empty (holds {', '.join(foreign[:5])}); refusing to create an index")
 
 
 def _remove_leftovers(root: Path, manifest: Manifest) -> None:
@@ -538,11 +515,7 @@ def _remove_leftovers(root: Path, manifest: Manifest) -> None:
         if not directory.is_dir():
             continue
         for entry in directory.iterdir():
-            orphan = (
-                directory.name == SEGMENTS_DIR
-                and entry.name.endswith(".parquet")
-                and entry.name not in listed
-            )
+            orphan = directory.name == SEGMENTS_DIR and entry.name.endswith(".parquet") and entry.name not in listed
             if entry.name.startswith(TMP_PREFIX) or orphan:
                 logger.info("removing leftover %s", entry)
                 if entry.is_dir():
@@ -560,13 +533,9 @@ def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> tu
     known = len(base.manifest.segments) if base is not None else 0
     parts = []
     for info in manifest.segments[known:]:
-        part = read_segment(
-            root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep
-        )
+        part = read_segment(root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep)
         if part.rows != info.rows:
-            raise CorruptIndexError(
-                f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}"
-            )
+            raise CorruptIndexError(f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}")
         parts.append(part)
     if base is None:
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=parts)

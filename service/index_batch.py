@@ -39,9 +39,7 @@ def validate_batch(
     taken = state.rows_of_items(ids if manifest.id_kind == "int" else ids.tolist()) >= 0
     if taken.any():
         dup = ids[taken][:_SHOWN].tolist()
-        raise DuplicateItemError(
-            f"{int(taken.sum())} item ids are already in the index, e.g. {dup}", item_ids=dup
-        )
+        raise DuplicateItemError(f"{int(taken.sum())} item ids are already in the index, e.g. {dup}", item_ids=dup)
     sids = _batch_array(semantic_ids, "semantic_ids", (n, layout.width))
     packed = layout.pack(sids)
     uniq, counts = np.unique(packed, return_counts=True)
@@ -85,14 +83,10 @@ def validate_batch(
 def _batch_item_ids(item_ids: np.ndarray, id_kind: str) -> np.ndarray:
     ids = np.asarray(item_ids)
     if ids.ndim != 1 or ids.shape[0] == 0:
-        raise InvalidInputError(
-            f"item_ids must be a non-empty 1-d array, got shape {ids.shape}", field="item_ids"
-        )
+        raise InvalidInputError(f"item_ids must be a non-empty 1-d array, got shape {ids.shape}", field="item_ids")
     if id_kind == "int":
         if ids.dtype.kind not in "iu" or (ids.dtype == np.uint64 and (ids > np.iinfo(np.int64).max).any()):
-            raise InvalidInputError(
-                f"item_ids has dtype {ids.dtype}; this index holds int64 ids", field="item_ids"
-            )
+            raise InvalidInputError(f"item_ids has dtype {ids.dtype}; this index holds int64 ids", field="item_ids")
         ids = ids.astype(np.int64)
     else:
         values = ids.tolist()
@@ -109,15 +103,11 @@ def _batch_item_ids(item_ids: np.ndarray, id_kind: str) -> np.ndarray:
 def _batch_array(values: np.ndarray, field: str, shape: tuple[int, int]) -> np.ndarray:
     arr = np.asarray(values)
     if arr.shape != shape or arr.dtype.kind not in "iu":
-        raise InvalidInputError(
-            f"{field} must be ints of shape {shape}, got {arr.dtype} {arr.shape}", field=field
-        )
+        raise InvalidInputError(f"{field} must be ints of shape {shape}, got {arr.dtype} {arr.shape}", field=field)
     return arr.astype(np.int64)
 
 
-def _batch_columns(
-    columns: Mapping[str, pa.Array], keep: Sequence[str], n: int, existing: pa.Table | None
-) -> pa.Table:
+def _batch_columns(columns: Mapping[str, pa.Array], keep: Sequence[str], n: int, existing: pa.Table | None) -> pa.Table:
     if set(columns) != set(keep):
         raise InvalidInputError(
             f"columns are {sorted(columns)}; this index keeps exactly {sorted(keep)}", field="columns"

@@ -69,9 +69,7 @@ def check_index(path: str | Path) -> CheckReport:
         try:
             index = faiss.read_index(str(faiss_path))
             if index.ntotal != manifest.item_count:
-                problems.append(
-                    f"{FAISS_NAME} holds {index.ntotal} vectors; manifest has {manifest.item_count} items"
-                )
+                problems.append(f"{FAISS_NAME} holds {index.ntotal} vectors; manifest has {manifest.item_count} items")
             if index.d != manifest.vector_dim:
                 problems.append(f"{FAISS_NAME} has dimension {index.d}; expected {manifest.vector_dim}")
         except RuntimeError as exc:

@@ -44,20 +44,14 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if self.id_kind not in ID_KINDS:
-            raise InvalidInputError(
-                f"id_kind is {self.id_kind!r}; expected one of {ID_KINDS}", field="id_kind"
-            )
+            raise InvalidInputError(f"id_kind is {self.id_kind!r}; expected one of {ID_KINDS}", field="id_kind")
         if isinstance(self.vector_dim, bool) or not isinstance(self.vector_dim, int) or self.vector_dim < 1:
-            raise InvalidInputError(
-                f"vector_dim is {self.vector_dim!r}; expected an int >= 1", field="vector_dim"
-            )
+            raise InvalidInputError(f"vector_dim is {self.vector_dim!r}; expected an int >= 1", field="vector_dim")
         if not isinstance(self.checkpoint_fingerprint, str) or not self.checkpoint_fingerprint:
             raise InvalidInputError("checkpoint_fingerprint must be a non-empty string", field="fingerprint")
         keep = tuple(self.keep_columns)
         if any(not isinstance(c, str) or not c for c in keep) or len(set(keep)) != len(keep):
-            raise InvalidInputError(
-                f"keep_columns {keep!r} must be distinct non-empty names", field="keep_columns"
-            )
+            raise InvalidInputError(f"keep_columns {keep!r} must be distinct non-empty names", field="keep_columns")
         if set(keep) & RESERVED_COLUMNS:
             raise InvalidInputError(
                 f"keep_columns {sorted(set(keep) & RESERVED_COLUMNS)} clash with index columns",
@@ -114,9 +108,7 @@ class Manifest:
                 updated_at=str(data.get("updated_at", "")),
             )
             if data.get("item_count", manifest.item_count) != manifest.item_count:
-                raise ValueError(
-                    f"item_count is {data['item_count']} but the segments hold {manifest.item_count} rows"
-                )
+                raise ValueError(f"item_count is {data['item_count']} but the segments hold {manifest.item_count} rows")
         except KeyError as exc:
             raise CorruptIndexError(f"{source}: missing key {exc.args[0]!r}") from None
         except (TypeError, ValueError, InvalidLayoutError) as exc:
@@ -124,9 +116,7 @@ class Manifest:
         return manifest
 
 
-RESERVED_COLUMNS = frozenset(
-    {"item_id", "semantic_id", "base_code", "fallback", "embedding_hash", "vector", "token"}
-)
+RESERVED_COLUMNS = frozenset({"item_id", "semantic_id", "base_code", "fallback", "embedding_hash", "vector", "token"})
 
 
 def read_manifest(index_dir: Path) -> Manifest:

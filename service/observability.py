@@ -12,17 +12,21 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "semid_requests", "HTTP requests by route, method and status", ["route", "method", "status"],
+            "semid_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "semid_request_seconds", "HTTP request latency by route", ["route"], registry=self.registry,
+            "semid_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=self.registry,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.items = Gauge("semid_index_items", "Items in the served index", registry=self.registry)
         self.encoded = Counter("semid_embeddings_encoded", "Embeddings encoded", registry=self.registry)
-        self.registered = Counter("semid_items_registered", "New items written to the index",
-                                  registry=self.registry)
+        self.registered = Counter("semid_items_registered", "New items written to the index", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -99,8 +103,14 @@ class BodyTooLarge(Exception):
 async def _too_large(send: Send, limit: int) -> None:
     import json
 
-    body = json.dumps({"error": {"code": "body_too_large", "message": f"request body over {limit} bytes",
-                                 "field": "body"}}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"error": {"code": "body_too_large", "message": f"request body over {limit} bytes", "field": "body"}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -41,13 +41,22 @@ def place_new_items(
     """Resolve collisions for new items and append them as one atomic segment, under the writer lock."""
     with index.writer(timeout=lock_timeout):
         result = resolve_collisions(
-            layout=encoder.layout, base_codes=encoded.base_codes, distances=encoded.distances, item_ids=item_ids,
-            alternatives=encoded.alternatives, occupancy=index.occupancy(),
+            layout=encoder.layout,
+            base_codes=encoded.base_codes,
+            distances=encoded.distances,
+            item_ids=item_ids,
+            alternatives=encoded.alternatives,
+            occupancy=index.occupancy(),
         )
         vectors = encoder.vectors(result.semantic_ids[:, : encoder.layout.levels])
         segment = index.append(
-            item_ids=item_ids, base_codes=encoded.base_codes, semantic_ids=result.semantic_ids,
-            fallback=result.used_fallback, embedding_hash=hashes, vectors=vectors, columns=columns,
+            item_ids=item_ids,
+            base_codes=encoded.base_codes,
+            semantic_ids=result.semantic_ids,
+            fallback=result.used_fallback,
+            embedding_hash=hashes,
+            vectors=vectors,
+            columns=columns,
             persist_vectors=persist_vectors,
         )
     return result, segment
@@ -86,8 +95,14 @@ def register_batch(
                 mask = pa.array(new)
                 sub_columns = {name: col.filter(mask) for name, col in columns.items()}
             result, segment = place_new_items(
-                index, encoder, item_ids=item_ids[new], encoded=encoder.encode(x[new]), hashes=hashes[new],
-                columns=sub_columns, lock_timeout=lock_timeout, persist_vectors=persist_vectors,
+                index,
+                encoder,
+                item_ids=item_ids[new],
+                encoded=encoder.encode(x[new]),
+                hashes=hashes[new],
+                columns=sub_columns,
+                lock_timeout=lock_timeout,
+                persist_vectors=persist_vectors,
             )
             sids[new] = result.semantic_ids
             fallback = int(result.used_fallback.sum())
@@ -99,5 +114,6 @@ def _refuse_repeats(item_ids: np.ndarray) -> None:
     if len(set(values)) != len(values):
         seen: set = set()
         dups = [v for v in values if v in seen or seen.add(v)]
-        raise DuplicateItemError(f"item_ids repeats {dups[:5]}; each item may appear once per request",
-                                 item_ids=dups[:5])
+        raise DuplicateItemError(
+            f"item_ids repeats {dups[:5]}; each item may appear once per request", item_ids=dups[:5]
+        )

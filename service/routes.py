@@ -70,8 +70,9 @@ def require_api_key(state: ServiceState, key: str | None) -> None:
     if expected is None:
         return
     if not key:
-        raise ApiKeyError("this route writes to the index and needs the X-API-Key header", status=401,
-                          code="api_key_missing")
+        raise ApiKeyError(
+            "this route writes to the index and needs the X-API-Key header", status=401, code="api_key_missing"
+        )
     if not hmac.compare_digest(key.encode(), expected.encode()):
         raise ApiKeyError("the X-API-Key header is not the configured API key", status=403, code="api_key_invalid")
 
@@ -80,8 +81,9 @@ def _check_batch(state: ServiceState, n: int, field: str) -> None:
     if n == 0:
         raise InvalidInputError(f"{field} is empty; expected at least one", field=field)
     if n > state.settings.max_batch:
-        raise BatchTooLargeError(f"{field} has {n} entries; at most {state.settings.max_batch} per request",
-                                 field=field)
+        raise BatchTooLargeError(
+            f"{field} has {n} entries; at most {state.settings.max_batch} per request", field=field
+        )
 
 
 def _as_matrix(rows: list[list[float]], field: str) -> np.ndarray:
@@ -127,8 +129,9 @@ def encode(body: EncodeRequest, state: StateDep, request: Request, x_api_key: Ap
     if body.item_ids is not None:
         ids = _ids_array(state, body.item_ids)
         if body.register_items:
-            reg = register_batch(state.index, state.encoder, item_ids=ids, embeddings=x,
-                                 lock_timeout=state.settings.write_lock_timeout)
+            reg = register_batch(
+                state.index, state.encoder, item_ids=ids, embeddings=x, lock_timeout=state.settings.write_lock_timeout
+            )
             sids = reg.semantic_ids.tolist()
             existing = reg.existing.tolist()
             segment = reg.segment
@@ -142,8 +145,13 @@ def encode(body: EncodeRequest, state: StateDep, request: Request, x_api_key: Ap
     base = encoded.base_codes.tolist()
     item_ids = body.item_ids or [None] * n
     results = [
-        {"base_code": b, "semantic_id": s, "token": layout.token(s) if s is not None else None,
-         "item_id": i, "existing": e}
+        {
+            "base_code": b,
+            "semantic_id": s,
+            "token": layout.token(s) if s is not None else None,
+            "item_id": i,
+            "existing": e,
+        }
         for b, s, i, e in zip(base, sids, item_ids, existing, strict=True)
     ]
     return JSONResponse({"results": results, "segment": segment})
@@ -153,7 +161,9 @@ _ASSIGN_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": AssignRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {
+                "schema": AssignRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            },
             ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
         },
     }
@@ -219,20 +229,31 @@ async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = No
     elif content_type in ("application/json", ""):
         ids, emb, columns = _read_json_items(state, raw)
     else:
-        raise InvalidInputError(f"content-type {content_type!r}; expected application/json or {ARROW_STREAM}",
-                                field="content-type")
+        raise InvalidInputError(
+            f"content-type {content_type!r}; expected application/json or {ARROW_STREAM}", field="content-type"
+        )
     from starlette.concurrency import run_in_threadpool
 
     reg = await run_in_threadpool(
-        register_batch, state.index, state.encoder, item_ids=ids, embeddings=state.encoder.check(emb, field="embedding"),
-        columns=columns, lock_timeout=state.settings.write_lock_timeout,
+        register_batch,
+        state.index,
+        state.encoder,
+        item_ids=ids,
+        embeddings=state.encoder.check(emb, field="embedding"),
+        columns=columns,
+        lock_timeout=state.settings.write_lock_timeout,
     )
     request.app.state.metrics.registered.inc(int((~reg.existing).sum()))
     layout = state.index.layout
     sids = reg.semantic_ids.tolist()
     results = [
-        {"item_id": _public_id(i), "semantic_id": s, "token": layout.token(s), "existing": bool(e),
-         "embedding_changed": bool(c)}
+        {
+            "item_id": _public_id(i),
+            "semantic_id": s,
+            "token": layout.token(s),
+            "existing": bool(e),
+            "embedding_changed": bool(c),
+        }
         for i, s, e, c in zip(ids.tolist(), sids, reg.existing, reg.changed, strict=True)
     ]
     return JSONResponse({"results": results, "segment": reg.segment, "fallback": reg.fallback})
@@ -267,8 +288,9 @@ def prefix_items(
     if limit > state.settings.max_page:
         raise InvalidInputError(f"limit is {limit}; at most {state.settings.max_page}", field="limit")
     page = state.index.prefix_items(state.index.layout.parse(prefix), limit=limit, cursor=cursor)
-    return JSONResponse({"prefix": list(page.prefix), "count": page.count, "items": page.items,
-                         "next_cursor": page.next_cursor})
+    return JSONResponse(
+        {"prefix": list(page.prefix), "count": page.count, "items": page.items, "next_cursor": page.next_cursor}
+    )
 
 
 def _children(state: ServiceState, codes: tuple[int, ...]) -> JSONResponse:

@@ -6,16 +6,19 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-ItemId = Annotated[StrictInt | Annotated[StrictStr, Field(min_length=1, max_length=512)], Field(
-    description="An item id: an integer or a string, as in the catalog.")]
+ItemId = Annotated[
+    StrictInt | Annotated[StrictStr, Field(min_length=1, max_length=512)],
+    Field(description="An item id: an integer or a string, as in the catalog."),
+]
 
 
 class EncodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     embeddings: list[list[float]] = Field(description="One or more embeddings of the checkpoint's dimension.")
     item_ids: list[ItemId] | None = Field(default=None, description="Item ids, one per embedding (optional).")
-    register_items: bool = Field(default=False, alias="register",
-                                 description="Assign and store IDs for unknown items (needs the API key).")
+    register_items: bool = Field(
+        default=False, alias="register", description="Assign and store IDs for unknown items (needs the API key)."
+    )
 
 
 class EncodeResult(BaseModel):

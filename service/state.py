@@ -40,7 +40,8 @@ class ServiceState:
             raise FingerprintMismatchError(
                 f"index {settings.index_dir} was built from checkpoint {index.fingerprint}, "
                 f"not {encoder.fingerprint} ({checkpoint})",
-                expected=index.fingerprint, actual=encoder.fingerprint,
+                expected=index.fingerprint,
+                actual=encoder.fingerprint,
             )
         if settings.api_key is None:
             log.warning("SEMID_API_KEY is not set: write routes are open to every client")

@@ -16,10 +16,24 @@ MOVIELENS = SHARED_DATA / "movielens-small" / "items.parquet"
 
 
 def tiny_config(tokenizer: str = "rqvae", **train) -> SemidConfig:
-    model = {"tokenizer": tokenizer, "input_dim": 16, "hidden_dims": [32], "latent_dim": 8, "levels": 3,
-             "codebook_size": 8}
-    train_cfg = {"epochs": 8, "batch_size": 64, "lr": 5e-3, "kmeans_iters": 5, "ae_warmup_epochs": 1, "warmup_epochs": 1,
-                 "beta_warmup_epochs": 1, **train}
+    model = {
+        "tokenizer": tokenizer,
+        "input_dim": 16,
+        "hidden_dims": [32],
+        "latent_dim": 8,
+        "levels": 3,
+        "codebook_size": 8,
+    }
+    train_cfg = {
+        "epochs": 8,
+        "batch_size": 64,
+        "lr": 5e-3,
+        "kmeans_iters": 5,
+        "ae_warmup_epochs": 1,
+        "warmup_epochs": 1,
+        "beta_warmup_epochs": 1,
+        **train,
+    }
     return SemidConfig.from_dict({"model": model, "train": train_cfg})
 
 

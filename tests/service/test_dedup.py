@@ -71,9 +71,7 @@ def test_matches_reference_with_fallback(seed, str_ids):
     rng = np.random.default_rng(seed)
     existing = existing_ids(rng, LAYOUT, int(rng.integers(0, 40)))
     codes, distances, item_ids, alts = random_batch(rng, LAYOUT, 80, str_ids=str_ids)
-    expected, expected_fallback = reference_resolve(
-        LAYOUT, codes, distances, item_ids, alts, existing.tolist()
-    )
+    expected, expected_fallback = reference_resolve(LAYOUT, codes, distances, item_ids, alts, existing.tolist())
     occupancy = BucketCounts.from_semantic_ids(LAYOUT, existing) if len(existing) else BucketCounts()
     got = resolve_collisions(
         layout=LAYOUT,
