@@ -73,7 +73,6 @@ class TrainConfig:
     beta: float = 0.25
     beta_start: float = 0.1
     beta_warmup_epochs: int = 5
-    similarity_weight: float = 0.0
     ema: bool = False
     ema_decay: float = 0.99
     kmeans_iters: int = 25
@@ -96,7 +95,6 @@ class TrainConfig:
         _check_range("beta", self.beta, 0.0, 10.0)
         _check_range("beta_start", self.beta_start, 0.0, 10.0)
         _check_range("beta_warmup_epochs", self.beta_warmup_epochs, 0, self.epochs)
-        _check_range("similarity_weight", self.similarity_weight, 0.0, 1e6)
         _check_range("ema_decay", self.ema_decay, 0.0, 0.99999)
         _check_range("kmeans_iters", self.kmeans_iters, 1, 1000)
         _check_range("kmeans_sample", self.kmeans_sample, 2, 1 << 24)

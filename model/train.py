@@ -142,8 +142,6 @@ def fit_rqvae(
                 out = tokenizer(xb)
                 q = out.quantized
                 loss = out.recon_loss + q.codebook_loss + beta * q.commit_loss
-                if t.similarity_weight > 0:
-                    loss = loss + t.similarity_weight * similarity_loss(out.target, out.latent)
                 recent = (recent + [q.residuals])[-4:]
                 sums["commit_loss"] += float(q.commit_loss.detach())
                 sums["codebook_loss"] += float(q.codebook_loss.detach())
@@ -183,17 +181,6 @@ def fit_rqvae(
             on_epoch(epoch + 1, tokenizer, optimizer, history)
     tokenizer.eval()
     return history
-
-
-def similarity_loss(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the batch's cosine-similarity matrices in input and latent space.
-
-    Keeps the latent's neighbourhoods those of the embeddings, so items that are neighbours in
-    the catalog stay together under the first codes.
-    """
-    xn = torch.nn.functional.normalize(x, dim=1)
-    zn = torch.nn.functional.normalize(z, dim=1)
-    return ((zn @ zn.T - xn @ xn.T) ** 2).mean()
 
 
 def _init_codebooks(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig) -> None:
