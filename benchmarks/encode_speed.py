@@ -161,7 +161,7 @@ def main() -> None:
                 {
                     "path": name,
                     "batch": batch,
-                    "items_per_s": round(best["rate"], 1),
+                    "items_per_s": int(round(best["rate"])),
                     "gflops": round(gflops, 2),
                     "share_of_ceiling": round(gflops / ceiling, 4),
                     "calls": best["calls"],

@@ -73,7 +73,7 @@ class TrainConfig:
     beta: float = 0.25
     beta_start: float = 0.1
     beta_warmup_epochs: int = 5
-    ema: bool = False
+    ema: bool = True
     ema_decay: float = 0.99
     kmeans_iters: int = 25
     kmeans_sample: int = 65536

@@ -313,5 +313,18 @@ def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> N
     uvicorn.run(create_app(settings, state=state), host=host, port=port, log_level=log_level, access_log=False)
 
 
+@main.command()
+@click.option("--out", default="quickstart", show_default=True, type=click.Path(file_okay=False))
+@click.option("--items", default=10_000, show_default=True, type=click.IntRange(100, 10_000_000))
+@click.option("--dim", default=128, show_default=True, type=click.IntRange(2, 65536))
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--seed", default=0, show_default=True, type=int)
+def quickstart(out, items, dim, epochs, seed) -> None:
+    """Synthetic catalog -> train -> assign -> export -> look-ups, end to end on this machine."""
+    from service.quickstart import run_quickstart
+
+    run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo)
+
+
 if __name__ == "__main__":
     sys.exit(main())
