@@ -80,6 +80,7 @@ class TrainConfig:
     dead_code_threshold: float = 1.0
     dead_code_reset_every: int = 1
     dead_code_reset_until: float = 0.8
+    eval_sample: int = 32768
     seed: int = 0
     threads: int = 0
 
@@ -101,6 +102,7 @@ class TrainConfig:
         _check_range("dead_code_threshold", self.dead_code_threshold, 0.0, 1e9)
         _check_range("dead_code_reset_every", self.dead_code_reset_every, 0, 100_000)
         _check_range("dead_code_reset_until", self.dead_code_reset_until, 0.0, 1.0)
+        _check_range("eval_sample", self.eval_sample, 1, 1 << 30)
         _check_range("seed", self.seed, 0, 2**63 - 1)
         _check_range("threads", self.threads, 0, 1024)
 

@@ -19,7 +19,7 @@ from model.checkpoint import (
 )
 from model.config import SemidConfig
 from model.rqvae import SemanticTokenizer, build_tokenizer
-from model.train import TrainState, fit_rqkmeans, fit_rqvae
+from model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def train_tokenizer(
                 save_resume_state(out, tok, opt, epoch, hist, config)
 
         history = fit_rqvae(tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch)
-    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "lr")}
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "lr", "eval_items")}
+    if config.model.tokenizer == "rqvae":  # the last epoch saw a sample; the final figures cover every item
+        final.update(evaluate(tokenizer, torch.from_numpy(embeddings), config.model.codebook_size))
     metrics = {
         "items": int(embeddings.shape[0]),
         "train_seconds": round(time.perf_counter() - start + sum(r["seconds"] for r in state.history), 2),

@@ -121,6 +121,9 @@ def fit_rqvae(
     if state.start_epoch == 0:
         tokenizer.normalizer.fit(x)
     history = list(state.history)
+    # Per-epoch health on a fixed seeded sample (the whole set is evaluated once, at the end).
+    eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed + 1))[: t.eval_sample]
+    eval_rows = eval_rows.sort().values
     for epoch in range(state.start_epoch, t.epochs):
         gen = _epoch_generator(t.seed, epoch)
         start = time.perf_counter()
@@ -170,7 +173,8 @@ def fit_rqvae(
         row.update({k: round(v / steps_per_epoch, 6) for k, v in sums.items()})
         row["lr"] = optimizer.param_groups[0]["lr"]
         if quantize:
-            row.update(evaluate(tokenizer, x, cfg.model.codebook_size))
+            row.update(evaluate(tokenizer, x[eval_rows], cfg.model.codebook_size))
+            row["eval_items"] = int(eval_rows.shape[0])
         row.update({f"codes_reset_l{i + 1}": r for i, r in enumerate(resets)})
         row["seconds"] = round(time.perf_counter() - start, 3)
         history.append(row)
