@@ -8,6 +8,8 @@ sorts them lexicographically and every prefix is one contiguous ``[lo, hi)`` ran
 
 from __future__ import annotations
 
+import functools
+
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -160,19 +162,21 @@ class IdLayout:
     def tokens(self, ids: np.ndarray) -> list[str]:
         """Tokens of many ids ``[N, width]`` at once."""
         arr = self._check_codes(ids, self.sizes, what="semantic_ids", error=InvalidSemanticIdError)
-        columns = []
-        for pos in range(self.width):
-            column = arr[:, pos]
-            # one formatted string per distinct code, not per item
-            uniq, inverse = np.unique(column, return_inverse=True)
-            names = np.array([f"<{_LETTERS[pos]}_{code}>" for code in uniq.tolist()], dtype=object)
-            columns.append(names[inverse.reshape(-1)])
-        if not columns or arr.shape[0] == 0:
+        if arr.shape[0] == 0:
             return []
-        joined = columns[0]
-        for column in columns[1:]:
-            joined = joined + column
+        table = self._token_names
+        joined = table[0][arr[:, 0]]
+        for pos in range(1, self.width):
+            joined = joined + table[pos][arr[:, pos]]
         return joined.tolist()
+
+    @functools.cached_property
+    def _token_names(self) -> list[np.ndarray]:
+        """Per position, the token string of every code (formatted once per layout)."""
+        return [
+            np.array([f"<{_LETTERS[pos]}_{code}>" for code in range(size)], dtype=object)
+            for pos, size in enumerate(self.sizes)
+        ]
 
     @staticmethod
     def parse(text: str) -> tuple[int, ...]:

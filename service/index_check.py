@@ -22,6 +22,7 @@ _SHOWN = 10
 class CheckReport:
     ok: bool
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # not errors: e.g. a stale FAISS file, rebuilt on open
     item_count: int = 0
     segment_count: int = 0
 
@@ -62,23 +63,29 @@ def check_index(path: str | Path) -> CheckReport:
     if dup_sids.shape[0]:
         shown = manifest.layout.unpack(dup_sids[:_SHOWN]).tolist()
         problems.append(f"{dup_sids.shape[0]} semantic ids are held by several items, e.g. {shown}")
+    # The FAISS file is derived from the segments' vectors and rebuilt on open when it is out of
+    # step (online writes skip rewriting it), so a stale or missing one is a note, not a problem.
+    notes: list[str] = []
     faiss_path = root / FAISS_NAME
     if not faiss_path.exists():
-        problems.append(f"{FAISS_NAME} is missing")
+        notes.append(f"{FAISS_NAME} is missing; it is rebuilt from the segments on open")
     else:
         try:
             index = faiss.read_index(str(faiss_path))
             if index.ntotal != manifest.item_count:
-                problems.append(f"{FAISS_NAME} holds {index.ntotal} vectors; manifest has {manifest.item_count} items")
+                notes.append(
+                    f"{FAISS_NAME} holds {index.ntotal} vectors for {manifest.item_count} items; rebuilt on open"
+                )
             if index.d != manifest.vector_dim:
-                problems.append(f"{FAISS_NAME} has dimension {index.d}; expected {manifest.vector_dim}")
+                notes.append(f"{FAISS_NAME} has dimension {index.d}, not {manifest.vector_dim}; rebuilt on open")
         except RuntimeError as exc:
-            problems.append(f"{FAISS_NAME} is unreadable: {exc}")
+            notes.append(f"{FAISS_NAME} is unreadable ({exc}); rebuilt on open")
     for problem in problems:
         logger.warning("check %s: %s", root, problem)
     return CheckReport(
         ok=not problems,
         problems=problems,
+        notes=notes,
         item_count=manifest.item_count,
         segment_count=len(manifest.segments),
     )
