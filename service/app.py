@@ -70,7 +70,7 @@ async def _validation_error(request: Request, err: Exception) -> JSONResponse:
     loc = [str(p) for p in first.get("loc", ())]
     if loc and loc[0] in ("body", "query", "path", "header"):
         loc = loc[1:]
-    field = ".".join(loc) or "body"
+    field = "body" if first.get("type") == "json_invalid" else ".".join(loc) or "body"
     message = f"{field}: {first.get('msg', 'invalid value')}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem(s))"

@@ -16,12 +16,34 @@ from service.errors import SemidError
 log = logging.getLogger("semid")
 
 
+class OneLineUsageError(click.UsageError):
+    """A usage error (missing option, bad value, unknown command) shown as one `error: ...` line."""
+
+    def show(self, file: Any = None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message()}{hint}", err=True)
+
+
+def _one_line(err: click.UsageError) -> click.UsageError:
+    if isinstance(err, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return err  # already one line, or a bare `semid` that prints the help
+    return OneLineUsageError(err.format_message(), err.ctx)
+
+
 class SemidGroup(click.Group):
     """Turns every failure into a one-line message and a non-zero exit code, never a stack trace."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as err:
+            raise _one_line(err) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _one_line(err) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except (
@@ -270,6 +292,8 @@ def check(index_dir) -> None:
 
     report = check_index(index_dir)
     click.echo(f"{index_dir}: {report.item_count} items in {report.segment_count} segments")
+    for note in report.notes:
+        click.echo(f"note: {note}")
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     if not report.ok:
@@ -324,6 +348,63 @@ def quickstart(out, items, dim, epochs, seed) -> None:
     from service.quickstart import run_quickstart
 
     run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo)
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index to evaluate.")
+@click.option("--catalog", required=True, type=click.Path(), help="The catalog the index was built from.")
+@catalog_options
+@click.option("--interactions", type=click.Path(), help="CSV or Parquet of user, item, rating (co-liked test).")
+@click.option("--user-column", help="User column of --interactions (default: user, user_id, userId ...).")
+@click.option("--item-column", help="Item column of --interactions (default: item, item_id, movieId ...).")
+@click.option("--rating-column", help="Rating column of --interactions (default: rating).")
+@click.option("--min-rating", default=4.0, show_default=True, type=float, help="Ratings at or above this are likes.")
+@click.option(
+    "--out", default="evaluation", show_default=True, type=click.Path(file_okay=False), help="Where to write."
+)
+@click.option("--sample", default=2000, show_default=True, type=click.IntRange(1, 10_000_000), help="Items sampled.")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000), help="Nearest neighbours per item.")
+@click.option("--pairs", default=100_000, show_default=True, type=click.IntRange(1, 10_000_000), help="Co-liked pairs.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every sample.")
+def evaluate(
+    index_dir,
+    catalog,
+    ids,
+    id_column,
+    embedding_column,
+    interactions,
+    user_column,
+    item_column,
+    rating_column,
+    min_rating,
+    out,
+    sample,
+    k,
+    pairs,
+    seed,
+) -> None:
+    """Measure an index's IDs against its catalog; write metrics.json and a self-contained report.html."""
+    from pathlib import Path
+
+    from service.evaluate import METRICS_FILE, REPORT_FILE, EvaluationOptions, run_evaluation
+
+    options = EvaluationOptions(
+        sample=sample,
+        k=k,
+        seed=seed,
+        pairs=pairs,
+        min_rating=min_rating,
+        id_column=id_column,
+        embedding_column=embedding_column,
+        ids_path=ids,
+        user_column=user_column,
+        item_column=item_column,
+        rating_column=rating_column,
+    )
+    metrics = run_evaluation(index_dir, catalog, out, interactions=interactions, options=options)
+    for v in metrics["verdicts"]:
+        click.echo(f"{v['status']:<6} {v['label']:<36} {v['value']}")
+    click.echo(f"wrote {Path(out) / METRICS_FILE} and {Path(out) / REPORT_FILE}")
 
 
 if __name__ == "__main__":

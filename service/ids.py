@@ -9,7 +9,6 @@ sorts them lexicographically and every prefix is one contiguous ``[lo, hi)`` ran
 from __future__ import annotations
 
 import functools
-
 import re
 import string
 from collections.abc import Mapping, Sequence

@@ -166,8 +166,8 @@ class SemanticIdIndex:
         manifest = _read_manifest_or_raise(root)
         if expected_fingerprint is not None and manifest.checkpoint_fingerprint != expected_fingerprint:
             raise FingerprintMismatchError(
-                f"index {root} was built from checkpoint {manifest.checkpoint_fingerprint}, "
-                f"expected {expected_fingerprint}",
+                f"index {root} was built from the checkpoint with fingerprint {manifest.checkpoint_fingerprint}, "
+                f"not {expected_fingerprint}; use that checkpoint or build a new index",
                 expected=expected_fingerprint,
                 actual=manifest.checkpoint_fingerprint,
             )

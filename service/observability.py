@@ -80,20 +80,33 @@ class BodyLimitMiddleware:
                 if too_big:
                     await _too_large(send, self.max_bytes)
                     return
-        seen = {"bytes": 0}
+        seen = {"bytes": 0, "exceeded": False, "started": False, "answered": False}
 
         async def limited_receive() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 seen["bytes"] += len(message.get("body", b""))
                 if seen["bytes"] > self.max_bytes:
+                    seen["exceeded"] = True
                     raise BodyTooLarge
             return message
 
+        async def guarded_send(message: Message) -> None:
+            if seen["exceeded"] and not seen["started"]:
+                # the app caught BodyTooLarge and answers with its own error (FastAPI: 400); answer 413 instead
+                if not seen["answered"]:
+                    seen["answered"] = True
+                    await _too_large(send, self.max_bytes)
+                return
+            if message["type"] == "http.response.start":
+                seen["started"] = True
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
-            await _too_large(send, self.max_bytes)
+            if not seen["started"] and not seen["answered"]:
+                await _too_large(send, self.max_bytes)
 
 
 class BodyTooLarge(Exception):

@@ -78,6 +78,8 @@ def register_batch(
     if len(item_ids) != n:
         raise DuplicateItemError(f"item_ids has {len(item_ids)} entries for {n} embeddings", item_ids=[])
     _refuse_repeats(item_ids)
+    if not columns and index.keep_columns:  # e.g. /v1/encode register=true: kept columns stay empty (null)
+        columns = {name: pa.nulls(n) for name in index.keep_columns}
     hashes = embedding_hash(x)
     sids = np.zeros((n, index.layout.width), dtype=np.int64)
     with index.writer(timeout=lock_timeout):  # look-up and placement see the same index state

@@ -30,6 +30,7 @@ from service.schemas import (
 from service.state import ServiceState
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+DEFAULT_PAGE = 100
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)
 }
@@ -281,10 +282,14 @@ def get_by_id(semantic_id: str, state: StateDep) -> JSONResponse:
 def prefix_items(
     prefix: str,
     state: StateDep,
-    limit: Annotated[int, Query(ge=1, le=10_000, description="Items per page.")] = 100,
+    limit: Annotated[
+        int | None, Query(ge=1, le=10_000, description="Items per page (default 100, or max_page if smaller).")
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page.")] = None,
 ) -> JSONResponse:
     """Items under an ID prefix (1..L+1 codes), in ID order, paginated, with the total count."""
+    if limit is None:
+        limit = min(DEFAULT_PAGE, state.settings.max_page)
     if limit > state.settings.max_page:
         raise InvalidInputError(f"limit is {limit}; at most {state.settings.max_page}", field="limit")
     page = state.index.prefix_items(state.index.layout.parse(prefix), limit=limit, cursor=cursor)

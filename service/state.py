@@ -38,7 +38,7 @@ class ServiceState:
             from service.errors import FingerprintMismatchError
 
             raise FingerprintMismatchError(
-                f"index {settings.index_dir} was built from checkpoint {index.fingerprint}, "
+                f"index {settings.index_dir} was built from the checkpoint with fingerprint {index.fingerprint}, "
                 f"not {encoder.fingerprint} ({checkpoint})",
                 expected=index.fingerprint,
                 actual=encoder.fingerprint,

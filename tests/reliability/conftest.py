@@ -40,11 +40,19 @@ def checkpoint(tmp_path_factory, catalogs) -> Path:
     from model.config import SemidConfig
     from model.job import train_tokenizer
 
-    cfg = SemidConfig.from_dict({
-        "model": {"input_dim": 16, "hidden_dims": [32], "latent_dim": 8, "codebook_size": 64},
-        "train": {"epochs": 3, "batch_size": 512, "ae_warmup_epochs": 1, "warmup_epochs": 1,
-                  "beta_warmup_epochs": 1, "kmeans_iters": 5},
-    })
+    cfg = SemidConfig.from_dict(
+        {
+            "model": {"input_dim": 16, "hidden_dims": [32], "latent_dim": 8, "codebook_size": 64},
+            "train": {
+                "epochs": 3,
+                "batch_size": 512,
+                "ae_warmup_epochs": 1,
+                "warmup_epochs": 1,
+                "beta_warmup_epochs": 1,
+                "kmeans_iters": 5,
+            },
+        }
+    )
     out = tmp_path_factory.mktemp("ckpt") / "rqvae64"
     train_tokenizer(read_catalog(catalogs["small"]).embeddings, cfg, out)
     return out

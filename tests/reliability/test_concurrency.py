@@ -12,16 +12,44 @@ from tests.reliability.conftest import SEMID
 
 
 def _start(checkpoint, catalog, index, *extra) -> subprocess.Popen:
-    return subprocess.Popen([*SEMID, "assign", "--checkpoint", str(checkpoint), "--catalog", str(catalog),
-                             "--index", str(index), "--quiet", *extra], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            *SEMID,
+            "assign",
+            "--checkpoint",
+            str(checkpoint),
+            "--catalog",
+            str(catalog),
+            "--index",
+            str(index),
+            "--quiet",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
 def test_two_assign_processes_waiting_for_the_lock_both_land(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    first = subprocess.run([*SEMID, "assign", "--checkpoint", str(checkpoint), "--catalog",
-                            str(catalogs["small"]), "--index", str(index), "--quiet"], cwd=ROOT, capture_output=True)
+    first = subprocess.run(
+        [
+            *SEMID,
+            "assign",
+            "--checkpoint",
+            str(checkpoint),
+            "--catalog",
+            str(catalogs["small"]),
+            "--index",
+            str(index),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+    )
     assert first.returncode == 0
     a = _start(checkpoint, catalogs["large"], index, "--wait-lock", "120")
     b = _start(checkpoint, catalogs["other"], index, "--wait-lock", "120")
@@ -33,11 +61,24 @@ def test_two_assign_processes_waiting_for_the_lock_both_land(tmp_path, checkpoin
 
 
 @pytest.mark.slow
-def test_a_second_writer_without_waiting_is_refused_or_serialised_never_corrupting(tmp_path, checkpoint,
-                                                                                  catalogs):
+def test_a_second_writer_without_waiting_is_refused_or_serialised_never_corrupting(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    subprocess.run([*SEMID, "assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["small"]),
-                    "--index", str(index), "--quiet"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            *SEMID,
+            "assign",
+            "--checkpoint",
+            str(checkpoint),
+            "--catalog",
+            str(catalogs["small"]),
+            "--index",
+            str(index),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     procs = [_start(checkpoint, catalogs["large"], index), _start(checkpoint, catalogs["other"], index)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for code, err in results:

@@ -30,28 +30,55 @@ KILL_POINTS = 12
 
 def _ids(index_dir) -> dict:
     table = export_table(SemanticIdIndex.open(index_dir))
-    return dict(zip(table.column("item_id").to_pylist(), map(tuple, table.column("semantic_id").to_pylist()), strict=True))
+    return dict(
+        zip(table.column("item_id").to_pylist(), map(tuple, table.column("semantic_id").to_pylist()), strict=True)
+    )
 
 
 @pytest.mark.slow
 def test_sigkill_during_assign_never_loses_or_corrupts(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    done = run_semid("assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["small"]),
-                     "--index", str(index), "--quiet")
+    done = run_semid(
+        "assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["small"]), "--index", str(index), "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     acknowledged = _ids(index)
     # how long a full run of the large catalog takes, to spread the kill points over it
     probe = tmp_path / "probe"
     start = time.perf_counter()
-    assert run_semid("assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["large"]),
-                     "--index", str(probe), "--quiet").returncode == 0
+    assert (
+        run_semid(
+            "assign",
+            "--checkpoint",
+            str(checkpoint),
+            "--catalog",
+            str(catalogs["large"]),
+            "--index",
+            str(probe),
+            "--quiet",
+        ).returncode
+        == 0
+    )
     duration = time.perf_counter() - start
     rng = np.random.default_rng(0)
     killed = 0
     for delay in sorted(rng.uniform(0.05, duration, size=KILL_POINTS)):
-        proc = subprocess.Popen([*SEMID, "assign", "--checkpoint", str(checkpoint), "--catalog",
-                                 str(catalogs["large"]), "--index", str(index), "--quiet"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                *SEMID,
+                "assign",
+                "--checkpoint",
+                str(checkpoint),
+                "--catalog",
+                str(catalogs["large"]),
+                "--index",
+                str(index),
+                "--quiet",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -66,8 +93,9 @@ def test_sigkill_during_assign_never_loses_or_corrupts(tmp_path, checkpoint, cat
             acknowledged = now
         assert len(now) in (4_000, 40_000), (delay, len(now))
     assert killed >= KILL_POINTS // 2, "too few runs were actually killed mid-way"
-    final = run_semid("assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["large"]),
-                      "--index", str(index), "--quiet")
+    final = run_semid(
+        "assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["large"]), "--index", str(index), "--quiet"
+    )
     assert final.returncode == 0, final.stderr
     assert run_semid("check", "--index", str(index)).returncode == 0
     after = _ids(index)
@@ -84,15 +112,31 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_sigkill_server_during_concurrent_writes_keeps_acknowledged_ids(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    assert run_semid("assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["small"]),
-                     "--index", str(index), "--quiet").returncode == 0
+    assert (
+        run_semid(
+            "assign",
+            "--checkpoint",
+            str(checkpoint),
+            "--catalog",
+            str(catalogs["small"]),
+            "--index",
+            str(index),
+            "--quiet",
+        ).returncode
+        == 0
+    )
     other = pq.read_table(catalogs["other"])
     ids = other.column("item_id").to_pylist()
     emb = np.asarray(other.column("embedding").to_pylist(), dtype=np.float32).tolist()
     port = _free_port()
     env = {**os.environ, "SEMID_API_KEY": "k"}
-    server = subprocess.Popen([*SEMID, "serve", "--index", str(index), "--port", str(port), "--log-level", "error"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*SEMID, "serve", "--index", str(index), "--port", str(port), "--log-level", "error"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     acknowledged: dict = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -113,8 +157,12 @@ def test_sigkill_server_during_concurrent_writes_keeps_acknowledged_ids(tmp_path
                 for start in range(worker * 20, len(ids), 4 * 20):
                     if stop.is_set():
                         return
-                    batch = {"items": [{"item_id": i, "embedding": e}
-                                       for i, e in zip(ids[start : start + 20], emb[start : start + 20], strict=True)]}
+                    batch = {
+                        "items": [
+                            {"item_id": i, "embedding": e}
+                            for i, e in zip(ids[start : start + 20], emb[start : start + 20], strict=True)
+                        ]
+                    }
                     try:
                         r = client.post("/v1/assign", json=batch)
                     except httpx.HTTPError:
