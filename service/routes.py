@@ -91,7 +91,8 @@ def _as_matrix(rows: list[list[float]], field: str) -> np.ndarray:
     widths = {len(r) for r in rows}
     if len(widths) > 1:
         raise InvalidInputError(f"{field} must all have the same dimension, got {sorted(widths)[:5]}", field=field)
-    return np.asarray(rows, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the encoder's check rejects (422)
+        return np.asarray(rows, dtype=np.float32)
 
 
 def _ids_array(state: ServiceState, ids: list[Any], field: str = "item_ids") -> np.ndarray:
