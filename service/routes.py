@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from model.catalog import CatalogError, embeddings_to_numpy
 from service.errors import InvalidInputError
@@ -30,6 +32,7 @@ from service.schemas import (
 from service.state import ServiceState
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+M = TypeVar("M", bound=BaseModel)
 DEFAULT_PAGE = 100
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503)
@@ -55,7 +58,7 @@ class NotReadyError(Exception):
     """The index is not loaded (yet): 503."""
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     state = request.app.state.semid
     if state is None:
         raise NotReadyError("the index is not loaded yet")
@@ -111,26 +114,111 @@ def _public_id(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-@router.post("/v1/encode", response_model=EncodeResponse, responses=ERRORS, tags=["ids"])
-def encode(body: EncodeRequest, state: StateDep, request: Request, x_api_key: ApiKeyHeader = None) -> JSONResponse:
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its $defs inlined, for request bodies documented by hand."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def _json_or_arrow_body(model: type[BaseModel], arrow_doc: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline_schema(model)},
+                ARROW_STREAM: {"schema": {"type": "string", "format": "binary", "description": arrow_doc}},
+            },
+        }
+    }
+
+
+def _parse_json(model: type[M], raw: bytes) -> M:
+    """Validate a raw JSON body in one pass (pydantic-core parses and validates together)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors(include_url=False), body=None) from err
+
+
+def _content_type(request: Request) -> str:
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "", ARROW_STREAM):
+        raise InvalidInputError(
+            f"content-type {content_type!r}; expected application/json or {ARROW_STREAM}", field="content-type"
+        )
+    return content_type
+
+
+INLINE_BATCH = 64  # smaller batches are encoded on the event loop; larger ones in the thread pool
+
+
+@router.post(
+    "/v1/encode",
+    response_model=EncodeResponse,
+    responses=ERRORS,
+    tags=["ids"],
+    openapi_extra=_json_or_arrow_body(
+        EncodeRequest, "Arrow IPC stream with an `embedding` column and optionally `item_id`; ?register=true"
+    ),
+)
+async def encode(
+    request: Request,
+    state: StateDep,
+    x_api_key: ApiKeyHeader = None,
+    register: Annotated[bool, Query(description="Arrow bodies only: register unknown items.")] = False,
+) -> JSONResponse:
     """Embeddings -> base codes; full semantic IDs for known items, or for new ones with register=true."""
-    n = len(body.embeddings)
+    raw = await request.body()
+    if _content_type(request) == ARROW_STREAM:
+        ids, x, _ = _read_arrow(state, raw, need_ids=register, table_field="embeddings")
+        item_ids = None if ids is None else [_public_id(i) for i in ids.tolist()]
+        register_items = register
+    else:
+        body = _parse_json(EncodeRequest, raw)
+        _check_batch(state, len(body.embeddings), "embeddings")
+        x = _as_matrix(body.embeddings, "embeddings")
+        item_ids, register_items = body.item_ids, body.register_items
+    args = (state, request, x, item_ids, register_items, x_api_key)
+    result = _encode(*args) if x.shape[0] <= INLINE_BATCH else await run_in_threadpool(_encode, *args)
+    return JSONResponse(result)
+
+
+def _encode(
+    state: ServiceState,
+    request: Request,
+    x: np.ndarray,
+    item_ids: list[Any] | None,
+    register_items: bool,
+    x_api_key: str | None,
+) -> dict[str, Any]:
+    n = x.shape[0]
     _check_batch(state, n, "embeddings")
-    if body.item_ids is not None and len(body.item_ids) != n:
-        raise InvalidInputError(f"item_ids has {len(body.item_ids)} entries for {n} embeddings", field="item_ids")
-    if body.register_items:
+    if item_ids is not None and len(item_ids) != n:
+        raise InvalidInputError(f"item_ids has {len(item_ids)} entries for {n} embeddings", field="item_ids")
+    if register_items:
         require_api_key(state, x_api_key)
-        if body.item_ids is None:
+        if item_ids is None:
             raise InvalidInputError("register=true needs item_ids, one per embedding", field="item_ids")
-    x = state.encoder.check(_as_matrix(body.embeddings, "embeddings"))
+    x = state.encoder.check(x)
     encoded = state.encoder.encode(x, alternatives=1)
     layout = state.index.layout
     sids: list[list[int] | None] = [None] * n
     existing: list[bool | None] = [None] * n
     segment = None
-    if body.item_ids is not None:
-        ids = _ids_array(state, body.item_ids)
-        if body.register_items:
+    if item_ids is not None:
+        ids = _ids_array(state, item_ids)
+        if register_items:
             reg = register_batch(
                 state.index, state.encoder, item_ids=ids, embeddings=x, lock_timeout=state.settings.write_lock_timeout
             )
@@ -145,7 +233,7 @@ def encode(body: EncodeRequest, state: StateDep, request: Request, x_api_key: Ap
             existing = [r >= 0 for r in rows.tolist()]
     request.app.state.metrics.encoded.inc(n)
     base = encoded.base_codes.tolist()
-    item_ids = body.item_ids or [None] * n
+    shown_ids = item_ids or [None] * n
     results = [
         {
             "base_code": b,
@@ -154,33 +242,37 @@ def encode(body: EncodeRequest, state: StateDep, request: Request, x_api_key: Ap
             "item_id": i,
             "existing": e,
         }
-        for b, s, i, e in zip(base, sids, item_ids, existing, strict=True)
+        for b, s, i, e in zip(base, sids, shown_ids, existing, strict=True)
     ]
-    return JSONResponse({"results": results, "segment": segment})
+    return {"results": results, "segment": segment}
 
 
-_ASSIGN_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": AssignRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            },
-            ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+_ASSIGN_BODY = _json_or_arrow_body(
+    AssignRequest, "Arrow IPC stream with `item_id`, `embedding` and the index's kept columns"
+)
 
 
-def _read_arrow(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
+def _read_arrow(
+    state: ServiceState, raw: bytes, *, need_ids: bool = True, table_field: str = "items"
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, pa.Array]]:
+    """(item ids or None, embeddings, kept columns) from an Arrow IPC stream body."""
     try:
         table = pa.ipc.open_stream(raw).read_all()
     except (pa.ArrowInvalid, OSError) as err:
         raise InvalidInputError(f"body is not an Arrow IPC stream: {err}", field="body") from err
-    for col in ("item_id", "embedding"):
+    for col in ("item_id", "embedding") if need_ids else ("embedding",):
         if col not in table.column_names:
             raise InvalidInputError(f"Arrow stream has no column {col!r}", field=col)
-    _check_batch(state, table.num_rows, "items")
+    _check_batch(state, table.num_rows, table_field)
+    try:
+        emb = embeddings_to_numpy(table.column("embedding").combine_chunks(), "embedding", 0, None)
+    except CatalogError as err:
+        raise InvalidInputError(str(err), field="embedding") from err
+    columns = {c: table.column(c).combine_chunks() for c in state.index.keep_columns if c in table.column_names}
+    for c in state.index.keep_columns:
+        columns.setdefault(c, pa.nulls(table.num_rows, pa.string()))
+    if "item_id" not in table.column_names:
+        return None, emb, columns
     id_col = table.column("item_id").combine_chunks()
     if id_col.null_count:
         raise InvalidInputError("item_id has nulls", field="item_id")
@@ -190,23 +282,11 @@ def _read_arrow(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray
         ids = _ids_array(state, id_col.to_pylist(), "item_id")
     else:
         raise InvalidInputError(f"item_id has type {id_col.type}; expected integers or strings", field="item_id")
-    try:
-        emb = embeddings_to_numpy(table.column("embedding").combine_chunks(), "embedding", 0, None)
-    except CatalogError as err:
-        raise InvalidInputError(str(err), field="embedding") from err
-    columns = {c: table.column(c).combine_chunks() for c in state.index.keep_columns if c in table.column_names}
-    for c in state.index.keep_columns:
-        columns.setdefault(c, pa.nulls(table.num_rows, pa.string()))
     return ids, emb, columns
 
 
 def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
-    try:
-        body = AssignRequest.model_validate_json(raw)
-    except ValidationError as err:
-        from fastapi.exceptions import RequestValidationError
-
-        raise RequestValidationError(err.errors(include_url=False), body=None) from err
+    body = _parse_json(AssignRequest, raw)
     _check_batch(state, len(body.items), "items")
     ids = _ids_array(state, [it.item_id for it in body.items], "items.item_id")
     emb = _as_matrix([it.embedding for it in body.items], "items.embedding")
@@ -225,17 +305,11 @@ async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = No
     """Register many items at once (JSON or an Arrow IPC stream); new ones land in one atomic segment."""
     require_api_key(state, x_api_key)
     raw = await request.body()
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    if content_type == ARROW_STREAM:
+    if _content_type(request) == ARROW_STREAM:
         ids, emb, columns = _read_arrow(state, raw)
-    elif content_type in ("application/json", ""):
-        ids, emb, columns = _read_json_items(state, raw)
     else:
-        raise InvalidInputError(
-            f"content-type {content_type!r}; expected application/json or {ARROW_STREAM}", field="content-type"
-        )
-    from starlette.concurrency import run_in_threadpool
-
+        ids, emb, columns = _read_json_items(state, raw)
+    assert ids is not None  # _read_arrow requires item_id by default
     reg = await run_in_threadpool(
         register_batch,
         state.index,
@@ -262,13 +336,13 @@ async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = No
 
 
 @router.get("/v1/items/{item_id}", response_model=ItemPublic, responses=ERRORS, tags=["look-up"])
-def get_item(item_id: str, state: StateDep) -> JSONResponse:
+async def get_item(item_id: str, state: StateDep) -> JSONResponse:
     """The semantic ID (and kept columns) of one item."""
     return JSONResponse(state.index.get_item(item_id))
 
 
 @router.get("/v1/ids/{semantic_id}", response_model=ItemPublic, responses=ERRORS, tags=["look-up"])
-def get_by_id(semantic_id: str, state: StateDep) -> JSONResponse:
+async def get_by_id(semantic_id: str, state: StateDep) -> JSONResponse:
     """The item holding a full semantic ID, written with dashes: 12-201-7-0."""
     layout = state.index.layout
     try:
@@ -280,7 +354,7 @@ def get_by_id(semantic_id: str, state: StateDep) -> JSONResponse:
 
 
 @router.get("/v1/prefixes/{prefix}", response_model=PrefixPage, responses=ERRORS, tags=["look-up"])
-def prefix_items(
+async def prefix_items(
     prefix: str,
     state: StateDep,
     limit: Annotated[
@@ -305,13 +379,13 @@ def _children(state: ServiceState, codes: tuple[int, ...]) -> JSONResponse:
 
 
 @router.get("/v1/prefixes/{prefix}/children", response_model=ChildrenResponse, responses=ERRORS, tags=["look-up"])
-def prefix_children(prefix: str, state: StateDep) -> JSONResponse:
+async def prefix_children(prefix: str, state: StateDep) -> JSONResponse:
     """The valid next codes under a prefix, with item counts: the allowed tokens for constrained decoding."""
     return _children(state, state.index.layout.parse(prefix))
 
 
 @router.get("/v1/children", response_model=ChildrenResponse, responses=ERRORS, tags=["look-up"])
-def root_children(state: StateDep) -> JSONResponse:
+async def root_children(state: StateDep) -> JSONResponse:
     """The valid first codes, with item counts."""
     return _children(state, ())
 
@@ -343,13 +417,13 @@ def resolve(body: ResolveRequest, state: StateDep) -> JSONResponse:
 
 
 @router.get("/healthz", response_model=Health, tags=["operations"])
-def healthz() -> dict:
+async def healthz() -> dict:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}}, tags=["operations"])
-def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """Readiness: the index and checkpoint are loaded."""
     state = request.app.state.semid
     if state is None:

@@ -40,7 +40,7 @@ def test_dockerfile_is_cpu_only_non_root_with_healthcheck_and_serves():
     assert re.search(r"^USER (?!root)\S+", text, re.M)
     assert "HEALTHCHECK" in text and "/healthz" in text
     assert "-c constraints.txt" in text and "whl/cpu" in text
-    cmd = re.search(r'^CMD \[(.*)\]', text, re.M).group(1)
+    cmd = re.search(r"^CMD \[(.*)\]", text, re.M).group(1)
     _check_command([part.strip().strip('"') for part in cmd.split(",")])
     for copied in re.findall(r"^COPY (\S+)", text, re.M):
         assert (ROOT / copied).exists(), copied
