@@ -172,6 +172,35 @@ def test_encode_known_items_get_their_ids_and_unknown_get_null(api, catalog):
     assert unknown["semantic_id"] is None and unknown["token"] is None and unknown["existing"] is False
 
 
+def test_encode_arrow_stream_matches_json(api, writable, catalog):
+    emb = catalog.embeddings[:20]  # under the fixture's max_batch
+    json_codes = [r["base_code"] for r in api.post("/v1/encode", json={"embeddings": emb.tolist()}).json()["results"]]
+    body = arrow_stream(pa.table({"embedding": fixed_list(emb)}))
+    headers = {"content-type": "application/vnd.apache.arrow.stream"}
+    arrow = api.post("/v1/encode", content=body, headers=headers)
+    assert arrow.status_code == 200, arrow.text
+    assert [r["base_code"] for r in arrow.json()["results"]] == json_codes
+    # with item ids and ?register=true, unknown items get IDs, known ones keep theirs
+    ids = pa.array([int(catalog.item_ids[0]), 555_000_001], pa.int64())
+    table = pa.table({"item_id": ids, "embedding": fixed_list(new_embeddings(catalog, 2))})
+    reg = writable.post("/v1/encode?register=true", content=arrow_stream(table), headers=headers)
+    assert reg.status_code == 200, reg.text
+    known, new = reg.json()["results"]
+    assert (
+        known["existing"] is True and known["semantic_id"] == writable.get(f"/v1/items/{ids[0]}").json()["semantic_id"]
+    )
+    assert new["existing"] is False and writable.get("/v1/items/555000001").json()["semantic_id"] == new["semantic_id"]
+    assert_error(
+        writable.post(
+            "/v1/encode?register=true",
+            content=arrow_stream(pa.table({"embedding": fixed_list(emb[:2])})),
+            headers=headers,
+        ),
+        422,
+        "item_id",
+    )
+
+
 def test_encode_register_assigns_unique_persisted_ids(writable, catalog, base_index):
     before = len(state_of(writable).index)
     taken = {tuple(r["semantic_id"]) for r in export_table(state_of(writable).index).to_pylist()}
