@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.metrics import base_collision_rate, level_health
-from service.id_quality import nearest_neighbours
+from service.id_quality import prefix_shares, sample_neighbours
 
 
 def bucket_sizes(codes: np.ndarray) -> np.ndarray:
@@ -110,17 +110,8 @@ def neighbourhood_figures(
     if n < 2:
         raise ValueError(f"neighbourhood figures need at least 2 items, got {n}")
     k = min(k, n - 1)
-    rng = np.random.default_rng(seed)
-    queries = rng.choice(n, size=min(sample, n), replace=False)
-    nn = nearest_neighbours(embeddings, queries, k)
-    rnd = rng.integers(0, n, size=nn.shape)
-    out: dict[str, float] = {}
-    for d in range(1, codes.shape[1] + 1):
-        same_nn = (codes[nn][:, :, :d] == codes[queries][:, None, :d]).all(-1).mean()
-        same_rnd = (codes[rnd][:, :, :d] == codes[queries][:, None, :d]).all(-1).mean()
-        out[f"nn_share_d{d}"] = round(float(same_nn), 4)
-        out[f"nn_lift_d{d}"] = round(float(same_nn / max(same_rnd, 1e-9)), 1)
-        out[f"random_share_d{d}"] = round(float(same_rnd), 5)
+    queries, nn, rnd = sample_neighbours(embeddings, n, k=k, sample=sample, seed=seed)
+    out = prefix_shares(codes, queries, nn, rnd)
     tie_rng = np.random.default_rng([seed, 1])
     chunk = max(1, (1 << 22) // n)
     hits = 0

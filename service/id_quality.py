@@ -29,22 +29,34 @@ def nearest_neighbours(embeddings: np.ndarray, queries: np.ndarray, k: int) -> n
     return out
 
 
-def neighbour_share(
-    embeddings: np.ndarray, codes: np.ndarray, *, k: int = 10, sample: int = 2000, seed: int = 0
-) -> dict[str, float]:
-    """nn_share_d{d} and nn_lift_d{d} for every depth d of `codes` [N, L]."""
-    n = codes.shape[0]
+def sample_neighbours(
+    embeddings: np.ndarray, n: int, *, k: int = 10, sample: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query rows, their k nearest neighbours, as many random rows), drawn as the reference scorer draws them."""
     rng = np.random.default_rng(seed)
     queries = rng.choice(n, size=min(sample, n), replace=False)
     nn = nearest_neighbours(embeddings, queries, min(k, n - 1))
-    rnd = rng.integers(0, n, size=nn.shape)
+    return queries, nn, rng.integers(0, n, size=nn.shape)
+
+
+def prefix_shares(codes: np.ndarray, queries: np.ndarray, nn: np.ndarray, rnd: np.ndarray) -> dict[str, float]:
+    """For each depth d: share of neighbours (and of random rows) sharing the query's first d codes, and the lift."""
     out: dict[str, float] = {}
     for d in range(1, codes.shape[1] + 1):
         same_nn = (codes[nn][:, :, :d] == codes[queries][:, None, :d]).all(-1).mean()
         same_rnd = (codes[rnd][:, :, :d] == codes[queries][:, None, :d]).all(-1).mean()
         out[f"nn_share_d{d}"] = round(float(same_nn), 4)
         out[f"nn_lift_d{d}"] = round(float(same_nn / max(same_rnd, 1e-9)), 1)
+        out[f"random_share_d{d}"] = round(float(same_rnd), 5)
     return out
+
+
+def neighbour_share(
+    embeddings: np.ndarray, codes: np.ndarray, *, k: int = 10, sample: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """nn_share_d{d}, nn_lift_d{d} (and random_share_d{d}) for every depth d of `codes` [N, L]."""
+    queries, nn, rnd = sample_neighbours(embeddings, codes.shape[0], k=k, sample=sample, seed=seed)
+    return prefix_shares(codes, queries, nn, rnd)
 
 
 def id_quality(embeddings: np.ndarray, codes: np.ndarray, codebook_size: int, **kw: int) -> dict[str, float]:
