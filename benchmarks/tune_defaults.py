@@ -17,8 +17,17 @@ from benchmarks.common import MOVIELENS  # noqa: E402
 from benchmarks.quality import semid_row  # noqa: E402
 from model.catalog import read_catalog  # noqa: E402
 
-KEYS = ["tokenizer", "fit_s", "recon_mse", "base_collision_rate", "perplexity_l1", "perplexity_l2", "perplexity_l3",
-        "nn_share_d1", "nn_share_d2"]
+KEYS = [
+    "tokenizer",
+    "fit_s",
+    "recon_mse",
+    "base_collision_rate",
+    "perplexity_l1",
+    "perplexity_l2",
+    "perplexity_l3",
+    "nn_share_d1",
+    "nn_share_d2",
+]
 
 
 def main() -> None:

@@ -25,12 +25,13 @@ import shutil
 import struct
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from service.dedup import BucketCounts
 from service.errors import (
@@ -66,6 +67,7 @@ from service.vector_index import add_segments, load_vector_index, write_vector_i
 logger = logging.getLogger(__name__)
 
 MAX_PAGE_LIMIT = 10_000
+SMALL_SEGMENT_ROWS = 4096  # a write that fits with the tail segment in this many rows rewrites the tail
 _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]{11}")
 
 
@@ -325,12 +327,23 @@ class SemanticIdIndex:
             )
             _remove_leftovers(self._path, manifest)
             name = manifest.next_segment_name()
+            kept_segments = manifest.segments
+            tail = manifest.segments[-1] if manifest.segments else None
+            if tail is not None and tail.rows + part.rows <= SMALL_SEGMENT_ROWS:
+                # Small writes (e.g. one API request) fold into one tail segment: the tail's rows and the
+                # new ones are written as a new segment that replaces it, so rows keep their order and
+                # many small writes don't leave many files. The old tail is removed by the next write.
+                previous = pq.read_table(self._path / SEGMENTS_DIR / tail.name)
+                table = pa.concat_tables([previous, table.cast(previous.schema)])
+                kept_segments = manifest.segments[:-1]
             replace_atomically(self._path / SEGMENTS_DIR / name, lambda tmp: write_segment(table, tmp))
             new_vectors = faiss.clone_index(snap.vectors)
             new_vectors.add(vecs)
             if persist_vectors:
                 write_vector_index(self._path, new_vectors)
-            new_manifest = manifest.with_segment(SegmentInfo(name=name, rows=part.rows))
+            new_manifest = replace(manifest, segments=kept_segments).with_segment(
+                SegmentInfo(name=name, rows=table.num_rows)
+            )
             write_manifest(self._path, new_manifest)
             self._snapshot = _Snapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
         logger.info("index %s: appended %s with %d items", self._path, name, part.rows)

@@ -116,7 +116,8 @@ def test_create_append_reopen_round_trip(tmp_path, str_ids):
     assert index.append(**b2) == "seg-000002.parquet"
 
     reopened = SemanticIdIndex.open(tmp_path / "idx", expected_fingerprint="fp-1")
-    assert len(reopened) == 25 and reopened.segments == ("seg-000001.parquet", "seg-000002.parquet")
+    # two small writes: the second rewrote the first's small segment with its rows appended
+    assert len(reopened) == 25 and reopened.segments == ("seg-000002.parquet",)
     assert reopened.layout == LAYOUT and reopened.id_kind == ("str" if str_ids else "int")
     assert reopened.keep_columns == ("title",) and reopened.vector_dim == DIM
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
@@ -435,6 +436,19 @@ def test_faiss_rebuilt_when_missing(tmp_path, caplog):
     assert faiss_path.exists() and check_index(tmp_path / "idx").ok
     vectors = np.concatenate([b["vectors"] for b in batches])
     np.testing.assert_array_equal(index.nearest(vectors, k=1)[1][:, 0], np.arange(40))
+
+
+def test_small_writes_fold_into_one_tail_segment_and_large_ones_do_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_module, "SMALL_SEGMENT_ROWS", 30)
+    index, _ = filled_index(tmp_path / "idx", np.random.default_rng(31), batches=4, n=10)
+    # 10 -> seg1; 10+10 -> seg2 replaces it; 20+10 -> seg3 replaces that; 30+10 > 30 -> seg4 beside it
+    assert index.segments == ("seg-000003.parquet", "seg-000004.parquet")
+    files = sorted(p.name for p in (tmp_path / "idx" / "segments").iterdir())
+    assert files == ["seg-000003.parquet", "seg-000004.parquet"]  # replaced tails removed by later writes
+    reopened = SemanticIdIndex.open(tmp_path / "idx")
+    np.testing.assert_array_equal(reopened.state.item_ids, index.state.item_ids)  # row order kept
+    np.testing.assert_array_equal(reopened.state.semantic_ids, index.state.semantic_ids)
+    assert check_index(tmp_path / "idx").ok
 
 
 def test_faiss_rebuilt_when_stale(tmp_path):
