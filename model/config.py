@@ -77,6 +77,7 @@ class TrainConfig:
     ema_decay: float = 0.99
     kmeans_iters: int = 25
     kmeans_sample: int = 65536
+    kmeans_restarts: int = 3
     dead_code_threshold: float = 1.0
     dead_code_reset_every: int = 1
     dead_code_reset_until: float = 0.8
@@ -99,6 +100,7 @@ class TrainConfig:
         _check_range("ema_decay", self.ema_decay, 0.0, 0.99999)
         _check_range("kmeans_iters", self.kmeans_iters, 1, 1000)
         _check_range("kmeans_sample", self.kmeans_sample, 2, 1 << 24)
+        _check_range("kmeans_restarts", self.kmeans_restarts, 1, 100)
         _check_range("dead_code_threshold", self.dead_code_threshold, 0.0, 1e9)
         _check_range("dead_code_reset_every", self.dead_code_reset_every, 0, 100_000)
         _check_range("dead_code_reset_until", self.dead_code_reset_until, 0.0, 1.0)

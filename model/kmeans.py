@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -24,9 +26,12 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> tup
     return codes, dists
 
 
-def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding: each next centre drawn with probability proportional to D(x)^2."""
+def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, trials: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding: at each step draw `trials` candidates with probability proportional
+    to D(x)^2 and keep the one that lowers the total squared distance most (2 + log k candidates by
+    default), which avoids seeding centres on outliers."""
     n = x.shape[0]
+    trials = trials or 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator))
     centroids = x.new_empty(k, x.shape[1])
     centroids[0] = x[first]
@@ -35,19 +40,25 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
         total = closest.sum()
         if total <= 0:  # fewer distinct points than k: fill with random points
             idx = int(torch.randint(n, (1,), generator=generator))
-        else:
-            idx = int(torch.multinomial(closest / total, 1, generator=generator))
-        centroids[i] = x[idx]
-        closest = torch.minimum(closest, squared_distances(x, centroids[i : i + 1]).squeeze(1))
+            centroids[i] = x[idx]
+            continue
+        candidates = torch.multinomial(closest / total, trials, replacement=True, generator=generator)
+        options = torch.minimum(closest.unsqueeze(0), squared_distances(x[candidates], x).clone())
+        best = int(options.sum(dim=1).argmin())
+        centroids[i] = x[candidates[best]]
+        closest = options[best]
     return centroids
 
 
 @torch.no_grad()
-def kmeans(x: torch.Tensor, k: int, *, iters: int = 25, seed: int = 0, sample: int | None = None) -> torch.Tensor:
+def kmeans(
+    x: torch.Tensor, k: int, *, iters: int = 25, seed: int = 0, sample: int | None = None, restarts: int = 1
+) -> torch.Tensor:
     """Fit k centroids to the rows of x; same inputs and seed give the same centroids.
 
     Empty clusters are re-seeded with the points farthest from their centroid, so every
-    centroid ends up owning data when there are at least k distinct points.
+    centroid ends up owning data when there are at least k distinct points. With `restarts`
+    > 1 the fit runs from that many seedings and keeps the one with the lowest total error.
     """
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"kmeans needs a non-empty 2-d tensor, got shape {tuple(x.shape)}")
@@ -59,7 +70,17 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int = 25, seed: int = 0, sample: i
         reps = -(-k // x.shape[0])
         x = x.repeat(reps, 1)
         x = x + 1e-4 * torch.randn(x.shape, generator=generator) * x.std().clamp_min(1e-6)
-    centroids = kmeans_plus_plus(x, k, generator)
+    best, best_error = None, float("inf")
+    for _ in range(restarts):
+        centroids = _lloyd(x, kmeans_plus_plus(x, k, generator), iters)
+        error = float(nearest(x, centroids)[1].sum())
+        if error < best_error:
+            best, best_error = centroids, error
+    return best
+
+
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
+    k = centroids.shape[0]
     for _ in range(iters):
         codes, dists = nearest(x, centroids)
         counts = torch.bincount(codes, minlength=k)

@@ -38,11 +38,15 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def init_from_data(self, z: torch.Tensor, *, iters: int, seed: int, sample: int | None = None) -> None:
+    def init_from_data(
+        self, z: torch.Tensor, *, iters: int, seed: int, sample: int | None = None, restarts: int = 1
+    ) -> None:
         """Seeded k-means on each level's residuals, level by level."""
         residual = z.detach().to(torch.float32)
         for level in range(self.levels):
-            centroids = kmeans(residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample)
+            centroids = kmeans(
+                residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample, restarts=restarts
+            )
             self.codebooks.data[level] = centroids
             codes = self._nearest_codes(residual, level)
             residual = residual - centroids[codes]

@@ -82,7 +82,11 @@ def fit_rqkmeans(tokenizer: SemanticTokenizer, embeddings: np.ndarray, cfg: Semi
     tokenizer.normalizer.fit(x)
     with torch.no_grad():
         tokenizer.quantizer.init_from_data(
-            tokenizer.normalizer(x), iters=cfg.train.kmeans_iters, seed=cfg.train.seed, sample=cfg.train.kmeans_sample
+            tokenizer.normalizer(x),
+            iters=cfg.train.kmeans_iters,
+            seed=cfg.train.seed,
+            sample=cfg.train.kmeans_sample,
+            restarts=cfg.train.kmeans_restarts,
         )
     row = {"epoch": 1, "seconds": round(time.perf_counter() - start, 3)}
     row.update(evaluate(tokenizer, x, cfg.model.codebook_size))
@@ -196,7 +200,7 @@ def _init_codebooks(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidCon
     with torch.no_grad():
         z = tokenizer.encoder(tokenizer.normalizer(sample))
     tokenizer.train(was_training)
-    tokenizer.quantizer.init_from_data(z, iters=t.kmeans_iters, seed=t.seed)
+    tokenizer.quantizer.init_from_data(z, iters=t.kmeans_iters, seed=t.seed, restarts=t.kmeans_restarts)
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
