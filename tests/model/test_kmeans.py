@@ -36,3 +36,16 @@ def test_kmeans_gives_every_centroid_data_when_possible():
 def test_kmeans_with_fewer_points_than_clusters_still_returns_k_centroids():
     x = torch.randn(3, 4)
     assert kmeans(x, 8, iters=3, seed=0).shape == (8, 4)
+
+
+def _error(x, centroids) -> float:
+    return float(nearest(x, centroids)[1].sum())
+
+
+def test_restarts_keep_the_lowest_error_fit():
+    x = torch.randn(600, 4, generator=torch.Generator().manual_seed(5))
+    single = kmeans(x, 24, iters=5, seed=1)
+    best = kmeans(x, 24, iters=5, seed=1, restarts=4)
+    assert _error(x, best) <= _error(x, single)  # the first restart is the single run
+    assert torch.equal(best, kmeans(x, 24, iters=5, seed=1, restarts=4))
+
