@@ -114,7 +114,7 @@ def iter_parquet_batches(
     path = Path(path)
     _check_file(path)
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering caches every row group read until the end
     except (pa.ArrowInvalid, OSError) as err:
         raise CatalogError(f"catalog {path} is not a readable Parquet file: {err}") from err
     names = pf.schema_arrow.names
