@@ -22,6 +22,11 @@ SEMID = ROOT / ".venv" / "bin" / "semid"
 WIDTH = 4  # tiny_config: 3 levels + the dedup digit
 
 
+def cli_config():
+    """The tiny config with 16 codes per level: room for the 900 items the larger catalog brings."""
+    return tiny_config(seed=1).with_overrides("model", codebook_size=16)
+
+
 def run(*args: str):
     result = CliRunner().invoke(main, [str(a) for a in args])
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -70,7 +75,7 @@ def export(index: Path, out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "tiny.json"
-    path.write_text(json.dumps(tiny_config(seed=1).to_dict()))
+    path.write_text(json.dumps(cli_config().to_dict()))
     return path
 
 
@@ -115,10 +120,10 @@ def test_inspect_prints_config_and_final_metrics(trained):
     out, _ = trained
     text = ok("inspect", out).stdout
     assert "[model]" in text and "[train]" in text and "[final metrics]" in text
-    assert "codebook_size = 8" in text and "levels = 3" in text and "seed = 1" in text
+    assert "codebook_size = 16" in text and "levels = 3" in text and "seed = 1" in text
     assert "recon_mse = " in text and "perplexity_l1 = " in text
     data = json.loads(ok("inspect", out, "--json").stdout)
-    assert data["config"] == json.loads(json.dumps(tiny_config(seed=1).to_dict()))
+    assert data["config"] == json.loads(json.dumps(cli_config().to_dict()))
     assert data["fingerprint"] == load_checkpoint(out).fingerprint
     assert data["final"]["recon_mse"] >= 0 and data["items"] == 600
 
