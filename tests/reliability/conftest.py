@@ -18,6 +18,28 @@ def run_semid(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedPro
     return subprocess.run([*SEMID, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def assign_args(checkpoint: Path, catalog: Path, index: Path, *extra: str) -> list[str]:
+    return [
+        "assign",
+        "--checkpoint",
+        str(checkpoint),
+        "--catalog",
+        str(catalog),
+        "--index",
+        str(index),
+        "--quiet",
+        *extra,
+    ]
+
+
+def start_assign(checkpoint: Path, catalog: Path, index: Path, *extra: str, quiet_output: bool = False):
+    """`semid assign` as a background process (output captured, or discarded with quiet_output)."""
+    out = subprocess.DEVNULL if quiet_output else subprocess.PIPE
+    return subprocess.Popen(
+        [*SEMID, *assign_args(checkpoint, catalog, index, *extra)], cwd=ROOT, stdout=out, stderr=out, text=True
+    )
+
+
 @pytest.fixture(scope="session")
 def catalogs(tmp_path_factory) -> dict[str, Path]:
     """`small` (first 4,000 items of `large`), `large` (40,000 items) and a disjoint `other`."""

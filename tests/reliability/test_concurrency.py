@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from service.index_check import check_index
-from tests.conftest import ROOT
-from tests.reliability.conftest import SEMID
-
-
-def _start(checkpoint, catalog, index, *extra) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            *SEMID,
-            "assign",
-            "--checkpoint",
-            str(checkpoint),
-            "--catalog",
-            str(catalog),
-            "--index",
-            str(index),
-            "--quiet",
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from tests.reliability.conftest import assign_args, run_semid, start_assign
 
 
 @pytest.mark.slow
 def test_two_assign_processes_waiting_for_the_lock_both_land(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    first = subprocess.run(
-        [
-            *SEMID,
-            "assign",
-            "--checkpoint",
-            str(checkpoint),
-            "--catalog",
-            str(catalogs["small"]),
-            "--index",
-            str(index),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-    )
-    assert first.returncode == 0
-    a = _start(checkpoint, catalogs["large"], index, "--wait-lock", "120")
-    b = _start(checkpoint, catalogs["other"], index, "--wait-lock", "120")
+    assert run_semid(*assign_args(checkpoint, catalogs["small"], index)).returncode == 0
+    a = start_assign(checkpoint, catalogs["large"], index, "--wait-lock", "120")
+    b = start_assign(checkpoint, catalogs["other"], index, "--wait-lock", "120")
     outs = [p.communicate(timeout=300) for p in (a, b)]
     assert a.returncode == 0 and b.returncode == 0, outs
     report = check_index(index)
@@ -63,23 +24,8 @@ def test_two_assign_processes_waiting_for_the_lock_both_land(tmp_path, checkpoin
 @pytest.mark.slow
 def test_a_second_writer_without_waiting_is_refused_or_serialised_never_corrupting(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    subprocess.run(
-        [
-            *SEMID,
-            "assign",
-            "--checkpoint",
-            str(checkpoint),
-            "--catalog",
-            str(catalogs["small"]),
-            "--index",
-            str(index),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    procs = [_start(checkpoint, catalogs["large"], index), _start(checkpoint, catalogs["other"], index)]
+    assert run_semid(*assign_args(checkpoint, catalogs["small"], index)).returncode == 0
+    procs = [start_assign(checkpoint, catalogs["large"], index), start_assign(checkpoint, catalogs["other"], index)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for code, err in results:
         if code != 0:  # refused: one clear line, no traceback

@@ -23,7 +23,7 @@ from service.export import export_table
 from service.index import SemanticIdIndex
 from service.index_check import check_index
 from tests.conftest import ROOT
-from tests.reliability.conftest import SEMID, run_semid
+from tests.reliability.conftest import SEMID, assign_args, run_semid, start_assign
 
 KILL_POINTS = 12
 
@@ -38,47 +38,18 @@ def _ids(index_dir) -> dict:
 @pytest.mark.slow
 def test_sigkill_during_assign_never_loses_or_corrupts(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    done = run_semid(
-        "assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["small"]), "--index", str(index), "--quiet"
-    )
+    done = run_semid(*assign_args(checkpoint, catalogs["small"], index))
     assert done.returncode == 0, done.stderr
     acknowledged = _ids(index)
     # how long a full run of the large catalog takes, to spread the kill points over it
     probe = tmp_path / "probe"
     start = time.perf_counter()
-    assert (
-        run_semid(
-            "assign",
-            "--checkpoint",
-            str(checkpoint),
-            "--catalog",
-            str(catalogs["large"]),
-            "--index",
-            str(probe),
-            "--quiet",
-        ).returncode
-        == 0
-    )
+    assert run_semid(*assign_args(checkpoint, catalogs["large"], probe)).returncode == 0
     duration = time.perf_counter() - start
     rng = np.random.default_rng(0)
     killed = 0
     for delay in sorted(rng.uniform(0.05, duration, size=KILL_POINTS)):
-        proc = subprocess.Popen(
-            [
-                *SEMID,
-                "assign",
-                "--checkpoint",
-                str(checkpoint),
-                "--catalog",
-                str(catalogs["large"]),
-                "--index",
-                str(index),
-                "--quiet",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_assign(checkpoint, catalogs["large"], index, quiet_output=True)
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -94,9 +65,7 @@ def test_sigkill_during_assign_never_loses_or_corrupts(tmp_path, checkpoint, cat
         assert len(now) in (4_000, 40_000), (delay, len(now))
     assert killed >= KILL_POINTS // 2, "too few runs were actually killed mid-way"
     print(f"assign: {killed} of {KILL_POINTS} runs killed mid-way (run length {duration:.1f} s); all reopened clean")
-    final = run_semid(
-        "assign", "--checkpoint", str(checkpoint), "--catalog", str(catalogs["large"]), "--index", str(index), "--quiet"
-    )
+    final = run_semid(*assign_args(checkpoint, catalogs["large"], index))
     assert final.returncode == 0, final.stderr
     assert run_semid("check", "--index", str(index)).returncode == 0
     after = _ids(index)
@@ -113,19 +82,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_sigkill_server_during_concurrent_writes_keeps_acknowledged_ids(tmp_path, checkpoint, catalogs):
     index = tmp_path / "idx"
-    assert (
-        run_semid(
-            "assign",
-            "--checkpoint",
-            str(checkpoint),
-            "--catalog",
-            str(catalogs["small"]),
-            "--index",
-            str(index),
-            "--quiet",
-        ).returncode
-        == 0
-    )
+    assert run_semid(*assign_args(checkpoint, catalogs["small"], index)).returncode == 0
     other = pq.read_table(catalogs["other"])
     ids = other.column("item_id").to_pylist()
     emb = np.asarray(other.column("embedding").to_pylist(), dtype=np.float32).tolist()
