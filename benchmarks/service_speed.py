@@ -103,6 +103,14 @@ COLUMNS = [
 # --- process and CPU accounting ----------------------------------------------------------------------------------
 
 
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as an Arrow IPC stream body."""
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -368,9 +376,19 @@ def wrk_phase(server: Server, name: str, paths: list[str], args: argparse.Namesp
     script.write_text(WRK_SCRIPT % ", ".join(f'"{p}"' for p in paths[:5000]))
     cpu0 = proc_cpu_seconds(server.proc.pid)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{args.concurrency}", f"-d{max(2, int(args.duration))}s", "--latency", "-s", str(script),
-         server.base],
-        capture_output=True, text=True, timeout=args.duration + 60,
+        [
+            "wrk",
+            "-t2",
+            f"-c{args.concurrency}",
+            f"-d{max(2, int(args.duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            server.base,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=args.duration + 60,
     ).stdout
     cpu1 = proc_cpu_seconds(server.proc.pid)
 
@@ -584,11 +602,7 @@ def main() -> None:
         arrow_bodies = []
         for k in range(args.batch_requests + 1):
             ids = np.arange(fresh + k * BATCH, fresh + (k + 1) * BATCH, dtype=np.int64)
-            sink = io.BytesIO()
-            table = arrow_table(ids, emb[:BATCH])
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            arrow_bodies.append(sink.getvalue())
+            arrow_bodies.append(ipc_bytes(arrow_table(ids, emb[:BATCH])))
 
         steps = server_side_steps(index_dir, batch_body, arrow_bodies[0], args.server_threads)
         gc.collect()
@@ -628,22 +642,25 @@ def main() -> None:
             row["met"] = row["p50_ms"] <= BAR_SINGLE_P50_MS and row["p99_ms"] <= BAR_SINGLE_P99_MS
             rows.append(row)
 
-            def batch(i: int) -> httpx.Response:
-                return client.post("/v1/encode", content=batch_body, headers=headers_json)
+            def batch_phase(label: str, body: bytes, headers: dict) -> None:
+                def post(i: int) -> httpx.Response:
+                    return client.post("/v1/encode", content=body, headers=headers)
 
-            with Phase(server) as ph:
-                ns, errors = sequential(client, batch, args.batch_requests, 2, limit)
-            row = summarise(
-                f"POST /v1/encode, {BATCH} embeddings JSON (1 client)",
-                ns,
-                errors,
-                ph,
-                items_per_request=BATCH,
-                bar=f">= {BAR_BATCH_ITEMS_S:,.0f} items/s",
-            )
-            row["met"] = row["items_per_s"] >= BAR_BATCH_ITEMS_S
-            rows.append(row)
-            response = batch(0)
+                with Phase(server) as ph:
+                    ns, errors = sequential(client, post, args.batch_requests, 2, limit)
+                row = summarise(
+                    f"POST /v1/encode, {BATCH} embeddings {label} (1 client)",
+                    ns,
+                    errors,
+                    ph,
+                    items_per_request=BATCH,
+                    bar=f">= {BAR_BATCH_ITEMS_S:,.0f} items/s",
+                )
+                row["met"] = row["items_per_s"] >= BAR_BATCH_ITEMS_S
+                rows.append(row)
+
+            batch_phase("JSON", batch_body, headers_json)
+            response = client.post("/v1/encode", content=batch_body, headers=headers_json)
             t0 = time.perf_counter()
             response.json()
             extra["batch_client"] = {
@@ -653,27 +670,8 @@ def main() -> None:
                 "response_json_ms": round(1000 * (time.perf_counter() - t0), 2),
             }
 
-            sink = io.BytesIO()
             emb_table = pa.table({"embedding": arrow_table(np.arange(BATCH), emb[:BATCH]).column("embedding")})
-            with pa.ipc.new_stream(sink, emb_table.schema) as writer:
-                writer.write_table(emb_table)
-            encode_arrow_body = sink.getvalue()
-
-            def batch_arrow(i: int) -> httpx.Response:
-                return client.post("/v1/encode", content=encode_arrow_body, headers=headers_arrow)
-
-            with Phase(server) as ph:
-                ns, errors = sequential(client, batch_arrow, args.batch_requests, 2, limit)
-            row = summarise(
-                f"POST /v1/encode, {BATCH} embeddings Arrow IPC (1 client)",
-                ns,
-                errors,
-                ph,
-                items_per_request=BATCH,
-                bar=f">= {BAR_BATCH_ITEMS_S:,.0f} items/s",
-            )
-            row["met"] = row["items_per_s"] >= BAR_BATCH_ITEMS_S
-            rows.append(row)
+            batch_phase("Arrow IPC", ipc_bytes(emb_table), headers_arrow)
 
             def arrow(i: int) -> httpx.Response:
                 return client.post("/v1/assign", content=arrow_bodies[i], headers=headers_arrow)
