@@ -115,7 +115,7 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
 
     app = FastAPI(
         title="semid",
-        version="0.1.0",
+        version="0.2.0",
         summary="Semantic IDs for generative recommenders: encode, assign, look up by ID prefix.",
         lifespan=lifespan,
     )

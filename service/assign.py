@@ -2,6 +2,9 @@
 
 The run is one atomic write: every new item lands in a single segment that the manifest lists
 only once it is complete, so an interrupted run leaves the previous index as it was.
+
+Known items keep their IDs. A known item whose embedding changed is reported; with
+``recode_changed`` it is re-coded in the same segment (see ``service.registry``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class AssignSummary:
     existing_items: int = 0
     changed_items: int = 0
     changed_ids: list = field(default_factory=list)
+    recoded_items: int = 0  # changed items re-coded (--recode-changed)
+    recoded_new_ids: int = 0  # of those, items whose ID changed (the old one stays reserved)
     index_items: int = 0
     distinct_base_codes: int = 0
     base_collision_rate: float = 0.0
@@ -49,13 +54,20 @@ class AssignSummary:
         changed = f"embedding changed       {self.changed_items}"
         if self.changed_items:
             more = " ..." if self.changed_items > len(self.changed_ids) else ""
-            changed += f" (ids: {', '.join(map(str, self.changed_ids))}{more}; they keep their IDs)"
+            fate = "re-coded" if self.recoded_items else "they keep their IDs; --recode-changed re-codes them"
+            changed += f" (ids: {', '.join(map(str, self.changed_ids))}{more}; {fate})"
         out = [
             f"items in catalog        {self.items}",
             f"new items assigned      {self.new_items}",
             f"already in the index    {self.existing_items}",
             changed,
         ]
+        if self.recoded_items:
+            kept = self.recoded_items - self.recoded_new_ids
+            out.append(
+                f"re-coded                {self.recoded_items} ({self.recoded_new_ids} got a new ID, their old "
+                f"one reserved; {kept} kept theirs: same base code)"
+            )
         out += [
             f"items in index          {self.index_items}",
             f"distinct base codes     {self.distinct_base_codes}",
@@ -77,10 +89,12 @@ class _Pending:
     dists: list[np.ndarray] = field(default_factory=list)
     alts: list[np.ndarray] = field(default_factory=list)
     hashes: list[np.ndarray] = field(default_factory=list)
+    recodes: list[np.ndarray] = field(default_factory=list)
     columns: list[pa.Table] = field(default_factory=list)
 
-    def add(self, mask: np.ndarray, ids, enc, hashes, columns: pa.Table | None) -> None:
+    def add(self, mask: np.ndarray, ids, enc, hashes, columns: pa.Table | None, recodes: np.ndarray) -> None:
         self.ids.append(ids[mask])
+        self.recodes.append(recodes[mask])
         self.codes.append(enc.base_codes[mask])
         self.dists.append(enc.distances[mask])
         self.alts.append(enc.alternatives[mask].astype(np.int32))
@@ -160,6 +174,7 @@ def assign_catalog(
     lock_timeout: float = 0.0,
     batch_rows: int = 65536,
     progress: bool = False,
+    recode_changed: bool = False,
 ) -> AssignSummary:
     start = time.perf_counter()
     checkpoint, catalog, index_dir = Path(checkpoint), Path(catalog), Path(index_dir)
@@ -190,17 +205,18 @@ def assign_catalog(
         hashes = embedding_hash(batch.embeddings)
         rows = index.lookup_items(ids)
         known = rows >= 0
+        changed = np.zeros(len(ids), dtype=bool)
         if known.any():
-            changed = known.copy()
             changed[known] = index.embedding_hashes(rows[known]) != hashes[known]
             if changed.any():
                 changed_ids.extend(ids[changed].tolist())
         summary.existing_items += int(known.sum())
-        new = ~known
-        if new.any():
-            enc = encoder.encode(batch.embeddings[new]) if not new.all() else encoder.encode(batch.embeddings)
-            full = _expand(enc, new) if not new.all() else enc
-            pending.add(new, ids, full, hashes, batch.columns)
+        recodes = changed if recode_changed else np.zeros(len(ids), dtype=bool)
+        place = ~known | recodes
+        if place.any():
+            enc = encoder.encode(batch.embeddings[place]) if not place.all() else encoder.encode(batch.embeddings)
+            full = _expand(enc, place) if not place.all() else enc
+            pending.add(place, ids, full, hashes, batch.columns, recodes)
         summary.items += len(ids)
         bar.update(len(ids))
     bar.close()
@@ -209,7 +225,7 @@ def assign_catalog(
     _check_unique(seen)
     summary.changed_items = len(changed_ids)
     summary.changed_ids = changed_ids[:MAX_LISTED_CHANGED]
-    if changed_ids:
+    if changed_ids and not recode_changed:
         log.warning("%d known items have a changed embedding; they keep their published IDs", len(changed_ids))
     if pending.ids:
         item_ids = np.concatenate(pending.ids)
@@ -223,6 +239,7 @@ def assign_catalog(
             distances=np.concatenate(pending.dists),
             alternatives=np.concatenate(pending.alts).astype(np.int64),
         )
+        recodes = np.concatenate(pending.recodes)
         result, summary.segment = place_new_items(
             index,
             encoder,
@@ -230,9 +247,12 @@ def assign_catalog(
             encoded=encoded,
             hashes=np.concatenate(pending.hashes),
             columns=columns,
+            recodes=recodes,
             lock_timeout=lock_timeout,
         )
-        summary.new_items = int(len(item_ids))
+        summary.new_items = int((~recodes).sum())
+        summary.recoded_items = int(recodes.sum())
+        summary.recoded_new_ids = int((recodes & ~result.kept_id).sum())
         summary.fallback_items = int(result.used_fallback.sum())
     stats = index.base_code_stats()
     summary.index_items = len(index)

@@ -235,6 +235,12 @@ def synth(out, items, dim, seed) -> None:
 @click.option("--keep-columns", default="", help="Comma-separated catalog columns to keep (e.g. title,genres).")
 @click.option("--batch-rows", default=65536, show_default=True, type=click.IntRange(1, 10_000_000))
 @click.option("--wait-lock", default=0.0, show_default=True, type=float, help="Seconds to wait for another writer.")
+@click.option(
+    "--recode-changed",
+    is_flag=True,
+    help="Re-code known items whose embedding changed: same base code keeps the ID, else a new ID "
+    "(the old one stays reserved). Without it they keep their IDs and are only reported.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def assign(
@@ -247,10 +253,12 @@ def assign(
     keep_columns,
     batch_rows,
     wait_lock,
+    recode_changed,
     as_json,
     quiet,
 ) -> None:
-    """Encode a catalog, resolve collisions and write (or extend) an index; existing IDs never change."""
+    """Encode a catalog, resolve collisions and write (or extend) an index; existing IDs only change
+    with --recode-changed."""
     from service.assign import assign_catalog
 
     keep = tuple(c.strip() for c in keep_columns.split(",") if c.strip())
@@ -265,6 +273,7 @@ def assign(
         batch_rows=batch_rows,
         lock_timeout=wait_lock,
         progress=not quiet,
+        recode_changed=recode_changed,
     )
     if as_json:
         click.echo(json.dumps(summary.to_dict()))

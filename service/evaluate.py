@@ -114,7 +114,7 @@ def evaluate_index(
         "options": asdict(opts),
         "catalog_match": match,
         "items": n,
-        "unique_full_ids": round(float(np.unique(state.packed).shape[0] / n), 6),
+        "unique_full_ids": round(float(np.unique(state.sorted_packed).shape[0] / n), 6),
         "fallback": {
             "items": int(fallback.sum()),
             "examples": [_plain(x) for x in state.item_ids[order][fallback][:10].tolist()],
@@ -157,13 +157,14 @@ def run_evaluation(
 
 
 def _match_catalog(index: SemanticIdIndex, catalog: Catalog, path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Catalog row of every index row; refuses a catalog that lacks indexed items."""
+    """Catalog row of every active index row (-1 for retired rows); refuses a catalog that lacks indexed items."""
     n = index.item_count
+    state = index.state
     index_rows = index.lookup_items(catalog.item_ids)
     known = index_rows >= 0
-    cat_rows = np.full(n, -1, dtype=np.int64)
+    cat_rows = np.full(state.rows, -1, dtype=np.int64)
     cat_rows[index_rows[known]] = np.flatnonzero(known)
-    missing = np.flatnonzero(cat_rows < 0)
+    missing = np.flatnonzero((cat_rows < 0) & state.active)
     if missing.size:
         examples = ", ".join(str(_plain(x)) for x in index.state.item_ids[missing[:5]].tolist())
         raise CatalogMismatchError(

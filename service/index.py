@@ -60,7 +60,7 @@ from service.manifest import (
     read_manifest,
     write_manifest,
 )
-from service.segments import build_table, read_segment, write_segment
+from service.segments import RECODES_COLUMN, build_table, read_segment, write_segment
 from service.store import TMP_PREFIX, WriterLock, copy_dir_atomically, replace_atomically
 from service.vector_index import add_segments, load_vector_index, write_vector_index
 
@@ -287,15 +287,20 @@ class SemanticIdIndex:
         embedding_hash: np.ndarray,
         vectors: np.ndarray,
         columns: Mapping[str, pa.Array] | None = None,
+        recodes: np.ndarray | None = None,
         persist_vectors: bool = True,
     ) -> str:
         """Write one batch as a new segment, atomically; returns the segment's name.
+
+        ``recodes`` (bool per row) marks rows that re-code an indexed item: the new row
+        supersedes the old one, whose semantic id stays reserved unless the new row keeps it.
 
         ``persist_vectors=False`` skips rewriting ``faiss.index`` (small online writes):
         the vectors are in the segment, and the next open rebuilds the stale FAISS file.
 
         Refuses, writing nothing: ``DuplicateItemError`` (item ids repeated or already
-        indexed), ``DuplicateSemanticIdError`` (semantic ids repeated or taken),
+        indexed), ``UnknownItemError`` (an item to re-code is not indexed),
+        ``DuplicateSemanticIdError`` (semantic ids repeated, taken or reserved),
         ``InvalidInputError`` and subclasses (shapes, ranges, columns),
         ``IndexLockedError`` (another writer).
         """
@@ -311,6 +316,7 @@ class SemanticIdIndex:
                 embedding_hash=embedding_hash,
                 vectors=vectors,
                 columns=columns or {},
+                recodes=recodes,
             )
             manifest = snap.manifest
             table = build_table(
@@ -321,6 +327,7 @@ class SemanticIdIndex:
                 base_codes=part.base_codes,
                 fallback=part.fallback,
                 embedding_hashes=part.embedding_hashes,
+                recodes=part.recodes,
                 vectors=vecs,
                 columns={name: part.kept.column(name) for name in manifest.keep_columns},
                 keep_columns=manifest.keep_columns,
@@ -334,6 +341,9 @@ class SemanticIdIndex:
                 # new ones are written as a new segment that replaces it, so rows keep their order and
                 # many small writes don't leave many files. The old tail is removed by the next write.
                 previous = pq.read_table(self._path / SEGMENTS_DIR / tail.name)
+                if RECODES_COLUMN not in previous.column_names:  # written before re-coding existed
+                    at = previous.column_names.index("vector")
+                    previous = previous.add_column(at, RECODES_COLUMN, pa.array(np.zeros(previous.num_rows, bool)))
                 table = pa.concat_tables([previous, table.cast(previous.schema)])
                 kept_segments = manifest.segments[:-1]
             replace_atomically(self._path / SEGMENTS_DIR / name, lambda tmp: write_segment(table, tmp))
@@ -352,9 +362,10 @@ class SemanticIdIndex:
     # --- look-ups ------------------------------------------------------------------
 
     def occupancy(self) -> BucketCounts:
-        """Items per base bucket, from the semantic ids (fallback items count where they sit)."""
+        """Taken ids per base bucket, from the semantic ids (fallback items count where they sit;
+        ids reserved by re-coded items count too, so they are never handed out again)."""
         state = self._snapshot.state
-        return BucketCounts.from_sorted_keys(state.sorted_packed >> self.layout.bits)
+        return BucketCounts.from_sorted_keys(state.taken_sorted() >> self.layout.bits)
 
     def base_code_stats(self) -> dict[str, float]:
         """How crowded the encoder's base codes are (before collision resolution).
@@ -366,7 +377,7 @@ class SemanticIdIndex:
         state = self._snapshot.state
         if state.size == 0:
             return {"distinct": 0, "largest_bucket": 0, "collision_rate": 0.0}
-        counts = BucketCounts(self.layout.pack_base(state.base_codes)).counts
+        counts = BucketCounts(self.layout.pack_base(state.base_codes[state.order])).counts
         return {
             "distinct": int(counts.shape[0]),
             "largest_bucket": int(counts.max()),
@@ -392,8 +403,8 @@ class SemanticIdIndex:
         """Item dicts ``{"item_id", "semantic_id", "token", "base_code", "fallback", **kept}``."""
         state = self._snapshot.state
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if idx.shape[0] and (idx.min() < 0 or idx.max() >= state.size):
-            raise IndexError(f"rows must be in 0..{state.size - 1}")
+        if idx.shape[0] and (idx.min() < 0 or idx.max() >= state.rows):
+            raise IndexError(f"rows must be in 0..{state.rows - 1}")
         sids = state.semantic_ids[idx]
         tokens = self.layout.tokens(sids)
         kept = state.kept.take(pa.array(idx)).to_pylist() if state.kept is not None else [{}] * idx.shape[0]
@@ -421,9 +432,20 @@ class SemanticIdIndex:
     def get_by_semantic_id(self, sid: Sequence[int]) -> dict[str, object]:
         """The item holding full semantic id ``sid``; ``InvalidSemanticIdError`` if malformed."""
         codes = self.layout.validate(sid)
-        row = int(self._snapshot.state.rows_of_packed(self.layout.pack(np.array([codes])))[0])
+        state = self._snapshot.state
+        key = self.layout.pack(np.array([codes]))
+        row = int(state.rows_of_packed(key)[0])
         if row < 0:
-            raise UnknownSemanticIdError(f"no item has semantic id {'-'.join(map(str, codes))}", semantic_id=codes)
+            shown = "-".join(map(str, codes))
+            retired = int(state.retired_rows_of_packed(key)[0])
+            if retired >= 0:
+                now = self.get_item(state.item_ids[retired])
+                raise UnknownSemanticIdError(
+                    f"semantic id {shown} was retired when item {now['item_id']} was re-coded; "
+                    f"it now has {'-'.join(map(str, now['semantic_id']))}",
+                    semantic_id=codes,
+                )
+            raise UnknownSemanticIdError(f"no item has semantic id {shown}", semantic_id=codes)
         return self.item(row)
 
     def prefix_count(self, prefix: Sequence[int]) -> int:
@@ -471,11 +493,17 @@ class SemanticIdIndex:
             )
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k is {k!r}; expected an int >= 1", field="k")
-        index = self._snapshot.vectors
-        k_eff = min(int(k), int(index.ntotal))
+        snap = self._snapshot
+        index, state = snap.vectors, snap.state
+        k_eff = min(int(k), state.size)
         if k_eff == 0:
             return np.zeros((arr.shape[0], 0), dtype=np.float32), np.zeros((arr.shape[0], 0), dtype=np.int64)
-        distances, rows = index.search(arr, k_eff)
+        if state.size == state.rows:
+            distances, rows = index.search(arr, k_eff)
+        else:  # skip rows retired by re-coding; the selectors must outlive the search
+            retired = faiss.IDSelectorBatch(np.flatnonzero(~state.active).astype(np.int64))
+            keep = faiss.IDSelectorNot(retired)
+            distances, rows = index.search(arr, k_eff, params=faiss.SearchParameters(sel=keep))
         return distances, rows.astype(np.int64)
 
     def embedding_hashes(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -558,7 +586,9 @@ def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> tu
             state = state.extended(part)
     duplicates = state.duplicate_item_ids()
     if duplicates:
-        raise CorruptIndexError(f"index {root}: item ids held by several rows: {duplicates[:10]}")
+        raise CorruptIndexError(
+            f"index {root}: item ids held by several rows without a re-code: {duplicates[:10]}"
+        )
     dup_sids = state.duplicate_packed()
     if dup_sids.shape[0]:
         raise CorruptIndexError(

@@ -1,8 +1,10 @@
 """Validation of one batch handed to ``SemanticIdIndex.append``.
 
 Everything is checked before anything is written: shapes and dtypes, code ranges,
-item ids and semantic ids unique within the batch and not yet in the index, kept
-columns exactly the index's and castable to their stored types.
+item ids and semantic ids unique within the batch, item ids not yet in the index
+(or, for rows flagged ``recodes``, in it), semantic ids neither held by another item
+nor reserved by a retired row, kept columns exactly the index's and castable to
+their stored types.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from service.errors import DuplicateItemError, DuplicateSemanticIdError, InvalidInputError
+from service.errors import DuplicateItemError, DuplicateSemanticIdError, InvalidInputError, UnknownItemError
 from service.index_state import IndexState
 from service.manifest import Manifest
 from service.segments import SegmentData
@@ -31,20 +33,37 @@ def validate_batch(
     embedding_hash: np.ndarray,
     vectors: np.ndarray,
     columns: Mapping[str, pa.Array],
+    recodes: np.ndarray | None = None,
 ) -> tuple[SegmentData, np.ndarray]:
-    """The batch as a ``SegmentData`` plus its float32 vectors, or a domain error."""
+    """The batch as a ``SegmentData`` plus its float32 vectors, or a domain error.
+
+    ``recodes`` (bool per row) marks rows that supersede an indexed item's row: the
+    item must be in the index, and its new semantic id may be its current one.
+    """
     layout = manifest.layout
     ids = _batch_item_ids(item_ids, manifest.id_kind)
     n = ids.shape[0]
-    taken = state.rows_of_items(ids if manifest.id_kind == "int" else ids.tolist()) >= 0
+    flags_recode = np.zeros(n, dtype=bool) if recodes is None else np.asarray(recodes)
+    if flags_recode.shape != (n,) or flags_recode.dtype != np.bool_:
+        raise InvalidInputError(f"recodes must be bool of shape ({n},)", field="recodes")
+    current = state.rows_of_items(ids if manifest.id_kind == "int" else ids.tolist())
+    taken = (current >= 0) & ~flags_recode
     if taken.any():
         dup = ids[taken][:_SHOWN].tolist()
         raise DuplicateItemError(f"{int(taken.sum())} item ids are already in the index, e.g. {dup}", item_ids=dup)
+    unknown = (current < 0) & flags_recode
+    if unknown.any():
+        shown = ids[unknown][:_SHOWN].tolist()
+        raise UnknownItemError(
+            f"{int(unknown.sum())} items to re-code are not in the index, e.g. {shown}", item_id=shown[0]
+        )
     sids = _batch_array(semantic_ids, "semantic_ids", (n, layout.width))
     packed = layout.pack(sids)
     uniq, counts = np.unique(packed, return_counts=True)
     repeated = uniq[counts > 1]
-    taken_sids = packed[state.rows_of_packed(packed) >= 0]
+    holder = state.rows_of_packed(packed)
+    own = flags_recode & (holder == current)  # a re-coded item may keep its own id
+    taken_sids = packed[((holder >= 0) & ~own) | (state.retired_rows_of_packed(packed) >= 0)]
     if repeated.shape[0] or taken_sids.shape[0]:
         bad = layout.unpack(np.concatenate([repeated, taken_sids])[:_SHOWN]).tolist()
         raise DuplicateSemanticIdError(
@@ -75,6 +94,7 @@ def validate_batch(
         base_codes=codes,
         fallback=flags,
         embedding_hashes=hashes.astype(np.uint64),
+        recodes=flags_recode,
         kept=kept,
     )
     return part, vecs

@@ -28,8 +28,10 @@ class CheckReport:
 
 
 def check_index(path: str | Path) -> CheckReport:
-    """Every listed segment present and readable, row counts as in the manifest, no
-    duplicate item ids or semantic ids, vectors of the right width, faiss in step.
+    """Every listed segment present and readable, row counts as in the manifest, every
+    item with one active row (a later row only where it says it re-codes the item), no
+    semantic id held by two items (reserved ids of re-coded items included), vectors of
+    the right width, faiss in step.
 
     Never raises for a broken index; the problems are listed in the report.
     """
@@ -58,7 +60,10 @@ def check_index(path: str | Path) -> CheckReport:
     state = IndexState.from_segments(layout=manifest.layout, id_kind=manifest.id_kind, parts=parts)
     dup_items = state.duplicate_item_ids()
     if dup_items:
-        problems.append(f"{len(dup_items)} item ids are held by several rows, e.g. {dup_items[:_SHOWN]}")
+        problems.append(
+            f"{len(dup_items)} item ids are held by several rows without a re-code (or a first row says it "
+            f"re-codes), e.g. {dup_items[:_SHOWN]}"
+        )
     dup_sids = state.duplicate_packed()
     if dup_sids.shape[0]:
         shown = manifest.layout.unpack(dup_sids[:_SHOWN]).tolist()
@@ -86,6 +91,6 @@ def check_index(path: str | Path) -> CheckReport:
         ok=not problems,
         problems=problems,
         notes=notes,
-        item_count=manifest.item_count,
+        item_count=state.size,
         segment_count=len(manifest.segments),
     )

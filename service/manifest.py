@@ -116,7 +116,9 @@ class Manifest:
         return manifest
 
 
-RESERVED_COLUMNS = frozenset({"item_id", "semantic_id", "base_code", "fallback", "embedding_hash", "vector", "token"})
+RESERVED_COLUMNS = frozenset(
+    {"item_id", "semantic_id", "base_code", "fallback", "embedding_hash", "recodes", "vector", "token"}
+)
 
 
 def read_manifest(index_dir: Path) -> Manifest:

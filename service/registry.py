@@ -1,6 +1,9 @@
-"""Placing new items in an index: encode, resolve collisions against the occupancy, append one segment.
+"""Placing items in an index: encode, resolve collisions against the occupancy, append one segment.
 
 Shared by `semid assign` (whole catalogs, streamed) and the HTTP write routes (one request).
+Known items keep their IDs. Re-coding (``recode_changed``) is explicit: a known item whose
+embedding changed gets a superseding row. If its new base code is the one it had, it keeps its
+full ID; otherwise it is placed like a new item and its old ID stays reserved, never reissued.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from service.dedup import Assignment, resolve_collisions
+from service.dedup import resolve_collisions
 from service.encoder import CheckpointEncoder, EncodedBatch
-from service.errors import DuplicateItemError
+from service.errors import DuplicateItemError, UnknownItemError
 from service.hashing import embedding_hash
 from service.index import SemanticIdIndex
 
@@ -21,10 +24,20 @@ from service.index import SemanticIdIndex
 @dataclass
 class Registered:
     semantic_ids: np.ndarray  # int64 [N, L+1], for every requested item (existing or new)
-    existing: np.ndarray  # bool [N]: the item was already in the index (its ID is unchanged)
+    existing: np.ndarray  # bool [N]: the item was already in the index
     changed: np.ndarray  # bool [N]: existing item whose embedding differs from the indexed one
-    segment: str | None  # the segment written, None when every item was known
-    fallback: int  # new items that needed the collision fallback
+    recoded: np.ndarray  # bool [N]: changed item that was re-coded (only with recode_changed)
+    segment: str | None  # the segment written, None when nothing was written
+    fallback: int  # placed items that needed the collision fallback
+
+
+@dataclass
+class Placement:
+    """IDs of one placed batch, rows in input order."""
+
+    semantic_ids: np.ndarray  # int64 [N, L+1]
+    used_fallback: np.ndarray  # bool [N]
+    kept_id: np.ndarray  # bool [N]: a re-coded item whose base code did not move keeps its ID
 
 
 def place_new_items(
@@ -35,31 +48,57 @@ def place_new_items(
     encoded: EncodedBatch,
     hashes: np.ndarray,
     columns: Mapping[str, pa.Array] | None = None,
+    recodes: np.ndarray | None = None,
     lock_timeout: float = 0.0,
     persist_vectors: bool = True,
-) -> tuple[Assignment, str]:
-    """Resolve collisions for new items and append them as one atomic segment, under the writer lock."""
+) -> tuple[Placement, str]:
+    """Resolve collisions and append the batch as one atomic segment, under the writer lock.
+
+    Rows flagged in ``recodes`` re-code indexed items (``UnknownItemError`` if one is not
+    indexed): same base code as stored -> same full ID; else a new place, the old ID reserved.
+    """
+    n = len(item_ids)
+    width, levels = encoder.layout.width, encoder.layout.levels
+    flags = np.zeros(n, dtype=bool) if recodes is None else np.asarray(recodes, dtype=bool)
     with index.writer(timeout=lock_timeout):
-        result = resolve_collisions(
-            layout=encoder.layout,
-            base_codes=encoded.base_codes,
-            distances=encoded.distances,
-            item_ids=item_ids,
-            alternatives=encoded.alternatives,
-            occupancy=index.occupancy(),
-        )
-        vectors = encoder.vectors(result.semantic_ids[:, : encoder.layout.levels])
+        sids = np.zeros((n, width), dtype=np.int64)
+        fallback = np.zeros(n, dtype=bool)
+        kept_id = np.zeros(n, dtype=bool)
+        if flags.any():
+            at = np.flatnonzero(flags)
+            rows = index.lookup_items(item_ids[at])
+            if (rows < 0).any():
+                shown = item_ids[at][rows < 0][:5].tolist()
+                raise UnknownItemError(f"items to re-code are not in the index: {shown}", item_id=shown[0])
+            state = index.state
+            same = (state.base_codes[rows] == encoded.base_codes[at]).all(axis=1)
+            kept_id[at[same]] = True
+            sids[at[same]] = state.semantic_ids[rows[same]]
+            fallback[at[same]] = state.fallback[rows[same]]
+        todo = np.flatnonzero(~kept_id)
+        if todo.shape[0]:
+            result = resolve_collisions(
+                layout=encoder.layout,
+                base_codes=encoded.base_codes[todo],
+                distances=encoded.distances[todo],
+                item_ids=item_ids[todo],
+                alternatives=encoded.alternatives[todo],
+                occupancy=index.occupancy(),
+            )
+            sids[todo], fallback[todo] = result.semantic_ids, result.used_fallback
+        vectors = encoder.vectors(sids[:, :levels])
         segment = index.append(
             item_ids=item_ids,
             base_codes=encoded.base_codes,
-            semantic_ids=result.semantic_ids,
-            fallback=result.used_fallback,
+            semantic_ids=sids,
+            fallback=fallback,
             embedding_hash=hashes,
             vectors=vectors,
             columns=columns,
+            recodes=flags,
             persist_vectors=persist_vectors,
         )
-    return result, segment
+    return Placement(semantic_ids=sids, used_fallback=fallback, kept_id=kept_id), segment
 
 
 def register_batch(
@@ -69,10 +108,12 @@ def register_batch(
     item_ids: np.ndarray,
     embeddings: np.ndarray,
     columns: Mapping[str, pa.Array] | None = None,
+    recode_changed: bool = False,
     lock_timeout: float = 0.0,
     persist_vectors: bool = False,
 ) -> Registered:
-    """IDs for a batch of items: known ones keep theirs, new ones are placed in one segment."""
+    """IDs for a batch of items: new ones are placed in one segment; known ones keep theirs,
+    except, with ``recode_changed``, those whose embedding changed (re-coded in the same segment)."""
     x = encoder.check(embeddings)
     n = x.shape[0]
     if len(item_ids) != n:
@@ -90,25 +131,29 @@ def register_batch(
             sids[existing] = index.state.semantic_ids[rows[existing]]
             changed[existing] = index.embedding_hashes(rows[existing]) != hashes[existing]
         segment, fallback = None, 0
-        new = ~existing
-        if new.any():
+        recoded = changed if recode_changed else np.zeros(n, dtype=bool)
+        place = ~existing | recoded
+        if place.any():
             sub_columns = None
             if columns:
-                mask = pa.array(new)
+                mask = pa.array(place)
                 sub_columns = {name: col.filter(mask) for name, col in columns.items()}
             result, segment = place_new_items(
                 index,
                 encoder,
-                item_ids=item_ids[new],
-                encoded=encoder.encode(x[new]),
-                hashes=hashes[new],
+                item_ids=item_ids[place],
+                encoded=encoder.encode(x[place]),
+                hashes=hashes[place],
                 columns=sub_columns,
+                recodes=recoded[place],
                 lock_timeout=lock_timeout,
                 persist_vectors=persist_vectors,
             )
-            sids[new] = result.semantic_ids
+            sids[place] = result.semantic_ids
             fallback = int(result.used_fallback.sum())
-    return Registered(semantic_ids=sids, existing=existing, changed=changed, segment=segment, fallback=fallback)
+    return Registered(
+        semantic_ids=sids, existing=existing, changed=changed, recoded=recoded, segment=segment, fallback=fallback
+    )
 
 
 def _refuse_repeats(item_ids: np.ndarray) -> None:

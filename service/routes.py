@@ -301,7 +301,16 @@ def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.nd
 
 
 @router.post("/v1/assign", response_model=AssignResponse, responses=ERRORS, tags=["ids"], openapi_extra=_ASSIGN_BODY)
-async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = None) -> JSONResponse:
+async def assign(
+    request: Request,
+    state: StateDep,
+    x_api_key: ApiKeyHeader = None,
+    recode_changed: Annotated[
+        bool,
+        Query(description="Re-code known items whose embedding changed (same base code keeps the ID; else a new "
+              "ID and the old one stays reserved). Default: they keep their IDs and are flagged."),
+    ] = False,
+) -> JSONResponse:
     """Register many items at once (JSON or an Arrow IPC stream); new ones land in one atomic segment."""
     require_api_key(state, x_api_key)
     raw = await request.body()
@@ -317,6 +326,7 @@ async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = No
         item_ids=ids,
         embeddings=state.encoder.check(emb, field="embedding"),
         columns=columns,
+        recode_changed=recode_changed,
         lock_timeout=state.settings.write_lock_timeout,
     )
     request.app.state.metrics.registered.inc(int((~reg.existing).sum()))
@@ -329,8 +339,9 @@ async def assign(request: Request, state: StateDep, x_api_key: ApiKeyHeader = No
             "token": layout.token(s),
             "existing": bool(e),
             "embedding_changed": bool(c),
+            "recoded": bool(r),
         }
-        for i, s, e, c in zip(ids.tolist(), sids, reg.existing, reg.changed, strict=True)
+        for i, s, e, c, r in zip(ids.tolist(), sids, reg.existing, reg.changed, reg.recoded, strict=True)
     ]
     return JSONResponse({"results": results, "segment": reg.segment, "fallback": reg.fallback})
 

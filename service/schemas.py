@@ -51,6 +51,7 @@ class AssignResult(BaseModel):
     token: str
     existing: bool
     embedding_changed: bool = False
+    recoded: bool = Field(default=False, description="Re-coded because its embedding changed (recode_changed=true).")
 
 
 class AssignResponse(BaseModel):

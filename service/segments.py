@@ -1,8 +1,10 @@
 """Parquet segments: the Arrow schema of one batch of items and its conversion to NumPy.
 
 Columns: item_id (int64 or string), semantic_id (fixed-size list of ints, L+1),
-base_code (fixed-size list, L), fallback (bool), embedding_hash (uint64), vector
-(fixed-size list<float32>[vector_dim]) and the kept catalog columns. Reading goes
+base_code (fixed-size list, L), fallback (bool), embedding_hash (uint64), recodes
+(bool: the row supersedes the item's earlier row; absent in segments written before
+re-coding existed, read as all False), vector (fixed-size list<float32>[vector_dim])
+and the kept catalog columns. Reading goes
 column-wise through ``flatten().to_numpy()``, never row by row.
 """
 
@@ -21,6 +23,7 @@ from service.errors import CorruptIndexError
 from service.ids import IdLayout
 
 CORE_COLUMNS = ("item_id", "semantic_id", "base_code", "fallback", "embedding_hash")
+RECODES_COLUMN = "recodes"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +35,7 @@ class SegmentData:
     base_codes: np.ndarray  # int64 [n, L]
     fallback: np.ndarray  # bool [n]
     embedding_hashes: np.ndarray  # uint64 [n]
+    recodes: np.ndarray  # bool [n]: the row supersedes the item's earlier row
     kept: pa.Table  # the kept columns, n rows
 
     @property
@@ -57,6 +61,7 @@ def build_table(
     base_codes: np.ndarray,
     fallback: np.ndarray,
     embedding_hashes: np.ndarray,
+    recodes: np.ndarray,
     vectors: np.ndarray,
     columns: Mapping[str, pa.Array],
     keep_columns: Sequence[str],
@@ -71,6 +76,7 @@ def build_table(
         "base_code": _fixed_list(base_codes.astype(np_ctype), ctype, layout.levels),
         "fallback": pa.array(fallback, type=pa.bool_()),
         "embedding_hash": pa.array(embedding_hashes, type=pa.uint64()),
+        RECODES_COLUMN: pa.array(recodes, type=pa.bool_()),
         "vector": _fixed_list(vectors.astype(np.float32), pa.float32(), vectors.shape[1]),
     }
     for name in keep_columns:
@@ -86,7 +92,9 @@ def read_segment(path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Se
     """Read and validate one segment; any problem raises ``CorruptIndexError`` naming it."""
     name = path.name
     try:
-        table = pq.read_table(path, columns=[*CORE_COLUMNS, *keep_columns])
+        with pq.ParquetFile(path) as parquet:
+            has_recodes = RECODES_COLUMN in parquet.schema_arrow.names
+            table = parquet.read(columns=[*CORE_COLUMNS, *([RECODES_COLUMN] if has_recodes else []), *keep_columns])
     except FileNotFoundError:
         raise CorruptIndexError(f"segment {name} is listed in the manifest but missing") from None
     except (OSError, pa.ArrowException) as exc:
@@ -107,12 +115,19 @@ def read_segment(path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Se
         hash_col = table.column("embedding_hash")
         if fallback_col.null_count or hash_col.null_count:
             raise ValueError("fallback/embedding_hash have nulls")
+        recodes = np.zeros(table.num_rows, dtype=bool)
+        if has_recodes:
+            recodes_col = table.column(RECODES_COLUMN)
+            if recodes_col.null_count or not pa.types.is_boolean(recodes_col.type):
+                raise ValueError(f"{RECODES_COLUMN} must be bool without nulls")
+            recodes = recodes_col.to_numpy().astype(bool, copy=False)
         data = SegmentData(
             item_ids=item_ids,
             semantic_ids=list_column_to_numpy(table.column("semantic_id"), layout.width, np.int64),
             base_codes=list_column_to_numpy(table.column("base_code"), layout.levels, np.int64),
             fallback=fallback_col.to_numpy().astype(bool, copy=False),
             embedding_hashes=hash_col.to_numpy().astype(np.uint64, copy=False),
+            recodes=recodes,
             kept=table.select(list(keep_columns)),
         )
         layout.pack(data.semantic_ids)  # range checks: InvalidSemanticIdError is a ValueError

@@ -437,6 +437,28 @@ def test_assign_changed_embedding_is_reported_and_keeps_the_id(writable, catalog
     assert writable.get(f"/v1/items/{item_id}").json()["semantic_id"] == before
 
 
+def test_assign_recode_changed_gives_a_new_id_and_retires_the_old(writable, catalog):
+    item_id = int(catalog.item_ids[10])
+    before = writable.get(f"/v1/items/{item_id}").json()
+    moved = (-catalog.embeddings[10]).tolist()
+    body = {"items": [{"item_id": item_id, "embedding": moved, "title": "moved", "category": 1}]}
+    r = writable.post("/v1/assign?recode_changed=true", json=body)
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert res["existing"] and res["embedding_changed"] and res["recoded"]
+    assert res["semantic_id"] != before["semantic_id"] and r.json()["segment"] is not None
+    now = writable.get(f"/v1/items/{item_id}").json()
+    assert now["semantic_id"] == res["semantic_id"] and now["title"] == "moved"
+    old = writable.get(f"/v1/ids/{dashed(before['semantic_id'])}")
+    error = assert_error(old, 404)
+    assert "retired" in error["message"] and dashed(res["semantic_id"]) in error["message"]
+    count = writable.get(f"/v1/prefixes/{dashed(before['semantic_id'])}").json()["count"]
+    assert count == 0
+    # the same request again changes nothing more
+    again = writable.post("/v1/assign?recode_changed=true", json=body).json()
+    assert again["segment"] is None and not again["results"][0]["recoded"]
+
+
 def test_assign_wrong_content_type(writable):
     r = writable.post("/v1/assign", content=b"item_id,embedding\n1,2", headers={"content-type": "text/csv"})
     assert_error(r, 422, "content-type")

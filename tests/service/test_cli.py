@@ -169,6 +169,37 @@ def test_changed_embedding_is_reported_and_keeps_its_id(index, tmp_path, trained
     assert after == before
 
 
+def test_recode_changed_moves_changed_items_and_reserves_their_old_ids(index, tmp_path, trained, tiny_catalog):
+    before = {r["item_id"]: r["semantic_id"] for r in export(index, tmp_path / "before.parquet")}
+    moved = Catalog(
+        item_ids=tiny_catalog.item_ids.copy(), embeddings=tiny_catalog.embeddings.copy(), columns=tiny_catalog.columns
+    )
+    moved.embeddings[4] = -moved.embeddings[4]  # item 5: far away, a new base code
+    moved.embeddings[9] = moved.embeddings[9] * (1 + 1e-5)  # item 10: changed bytes, same base code
+    changed_file = write_catalog(moved, tmp_path / "changed.parquet")
+    text = assign(trained[0], changed_file, index, "--recode-changed").stdout
+    assert "embedding changed       2 (ids: 5, 10; re-coded)" in text
+    assert "re-coded                2 (1 got a new ID, their old one reserved; 1 kept theirs" in text
+    after = {r["item_id"]: r["semantic_id"] for r in export(index, tmp_path / "after.parquet")}
+    assert len(after) == len(before)
+    assert after[10] == before[10] and after[5] != before[5]
+    assert {k: v for k, v in after.items() if k != 5} == {k: v for k, v in before.items() if k != 5}
+    # the old id of item 5 is not served, and not handed to a newcomer
+    ok("check", "--index", index)
+    # a rerun finds nothing changed: the superseding row carries the new embedding's hash
+    summary = json.loads(assign(trained[0], changed_file, index, "--recode-changed", "--json").stdout)
+    assert summary["changed_items"] == 0 and summary["recoded_items"] == 0 and summary["segment"] is None
+    newcomer = Catalog(
+        item_ids=np.array([77_777]),
+        embeddings=tiny_catalog.embeddings[4:5].copy(),
+        columns=tiny_catalog.columns.slice(4, 1),
+    )
+    assign(trained[0], write_catalog(newcomer, tmp_path / "newcomer.parquet"), index)
+    final = {r["item_id"]: r["semantic_id"] for r in export(index, tmp_path / "final.parquet")}
+    assert final[77_777] != before[5]  # same embedding as item 5 had, but its old id stays reserved
+    assert final[77_777][:3] == before[5][:3]  # ... so it lands next to it in the same bucket
+
+
 def test_export_writes_unique_ids(index, tmp_path):
     out = tmp_path / "deep" / "ids.parquet"
     result = ok("export", "--index", index, "--out", out)

@@ -464,10 +464,13 @@ def test_faiss_rebuilt_when_stale(tmp_path):
     assert check_index(tmp_path / "idx").ok
 
 
-def corrupt_with_duplicate(root: Path) -> None:
-    """Append by hand a segment that repeats row 0's item id and semantic id, and list it."""
+def corrupt_with_duplicate(root: Path, *, item_id: int | None = None) -> None:
+    """Append by hand a segment that repeats row 0's semantic id (and item id, unless
+    ``item_id`` is given), without a re-code flag, and list it."""
     seg = root / "segments"
     table = pq.read_table(seg / "seg-000001.parquet").slice(0, 1)
+    if item_id is not None:
+        table = table.set_column(0, "item_id", pa.array([item_id], pa.int64()))
     pq.write_table(table, seg / "seg-000009.parquet")
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["segments"].append({"name": "seg-000009.parquet", "rows": 1})
@@ -482,9 +485,19 @@ def test_check_reports_manual_duplicates(tmp_path):
     report = index.check()
     assert not report.ok
     assert any("item ids are held by several rows" in p for p in report.problems)
-    assert any("semantic ids are held by several items" in p for p in report.problems)
     assert any("faiss.index holds 40 vectors" in n for n in report.notes)
     with pytest.raises(CorruptIndexError, match="item ids held by several rows"):
+        SemanticIdIndex.open(tmp_path / "idx")
+
+
+def test_check_reports_semantic_id_held_by_two_items(tmp_path):
+    index, _ = filled_index(tmp_path / "idx", np.random.default_rng(19), batches=2)
+    corrupt_with_duplicate(tmp_path / "idx", item_id=10**9)
+    report = index.check()
+    assert not report.ok
+    assert not any("item ids" in p for p in report.problems)
+    assert any("semantic ids are held by several items" in p for p in report.problems)
+    with pytest.raises(CorruptIndexError, match="semantic ids held by several items"):
         SemanticIdIndex.open(tmp_path / "idx")
 
 
