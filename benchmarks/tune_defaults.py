@@ -25,6 +25,9 @@ KEYS = [
     "perplexity_l1",
     "perplexity_l2",
     "perplexity_l3",
+    "util_l1",
+    "util_l2",
+    "util_l3",
     "nn_share_d1",
     "nn_share_d2",
 ]

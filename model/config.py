@@ -82,6 +82,15 @@ class TrainConfig:
     dead_code_reset_every: int = 1
     dead_code_reset_until: float = 0.8
     eval_sample: int = 32768
+    graph_targets: bool = False
+    graph_neighbours: int = 10
+    graph_balance: float = 1.9
+    graph_sweeps: int = 8
+    graph_soft: float = 0.5
+    graph_weight: float = 1.0
+    graph_temperature: float = 0.1
+    graph_scale: str = "own"
+    graph_refit_at: float = 0.0
     seed: int = 0
     threads: int = 0
 
@@ -105,6 +114,14 @@ class TrainConfig:
         _check_range("dead_code_reset_every", self.dead_code_reset_every, 0, 100_000)
         _check_range("dead_code_reset_until", self.dead_code_reset_until, 0.0, 1.0)
         _check_range("eval_sample", self.eval_sample, 1, 1 << 30)
+        _check_range("graph_neighbours", self.graph_neighbours, 1, 1000)
+        _check_range("graph_balance", self.graph_balance, 0.0, 1000.0)
+        _check_range("graph_sweeps", self.graph_sweeps, 0, 1000)
+        _check_range("graph_soft", self.graph_soft, 0.0, 1.0)
+        _check_range("graph_weight", self.graph_weight, 0.0, 1000.0)
+        _check_range("graph_temperature", self.graph_temperature, 1e-4, 100.0)
+        _check_choice("graph_scale", self.graph_scale, ("own", "all"))
+        _check_range("graph_refit_at", self.graph_refit_at, 0.0, 1.0)
         _check_range("seed", self.seed, 0, 2**63 - 1)
         _check_range("threads", self.threads, 0, 1024)
 

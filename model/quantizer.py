@@ -39,25 +39,50 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_from_data(
-        self, z: torch.Tensor, *, iters: int, seed: int, sample: int | None = None, restarts: int = 1
+        self,
+        z: torch.Tensor,
+        *,
+        iters: int,
+        seed: int,
+        sample: int | None = None,
+        restarts: int = 1,
+        first_labels: torch.Tensor | None = None,
+        keep_first: bool = False,
     ) -> None:
-        """Seeded k-means on each level's residuals, level by level."""
+        """Seeded k-means on each level's residuals, level by level.
+
+        With ``first_labels`` (long [N], one per row of z) the first codebook is instead the mean
+        of each label's rows (a label without rows gets a seeded random row), and the residuals
+        passed on are taken from those labels. ``keep_first`` keeps the first codebook as it is
+        and re-fits only the levels below it (on residuals from ``first_labels``).
+        """
         residual = z.detach().to(torch.float32)
         for level in range(self.levels):
-            centroids = kmeans(
-                residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample, restarts=restarts
-            )
+            if level == 0 and first_labels is not None:
+                if keep_first:
+                    centroids = self.codebooks.data[0].clone()
+                else:
+                    centroids = _label_means(residual, first_labels, self.codebook_size, seed)
+                codes = first_labels
+            else:
+                centroids = kmeans(
+                    residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample, restarts=restarts
+                )
             self.codebooks.data[level] = centroids
-            codes = self._nearest_codes(residual, level)
+            if level > 0 or first_labels is None:
+                codes = self._nearest_codes(residual, level)
             residual = residual - centroids[codes]
-        self.ema_sum.copy_(self.codebooks.detach())
-        self.ema_count.fill_(1.0)
+        first = 1 if keep_first else 0
+        self.ema_sum[first:] = self.codebooks.detach()[first:]
+        self.ema_count[first:] = 1.0
         self.initialized.fill_(True)
 
     def _nearest_codes(self, residual: torch.Tensor, level: int) -> torch.Tensor:
         return squared_distances(residual, self.codebooks[level].detach()).argmin(dim=1)
 
-    def forward(self, z: torch.Tensor) -> QuantizedResult:
+    def forward(self, z: torch.Tensor, first_codes: torch.Tensor | None = None) -> QuantizedResult:
+        """Quantize level by level; in training, ``first_codes`` (long [N]) forces the first
+        level's codes (graph targets) instead of the nearest ones."""
         residual = z
         quantized = torch.zeros_like(z)
         codebook_loss = z.new_zeros(())
@@ -67,6 +92,9 @@ class ResidualQuantizer(nn.Module):
             book = self.codebooks[level]
             d = squared_distances(residual.detach(), book.detach())
             best, idx = d.min(dim=1)
+            if level == 0 and first_codes is not None and self.training:
+                idx = first_codes
+                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             chosen = book[idx]
             if self.training:
                 inputs.append(residual.detach())
@@ -159,3 +187,14 @@ class ResidualQuantizer(nn.Module):
         for level in range(codes.shape[1]):
             out = out + self.codebooks[level][codes[:, level]]
         return out
+
+
+def _label_means(x: torch.Tensor, labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    counts = torch.bincount(labels, minlength=k).to(x.dtype)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype).index_add_(0, labels, x)
+    centroids = sums / counts.clamp_min(1.0).unsqueeze(1)
+    empty = (counts == 0).nonzero().squeeze(1)
+    if empty.numel():
+        picks = torch.randint(x.shape[0], (empty.numel(),), generator=torch.Generator().manual_seed(seed))
+        centroids[empty] = x[picks]
+    return centroids

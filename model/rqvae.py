@@ -61,10 +61,10 @@ class SemanticTokenizer(nn.Module):
         self.quantizer = quantizer
         self.decoder = decoder
 
-    def forward(self, x: torch.Tensor) -> ForwardResult:
+    def forward(self, x: torch.Tensor, first_codes: torch.Tensor | None = None) -> ForwardResult:
         target = self.normalizer(x)
         z = self.encoder(target)
-        q = self.quantizer(z)
+        q = self.quantizer(z, first_codes)
         recon = self.decoder(q.quantized)
         recon_loss = F.mse_loss(recon, target, reduction="none").sum(1).mean()
         return ForwardResult(reconstruction=recon, quantized=q, recon_loss=recon_loss, target=target, latent=z)

@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.config import SemidConfig
+from model.graph_targets import GraphTargets, build_targets
+from model.kmeans import squared_distances
 from model.metrics import codebook_health
 from model.rqvae import SemanticTokenizer
 
@@ -108,6 +111,10 @@ def fit_rqvae(
     Codebook health: a short autoencoder warm-up before the codebooks exist, seeded k-means
     initialisation on the warmed-up latents, dead-code reset after each epoch (for the first
     `dead_code_reset_until` of the run), optional EMA codebooks, beta warm-up.
+
+    With `graph_targets` the first level learns neighbour-aware labels (model.graph_targets):
+    its codebook starts from the labels' latent means and a cross-entropy on the first-level
+    code distances teaches the encoder to reproduce them.
     """
     t = cfg.train
     state = state or TrainState()
@@ -124,6 +131,7 @@ def fit_rqvae(
         optimizer.load_state_dict(state.optimizer_state)
     if state.start_epoch == 0:
         tokenizer.normalizer.fit(x)
+    targets = _graph_targets(tokenizer, x, cfg) if t.graph_targets else None
     history = list(state.history)
     # Per-epoch health on a fixed seeded sample (the whole set is evaluated once, at the end).
     eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed + 1))[: t.eval_sample]
@@ -133,10 +141,14 @@ def fit_rqvae(
         start = time.perf_counter()
         tokenizer.train()
         if not bool(tokenizer.quantizer.initialized) and epoch >= t.ae_warmup_epochs:
-            _init_codebooks(tokenizer, x, cfg)
+            _init_codebooks(tokenizer, x, cfg, targets)
+        elif targets is not None and t.graph_refit_at and epoch == int(t.graph_refit_at * t.epochs):
+            _init_codebooks(tokenizer, x, cfg, targets, keep_first=True)
         quantize = bool(tokenizer.quantizer.initialized)
         beta = beta_at(epoch, cfg)
         sums = {"loss": 0.0, "recon_loss": 0.0, "commit_loss": 0.0, "codebook_loss": 0.0}
+        if targets is not None:
+            sums["graph_loss"] = 0.0
         perm = torch.randperm(n, generator=gen)
         recent: list[list[torch.Tensor]] = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False)
@@ -144,11 +156,16 @@ def fit_rqvae(
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = t.lr * lr_factor(step, total_steps, warmup_steps, t.schedule)
-            xb = x[perm[i * batch : (i + 1) * batch]]
+            rows = perm[i * batch : (i + 1) * batch]
+            xb = x[rows]
             if quantize:
-                out = tokenizer(xb)
+                out = tokenizer(xb, targets.labels[rows] if targets is not None else None)
                 q = out.quantized
                 loss = out.recon_loss + q.codebook_loss + beta * q.commit_loss
+                if targets is not None and t.graph_weight > 0:
+                    graph_loss = _graph_loss(tokenizer, out.latent, targets, rows, cfg)
+                    loss = loss + t.graph_weight * graph_loss
+                    sums["graph_loss"] += float(graph_loss.detach())
                 recent = (recent + [q.residuals])[-4:]
                 sums["commit_loss"] += float(q.commit_loss.detach())
                 sums["codebook_loss"] += float(q.codebook_loss.detach())
@@ -191,16 +208,64 @@ def fit_rqvae(
     return history
 
 
-def _init_codebooks(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig) -> None:
+def _init_codebooks(
+    tokenizer: SemanticTokenizer,
+    x: torch.Tensor,
+    cfg: SemidConfig,
+    targets: GraphTargets | None = None,
+    *,
+    keep_first: bool = False,
+) -> None:
     t = cfg.train
     gen = torch.Generator().manual_seed(t.seed)
-    sample = x[torch.randperm(x.shape[0], generator=gen)[: t.kmeans_sample]]
+    rows = torch.randperm(x.shape[0], generator=gen)[: t.kmeans_sample]
     was_training = tokenizer.training
     tokenizer.eval()
     with torch.no_grad():
-        z = tokenizer.encoder(tokenizer.normalizer(sample))
+        z = tokenizer.encoder(tokenizer.normalizer(x[rows]))
     tokenizer.train(was_training)
-    tokenizer.quantizer.init_from_data(z, iters=t.kmeans_iters, seed=t.seed, restarts=t.kmeans_restarts)
+    tokenizer.quantizer.init_from_data(
+        z,
+        iters=t.kmeans_iters,
+        seed=t.seed,
+        restarts=t.kmeans_restarts,
+        first_labels=targets.labels[rows] if targets is not None else None,
+        keep_first=keep_first,
+    )
+
+
+def _graph_targets(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig) -> GraphTargets:
+    t = cfg.train
+    start = time.perf_counter()
+    with torch.no_grad():
+        normalised = tokenizer.normalizer(x)
+    targets = build_targets(
+        normalised,
+        cfg.model.codebook_size,
+        neighbours=t.graph_neighbours,
+        balance=t.graph_balance,
+        sweeps=t.graph_sweeps,
+        seed=t.seed,
+        kmeans_iters=t.kmeans_iters,
+        kmeans_sample=t.kmeans_sample,
+    )
+    log.info("graph targets for level 1 built in %.1f s", time.perf_counter() - start)
+    return targets
+
+
+def _graph_loss(
+    tokenizer: SemanticTokenizer, z: torch.Tensor, targets: GraphTargets, rows: torch.Tensor, cfg: SemidConfig
+) -> torch.Tensor:
+    """Cross-entropy between the first-level code distances (scaled by the mean distance to the
+    target code) and the soft graph targets."""
+    d = squared_distances(z, tokenizer.quantizer.codebooks[0].detach())
+    if cfg.train.graph_scale == "own":
+        own = d.gather(1, targets.labels[rows].unsqueeze(1)).mean().detach().clamp_min(1e-8)
+    else:
+        own = d.mean().detach().clamp_min(1e-8)
+    soft = targets.soft(rows, cfg.model.codebook_size, cfg.train.graph_soft)
+    logits = -d / (own * cfg.train.graph_temperature)
+    return -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
 def _epoch_line(row: dict[str, Any]) -> str:

@@ -1,0 +1,128 @@
+"""Neighbour-aware first-level targets: k-means labels refined on the items' k-NN graph.
+
+A nearest-centroid partition (k-means, or an RQ-VAE's first codebook) cuts many pairs of
+near neighbours apart. Here the first-level labels of the training catalog are improved on
+the k-nearest-neighbour graph of the input embeddings, as a balanced graph partition:
+
+    gain(item -> code) = #(its k neighbours labelled code) - balance * size(code) / (n / K)
+
+Each sweep visits the items in seeded random order, in chunks, and moves each to the code
+with the highest gain. The size term keeps the codes balanced (first-level perplexity), the
+vote term keeps neighbours together (neighbour prefix share). The RQ-VAE is then trained to
+reproduce the labels (a cross-entropy on its first-level code distances, with soft targets
+that mix in the neighbours' labels so the encoder generalises to unseen items), so encoding
+stays a pure function of the checkpoint.
+
+Everything is deterministic given the embeddings and the seed, so a resumed run rebuilds the
+same targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from model.kmeans import kmeans, nearest
+
+_SEARCH_CHUNK = 16384
+
+
+@dataclass(frozen=True)
+class GraphTargets:
+    labels: torch.Tensor  # long [n]: refined first-level label of every training item
+    neighbours: torch.Tensor  # long [n, k]: each item's k nearest neighbours (cosine), itself excluded
+
+    def soft(self, rows: torch.Tensor, codebook_size: int, mix: float) -> torch.Tensor:
+        """Target distribution of ``rows``: (1 - mix) on the own label, ``mix`` spread over the
+        neighbours' labels."""
+        out = torch.zeros(rows.shape[0], codebook_size)
+        out[torch.arange(rows.shape[0]), self.labels[rows]] = 1.0 - mix
+        if mix > 0:
+            nbr = self.labels[self.neighbours[rows]]
+            out.scatter_add_(1, nbr, torch.full(nbr.shape, mix / nbr.shape[1]))
+        return out
+
+
+def knn_graph(x: np.ndarray, k: int) -> np.ndarray:
+    """int64 ``[n, k]``: exact k nearest neighbours by cosine similarity, the item itself excluded."""
+    unit = np.ascontiguousarray(x, dtype=np.float32)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(unit)
+    k_eff = min(k, unit.shape[0] - 1)
+    out = np.empty((unit.shape[0], k_eff), dtype=np.int64)
+    for start in range(0, unit.shape[0], _SEARCH_CHUNK):
+        _, found = index.search(unit[start : start + _SEARCH_CHUNK], k_eff + 1)
+        rows = np.arange(start, start + found.shape[0])
+        out[start : start + found.shape[0]] = _drop_self(found, rows, k_eff)
+    return out
+
+
+def refine_labels(
+    labels: np.ndarray,
+    neighbours: np.ndarray,
+    codebook_size: int,
+    *,
+    balance: float,
+    sweeps: int,
+    seed: int,
+    chunks_per_sweep: int = 64,
+) -> np.ndarray:
+    """Balanced label refinement on the k-NN graph (see the module docstring)."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    n = labels.shape[0]
+    if n == 0 or neighbours.shape[1] == 0:
+        return labels
+    counts = np.bincount(labels, minlength=codebook_size).astype(np.float64)
+    penalty = balance * codebook_size / n
+    rng = np.random.default_rng(seed)
+    for _ in range(sweeps):
+        order = rng.permutation(n)
+        for part in np.array_split(order, min(chunks_per_sweep, n)):
+            m = part.shape[0]
+            rows = np.arange(m)
+            flat = rows.repeat(neighbours.shape[1]) * codebook_size + labels[neighbours[part]].ravel()
+            votes = np.bincount(flat, minlength=m * codebook_size).reshape(m, codebook_size).astype(np.float64)
+            current = labels[part]
+            gain = votes - penalty * counts[None, :]
+            gain[rows, current] += penalty  # an item does not count against the code it is in
+            best = gain.argmax(axis=1)
+            moved = gain[rows, best] > gain[rows, current] + 1e-9
+            if moved.any():
+                np.subtract.at(counts, current[moved], 1.0)
+                np.add.at(counts, best[moved], 1.0)
+                labels[part[moved]] = best[moved]
+    return labels
+
+
+def build_targets(
+    x: torch.Tensor,
+    codebook_size: int,
+    *,
+    neighbours: int,
+    balance: float,
+    sweeps: int,
+    seed: int,
+    kmeans_iters: int,
+    kmeans_sample: int,
+) -> GraphTargets:
+    """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph."""
+    data = x.detach().to(torch.float32)
+    centroids = kmeans(data, codebook_size, iters=kmeans_iters, seed=seed, sample=kmeans_sample)
+    start = nearest(data, centroids)[0].numpy()
+    graph = knn_graph(data.numpy(), neighbours)
+    labels = refine_labels(start, graph, codebook_size, balance=balance, sweeps=sweeps, seed=seed)
+    return GraphTargets(labels=torch.from_numpy(labels), neighbours=torch.from_numpy(graph))
+
+
+def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Each row's hits without the row itself (or without the last hit when the item is not
+    among them, e.g. exact duplicates ranked first)."""
+    is_self = found == rows[:, None]
+    keep = ~is_self
+    no_self = ~is_self.any(axis=1)
+    keep[no_self, -1] = False
+    return found[keep].reshape(found.shape[0], k)
