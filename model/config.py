@@ -82,15 +82,14 @@ class TrainConfig:
     dead_code_reset_every: int = 1
     dead_code_reset_until: float = 0.8
     eval_sample: int = 32768
-    graph_targets: bool = False
+    graph_targets: bool = True  # neighbour-aware first level (model/graph_targets.py); RQ-VAE only
     graph_neighbours: int = 10
     graph_balance: float = 1.9
     graph_sweeps: int = 8
     graph_soft: float = 0.5
     graph_weight: float = 1.0
     graph_temperature: float = 0.1
-    graph_scale: str = "own"
-    graph_refit_at: float = 0.0
+    graph_max_items: int = 50_000  # exact k-NN is O(n^2): larger catalogs build the graph on a sample
     seed: int = 0
     threads: int = 0
 
@@ -120,8 +119,7 @@ class TrainConfig:
         _check_range("graph_soft", self.graph_soft, 0.0, 1.0)
         _check_range("graph_weight", self.graph_weight, 0.0, 1000.0)
         _check_range("graph_temperature", self.graph_temperature, 1e-4, 100.0)
-        _check_choice("graph_scale", self.graph_scale, ("own", "all"))
-        _check_range("graph_refit_at", self.graph_refit_at, 0.0, 1.0)
+        _check_range("graph_max_items", self.graph_max_items, 2, 1 << 24)
         _check_range("seed", self.seed, 0, 2**63 - 1)
         _check_range("threads", self.threads, 0, 1024)
 

@@ -32,16 +32,27 @@ _SEARCH_CHUNK = 16384
 
 @dataclass(frozen=True)
 class GraphTargets:
-    labels: torch.Tensor  # long [n]: refined first-level label of every training item
-    neighbours: torch.Tensor  # long [n, k]: each item's k nearest neighbours (cosine), itself excluded
+    """Targets for the rows in the graph (all rows, or a seeded sample of large catalogs)."""
+
+    rows: torch.Tensor  # long [m]: the training rows in the graph, sorted
+    labels: torch.Tensor  # long [m]: refined first-level label of each of them
+    neighbours: torch.Tensor  # long [m, k]: positions (in ``rows``) of each one's k nearest neighbours
+    position: torch.Tensor  # long [n]: position of every training row in ``rows``, -1 if not in the graph
+
+    def label_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """Label of each training row, -1 for rows outside the graph."""
+        pos = self.position[rows]
+        return torch.where(pos >= 0, self.labels[pos.clamp_min(0)], pos)
 
     def soft(self, rows: torch.Tensor, codebook_size: int, mix: float) -> torch.Tensor:
-        """Target distribution of ``rows``: (1 - mix) on the own label, ``mix`` spread over the
-        neighbours' labels."""
+        """Target distribution of training rows in the graph: (1 - mix) on the own label,
+        ``mix`` spread over the neighbours' labels."""
+        pos = self.position[rows]
         out = torch.zeros(rows.shape[0], codebook_size)
-        out[torch.arange(rows.shape[0]), self.labels[rows]] = 1.0 - mix
-        if mix > 0:
-            nbr = self.labels[self.neighbours[rows]]
+        own_mass = 1.0 - mix if self.neighbours.shape[1] else 1.0
+        out[torch.arange(rows.shape[0]), self.labels[pos]] = own_mass
+        if mix > 0 and self.neighbours.shape[1]:
+            nbr = self.labels[self.neighbours[pos]]
             out.scatter_add_(1, nbr, torch.full(nbr.shape, mix / nbr.shape[1]))
         return out
 
@@ -108,14 +119,28 @@ def build_targets(
     seed: int,
     kmeans_iters: int,
     kmeans_sample: int,
+    max_items: int | None = None,
 ) -> GraphTargets:
-    """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph."""
-    data = x.detach().to(torch.float32)
+    """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph.
+
+    The exact k-NN search costs O(n^2 d); above ``max_items`` rows the graph is built on a
+    seeded sample of that many rows (the encoder generalises to the others).
+    """
+    n = x.shape[0]
+    rows = torch.arange(n)
+    if max_items is not None and n > max_items:
+        gen = torch.Generator().manual_seed(seed + 17)
+        rows = torch.randperm(n, generator=gen)[:max_items].sort().values
+    data = x.detach()[rows].to(torch.float32)
     centroids = kmeans(data, codebook_size, iters=kmeans_iters, seed=seed, sample=kmeans_sample)
     start = nearest(data, centroids)[0].numpy()
     graph = knn_graph(data.numpy(), neighbours)
     labels = refine_labels(start, graph, codebook_size, balance=balance, sweeps=sweeps, seed=seed)
-    return GraphTargets(labels=torch.from_numpy(labels), neighbours=torch.from_numpy(graph))
+    position = torch.full((n,), -1, dtype=torch.long)
+    position[rows] = torch.arange(rows.shape[0])
+    return GraphTargets(
+        rows=rows, labels=torch.from_numpy(labels), neighbours=torch.from_numpy(graph), position=position
+    )
 
 
 def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

@@ -47,22 +47,17 @@ class ResidualQuantizer(nn.Module):
         sample: int | None = None,
         restarts: int = 1,
         first_labels: torch.Tensor | None = None,
-        keep_first: bool = False,
     ) -> None:
         """Seeded k-means on each level's residuals, level by level.
 
         With ``first_labels`` (long [N], one per row of z) the first codebook is instead the mean
         of each label's rows (a label without rows gets a seeded random row), and the residuals
-        passed on are taken from those labels. ``keep_first`` keeps the first codebook as it is
-        and re-fits only the levels below it (on residuals from ``first_labels``).
+        passed on are taken from those labels.
         """
         residual = z.detach().to(torch.float32)
         for level in range(self.levels):
             if level == 0 and first_labels is not None:
-                if keep_first:
-                    centroids = self.codebooks.data[0].clone()
-                else:
-                    centroids = _label_means(residual, first_labels, self.codebook_size, seed)
+                centroids = _label_means(residual, first_labels, self.codebook_size, seed)
                 codes = first_labels
             else:
                 centroids = kmeans(
@@ -72,17 +67,16 @@ class ResidualQuantizer(nn.Module):
             if level > 0 or first_labels is None:
                 codes = self._nearest_codes(residual, level)
             residual = residual - centroids[codes]
-        first = 1 if keep_first else 0
-        self.ema_sum[first:] = self.codebooks.detach()[first:]
-        self.ema_count[first:] = 1.0
+        self.ema_sum.copy_(self.codebooks.detach())
+        self.ema_count.fill_(1.0)
         self.initialized.fill_(True)
 
     def _nearest_codes(self, residual: torch.Tensor, level: int) -> torch.Tensor:
         return squared_distances(residual, self.codebooks[level].detach()).argmin(dim=1)
 
     def forward(self, z: torch.Tensor, first_codes: torch.Tensor | None = None) -> QuantizedResult:
-        """Quantize level by level; in training, ``first_codes`` (long [N]) forces the first
-        level's codes (graph targets) instead of the nearest ones."""
+        """Quantize level by level; in training, ``first_codes`` (long [N], -1 = none) forces the
+        first level's codes (graph targets) instead of the nearest ones."""
         residual = z
         quantized = torch.zeros_like(z)
         codebook_loss = z.new_zeros(())
@@ -93,7 +87,7 @@ class ResidualQuantizer(nn.Module):
             d = squared_distances(residual.detach(), book.detach())
             best, idx = d.min(dim=1)
             if level == 0 and first_codes is not None and self.training:
-                idx = first_codes
+                idx = torch.where(first_codes >= 0, first_codes, idx)  # -1: no target, keep the nearest
                 best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             chosen = book[idx]
             if self.training:

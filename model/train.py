@@ -142,8 +142,6 @@ def fit_rqvae(
         tokenizer.train()
         if not bool(tokenizer.quantizer.initialized) and epoch >= t.ae_warmup_epochs:
             _init_codebooks(tokenizer, x, cfg, targets)
-        elif targets is not None and t.graph_refit_at and epoch == int(t.graph_refit_at * t.epochs):
-            _init_codebooks(tokenizer, x, cfg, targets, keep_first=True)
         quantize = bool(tokenizer.quantizer.initialized)
         beta = beta_at(epoch, cfg)
         sums = {"loss": 0.0, "recon_loss": 0.0, "commit_loss": 0.0, "codebook_loss": 0.0}
@@ -159,7 +157,7 @@ def fit_rqvae(
             rows = perm[i * batch : (i + 1) * batch]
             xb = x[rows]
             if quantize:
-                out = tokenizer(xb, targets.labels[rows] if targets is not None else None)
+                out = tokenizer(xb, targets.label_of(rows) if targets is not None else None)
                 q = out.quantized
                 loss = out.recon_loss + q.codebook_loss + beta * q.commit_loss
                 if targets is not None and t.graph_weight > 0:
@@ -209,16 +207,12 @@ def fit_rqvae(
 
 
 def _init_codebooks(
-    tokenizer: SemanticTokenizer,
-    x: torch.Tensor,
-    cfg: SemidConfig,
-    targets: GraphTargets | None = None,
-    *,
-    keep_first: bool = False,
+    tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig, targets: GraphTargets | None = None
 ) -> None:
     t = cfg.train
     gen = torch.Generator().manual_seed(t.seed)
-    rows = torch.randperm(x.shape[0], generator=gen)[: t.kmeans_sample]
+    pool = targets.rows if targets is not None else torch.arange(x.shape[0])
+    rows = pool[torch.randperm(pool.shape[0], generator=gen)[: t.kmeans_sample]]
     was_training = tokenizer.training
     tokenizer.eval()
     with torch.no_grad():
@@ -229,8 +223,7 @@ def _init_codebooks(
         iters=t.kmeans_iters,
         seed=t.seed,
         restarts=t.kmeans_restarts,
-        first_labels=targets.labels[rows] if targets is not None else None,
-        keep_first=keep_first,
+        first_labels=targets.label_of(rows) if targets is not None else None,
     )
 
 
@@ -248,6 +241,7 @@ def _graph_targets(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConf
         seed=t.seed,
         kmeans_iters=t.kmeans_iters,
         kmeans_sample=t.kmeans_sample,
+        max_items=t.graph_max_items,
     )
     log.info("graph targets for level 1 built in %.1f s", time.perf_counter() - start)
     return targets
@@ -256,16 +250,18 @@ def _graph_targets(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConf
 def _graph_loss(
     tokenizer: SemanticTokenizer, z: torch.Tensor, targets: GraphTargets, rows: torch.Tensor, cfg: SemidConfig
 ) -> torch.Tensor:
-    """Cross-entropy between the first-level code distances (scaled by the mean distance to the
-    target code) and the soft graph targets."""
+    """Cross-entropy between the first-level code distances and the soft graph targets.
+
+    Distances are scaled by their batch mean over all codes (times ``graph_temperature``). Scaling
+    by the distance to the target code instead rewards shrinking every cluster to a point, which
+    starved the lower levels (tuning.md)."""
     d = squared_distances(z, tokenizer.quantizer.codebooks[0].detach())
-    if cfg.train.graph_scale == "own":
-        own = d.gather(1, targets.labels[rows].unsqueeze(1)).mean().detach().clamp_min(1e-8)
-    else:
-        own = d.mean().detach().clamp_min(1e-8)
-    soft = targets.soft(rows, cfg.model.codebook_size, cfg.train.graph_soft)
-    logits = -d / (own * cfg.train.graph_temperature)
-    return -(soft * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    scale = d.mean().detach().clamp_min(1e-8) * cfg.train.graph_temperature
+    inside = targets.position[rows] >= 0  # rows in the graph (all of them unless it was sampled)
+    if not bool(inside.any()):
+        return d.new_zeros(())
+    soft = targets.soft(rows[inside], cfg.model.codebook_size, cfg.train.graph_soft)
+    return -(soft * F.log_softmax(-d[inside] / scale, dim=1)).sum(dim=1).mean()
 
 
 def _epoch_line(row: dict[str, Any]) -> str:

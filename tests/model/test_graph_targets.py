@@ -68,7 +68,12 @@ def test_balance_term_stops_everything_collapsing_into_one_code():
 
 
 def test_soft_targets_mix_own_and_neighbour_labels():
-    targets = GraphTargets(labels=torch.tensor([0, 1, 1, 2]), neighbours=torch.tensor([[1, 2], [2, 3], [1, 0], [0, 1]]))
+    targets = GraphTargets(
+        rows=torch.arange(4),
+        labels=torch.tensor([0, 1, 1, 2]),
+        neighbours=torch.tensor([[1, 2], [2, 3], [1, 0], [0, 1]]),
+        position=torch.arange(4),
+    )
     soft = targets.soft(torch.tensor([0, 3]), 3, 0.5)
     assert torch.allclose(soft.sum(1), torch.ones(2))
     assert torch.allclose(soft[0], torch.tensor([0.5, 0.5, 0.0]))  # own 0; both neighbours are 1
@@ -105,3 +110,22 @@ def test_training_with_graph_targets_is_deterministic_and_reproduces_them(tiny_c
         kmeans_iters=5, kmeans_sample=65536,
     )
     assert (a[:, 0] == targets.labels).float().mean() > 0.8  # the encoder learned the targets
+
+
+def test_large_catalogs_build_the_graph_on_a_sample():
+    x = torch.nn.functional.normalize(torch.randn(500, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    targets = build_targets(
+        x, 8, neighbours=5, balance=1.0, sweeps=2, seed=0, kmeans_iters=5, kmeans_sample=10_000, max_items=200
+    )
+    assert targets.rows.shape == (200,) and targets.neighbours.shape == (200, 5)
+    assert int(targets.neighbours.max()) < 200  # positions inside the sample
+    inside = targets.position >= 0
+    assert int(inside.sum()) == 200 and torch.equal(targets.rows, inside.nonzero().squeeze(1))
+    labels = targets.label_of(torch.arange(500))
+    assert bool((labels[~inside] == -1).all()) and bool((labels[inside] >= 0).all())
+
+
+def test_training_with_a_sampled_graph_runs_and_uses_every_code(tiny_catalog, tmp_path):
+    cfg = tiny_config(graph_targets=True, graph_neighbours=5, graph_balance=1.0, graph_max_items=300)
+    _, metrics = train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "ck")
+    assert metrics["final"]["util_l1"] == 1.0
