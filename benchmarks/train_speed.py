@@ -4,6 +4,7 @@
     python benchmarks/train_speed.py --items 5000 --epochs 2   # a quick smoke run
     python benchmarks/train_speed.py --ema                # EMA codebooks instead of the codebook loss
     python benchmarks/train_speed.py --tokenizer rqkmeans
+    python benchmarks/train_speed.py --set '{"train": {"graph_targets": false}}' --name train_speed_nograph
 
 The config is SemidConfig() with only input_dim taken from the data (plus the flags given).
 The catalog is generated in a separate process and loaded from a .npy file, so the wall clock
@@ -16,6 +17,7 @@ Writes benchmarks/results/train_speed.{md,json}.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
 import sys
@@ -82,6 +84,8 @@ def build_config(args: argparse.Namespace, dim: int) -> SemidConfig:
     data["model"]["tokenizer"] = args.tokenizer
     if args.ema:
         data["train"]["ema"] = True
+    for section, values in json.loads(args.set).items():
+        data[section].update(values)
     if args.epochs is not None:
         # The warm-up lengths must fit inside the run; shorten them only as far as a short run needs.
         t = data["train"]
@@ -104,6 +108,8 @@ def main() -> None:
     ap.add_argument("--ema", action="store_true", help="EMA codebook updates (train.ema = true)")
     ap.add_argument("--tokenizer", choices=["rqvae", "rqkmeans"], default="rqvae")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic catalog (default 0)")
+    ap.add_argument("--set", default="{}", help='config overrides as JSON, e.g. \'{"train": {"epochs": 40}}\'')
+    ap.add_argument("--name", default="train_speed", help="results file name (default train_speed)")
     args = ap.parse_args()
     if args.epochs is not None and args.epochs < 1:
         ap.error("--epochs must be >= 1")
@@ -154,7 +160,7 @@ def main() -> None:
         f"\n\ntrain_s: wall clock of train_tokenizer (catalog generation of {gen_s:.1f} s excluded); "
         f"peak_rss_mb: ru_maxrss of the training process (catalog built in a child process)."
     )
-    path = write_results("train_speed", data, md)
+    path = write_results(args.name, data, md)
     print(md)
     print(f"written to {path}")
 

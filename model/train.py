@@ -239,7 +239,7 @@ def _graph_targets(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConf
         balance=t.graph_balance,
         sweeps=t.graph_sweeps,
         seed=t.seed,
-        kmeans_iters=t.kmeans_iters,
+        kmeans_iters=min(t.kmeans_iters, 10),  # a start for the refinement: more iterations change nothing
         kmeans_sample=t.kmeans_sample,
         max_items=t.graph_max_items,
     )
