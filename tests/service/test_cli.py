@@ -186,6 +186,11 @@ def test_recode_changed_moves_changed_items_and_reserves_their_old_ids(index, tm
     assert {k: v for k, v in after.items() if k != 5} == {k: v for k, v in before.items() if k != 5}
     # the old id of item 5 is not served, and not handed to a newcomer
     ok("check", "--index", index)
+    # evaluate sees one row per item (the current ones) and matches them with the new embeddings
+    ok("evaluate", "--index", index, "--catalog", changed_file, "--out", tmp_path / "eval", "--sample", 50)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["items"] == len(before) and metrics["unique_full_ids"] == 1.0
+    assert metrics["catalog_match"]["embedding_changed"] == 0
     # a rerun finds nothing changed: the superseding row carries the new embedding's hash
     summary = json.loads(assign(trained[0], changed_file, index, "--recode-changed", "--json").stdout)
     assert summary["changed_items"] == 0 and summary["recoded_items"] == 0 and summary["segment"] is None
