@@ -24,6 +24,7 @@ from service.cli import main
 from service.settings import ServiceSettings
 from service.state import ServiceState
 from tests.conftest import ROOT
+from tests.reliability.conftest import assign_args
 
 DIM = 16
 
@@ -185,21 +186,7 @@ def test_cli_bad_input(setup, tmp_path, case):
         checkpoint = _damaged_checkpoint(setup, tmp_path, how)
     elif kind == "keep":
         keep = f"title,{how}"
-    result = CliRunner().invoke(
-        main,
-        [
-            "assign",
-            "--checkpoint",
-            str(checkpoint),
-            "--catalog",
-            str(catalog),
-            "--index",
-            str(index),
-            "--keep-columns",
-            keep,
-            "--quiet",
-        ],
-    )
+    result = CliRunner().invoke(main, assign_args(checkpoint, catalog, index, "--keep-columns", keep))
     assert result.exit_code != 0
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
