@@ -58,13 +58,13 @@ class ResidualQuantizer(nn.Module):
         for level in range(self.levels):
             if level == 0 and first_labels is not None:
                 centroids = _label_means(residual, first_labels, self.codebook_size, seed)
+                self.codebooks.data[level] = centroids
                 codes = first_labels
             else:
                 centroids = kmeans(
                     residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample, restarts=restarts
                 )
-            self.codebooks.data[level] = centroids
-            if level > 0 or first_labels is None:
+                self.codebooks.data[level] = centroids
                 codes = self._nearest_codes(residual, level)
             residual = residual - centroids[codes]
         self.ema_sum.copy_(self.codebooks.detach())

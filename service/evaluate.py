@@ -166,7 +166,7 @@ def _match_catalog(index: SemanticIdIndex, catalog: Catalog, path: Path) -> tupl
     cat_rows[index_rows[known]] = np.flatnonzero(known)
     missing = np.flatnonzero((cat_rows < 0) & state.active)
     if missing.size:
-        examples = ", ".join(str(_plain(x)) for x in index.state.item_ids[missing[:5]].tolist())
+        examples = ", ".join(str(_plain(x)) for x in state.item_ids[missing[:5]].tolist())
         raise CatalogMismatchError(
             f"catalog {path} lacks {missing.size} of the index's {n} items (e.g. {examples}); "
             "evaluate needs the embeddings of every indexed item: pass the catalog the index was built from"

@@ -70,7 +70,7 @@ class IndexState:
         kept_tables = [p.kept for p in parts if p.kept.num_columns]
         recodes = _concat([p.recodes for p in parts], bool, (0,))
         groups = _item_groups(id_kind, item_ids)
-        active = _last_of_each(groups)
+        active = _group_end(groups, last=True)
         active_rows = np.flatnonzero(active)
         order = active_rows[np.argsort(packed[active_rows], kind="stable")]
         retired_order = _reserved_rows(groups, packed, active_rows)
@@ -223,7 +223,7 @@ class IndexState:
     def duplicate_item_ids(self) -> list[object]:
         """Item ids with a second row that does not say it re-codes the item."""
         groups = _item_groups(self.id_kind, self.item_ids)
-        first = _first_of_each(groups)
+        first = _group_end(groups, last=False)
         bad = np.flatnonzero(first == self.recodes)  # a first row must not re-code; a later row must
         return [_plain(x) for x in self.item_ids[bad].tolist()]
 
@@ -257,23 +257,14 @@ def _item_groups(id_kind: str, item_ids: np.ndarray) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 
-def _last_of_each(groups: np.ndarray) -> np.ndarray:
-    """bool per row: it is the last row of its group."""
+def _group_end(groups: np.ndarray, *, last: bool) -> np.ndarray:
+    """bool per row: it is the last (else the first) row, in row order, of its group."""
     out = np.zeros(groups.shape[0], dtype=bool)
     if groups.shape[0]:
         by_group = np.argsort(groups, kind="stable")
         g = groups[by_group]
-        out[by_group[np.r_[g[1:] != g[:-1], True]]] = True
-    return out
-
-
-def _first_of_each(groups: np.ndarray) -> np.ndarray:
-    """bool per row: it is the first row of its group."""
-    out = np.zeros(groups.shape[0], dtype=bool)
-    if groups.shape[0]:
-        by_group = np.argsort(groups, kind="stable")
-        g = groups[by_group]
-        out[by_group[np.r_[True, g[1:] != g[:-1]]]] = True
+        change = g[1:] != g[:-1]
+        out[by_group[np.r_[change, True] if last else np.r_[True, change]]] = True
     return out
 
 
