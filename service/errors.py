@@ -163,3 +163,27 @@ class IndexLockedError(SemidError, RuntimeError):
     def __init__(self, message: str, *, holder_pid: int | None) -> None:
         super().__init__(message)
         self.holder_pid = holder_pid
+
+
+class IndexWriteError(SemidError, OSError):
+    """Writing the index failed in the file system (disk full, read-only, I/O error).
+
+    ``errno`` is the OS error number (None if unknown) and ``path`` the file being
+    written. ``insufficient_storage`` is True for a full disk or quota (HTTP 507);
+    other causes are a service problem (HTTP 503). The index is left as it was
+    before the write unless ``committed`` says the manifest was already replaced.
+    """
+
+    code = "index_write_failed"
+
+    def __init__(self, message: str, *, errno: int | None, path: str, committed: bool = False) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.path = path
+        self.committed = committed
+
+    @property
+    def insufficient_storage(self) -> bool:
+        import errno as _errno
+
+        return self.errno in (_errno.ENOSPC, _errno.EDQUOT)
