@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.metrics import base_collision_rate, level_health
-from service.id_quality import prefix_shares, sample_neighbours
+from service.id_quality import other_neighbours, prefix_shares, sample_neighbours
 
 
 def bucket_sizes(codes: np.ndarray) -> np.ndarray:
@@ -50,7 +50,8 @@ def level_figures(codes: np.ndarray, codebook_sizes: tuple[int, ...]) -> list[di
                 "level": level + 1,
                 "codebook_size": int(size),
                 "utilisation": round(float(h["utilisation"]), 4),
-                "perplexity": round(float(h["perplexity"]), 2),
+                # one decimal, as the reference scorer rounds it (entropy keeps the precision)
+                "perplexity": round(float(h["perplexity"]), 1),
                 "entropy": round(float(h["entropy"]), 4),
                 "dead_codes": int(h["dead_codes"]),
                 # the most perplexity can be: every code used evenly, or every item its own code
@@ -103,15 +104,16 @@ def neighbourhood_figures(
     neighbours are in the top k; ``prefix_recall_random`` is what a random ranking gets (k / (N-1)).
 
     The shares are ``service.id_quality.neighbour_share``'s (one neighbour search serves both), with
-    the sample and random pairs drawn as the reference scorer draws them, so on the same item order
-    (``semid export``'s) the figures agree with it.
+    the sample, the neighbours (first hit dropped) and the random pairs taken as the reference scorer
+    takes them, so on the same item order (``semid export``'s) the figures equal its figures exactly.
     """
     n = codes.shape[0]
     if n < 2:
         raise ValueError(f"neighbourhood figures need at least 2 items, got {n}")
     k = min(k, n - 1)
-    queries, nn, rnd = sample_neighbours(embeddings, n, k=k, sample=sample, seed=seed)
-    out = prefix_shares(codes, queries, nn, rnd)
+    queries, found, rnd = sample_neighbours(embeddings, n, k=k, sample=sample, seed=seed)
+    out = prefix_shares(codes, queries, found[:, 1:], rnd)  # the scorer's neighbours: first hit dropped
+    nn = other_neighbours(found, queries, k)  # recall is of the item's true neighbours: never itself
     tie_rng = np.random.default_rng([seed, 1])
     chunk = max(1, (1 << 22) // n)
     hits = 0

@@ -14,29 +14,48 @@ import numpy as np
 from model.metrics import base_collision_rate, largest_bucket, level_health
 
 
-def nearest_neighbours(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact cosine k nearest neighbours of the query rows (excluding the row itself)."""
+def search_neighbours(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """[len(queries), k + 1]: the k + 1 rows nearest each query row (exact cosine), best first.
+
+    The first hit is normally the query itself; for an item with exact duplicates it may be one of them.
+    """
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
-    _, nn = index.search(x[queries], k + 1)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for row, (q, found) in enumerate(zip(queries, nn, strict=True)):
-        others = found[found != q][:k]
+    _, found = index.search(x[queries], k + 1)
+    return found.astype(np.int64, copy=False)
+
+
+def nearest_neighbours(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest neighbours of the query rows as the reference scorer takes them: the first hit dropped.
+
+    For an item with exact duplicates the dropped hit may be a duplicate, and the item itself then stays
+    in its own list (sharing every code with itself); the scorer counts it so, and so do we.
+    """
+    return search_neighbours(embeddings, queries, k)[:, 1:]
+
+
+def other_neighbours(found: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """From ``search_neighbours``' rows: each query's k nearest rows other than itself."""
+    out = np.empty((found.shape[0], k), dtype=np.int64)
+    for row, (q, hits) in enumerate(zip(queries, found, strict=True)):
+        others = hits[hits != q][:k]
         out[row, : len(others)] = others
-        out[row, len(others) :] = found[-1]
+        out[row, len(others) :] = hits[-1]
     return out
 
 
 def sample_neighbours(
     embeddings: np.ndarray, n: int, *, k: int = 10, sample: int = 2000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query rows, their k nearest neighbours, as many random rows), drawn as the reference scorer draws them."""
+    """(query rows, their k + 1 nearest rows from ``search_neighbours``, k random rows per query), drawn
+    as the reference scorer draws them. ``found[:, 1:]`` are the scorer's neighbours."""
     rng = np.random.default_rng(seed)
     queries = rng.choice(n, size=min(sample, n), replace=False)
-    nn = nearest_neighbours(embeddings, queries, min(k, n - 1))
-    return queries, nn, rng.integers(0, n, size=nn.shape)
+    k = min(k, n - 1)
+    found = search_neighbours(embeddings, queries, k)
+    return queries, found, rng.integers(0, n, size=(queries.shape[0], k))
 
 
 def prefix_shares(codes: np.ndarray, queries: np.ndarray, nn: np.ndarray, rnd: np.ndarray) -> dict[str, float]:
@@ -55,8 +74,8 @@ def neighbour_share(
     embeddings: np.ndarray, codes: np.ndarray, *, k: int = 10, sample: int = 2000, seed: int = 0
 ) -> dict[str, float]:
     """nn_share_d{d}, nn_lift_d{d} (and random_share_d{d}) for every depth d of `codes` [N, L]."""
-    queries, nn, rnd = sample_neighbours(embeddings, codes.shape[0], k=k, sample=sample, seed=seed)
-    return prefix_shares(codes, queries, nn, rnd)
+    queries, found, rnd = sample_neighbours(embeddings, codes.shape[0], k=k, sample=sample, seed=seed)
+    return prefix_shares(codes, queries, found[:, 1:], rnd)
 
 
 def id_quality(embeddings: np.ndarray, codes: np.ndarray, codebook_size: int, **kw: int) -> dict[str, float]:
