@@ -31,7 +31,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from service.dedup import BucketCounts
 from service.errors import (
@@ -40,6 +39,7 @@ from service.errors import (
     IndexExistsError,
     IndexLockedError,
     IndexNotFoundError,
+    IndexWriteError,
     InvalidCursorError,
     InvalidInputError,
     UnknownItemError,
@@ -60,8 +60,8 @@ from service.manifest import (
     read_manifest,
     write_manifest,
 )
-from service.segments import RECODES_COLUMN, build_table, read_segment, write_segment
-from service.store import TMP_PREFIX, WriterLock, copy_dir_atomically, replace_atomically
+from service.segments import RECODES_COLUMN, build_table, read_segment, read_segment_table, write_segment
+from service.store import TMP_PREFIX, WriterLock, copy_dir_atomically
 from service.vector_index import add_segments, load_vector_index, write_vector_index
 
 logger = logging.getLogger(__name__)
@@ -135,17 +135,26 @@ class SemanticIdIndex:
         if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
             raise InvalidInputError(f"checkpoint_dir {checkpoint_dir} is not a directory", field="checkpoint_dir")
         _refuse_existing(root)
-        root.mkdir(parents=True, exist_ok=True)
-        lock = WriterLock(root / LOCK_NAME, description=f"index {root}")
-        with lock.held_for(timeout=lock_timeout):
-            _refuse_existing(root)  # another creator may have finished while we waited
-            (root / SEGMENTS_DIR).mkdir(exist_ok=True)
-            _remove_leftovers(root, manifest)
-            if checkpoint_dir is not None:
-                copy_dir_atomically(Path(checkpoint_dir), root / CHECKPOINT_DIR)
-            vectors = faiss.IndexFlatL2(vector_dim)
-            write_vector_index(root, vectors)
-            write_manifest(root, manifest)
+        target = str(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(root / LOCK_NAME, description=f"index {root}")
+            target = LOCK_NAME
+            with lock.held_for(timeout=lock_timeout):
+                _refuse_existing(root)  # another creator may have finished while we waited
+                target = SEGMENTS_DIR
+                (root / SEGMENTS_DIR).mkdir(exist_ok=True)
+                _remove_leftovers(root, manifest)
+                if checkpoint_dir is not None:
+                    target = CHECKPOINT_DIR
+                    copy_dir_atomically(Path(checkpoint_dir), root / CHECKPOINT_DIR)
+                vectors = faiss.IndexFlatL2(vector_dim)
+                target = FAISS_NAME
+                manifest = replace(manifest, faiss=write_vector_index(root, vectors))
+                target = MANIFEST_NAME
+                write_manifest(root, manifest)
+        except OSError as exc:
+            raise _write_error(root, exc, target) from exc
         logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
         return cls(root, _Snapshot(manifest=manifest, state=state, vectors=vectors), lock_timeout=lock_timeout)
@@ -249,7 +258,10 @@ class SemanticIdIndex:
             if self._lock.held:  # re-entered by the thread that holds it
                 yield self
                 return
-            self._lock.acquire(timeout=wait)
+            try:
+                self._lock.acquire(timeout=wait)
+            except OSError as exc:  # e.g. a read-only file system: index.lock cannot be opened for writing
+                raise _write_error(self._path, exc, LOCK_NAME) from exc
             try:
                 self.refresh()
                 yield self
@@ -263,6 +275,8 @@ class SemanticIdIndex:
         current = self._snapshot
         manifest = _read_manifest_or_raise(self._path)
         if manifest.segments == current.manifest.segments:
+            if manifest != current.manifest:  # e.g. another handle recorded a rebuilt faiss.index
+                self._snapshot = replace(current, manifest=manifest)
             return
         if manifest.checkpoint_fingerprint != current.manifest.checkpoint_fingerprint:
             raise FingerprintMismatchError(
@@ -274,7 +288,7 @@ class SemanticIdIndex:
         extends = manifest.segments[: len(known)] == known
         self._snapshot, rebuilt = _load_snapshot(self._path, manifest, current if extends else None)
         if rebuilt and self._lock.held:
-            write_vector_index(self._path, self._snapshot.vectors)
+            self._store_rebuilt_vectors()
         logger.info("index %s refreshed: %d items", self._path, self.item_count)
 
     def append(
@@ -340,21 +354,35 @@ class SemanticIdIndex:
                 # Small writes (e.g. one API request) fold into one tail segment: the tail's rows and the
                 # new ones are written as a new segment that replaces it, so rows keep their order and
                 # many small writes don't leave many files. The old tail is removed by the next write.
-                previous = pq.read_table(self._path / SEGMENTS_DIR / tail.name)
+                previous = read_segment_table(self._path / SEGMENTS_DIR / tail.name, sha256=tail.sha256)
                 if RECODES_COLUMN not in previous.column_names:  # written before re-coding existed
                     at = previous.column_names.index("vector")
                     previous = previous.add_column(at, RECODES_COLUMN, pa.array(np.zeros(previous.num_rows, bool)))
                 table = pa.concat_tables([previous, table.cast(previous.schema)])
                 kept_segments = manifest.segments[:-1]
-            replace_atomically(self._path / SEGMENTS_DIR / name, lambda tmp: write_segment(table, tmp))
             new_vectors = faiss.clone_index(snap.vectors)
             new_vectors.add(vecs)
-            if persist_vectors:
-                write_vector_index(self._path, new_vectors)
-            new_manifest = replace(manifest, segments=kept_segments).with_segment(
-                SegmentInfo(name=name, rows=table.num_rows)
-            )
-            write_manifest(self._path, new_manifest)
+            target = f"{SEGMENTS_DIR}/{name}"
+            try:
+                sha256 = write_segment(table, self._path / SEGMENTS_DIR / name)
+                faiss_info = manifest.faiss  # unchanged file when not persisted: stale, rebuilt on open
+                if persist_vectors:
+                    target = FAISS_NAME
+                    faiss_info = write_vector_index(self._path, new_vectors)
+                new_manifest = replace(manifest, segments=kept_segments, faiss=faiss_info).with_segment(
+                    SegmentInfo(name=name, rows=table.num_rows, sha256=sha256)
+                )
+                target = MANIFEST_NAME
+                write_manifest(self._path, new_manifest)
+            except OSError as exc:
+                # The manifest is the commit point: if it was replaced (only its directory's fsync
+                # failed) the write is visible, and this handle moves on with it.
+                committed = target == MANIFEST_NAME and _listed(self._path, name)
+                if committed:
+                    self._snapshot = _Snapshot(
+                        manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
+                    )
+                raise _write_error(self._path, exc, target, committed=committed) from exc
             self._snapshot = _Snapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
         logger.info("index %s: appended %s with %d items", self._path, name, part.rows)
         return name
@@ -516,15 +544,31 @@ class SemanticIdIndex:
     # --- internals -----------------------------------------------------------------
 
     def _persist_rebuilt_vectors(self) -> None:
-        """Write a rebuilt faiss index unless another writer holds the lock (then memory only)."""
-        snap = self._snapshot
+        """Write a rebuilt faiss index unless another writer holds the lock or the file system
+        refuses (read-only, full): then it stays in memory only."""
         try:
             with self._lock.held_for(timeout=0.0):
-                if _read_manifest_or_raise(self._path).segments == snap.manifest.segments:
-                    write_vector_index(self._path, snap.vectors)
-                    logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
+                self._store_rebuilt_vectors()
         except IndexLockedError:
             logger.warning("index %s: rebuilt %s in memory only; a writer holds the lock", self._path, FAISS_NAME)
+        except OSError as exc:
+            logger.warning("index %s: rebuilt %s in memory only; cannot lock: %s", self._path, FAISS_NAME, exc)
+
+    def _store_rebuilt_vectors(self) -> None:
+        """Under the lock: write the snapshot's rebuilt faiss index and record its checksum in the
+        manifest, if the manifest still lists the snapshot's segments. Best effort (derived data)."""
+        snap = self._snapshot
+        try:
+            current = _read_manifest_or_raise(self._path)
+            if current.segments != snap.manifest.segments:
+                return
+            manifest = replace(current, faiss=write_vector_index(self._path, snap.vectors))
+            write_manifest(self._path, manifest)
+        except OSError as exc:
+            logger.warning("index %s: rebuilt %s kept in memory only: %s", self._path, FAISS_NAME, exc)
+            return
+        self._snapshot = replace(snap, manifest=manifest)
+        logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
 
 
 # --- module helpers ------------------------------------------------------------------
@@ -535,6 +579,26 @@ def _read_manifest_or_raise(root: Path) -> Manifest:
         return read_manifest(root)
     except (FileNotFoundError, NotADirectoryError):
         raise IndexNotFoundError(f"no index at {root} ({MANIFEST_NAME} missing)") from None
+
+
+def _write_error(root: Path, exc: OSError, target: str, *, committed: bool = False) -> IndexWriteError:
+    """A file-system failure while writing ``target`` (a name inside ``root``) as a domain error."""
+    if isinstance(exc, IndexWriteError):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = reason[:1].lower() + reason[1:]
+    outcome = "the manifest was replaced, so the write is in the index" if committed else "the index is unchanged"
+    logger.error("index %s: %s writing %s (%s)", root, reason, target, outcome)
+    return IndexWriteError(
+        f"{reason} writing {root / target} ({outcome})", errno=exc.errno, path=str(root / target), committed=committed
+    )
+
+
+def _listed(root: Path, segment: str) -> bool:
+    try:
+        return any(s.name == segment for s in read_manifest(root).segments)
+    except (OSError, CorruptIndexError):
+        return False
 
 
 def _refuse_existing(root: Path) -> None:
@@ -574,7 +638,9 @@ def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> tu
     known = len(base.manifest.segments) if base is not None else 0
     parts = []
     for info in manifest.segments[known:]:
-        part = read_segment(root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep)
+        part = read_segment(
+            root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep, sha256=info.sha256
+        )
         if part.rows != info.rows:
             raise CorruptIndexError(f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}")
         parts.append(part)
@@ -586,9 +652,7 @@ def _load_snapshot(root: Path, manifest: Manifest, base: _Snapshot | None) -> tu
             state = state.extended(part)
     duplicates = state.duplicate_item_ids()
     if duplicates:
-        raise CorruptIndexError(
-            f"index {root}: item ids held by several rows without a re-code: {duplicates[:10]}"
-        )
+        raise CorruptIndexError(f"index {root}: item ids held by several rows without a re-code: {duplicates[:10]}")
     dup_sids = state.duplicate_packed()
     if dup_sids.shape[0]:
         raise CorruptIndexError(

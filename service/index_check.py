@@ -11,7 +11,8 @@ import faiss
 from service.errors import CorruptIndexError
 from service.index_state import IndexState
 from service.manifest import FAISS_NAME, MANIFEST_NAME, SEGMENTS_DIR, read_manifest
-from service.segments import SegmentData, read_segment, read_vectors
+from service.segments import SegmentData, read_segment, read_vectors, segment_checksum_problem
+from service.vector_index import vectors_checksum_problem
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ class CheckReport:
 
 
 def check_index(path: str | Path) -> CheckReport:
-    """Every listed segment present and readable, row counts as in the manifest, every
+    """Every listed segment present, readable and matching its recorded checksum, row
+    counts as in the manifest, every
     item with one active row (a later row only where it says it re-codes the item), no
     semantic id held by two items (reserved ids of re-coded items included), vectors of
     the right width, faiss in step.
@@ -46,6 +48,11 @@ def check_index(path: str | Path) -> CheckReport:
     parts: list[SegmentData] = []
     for info in manifest.segments:
         seg_path = root / SEGMENTS_DIR / info.name
+        if info.sha256 is not None and seg_path.is_file():
+            # a mismatch is a problem; the file is still parsed below, to report what else is wrong
+            problem = segment_checksum_problem(seg_path, info.sha256)
+            if problem is not None:
+                problems.append(problem)
         try:
             part = read_segment(
                 seg_path, layout=manifest.layout, id_kind=manifest.id_kind, keep_columns=manifest.keep_columns
@@ -71,10 +78,22 @@ def check_index(path: str | Path) -> CheckReport:
     # The FAISS file is derived from the segments' vectors and rebuilt on open when it is out of
     # step (online writes skip rewriting it), so a stale or missing one is a note, not a problem.
     notes: list[str] = []
+    unverified = [s.name for s in manifest.segments if s.sha256 is None]
+    if unverified:
+        notes.append(
+            f"{len(unverified)} of {len(manifest.segments)} segments have no recorded checksum (written by an "
+            f"older semid), so bit rot in them cannot be detected, e.g. {unverified[:3]}"
+        )
     faiss_path = root / FAISS_NAME
     if not faiss_path.exists():
         notes.append(f"{FAISS_NAME} is missing; it is rebuilt from the segments on open")
     else:
+        if manifest.faiss is None:
+            notes.append(
+                f"{FAISS_NAME} has no recorded checksum (older manifest); the next write of the file records one"
+            )
+        elif manifest.faiss.rows == manifest.item_count and (problem := vectors_checksum_problem(faiss_path, manifest)):
+            notes.append(f"{problem}; rebuilt from the segments on open")
         try:
             index = faiss.read_index(str(faiss_path))
             if index.ntotal != manifest.item_count:

@@ -1,4 +1,10 @@
-"""``manifest.json``: the single source of truth of which segments form an index."""
+"""``manifest.json``: the single source of truth of which segments form an index.
+
+Each segment entry records the SHA-256 of the file's bytes (``sha256``), and ``faiss``
+records the row count and SHA-256 of the ``faiss.index`` written with it, so bit rot
+is detected instead of trusted. Both are optional: manifests written before checksums
+existed have neither, and their files are read unverified.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +28,31 @@ CHECKPOINT_DIR = "checkpoint"
 LOCK_NAME = "index.lock"
 ID_KINDS = ("int", "str")
 SEGMENT_NAME_RE = re.compile(r"seg-([0-9]{6,})\.parquet")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentInfo:
     name: str
     rows: int
+    sha256: str | None = None  # None: written before checksums were recorded
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "rows": self.rows}
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class VectorsInfo:
+    """The ``faiss.index`` last written together with a manifest: its vector count and checksum."""
+
+    rows: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "sha256": self.sha256}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +63,7 @@ class Manifest:
     vector_dim: int
     keep_columns: tuple[str, ...] = ()
     segments: tuple[SegmentInfo, ...] = ()
+    faiss: VectorsInfo | None = None  # None: not recorded (older manifest)
     created_at: str = field(default_factory=lambda: now_iso())
     updated_at: str = field(default_factory=lambda: now_iso())
     format_version: int = FORMAT_VERSION
@@ -79,7 +105,8 @@ class Manifest:
             "vector_dim": self.vector_dim,
             "keep_columns": list(self.keep_columns),
             "item_count": self.item_count,
-            "segments": [{"name": s.name, "rows": s.rows} for s in self.segments],
+            "segments": [s.to_dict() for s in self.segments],
+            **({"faiss": self.faiss.to_dict()} if self.faiss is not None else {}),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -104,6 +131,7 @@ class Manifest:
                 vector_dim=data["vector_dim"],
                 keep_columns=tuple(_list(data.get("keep_columns", []), "keep_columns")),
                 segments=segments,
+                faiss=_vectors(data["faiss"]) if data.get("faiss") is not None else None,
                 created_at=str(data.get("created_at", "")),
                 updated_at=str(data.get("updated_at", "")),
             )
@@ -138,7 +166,7 @@ def read_manifest(index_dir: Path) -> Manifest:
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
-    write_json_atomically(index_dir / MANIFEST_NAME, manifest.to_dict())
+    write_json_atomically(index_dir / MANIFEST_NAME, manifest.to_dict(), kind="manifest")
 
 
 def now_iso() -> str:
@@ -159,4 +187,24 @@ def _segment(entry: Any) -> SegmentInfo:
         raise ValueError(f"segment name {name!r} is not seg-NNNNNN.parquet")
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
         raise ValueError(f"segment {name} rows is {rows!r}; expected an int >= 0")
-    return SegmentInfo(name=name, rows=rows)
+    return SegmentInfo(name=name, rows=rows, sha256=_sha256(entry.get("sha256"), f"segment {name}"))
+
+
+def _vectors(entry: Any) -> VectorsInfo:
+    if not isinstance(entry, Mapping):
+        raise TypeError("faiss is not an object")
+    rows = entry["rows"]
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise ValueError(f"faiss rows is {rows!r}; expected an int >= 0")
+    sha256 = _sha256(entry["sha256"], "faiss")
+    if sha256 is None:
+        raise ValueError("faiss sha256 is null")
+    return VectorsInfo(rows=rows, sha256=sha256)
+
+
+def _sha256(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or SHA256_RE.fullmatch(value) is None:
+        raise ValueError(f"{what} sha256 is {value!r}; expected 64 lowercase hex digits")
+    return value

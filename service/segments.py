@@ -6,6 +6,9 @@ base_code (fixed-size list, L), fallback (bool), embedding_hash (uint64), recode
 re-coding existed, read as all False), vector (fixed-size list<float32>[vector_dim])
 and the kept catalog columns. Reading goes
 column-wise through ``flatten().to_numpy()``, never row by row.
+
+A segment is written as one buffer whose SHA-256 the manifest records; readers given
+that checksum verify the bytes before parsing them (``CorruptIndexError`` on mismatch).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pyarrow.parquet as pq
 
 from service.errors import CorruptIndexError
 from service.ids import IdLayout
+from service.store import sha256_bytes, sha256_file, write_bytes_atomically
 
 CORE_COLUMNS = ("item_id", "semantic_id", "base_code", "fallback", "embedding_hash")
 RECODES_COLUMN = "recodes"
@@ -84,15 +88,69 @@ def build_table(
     return pa.table(arrays)
 
 
-def write_segment(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, compression="zstd")
+def write_segment(table: pa.Table, path: Path) -> str:
+    """Write ``table`` to ``path`` atomically (fault steps ``after-segment-*``); returns its SHA-256."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = memoryview(sink.getvalue())
+    write_bytes_atomically(path, data, kind="segment")
+    return sha256_bytes(data)
 
 
-def read_segment(path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Sequence[str]) -> SegmentData:
-    """Read and validate one segment; any problem raises ``CorruptIndexError`` naming it."""
+def segment_source(path: Path, sha256: str | None) -> Path | pa.BufferReader:
+    """``path`` itself (no checksum recorded), or its bytes once they match ``sha256``."""
+    if sha256 is None:
+        return path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
+    except OSError as exc:
+        raise CorruptIndexError(f"segment {path.name} is unreadable: {exc}") from None
+    problem = _checksum_problem(path.name, sha256, sha256_bytes(data))
+    if problem is not None:
+        raise CorruptIndexError(problem)
+    return pa.BufferReader(data)
+
+
+def segment_checksum_problem(path: Path, sha256: str) -> str | None:
+    """Why the segment's bytes do not match ``sha256`` (None if they do, or the file cannot be read)."""
+    try:
+        actual = sha256_file(path)
+    except OSError:
+        return None  # reported by the reader
+    return _checksum_problem(path.name, sha256, actual)
+
+
+def _checksum_problem(name: str, recorded: str, actual: str) -> str | None:
+    if actual == recorded:
+        return None
+    return (
+        f"segment {name} does not match its checksum (manifest sha256 {recorded[:16]}..., file "
+        f"{actual[:16]}...): the file is corrupt"
+    )
+
+
+def read_segment_table(path: Path, *, sha256: str | None = None) -> pa.Table:
+    """All columns of one segment, verified against ``sha256`` when given."""
+    source = segment_source(path, sha256)
+    try:
+        return pq.read_table(source)
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {path.name} is unreadable: {exc}") from None
+
+
+def read_segment(
+    path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Sequence[str], sha256: str | None = None
+) -> SegmentData:
+    """Read and validate one segment (its bytes against ``sha256`` when given); any problem
+    raises ``CorruptIndexError`` naming it."""
     name = path.name
     try:
-        with pq.ParquetFile(path) as parquet:
+        source = segment_source(path, sha256)
+        with pq.ParquetFile(source) as parquet:
             has_recodes = RECODES_COLUMN in parquet.schema_arrow.names
             table = parquet.read(columns=[*CORE_COLUMNS, *([RECODES_COLUMN] if has_recodes else []), *keep_columns])
     except FileNotFoundError:
@@ -137,11 +195,13 @@ def read_segment(path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Se
     return data
 
 
-def read_vectors(path: Path, *, vector_dim: int) -> np.ndarray:
-    """float32 ``[n, vector_dim]`` vectors of one segment."""
+def read_vectors(path: Path, *, vector_dim: int, sha256: str | None = None) -> np.ndarray:
+    """float32 ``[n, vector_dim]`` vectors of one segment (its bytes checked against ``sha256`` when given)."""
     try:
-        column = pq.read_table(path, columns=["vector"]).column("vector")
+        column = pq.read_table(segment_source(path, sha256), columns=["vector"]).column("vector")
         return list_column_to_numpy(column, vector_dim, np.float32)
+    except CorruptIndexError:
+        raise
     except FileNotFoundError:
         raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
     except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -165,6 +167,9 @@ def test_segments_written_before_recoding_existed_still_load_and_extend(tmp_path
     index, batches = filled_index(tmp_path / "idx", rng, batches=1)
     seg = tmp_path / "idx" / "segments" / index.segments[0]
     pq.write_table(pq.read_table(seg).drop_columns(["recodes"]), seg)  # as an older semid wrote it
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["segments"][0]["sha256"]  # an older semid recorded no checksum either
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
     old = SemanticIdIndex.open(tmp_path / "idx")
     assert len(old) == 20 and not old.state.recodes.any()
     item = int(batches[0]["item_ids"][0])
