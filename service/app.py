@@ -11,6 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.arrow_body import BodyTooLargeError
+from service.bodies import default_body_limit
+from service.docs import add_offline_docs
 from service.encoder import EmbeddingError
 from service.errors import (
     CorruptIndexError,
@@ -18,12 +21,14 @@ from service.errors import (
     FingerprintMismatchError,
     IndexFullError,
     IndexLockedError,
+    IndexWriteError,
     InvalidInputError,
     SemidError,
     UnknownItemError,
     UnknownSemanticIdError,
 )
-from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
+from service.http_guard import BodyGuardMiddleware
+from service.observability import MetricsMiddleware, ServiceMetrics
 from service.routes import ApiKeyError, BatchTooLargeError, NotReadyError, router
 from service.settings import ServiceSettings
 from service.state import ServiceState
@@ -36,6 +41,8 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (DuplicateSemanticIdError, 409),
     (IndexFullError, 409),
     (FingerprintMismatchError, 409),
+    (BodyTooLargeError, 413),
+    (IndexWriteError, 503),
     (IndexLockedError, 503),
     (CorruptIndexError, 503),
     (InvalidInputError, 422),
@@ -53,9 +60,26 @@ def _code_of(err: Exception) -> str:
     return getattr(err, "code", None) or type(err).__name__
 
 
+# 5xx bodies say what happened, not where: paths and process ids stay in the server log
+_PUBLIC_MESSAGE: list[tuple[type[Exception], str]] = [
+    (IndexLockedError, "the index is being written by another process; retry later"),
+    (CorruptIndexError, "the index cannot be read; the server log names the problem"),
+    (IndexWriteError, "the index could not be written (nothing was stored); the server log names the problem"),
+]
+
+
 async def _semid_error(request: Request, err: Exception) -> JSONResponse:
     status = next((s for kind, s in _STATUS if isinstance(err, kind)), 422)
-    return error_response(status, _code_of(err), str(err), getattr(err, "field", None))
+    if isinstance(err, IndexWriteError) and err.insufficient_storage:
+        status = 507
+    message = next((m for kind, m in _PUBLIC_MESSAGE if isinstance(err, kind)), None)
+    if message is None:
+        return error_response(status, _code_of(err), str(err), getattr(err, "field", None))
+    log.warning("%s on %s %s: %s", _code_of(err), request.method, request.url.path, err)
+    response = error_response(status, _code_of(err), message)
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _embedding_error(request: Request, err: Exception) -> JSONResponse:
@@ -118,7 +142,11 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
         version="0.2.0",
         summary="Semantic IDs for generative recommenders: encode, assign, look up by ID prefix.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would echo the client's Host header into Location
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
     app.state.semid = state
     app.state.metrics = metrics
     app.state.settings = settings
@@ -143,5 +171,18 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
     ]:
         app.add_exception_handler(kind, handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+
+    def body_limit() -> int:
+        if settings.max_body_bytes is not None:
+            return settings.max_body_bytes
+        current = app.state.semid
+        dim = current.encoder.input_dim if current is not None else 4096
+        return default_body_limit(settings.max_batch, dim)
+
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=body_limit,
+        idle_timeout=settings.body_idle_timeout,
+        total_timeout=settings.body_timeout,
+    )
     return app

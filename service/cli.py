@@ -343,7 +343,17 @@ def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> N
     state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
     logging.getLogger().setLevel(log_level.upper())
     click.echo(f"serving {len(state.index)} items from {index_dir} on http://{host}:{port} (docs: /docs)", err=True)
-    uvicorn.run(create_app(settings, state=state), host=host, port=port, log_level=log_level, access_log=False)
+    from service.http_guard import guarded_http_protocol
+
+    uvicorn.run(
+        create_app(settings, state=state),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=guarded_http_protocol(settings.header_timeout),
+        timeout_keep_alive=5,
+    )
 
 
 @main.command()

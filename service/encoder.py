@@ -42,6 +42,7 @@ class CheckpointEncoder:
         self.alternatives = alternatives
         self.batch_size = batch_size
         self.layout = IdLayout(codebook_sizes=(cfg.codebook_size,) * cfg.levels, dedup_size=cfg.codebook_size)
+        self.unit_length_input = cfg.normalization == "l2"
 
     @classmethod
     def from_dir(cls, path: str | Path, **kw: int) -> CheckpointEncoder:
@@ -71,6 +72,18 @@ class CheckpointEncoder:
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
             raise EmbeddingError(f"{field}[{first_row + row}] contains NaN or Inf", field=field, row=row)
+        if self.unit_length_input:
+            # the checkpoint scales rows to unit length: a zero row has no direction to encode
+            norms = np.linalg.norm(x, axis=1)
+            tiny = ~(norms > 1e-12)
+            if tiny.any():
+                row = int(np.flatnonzero(tiny)[0])
+                raise EmbeddingError(
+                    f"{field}[{first_row + row}] is a zero vector; the checkpoint normalises rows to unit length, "
+                    "which is undefined for it",
+                    field=field,
+                    row=row,
+                )
         return x
 
     def encode(self, embeddings: np.ndarray, *, alternatives: int | None = None) -> EncodedBatch:

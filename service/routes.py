@@ -11,9 +11,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from model.catalog import CatalogError, embeddings_to_numpy
+from service import bodies
+from service.arrow_body import read_arrow_body
+from service.bodies import in_read_thread, in_write_thread
 from service.errors import InvalidInputError
 from service.registry import register_batch
 from service.schemas import (
@@ -107,6 +109,8 @@ def _ids_array(state: ServiceState, ids: list[Any], field: str = "item_ids") -> 
         return np.asarray(ids, dtype=np.int64)
     if not all(isinstance(i, str) for i in ids):
         raise InvalidInputError(f"{field} must be strings for this index", field=field)
+    for i in ids:
+        bodies.check_string_id(i, field)
     return np.asarray(ids, dtype=object)
 
 
@@ -143,8 +147,9 @@ def _json_or_arrow_body(model: type[BaseModel], arrow_doc: str) -> dict[str, Any
     }
 
 
-def _parse_json(model: type[M], raw: bytes) -> M:
-    """Validate a raw JSON body in one pass (pydantic-core parses and validates together)."""
+def _parse_json(model: type[M], raw: bytes, max_values: int) -> M:
+    """Validate a raw JSON body, after bounding how many values it can expand to."""
+    bodies.check_json_size(raw, max_values=max_values)
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
@@ -160,7 +165,22 @@ def _content_type(request: Request) -> str:
     return content_type
 
 
-INLINE_BATCH = 64  # smaller batches are encoded on the event loop; larger ones in the thread pool
+def _encode_job(
+    state: ServiceState, raw: bytes, arrow: bool, register_query: bool
+) -> tuple[np.ndarray, list[Any] | None, bool]:
+    """Decode an encode body (worker thread): (embeddings, item ids or None, register)."""
+    if arrow:
+        ids, x, _ = _read_arrow(state, raw, need_ids=register_query, table_field="embeddings")
+        item_ids = None if ids is None else [_public_id(i) for i in ids.tolist()]
+        return x, item_ids, register_query
+    if register_query:
+        raise InvalidInputError(
+            'the register query parameter applies to Arrow bodies; in a JSON body send "register": true',
+            field="register",
+        )
+    body = _parse_json(EncodeRequest, raw, bodies.json_value_cap(state, "embeddings"))
+    _check_batch(state, len(body.embeddings), "embeddings")
+    return _as_matrix(body.embeddings, "embeddings"), body.item_ids, body.register_items
 
 
 @router.post(
@@ -179,18 +199,14 @@ async def encode(
     register: Annotated[bool, Query(description="Arrow bodies only: register unknown items.")] = False,
 ) -> JSONResponse:
     """Embeddings -> base codes; full semantic IDs for known items, or for new ones with register=true."""
+    arrow = _content_type(request) == ARROW_STREAM
     raw = await request.body()
-    if _content_type(request) == ARROW_STREAM:
-        ids, x, _ = _read_arrow(state, raw, need_ids=register, table_field="embeddings")
-        item_ids = None if ids is None else [_public_id(i) for i in ids.tolist()]
-        register_items = register
+    x, item_ids, register_items = await in_read_thread(_encode_job, state, raw, arrow, register)
+    if register_items:
+        require_api_key(state, x_api_key)
+        result = await in_write_thread(request, _encode, state, request, x, item_ids, True)
     else:
-        body = _parse_json(EncodeRequest, raw)
-        _check_batch(state, len(body.embeddings), "embeddings")
-        x = _as_matrix(body.embeddings, "embeddings")
-        item_ids, register_items = body.item_ids, body.register_items
-    args = (state, request, x, item_ids, register_items, x_api_key)
-    result = _encode(*args) if x.shape[0] <= INLINE_BATCH else await run_in_threadpool(_encode, *args)
+        result = await in_read_thread(_encode, state, request, x, item_ids, False)
     return JSONResponse(result)
 
 
@@ -200,16 +216,13 @@ def _encode(
     x: np.ndarray,
     item_ids: list[Any] | None,
     register_items: bool,
-    x_api_key: str | None,
 ) -> dict[str, Any]:
     n = x.shape[0]
     _check_batch(state, n, "embeddings")
     if item_ids is not None and len(item_ids) != n:
         raise InvalidInputError(f"item_ids has {len(item_ids)} entries for {n} embeddings", field="item_ids")
-    if register_items:
-        require_api_key(state, x_api_key)
-        if item_ids is None:
-            raise InvalidInputError("register=true needs item_ids, one per embedding", field="item_ids")
+    if register_items and item_ids is None:
+        raise InvalidInputError("register=true needs item_ids, one per embedding", field="item_ids")
     x = state.encoder.check(x)
     encoded = state.encoder.encode(x, alternatives=1)
     layout = state.index.layout
@@ -255,11 +268,13 @@ _ASSIGN_BODY = _json_or_arrow_body(
 def _read_arrow(
     state: ServiceState, raw: bytes, *, need_ids: bool = True, table_field: str = "items"
 ) -> tuple[np.ndarray | None, np.ndarray, dict[str, pa.Array]]:
-    """(item ids or None, embeddings, kept columns) from an Arrow IPC stream body."""
-    try:
-        table = pa.ipc.open_stream(raw).read_all()
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InvalidInputError(f"body is not an Arrow IPC stream: {err}", field="body") from err
+    """(item ids or None, embeddings, kept columns) from an Arrow IPC stream body, bounded and validated."""
+    table = read_arrow_body(
+        raw,
+        max_rows=state.settings.max_batch,
+        max_bytes=bodies.arrow_byte_cap(state),
+        rows_field=table_field,
+    )
     for col in ("item_id", "embedding") if need_ids else ("embedding",):
         if col not in table.column_names:
             raise InvalidInputError(f"Arrow stream has no column {col!r}", field=col)
@@ -276,9 +291,7 @@ def _read_arrow(
     id_col = table.column("item_id").combine_chunks()
     if id_col.null_count:
         raise InvalidInputError("item_id has nulls", field="item_id")
-    if pa.types.is_integer(id_col.type):
-        ids = _ids_array(state, id_col.to_pylist(), "item_id")
-    elif pa.types.is_string(id_col.type) or pa.types.is_large_string(id_col.type):
+    if pa.types.is_integer(id_col.type) or pa.types.is_string(id_col.type) or pa.types.is_large_string(id_col.type):
         ids = _ids_array(state, id_col.to_pylist(), "item_id")
     else:
         raise InvalidInputError(f"item_id has type {id_col.type}; expected integers or strings", field="item_id")
@@ -286,7 +299,7 @@ def _read_arrow(
 
 
 def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
-    body = _parse_json(AssignRequest, raw)
+    body = _parse_json(AssignRequest, raw, bodies.json_value_cap(state, "items"))
     _check_batch(state, len(body.items), "items")
     ids = _ids_array(state, [it.item_id for it in body.items], "items.item_id")
     emb = _as_matrix([it.embedding for it in body.items], "items.embedding")
@@ -300,6 +313,13 @@ def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.nd
     return ids, emb, columns
 
 
+def _assign_job(state: ServiceState, raw: bytes, arrow: bool) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
+    """Decode and check an assign body (worker thread): (item ids, embeddings, kept columns)."""
+    ids, emb, columns = _read_arrow(state, raw) if arrow else _read_json_items(state, raw)
+    assert ids is not None  # _read_arrow requires item_id by default
+    return ids, state.encoder.check(emb, field="embedding"), columns
+
+
 @router.post("/v1/assign", response_model=AssignResponse, responses=ERRORS, tags=["ids"], openapi_extra=_ASSIGN_BODY)
 async def assign(
     request: Request,
@@ -307,24 +327,24 @@ async def assign(
     x_api_key: ApiKeyHeader = None,
     recode_changed: Annotated[
         bool,
-        Query(description="Re-code known items whose embedding changed (same base code keeps the ID; else a new "
-              "ID and the old one stays reserved). Default: they keep their IDs and are flagged."),
+        Query(
+            description="Re-code known items whose embedding changed (same base code keeps the ID; else a new "
+            "ID and the old one stays reserved). Default: they keep their IDs and are flagged."
+        ),
     ] = False,
 ) -> JSONResponse:
     """Register many items at once (JSON or an Arrow IPC stream); new ones land in one atomic segment."""
     require_api_key(state, x_api_key)
+    arrow = _content_type(request) == ARROW_STREAM
     raw = await request.body()
-    if _content_type(request) == ARROW_STREAM:
-        ids, emb, columns = _read_arrow(state, raw)
-    else:
-        ids, emb, columns = _read_json_items(state, raw)
-    assert ids is not None  # _read_arrow requires item_id by default
-    reg = await run_in_threadpool(
+    ids, emb, columns = await in_read_thread(_assign_job, state, raw, arrow)
+    reg = await in_write_thread(
+        request,
         register_batch,
         state.index,
         state.encoder,
         item_ids=ids,
-        embeddings=state.encoder.check(emb, field="embedding"),
+        embeddings=emb,
         columns=columns,
         recode_changed=recode_changed,
         lock_timeout=state.settings.write_lock_timeout,
@@ -349,6 +369,7 @@ async def assign(
 @router.get("/v1/items/{item_id}", response_model=ItemPublic, responses=ERRORS, tags=["look-up"])
 async def get_item(item_id: str, state: StateDep) -> JSONResponse:
     """The semantic ID (and kept columns) of one item."""
+    bodies.check_string_id(item_id, "item_id")
     return JSONResponse(state.index.get_item(item_id))
 
 

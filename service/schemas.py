@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 ItemId = Annotated[
     StrictInt | Annotated[StrictStr, Field(min_length=1, max_length=512)],
@@ -14,7 +14,7 @@ ItemId = Annotated[
 
 class EncodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    embeddings: list[list[float]] = Field(description="One or more embeddings of the checkpoint's dimension.")
+    embeddings: list[list[StrictFloat]] = Field(description="One or more embeddings of the checkpoint's dimension.")
     item_ids: list[ItemId] | None = Field(default=None, description="Item ids, one per embedding (optional).")
     register_items: bool = Field(
         default=False, alias="register", description="Assign and store IDs for unknown items (needs the API key)."
@@ -37,7 +37,7 @@ class EncodeResponse(BaseModel):
 class AssignItem(BaseModel):
     model_config = ConfigDict(extra="allow")
     item_id: ItemId
-    embedding: list[float]
+    embedding: list[StrictFloat]
 
 
 class AssignRequest(BaseModel):

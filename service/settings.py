@@ -15,10 +15,15 @@ class ServiceSettings(BaseSettings):
     checkpoint_dir: Path | None = Field(default=None, description="Checkpoint (default: the index's own copy).")
     api_key: str | None = Field(default=None, description="Required in X-API-Key on write routes when set.")
     max_batch: int = Field(default=8192, ge=1, le=1_000_000, description="Most embeddings or items per request.")
-    max_body_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_body_bytes: int | None = Field(
+        default=None, ge=1024, description="Largest request body accepted (default: the largest legal batch as JSON)."
+    )
     max_page: int = Field(default=1000, ge=1, le=10_000, description="Largest page size of prefix look-ups.")
     max_k: int = Field(default=100, ge=1, le=10_000, description="Largest k of nearest-ID resolution.")
     write_lock_timeout: float = Field(default=30.0, ge=0, description="Seconds a write waits for the index lock.")
     threads: int = Field(default=0, ge=0, le=1024, description="torch threads for encoding (0: torch's default).")
+    header_timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds to receive a request's headers.")
+    body_idle_timeout: float = Field(default=30.0, gt=0, le=3600, description="Most seconds between body chunks.")
+    body_timeout: float = Field(default=120.0, gt=0, le=86400, description="Most seconds to receive a whole body.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
