@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 
 from tests.conftest import ROOT, tiny_config
 
-_SCRIPT = ROOT / ".venv" / "bin" / "semid"
-SEMID = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "service.cli"]
+SEMID = [sys.executable, "-m", "service.cli"]
 
 
 def semid(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,11 @@ from model.catalog import Catalog
 from model.checkpoint import load_checkpoint
 from model.synthetic import synthetic_catalog, write_catalog
 from service.cli import main
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import tiny_config
 
-SEMID = ROOT / ".venv" / "bin" / "semid"
+# the installed console script (the one beside this interpreter first), else the module: no hard-coded venv path
+_SCRIPT = shutil.which("semid", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+SEMID = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "service.cli"]
 WIDTH = 4  # tiny_config: 3 levels + the dedup digit
 
 
@@ -236,13 +241,13 @@ def test_check_ok_then_fails_without_a_segment(index):
     assert "problem:" in broken.stdout and segment.name in broken.stdout
     assert "ok" not in broken.stdout.splitlines()
     # the installed console script gives the real process exit code
-    done = subprocess.run([str(SEMID), "check", "--index", str(index)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*SEMID, "check", "--index", str(index)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "problem:" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_installed_script_one_line_error(tmp_path):
     done = subprocess.run(
-        [str(SEMID), "export", "--index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.parquet")],
+        [*SEMID, "export", "--index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.parquet")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -348,4 +353,4 @@ def test_bad_inputs_give_one_line_errors(case, tmp_path, trained, tiny_catalog_f
 @pytest.mark.parametrize("command", ["train", "inspect", "synth", "assign", "export", "check", "serve"])
 def test_every_command_has_help(command):
     result = ok(command, "--help")
-    assert result.stdout.startswith(f"Usage: main {command}") or "Usage:" in result.stdout
+    assert result.stdout.startswith(f"Usage: main {command} [OPTIONS]"), result.stdout

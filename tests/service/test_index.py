@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import service.index as index_module
+import service.store as store
 from service.dedup import BucketCounts, resolve_collisions
 from service.errors import (
     CorruptIndexError,
@@ -333,7 +335,7 @@ def test_bad_manifest_is_corrupt(tmp_path):
         SemanticIdIndex.open(tmp_path / "idx")
 
 
-def test_lock_held_by_another_fd(tmp_path):
+def test_lock_held_by_another_fd(tmp_path, monkeypatch):
     rng = np.random.default_rng(14)
     index, _ = filled_index(tmp_path / "idx", rng, batches=1)
     fd = os.open(tmp_path / "idx" / "index.lock", os.O_RDWR)
@@ -346,12 +348,21 @@ def test_lock_held_by_another_fd(tmp_path):
         assert info.value.holder_pid == 4242
         assert str(info.value) == f"index {tmp_path / 'idx'} is being written by another process (pid 4242)"
 
-        # a waiting writer gets the lock once it is released
-        threading.Timer(0.3, lambda: fcntl.flock(fd, fcntl.LOCK_UN)).start()
-        started = time.monotonic()
+        # a waiting writer gets the lock once it is released: the holder lets go when the writer first
+        # finds the lock taken and waits (no timers: the order is forced, not hoped for)
+        waits: list[float] = []
+
+        def wait_then_release(seconds: float) -> None:
+            if not waits:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            waits.append(seconds)
+
+        clock = types.SimpleNamespace(monotonic=time.monotonic, sleep=wait_then_release)
+        monkeypatch.setattr(store, "time", clock)  # the lock's polling clock only
         with index.writer(timeout=10):
-            assert time.monotonic() - started >= 0.2
+            assert len(waits) == 1  # it waited once, then got the lock
             index.append(**make_batch(rng, 3, start=100, occupancy=index.occupancy()))
+        monkeypatch.undo()
     finally:
         os.close(fd)
     assert len(SemanticIdIndex.open(tmp_path / "idx")) == 23
