@@ -1,56 +1,54 @@
-"""Typed configuration of a tokenizer and its training run, validated in one place."""
+"""Typed configuration of a tokenizer and its training run.
+
+Each field is declared once, here: its type, default, range and help text. Validation, JSON loading
+and the `semid train` flags (see :func:`config_fields`) are all derived from these declarations.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-TOKENIZERS = ("rqvae", "rqkmeans")
-NORMALIZATIONS = ("l2", "standardize", "none")
-SCHEDULES = ("cosine", "onecycle", "constant")
-LAYER_NORMS = ("batchnorm", "layernorm", "none")
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
+Tokenizer = Literal["rqvae", "rqkmeans"]
+Normalization = Literal["l2", "standardize", "none"]
+Schedule = Literal["cosine", "onecycle", "constant"]
+LayerNorm = Literal["batchnorm", "layernorm", "none"]
+Activation = Literal["silu", "relu", "gelu"]
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not (low <= value <= high):
-        raise ValueError(f"{name} is {value}; expected a value in [{low}, {high}]")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} is {value!r}; expected one of {', '.join(choices)}")
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-@dataclass(kw_only=True)
-class ModelConfig:
+def _int(default: int, low: int, high: int, description: str) -> Any:
+    return Field(default, ge=low, le=high, description=description)
+
+
+def _float(default: float, low: float, high: float, description: str) -> Any:
+    return Field(default, ge=low, le=high, description=description)
+
+
+class ModelConfig(BaseModel):
     """Architecture: everything needed to rebuild the tokenizer's modules."""
 
-    tokenizer: str = "rqvae"
-    input_dim: int = 384
-    hidden_dims: tuple[int, ...] = (512, 256)
-    latent_dim: int = 32
-    levels: int = 3
-    codebook_size: int = 256
-    normalization: str = "l2"
-    layer_norm: str = "layernorm"
-    activation: str = "silu"
-    dropout: float = 0.0
+    model_config = _STRICT
 
-    def validate(self) -> None:
-        _check_choice("tokenizer", self.tokenizer, TOKENIZERS)
-        _check_choice("normalization", self.normalization, NORMALIZATIONS)
-        _check_choice("layer_norm", self.layer_norm, LAYER_NORMS)
-        _check_choice("activation", self.activation, ("silu", "relu", "gelu"))
-        _check_range("input_dim", self.input_dim, 1, 1 << 16)
-        _check_range("latent_dim", self.latent_dim, 1, 4096)
-        _check_range("levels", self.levels, 1, 8)
-        _check_range("codebook_size", self.codebook_size, 2, 1 << 15)
-        _check_range("dropout", self.dropout, 0.0, 0.9)
-        for width in self.hidden_dims:
-            _check_range("hidden_dims", width, 1, 1 << 16)
+    tokenizer: Tokenizer = Field("rqvae", description="rqvae (learned) or rqkmeans (residual k-means, no network).")
+    input_dim: StrictInt = _int(384, 1, 1 << 16, "Embedding dimension (taken from the catalog when training).")
+    hidden_dims: tuple[Annotated[StrictInt, Field(ge=1, le=1 << 16)], ...] = Field(
+        (512, 256), description="Encoder MLP widths (the decoder mirrors them), e.g. 512,256."
+    )
+    latent_dim: StrictInt = _int(32, 1, 4096, "Dimension of the quantized latent.")
+    levels: StrictInt = _int(3, 1, 8, "Quantization levels L.")
+    codebook_size: StrictInt = _int(256, 2, 1 << 15, "Codes per level K.")
+    normalization: Normalization = Field("l2", description="Input normalisation: l2, standardize or none.")
+    layer_norm: LayerNorm = Field("layernorm", description="Normalisation inside the MLPs.")
+    activation: Activation = Field("silu", description="MLP activation.")
+    dropout: StrictFloat = _float(0.0, 0.0, 0.9, "Dropout in the MLPs.")
 
     @property
     def code_dim(self) -> int:
@@ -58,95 +56,85 @@ class ModelConfig:
         return self.latent_dim if self.tokenizer == "rqvae" else self.input_dim
 
 
-@dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(BaseModel):
     """Optimisation and codebook-health settings of one training run."""
 
-    epochs: int = 60
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    warmup_epochs: int = 2
-    ae_warmup_epochs: int = 3
-    grad_clip: float = 1.0
-    beta: float = 0.25
-    beta_start: float = 0.1
-    beta_warmup_epochs: int = 5
-    ema: bool = True
-    ema_decay: float = 0.99
-    kmeans_iters: int = 25
-    kmeans_sample: int = 65536
-    kmeans_restarts: int = 3
-    dead_code_threshold: float = 1.0
-    dead_code_reset_every: int = 1
-    dead_code_reset_until: float = 0.8
-    eval_sample: int = 32768
-    graph_targets: bool = True  # neighbour-aware first level (model/graph_targets.py); RQ-VAE only
-    graph_neighbours: int = 10
-    graph_balance: float = 1.9
-    graph_sweeps: int = 8
-    graph_soft: float = 0.5
-    graph_weight: float = 1.0
-    graph_temperature: float = 0.1
-    graph_max_items: int = 50_000  # exact k-NN is O(n^2): larger catalogs build the graph on a sample
-    seed: int = 0
-    threads: int = 0
+    model_config = _STRICT
 
-    def validate(self) -> None:
-        _check_range("epochs", self.epochs, 1, 100_000)
-        _check_range("batch_size", self.batch_size, 2, 1 << 20)
-        _check_range("lr", self.lr, 1e-7, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs)
-        _check_range("ae_warmup_epochs", self.ae_warmup_epochs, 0, self.epochs - 1)
-        _check_range("grad_clip", self.grad_clip, 0.0, 1e6)
-        _check_range("beta", self.beta, 0.0, 10.0)
-        _check_range("beta_start", self.beta_start, 0.0, 10.0)
-        _check_range("beta_warmup_epochs", self.beta_warmup_epochs, 0, self.epochs)
-        _check_range("ema_decay", self.ema_decay, 0.0, 0.99999)
-        _check_range("kmeans_iters", self.kmeans_iters, 1, 1000)
-        _check_range("kmeans_sample", self.kmeans_sample, 2, 1 << 24)
-        _check_range("kmeans_restarts", self.kmeans_restarts, 1, 100)
-        _check_range("dead_code_threshold", self.dead_code_threshold, 0.0, 1e9)
-        _check_range("dead_code_reset_every", self.dead_code_reset_every, 0, 100_000)
-        _check_range("dead_code_reset_until", self.dead_code_reset_until, 0.0, 1.0)
-        _check_range("eval_sample", self.eval_sample, 1, 1 << 30)
-        _check_range("graph_neighbours", self.graph_neighbours, 1, 1000)
-        _check_range("graph_balance", self.graph_balance, 0.0, 1000.0)
-        _check_range("graph_sweeps", self.graph_sweeps, 0, 1000)
-        _check_range("graph_soft", self.graph_soft, 0.0, 1.0)
-        _check_range("graph_weight", self.graph_weight, 0.0, 1000.0)
-        _check_range("graph_temperature", self.graph_temperature, 1e-4, 100.0)
-        _check_range("graph_max_items", self.graph_max_items, 2, 1 << 24)
-        _check_range("seed", self.seed, 0, 2**63 - 1)
-        _check_range("threads", self.threads, 0, 1024)
+    epochs: StrictInt = _int(60, 1, 100_000, "Training epochs.")
+    batch_size: StrictInt = _int(1024, 2, 1 << 20, "Items per optimisation step.")
+    lr: StrictFloat = _float(1e-3, 1e-7, 1.0, "AdamW learning rate.")
+    weight_decay: StrictFloat = _float(1e-4, 0.0, 1.0, "AdamW weight decay.")
+    schedule: Schedule = Field("cosine", description="Learning-rate schedule.")
+    warmup_epochs: StrictInt = _int(2, 0, 100_000, "Learning-rate warm-up epochs (<= epochs).")
+    ae_warmup_epochs: StrictInt = _int(3, 0, 100_000, "Autoencoder-only epochs before quantization (< epochs).")
+    grad_clip: StrictFloat = _float(1.0, 0.0, 1e6, "Gradient norm clip (0: off).")
+    beta: StrictFloat = _float(0.25, 0.0, 10.0, "Commitment loss weight.")
+    beta_start: StrictFloat = _float(0.1, 0.0, 10.0, "Commitment weight at the start of its warm-up.")
+    beta_warmup_epochs: StrictInt = _int(5, 0, 100_000, "Epochs to raise beta from beta_start (<= epochs).")
+    ema: StrictBool = Field(True, description="EMA codebook updates instead of the codebook loss.")
+    ema_decay: StrictFloat = _float(0.99, 0.0, 0.99999, "EMA decay.")
+    kmeans_iters: StrictInt = _int(25, 1, 1000, "k-means iterations of the codebook initialisation.")
+    kmeans_sample: StrictInt = _int(65536, 2, 1 << 24, "Items sampled for the k-means initialisation.")
+    kmeans_restarts: StrictInt = _int(3, 1, 100, "k-means restarts (the best inertia wins).")
+    dead_code_threshold: StrictFloat = _float(1.0, 0.0, 1e9, "Codes used fewer times per epoch are dead.")
+    dead_code_reset_every: StrictInt = _int(1, 0, 100_000, "Reset dead codes every N epochs (0: never).")
+    dead_code_reset_until: StrictFloat = _float(0.8, 0.0, 1.0, "Stop resetting after this share of epochs.")
+    eval_sample: StrictInt = _int(32768, 1, 1 << 30, "Items sampled for the final quality figures.")
+    graph_targets: StrictBool = Field(True, description="Neighbour-aware first level (RQ-VAE only).")
+    graph_neighbours: StrictInt = _int(10, 1, 1000, "k of the k-NN graph behind the first-level targets.")
+    graph_balance: StrictFloat = _float(1.9, 0.0, 1000.0, "Balance term of the graph-refined targets.")
+    graph_sweeps: StrictInt = _int(8, 0, 1000, "Refinement sweeps over the k-NN graph.")
+    graph_soft: StrictFloat = _float(0.5, 0.0, 1.0, "Softness of the graph targets (0: hard labels).")
+    graph_weight: StrictFloat = _float(1.0, 0.0, 1000.0, "Weight of the graph-target loss.")
+    graph_temperature: StrictFloat = _float(0.1, 1e-4, 100.0, "Temperature of the first-level code distances.")
+    graph_max_items: StrictInt = _int(50_000, 2, 1 << 24, "Larger catalogs build the graph on a sample (O(n^2)).")
+    seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
+    threads: StrictInt = _int(0, 0, 1024, "torch threads (0: torch's default).")
 
-
-@dataclass(kw_only=True)
-class SemidConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def validate(self) -> SemidConfig:
-        self.model.validate()
-        self.train.validate()
+    @model_validator(mode="after")
+    def _epochs_bound_the_warm_ups(self) -> TrainConfig:
+        for name, high in (
+            ("warmup_epochs", self.epochs),
+            ("ae_warmup_epochs", self.epochs - 1),
+            ("beta_warmup_epochs", self.epochs),
+        ):
+            value = getattr(self, name)
+            if value > high:
+                raise ValueError(f"{name} is {value}; expected a value in [0, {high}] (epochs is {self.epochs})")
         return self
 
+
+SECTIONS: dict[str, type[BaseModel]] = {"model": ModelConfig, "train": TrainConfig}
+
+
+class SemidConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def validate(self) -> SemidConfig:  # type: ignore[override]
+        """Checked again as a whole (fields are checked on construction and assignment)."""
+        return SemidConfig.from_dict(self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+        return {"model": self.model.model_dump(), "train": self.train.model_dump()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SemidConfig:
+    def from_dict(cls, data: Any) -> SemidConfig:
         if not isinstance(data, dict):
             raise ValueError("config must be a JSON object with 'model' and/or 'train' sections")
-        unknown = set(data) - {"model", "train"}
+        unknown = set(data) - set(SECTIONS)
         if unknown:
             raise ValueError(f"config has unknown section(s) {sorted(unknown)}; expected 'model' and 'train'")
-        model = _build(ModelConfig, data.get("model", {}), "model")
-        train = _build(TrainConfig, data.get("train", {}), "train")
-        return cls(model=model, train=train).validate()
+        sections = {}
+        for name, kind in SECTIONS.items():
+            values = data.get(name, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {name!r} must be an object")
+            sections[name] = _build(kind, values, name)
+        return cls(**sections)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SemidConfig:
@@ -161,37 +149,42 @@ class SemidConfig:
 
     def with_overrides(self, section: str, **values: Any) -> SemidConfig:
         """A copy with some fields replaced (None values are ignored), validated."""
-        values = {k: v for k, v in values.items() if v is not None}
         data = self.to_dict()
-        data[section].update(values)
+        data[section].update({k: v for k, v in values.items() if v is not None})
         return SemidConfig.from_dict(data)
 
 
-def _build(kind: type, values: Any, section: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"config section {section!r} must be an object")
-    names = {f.name: f for f in dataclasses.fields(kind)}
-    unknown = set(values) - set(names)
-    if unknown:
-        raise ValueError(f"config {section} has unknown field(s) {sorted(unknown)}")
-    cleaned: dict[str, Any] = {}
-    for key, value in values.items():
-        default = getattr(kind(), key)
-        if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{section}.{key} must be a list of integers")
-            value = tuple(value)
-        elif isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{section}.{key} must be true or false")
-        elif isinstance(default, int):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{section}.{key} must be an integer, got {value!r}")
-        elif isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{section}.{key} must be a number, got {value!r}")
-            value = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ValueError(f"{section}.{key} must be a string, got {value!r}")
-        cleaned[key] = value
-    return kind(**cleaned)
+def _build(kind: type[BaseModel], values: dict[str, Any], section: str) -> BaseModel:
+    """The section, or a ValueError naming the first bad field in one line."""
+    try:
+        return kind.model_validate(values)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            raise ValueError(f"config {section} has unknown field {where!r}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not where:  # a check across fields: the message names them
+            raise ValueError(f"{section}: {message}") from None
+        raise ValueError(f"{section}.{where}: {message} (got {first.get('input')!r})") from None
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One declared field, as the CLI sees it."""
+
+    section: str
+    name: str
+    info: FieldInfo
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def config_fields(*, exclude: tuple[str, ...] = ()) -> Iterator[ConfigField]:
+    """Every field of every section, in declaration order (for generated CLI flags)."""
+    for section, kind in SECTIONS.items():
+        for name, info in kind.model_fields.items():
+            if name not in exclude:
+                yield ConfigField(section, name, info)

@@ -108,56 +108,68 @@ def catalog_options(fn):
     return fn
 
 
+def _config_flag(field):
+    """A click option derived from one declared config field (type, choices, range and help)."""
+    from typing import get_args, get_origin
+
+    annotation = field.info.annotation
+    help_text = f"{field.info.description} [{field.section}.{field.name}, default {field.info.default!r}]"
+    if annotation is bool:
+        name = field.name.replace("_", "-")
+        return click.option(f"--{name}/--no-{name}", field.name, default=None, help=help_text)
+    if get_origin(annotation) is tuple:
+        return click.option(field.flag, field.name, type=IntList(), help=help_text + " (comma-separated)")
+    if get_args(annotation) and all(isinstance(a, str) for a in get_args(annotation)):
+        return click.option(field.flag, field.name, type=click.Choice(get_args(annotation)), help=help_text)
+    kind = int if annotation is int else float
+    return click.option(field.flag, field.name, type=kind, help=help_text)
+
+
+class IntList(click.ParamType):
+    name = "INTS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers", param, ctx)
+
+
+def config_options(fn):
+    """One flag per training-config field (input_dim comes from the catalog)."""
+    from model.config import config_fields
+
+    for field in reversed(list(config_fields(exclude=("input_dim",)))):
+        fn = _config_flag(field)(fn)
+    return fn
+
+
 @main.command()
 @click.option("--catalog", type=click.Path(dir_okay=False), help="Parquet or .npy catalog (default: synthetic).")
 @catalog_options
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory to write.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON config (model/train sections).")
-@click.option("--tokenizer", type=click.Choice(["rqvae", "rqkmeans"]), help="Tokenizer kind (default rqvae).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--beta", type=float, help="Commitment loss weight.")
-@click.option("--ema/--no-ema", default=None, help="EMA codebook updates instead of the codebook loss.")
-@click.option("--levels", type=int)
-@click.option("--codebook-size", type=int)
-@click.option("--latent-dim", type=int)
-@click.option("--seed", type=int)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--synthetic-items", default=20_000, show_default=True, help="Size of the synthetic catalog.")
 @click.option("--synthetic-dim", default=384, show_default=True, help="Dimension of the synthetic catalog.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_options
 def train(
-    catalog,
-    ids,
-    id_column,
-    embedding_column,
-    out,
-    config_file,
-    tokenizer,
-    epochs,
-    batch_size,
-    lr,
-    beta,
-    ema,
-    levels,
-    codebook_size,
-    latent_dim,
-    seed,
-    resume,
-    synthetic_items,
-    synthetic_dim,
-    quiet,
+    catalog, ids, id_column, embedding_column, out, config_file, resume, synthetic_items, synthetic_dim, quiet,
+    **overrides,
 ) -> None:
-    """Fit an RQ-VAE (or RQ-KMeans) tokenizer and write a checkpoint directory."""
-    from model.config import SemidConfig
+    """Fit an RQ-VAE (or RQ-KMeans) tokenizer and write a checkpoint directory.
+
+    Every config field is also a flag; flags override --config, which overrides the defaults.
+    """
+    from model.config import SECTIONS, SemidConfig
     from model.job import train_tokenizer
 
     config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
-    config = config.with_overrides(
-        "model", tokenizer=tokenizer, levels=levels, codebook_size=codebook_size, latent_dim=latent_dim
-    )
-    config = config.with_overrides("train", epochs=epochs, batch_size=batch_size, lr=lr, beta=beta, ema=ema, seed=seed)
+    for section, kind in SECTIONS.items():
+        config = config.with_overrides(section, **{k: v for k, v in overrides.items() if k in kind.model_fields})
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
     click.echo(f"training {config.model.tokenizer} on {len(cat)} items x {cat.dim} dims -> {out}", err=True)
     fingerprint, metrics = train_tokenizer(cat.embeddings, config, out, resume=resume, progress=not quiet)
