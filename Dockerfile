@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     SEMID_HOST=0.0.0.0 \
     SEMID_PORT=8000 \
-    SEMID_INDEX_DIR=/data/index
+    SEMID_INDEX_DIR=/data/index \
+    MALLOC_ARENA_MAX=2
 
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
