@@ -588,7 +588,7 @@ def _write_error(root: Path, exc: OSError, target: str, *, committed: bool = Fal
     reason = exc.strerror or str(exc) or type(exc).__name__
     reason = reason[:1].lower() + reason[1:]
     outcome = "the manifest was replaced, so the write is in the index" if committed else "the index is unchanged"
-    logger.error("index %s: %s writing %s (%s)", root, reason, target, outcome)
+    logger.info("index %s: %s writing %s (%s)", root, reason, target, outcome)
     return IndexWriteError(
         f"{reason} writing {root / target} ({outcome})", errno=exc.errno, path=str(root / target), committed=committed
     )
