@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# SEMID_BENCH_RESULTS: write results elsewhere (smoke runs with tiny parameters must not overwrite the record)
+RESULTS = Path(os.environ.get("SEMID_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MOVIELENS = SHARED_DATA / "movielens-small" / "items.parquet"
 

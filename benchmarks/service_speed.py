@@ -369,6 +369,41 @@ end
 """
 
 
+def parse_wrk(out: str, returncode: int = 0) -> dict:
+    """Requests, errors and rate from wrk's summary. ``errors`` counts every failed request wrk reports:
+    non-2xx/3xx answers, and socket errors (connect, read, write) and timeouts, which wrk prints on a
+    separate line and leaves out of its request count's failures; a wrk that failed or printed no summary
+    counts as one error, so a broken run never reads as a clean one."""
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    total = re.search(r"([0-9]+) requests in ([0-9.]+)(us|ms|s|m|h)\b", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
+    sock = re.search(r"Socket errors: connect ([0-9]+), read ([0-9]+), write ([0-9]+), timeout ([0-9]+)", out)
+    socket_errors = (
+        dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()), strict=True)) if sock else {}
+    )
+    seconds = None
+    if total:
+        seconds = float(total.group(2)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}[total.group(3)]
+    failed_run = returncode != 0 or total is None
+    errors = (int(non2xx.group(1)) if non2xx else 0) + sum(socket_errors.values()) + int(failed_run)
+    kinds = {f"socket {k}": v for k, v in socket_errors.items() if v}
+    if non2xx and int(non2xx.group(1)):
+        kinds["non-2xx"] = int(non2xx.group(1))
+    if failed_run:
+        kinds["wrk failed or printed no summary"] = 1
+    return {
+        "requests": int(total.group(1)) if total else None,
+        "errors": errors,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": socket_errors,
+        "timeouts": socket_errors.get("timeout", 0),
+        "wrk_failed": failed_run,
+        "error_kinds": kinds,
+        "seconds": seconds,
+        "req_per_s": float(rps.group(1)) if rps else 0.0,
+    }
+
+
 def wrk_phase(server: Server, name: str, paths: list[str], args: argparse.Namespace, tmp: Path) -> dict:
     """The same look-ups driven by wrk (a C load generator, 2 threads, --concurrency connections), whose
     client costs far less CPU than Python's, so more of the 2 cores go to the server."""
@@ -389,30 +424,47 @@ def wrk_phase(server: Server, name: str, paths: list[str], args: argparse.Namesp
         capture_output=True,
         text=True,
         timeout=args.duration + 60,
-    ).stdout
+    )
     cpu1 = proc_cpu_seconds(server.proc.pid)
 
     def ms(label: str) -> float | None:
-        m = re.search(rf"^\s*{label}\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
+        m = re.search(rf"^\s*{label}\s+([0-9.]+)(us|ms|s)\s*$", out.stdout, re.M)
         if not m:
             return None
         return round(float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)], 3)
 
-    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    total = re.search(r"([0-9]+) requests in ([0-9.]+)s", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: ([0-9]+)", out)
-    errors = int(non2xx.group(1)) if non2xx else 0
+    parsed = parse_wrk(out.stdout, out.returncode)
     return {
         "phase": f"{name} (wrk, {args.concurrency} connections)",
-        "requests": int(total.group(1)) if total else None,
-        "errors": errors,
-        "seconds": float(total.group(2)) if total else None,
-        "req_per_s": float(rps.group(1)) if rps else 0.0,
+        **parsed,
         "p50_ms": ms("50%"),
         "p99_ms": ms("99%"),
         "server_cpu_s": round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None,
-        "wrk_output": out[-1500:],
+        "wrk_output": (out.stdout + out.stderr)[-1500:],
     }
+
+
+def index_on_disk(index_dir: Path) -> dict:
+    """Items and segments the index's manifest lists now (what the server has written)."""
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    return {"items": int(manifest["item_count"]), "segments": len(manifest["segments"])}
+
+
+def assign_sentence(before: dict, after: dict, batch: int) -> str:
+    """What the Arrow assign phases did to the index, from the measured manifest before and after."""
+    added, segments = after["items"] - before["items"], after["segments"] - before["segments"]
+    requests = added // batch  # every writing request registers one batch of new items
+    how = (
+        "one new segment per request"
+        if segments == requests
+        else f"{segments:,} more segment(s) for {requests:,} writing requests: small writes fold into the tail segment"
+    )
+    return (
+        f"The Arrow assign phase registered {added:,} new items in {requests:,} requests of {batch:,} "
+        f"(warm-up included), "
+        f"written to disk: the index went from {before['segments']:,} to {after['segments']:,} segment(s) and "
+        f"{before['items']:,} to {after['items']:,} items ({how})."
+    )
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
@@ -676,6 +728,8 @@ def main() -> None:
             def arrow(i: int) -> httpx.Response:
                 return client.post("/v1/assign", content=arrow_bodies[i], headers=headers_arrow)
 
+            extra["before_assign"] = index_on_disk(index_dir)
+
             with Phase(server) as ph:
                 ns, errors = sequential(client, arrow, args.batch_requests, 1, limit)
             rows.append(
@@ -692,6 +746,7 @@ def main() -> None:
                     f"POST /v1/assign, {BATCH} known items Arrow (1 client)", ns, errors, ph, items_per_request=BATCH
                 )
             )
+            extra["after_assign"] = index_on_disk(index_dir)
 
             def prefix(i: int) -> httpx.Response:
                 return client.get(prefix_paths[i % len(prefix_paths)])
@@ -751,11 +806,10 @@ def main() -> None:
         f"{BATCH}-embedding JSON body: {bc['body_bytes'] / 2**20:.2f} MiB, serialised once before timing "
         f"(client json.dumps {bc['json_dumps_ms']:.1f} ms, not in the figures); response {bc['response_bytes']:,} "
         f"bytes, client response.json() {bc['response_json_ms']:.1f} ms (not in the figures: the client only reads "
-        f"the bytes). The Arrow assign "
-        f"phase registers new items (one new segment per request, written to disk), the second one sends the "
-        f"same bodies again (all known: no write; all existing: {extra.get('assign_again_all_existing')}). The "
-        f"prefix phases run after them, on the index plus those {(args.batch_requests + 1) * BATCH:,} items "
-        f"({args.batch_requests + 1} more segments); the prefixes are drawn from the original items.\n\n"
+        f"the bytes). {assign_sentence(extra['before_assign'], extra['after_assign'], BATCH)} "
+        f"The second assign phase sends the same bodies again (all known: no write; all existing: "
+        f"{extra.get('assign_again_all_existing')}). The prefix phases run after them; the prefixes are drawn "
+        f"from the original items.\n\n"
         f"Server-side steps of one {BATCH}-embedding request, timed in the benchmark process before the server "
         f"started (median of 5):\n\n"
     )
