@@ -5,7 +5,7 @@
     python benchmarks/assign_speed.py --checkpoint ckpt/      # use an existing checkpoint (its input dim)
 
 Set-up (not measured): a seeded, clustered synthetic catalog (categories > sub-categories on the
-sphere, Zipf-like popularity, 5 % near-duplicates; the structure of model.synthetic) is generated
+sphere, Zipf-like popularity, 5 % near-duplicates; the structure of semid.model.synthetic) is generated
 and written to a temporary Parquet file in chunks of 100k rows (one row group each), so generation
 never holds the whole catalog in memory. Without --checkpoint a default-architecture RQ-VAE is
 trained for 4 epochs on the first 20k rows (the speed of assign does not depend on the weights).
@@ -117,8 +117,8 @@ def write_catalog_chunked(path: Path, items: int, dim: int, *, seed: int = 0, ke
 
 def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_EPOCHS) -> Path:
     """Train a default-architecture RQ-VAE briefly (weights' quality is irrelevant to speed)."""
-    from model.config import SemidConfig
-    from model.job import train_tokenizer
+    from semid.model.config import SemidConfig
+    from semid.model.job import train_tokenizer
 
     data = SemidConfig().to_dict()
     data["model"]["input_dim"] = int(embeddings.shape[1])
@@ -134,13 +134,13 @@ def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_E
 
 
 def semid_command() -> list[str]:
-    """The venv's `semid` console script next to this interpreter, else `python -m service.cli`."""
+    """The venv's `semid` console script next to this interpreter, else `python -m semid.service.cli`."""
     exe = Path(sys.executable).parent / "semid"
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "service.cli"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "semid.service.cli"]
 
 
 def checkpoint_input_dim(path: Path) -> int:
-    from model.checkpoint import load_checkpoint
+    from semid.model.checkpoint import load_checkpoint
 
     return int(load_checkpoint(path).config.model.input_dim)
 
@@ -208,7 +208,8 @@ def latency_row(call: str, length: int, ns: np.ndarray, mean_items: float, bar: 
 
 
 def query_latency(index_dir: Path, queries: int, seed: int) -> tuple[dict, list[dict]]:
-    from service.index import SemanticIdIndex
+    from semid.service.api.pages import prefix_page
+    from semid.service.index.handle import SemanticIdIndex
 
     opens = []
     index = None
@@ -232,16 +233,18 @@ def query_latency(index_dir: Path, queries: int, seed: int) -> tuple[dict, list[
     results = []
     for length in range(1, levels + 1):
         prefixes = [tuple(int(c) for c in s[:length]) for s in sids]
-        counts = [index.prefix_count(p) for p in prefixes]
+        counts = [index.snapshot.prefix_count(p) for p in prefixes]
         mean_count = float(np.mean(counts))
         page = float(np.mean([min(c, 10) for c in counts]))
-        results.append(latency_row("prefix_count", length, time_calls(index.prefix_count, prefixes), mean_count, True))
-        ns = time_calls(lambda p: index.prefix_items(p, limit=10), prefixes)
+        snap = index.snapshot
+        results.append(latency_row("prefix_count", length, time_calls(snap.prefix_count, prefixes), mean_count, True))
+        ns = time_calls(lambda p, snap=snap: prefix_page(snap, p, limit=10, cursor=None), prefixes)
         results.append(latency_row("prefix_items(limit=10)", length, ns, page, True))
-        kids = float(np.mean([len(index.children(p)) for p in prefixes[:1000]]))
-        results.append(latency_row("children", length, time_calls(index.children, prefixes), kids, False))
+        kids = float(np.mean([len(index.snapshot.children(p)) for p in prefixes[:1000]]))
+        results.append(latency_row("children", length, time_calls(index.snapshot.children, prefixes), kids, False))
     root = [()] * min(queries, 1000)
-    results.insert(0, latency_row("children", 0, time_calls(index.children, root), len(index.children(())), False))
+    kids = len(index.snapshot.children(()))
+    results.insert(0, latency_row("children", 0, time_calls(index.snapshot.children, root), kids, False))
     return open_info, results
 
 

@@ -9,7 +9,7 @@ PyPI library ``semantic-id`` (its RQ-KMeans and RQ-VAE), all at 3 levels x 256 c
 ``semantic-id`` comes with the optional group: ``pip install -c constraints.txt -e ".[bench]"``; without it
 its rows are recorded as not run. Every tokenizer sees the same embeddings; the non-semid ones get them
 L2-normalised (semid normalises inside the model, ``model.normalization = "l2"``), so reconstruction
-error is measured in the same space for all. The figures are ``service.evaluation``'s, on raw base
+error is measured in the same space for all. The figures are ``semid.service.evaluation.figures``'s, on raw base
 codes (no dedup digit). Writes benchmarks/results/compare_<name>.{md,json}.
 """
 
@@ -34,12 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from model.catalog import read_catalog  # noqa: E402
-from model.checkpoint import load_checkpoint  # noqa: E402
-from model.config import SemidConfig  # noqa: E402
-from model.job import train_tokenizer  # noqa: E402
-from model.synthetic import synthetic_catalog  # noqa: E402
-from service.evaluation import (  # noqa: E402
+from semid.model.catalog import read_catalog  # noqa: E402
+from semid.model.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.config import SemidConfig  # noqa: E402
+from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.service.evaluation.figures import (  # noqa: E402
     collision_figures,
     level_figures,
     neighbourhood_figures,
@@ -47,10 +47,10 @@ from service.evaluation import (  # noqa: E402
     prefix_fanout,
     reconstruction_figures,
 )
-from service.interactions import coliked_pairs, liked_items, read_interactions  # noqa: E402
+from semid.service.evaluation.interactions import coliked_pairs, liked_items, read_interactions  # noqa: E402
 
 LEVELS, CODEBOOK = 3, 256
-SEMID_ENCODE_BATCH = 16384  # service.encoder.CheckpointEncoder's default batch
+SEMID_ENCODE_BATCH = 16384  # semid.service.encoder.CheckpointEncoder's default batch
 ENCODE_PASSES = 3
 
 # (column, better): "low" or "high" is better; None: shown, not ranked
@@ -270,7 +270,7 @@ def coliked_setup(path: str, item_ids: np.ndarray, n_items: int, pairs: int, see
 
 
 def figures(x: np.ndarray, fitted: Fitted, co: ColikedPairs | None, k: int, sample: int, seed: int) -> dict:
-    """Every figure of service.evaluation that applies to raw base codes."""
+    """Every figure of semid.service.evaluation.figures that applies to raw base codes."""
     codes = fitted.codes
     n = codes.shape[0]
     col = collision_figures(codes)
@@ -395,7 +395,8 @@ def load_catalog(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray,
         cat = synthetic_catalog(items=args.synthetic, dim=args.dim, seed=args.seed)
         n = args.synthetic
         default = f"synthetic{n // 1000}k" if n % 1000 == 0 else f"synthetic{n}"
-        return default, cat.item_ids, cat.embeddings, f"model.synthetic.synthetic_catalog(items={n}, dim={args.dim})"
+        source = f"semid.model.synthetic.synthetic_catalog(items={n}, dim={args.dim})"
+        return default, cat.item_ids, cat.embeddings, source
     path = Path(args.catalog)
     if not path.is_file():
         raise SystemExit(f"catalog {path} not found (needs ../shared/data)")
@@ -478,7 +479,7 @@ def write(name, source, args, raw, rows, skipped, co) -> None:
         f"encoding the whole catalog after fit, batched as each library does (fastest of {ENCODE_PASSES} passes); "
         "recon_mse: squared error summed over dims, mean over items, in the L2-normalised input space; "
         "collisions, utilisation, perplexity, neighbour share/lift and recall@k (prefix recall) are "
-        "`service.evaluation`'s on raw base codes; "
+        "`semid.service.evaluation.figures`'s on raw base codes; "
         "coliked lifts: co-liked pairs sharing code 1 vs random pairs / popularity-matched pairs.",
         "",
         "## How each method spreads items over codes",

@@ -32,11 +32,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from model.config import SemidConfig  # noqa: E402
-from model.job import train_tokenizer  # noqa: E402
-from model.rqvae import SemanticTokenizer  # noqa: E402
-from model.synthetic import synthetic_catalog  # noqa: E402
-from service.encoder import CheckpointEncoder  # noqa: E402
+from semid.model.config import SemidConfig  # noqa: E402
+from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.rqvae import SemanticTokenizer  # noqa: E402
+from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.service.encoder import CheckpointEncoder  # noqa: E402
 
 BATCH_SIZES = (1, 64, 8192)
 TARGET_SHARE = 0.5

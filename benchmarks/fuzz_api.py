@@ -4,7 +4,7 @@
     python benchmarks/fuzz_api.py --examples 10    # a quick smoke run
 
 The approach of tests/reliability/test_fuzz.py, with many more examples: the app is built with
-service.app.create_app over an index in a temporary directory, the schema is loaded with
+semid.service.api.app.create_app over an index in a temporary directory, the schema is loaded with
 schemathesis.openapi.from_asgi("/openapi.json", app), and every operation's cases come from
 operation.as_strategy() under hypothesis (@given/@settings: --examples per operation, no deadline, health
 checks suppressed, no example database, derandomized with --seed). Each case is sent with case.call() and
@@ -15,9 +15,9 @@ schema and still be wrong for this checkpoint and index: an embedding of the wro
 prefix longer than L+1, an unknown cursor or item. Those get a documented 4xx with an error body, which is the
 behaviour we want, so that check would report the API's validation as failures.
 
-Set-up (not measured): the seeded synthetic catalog of model.synthetic (--items x --dim, with a `title` column
+Set-up (not measured): the seeded synthetic catalog of semid.model.synthetic (--items x --dim, with a `title` column
 kept in the index), a default-architecture RQ-VAE trained for 4 epochs on it (assign_speed.quick_checkpoint),
-and service.assign.assign_catalog. The service runs with SEMID_MAX_BATCH 64, page size 200 and a 1 MiB body
+and semid.service.assign.assign_catalog. The service runs with SEMID_MAX_BATCH 64, page size 200 and a 1 MiB body
 limit (as in the test) and no API key, so fuzzed writes are accepted and really register items in the temporary
 index. A small --dim (default 16) makes generated embeddings of the right length, and so the encode/assign/
 register paths past validation, more likely.
@@ -52,11 +52,11 @@ COLUMNS = ["operation", "cases", "2xx", "4xx", "5xx", "failures", "failures_by_c
 
 def build_app(workdir: Path, items: int, dim: int, seed: int):
     """Catalog -> quick checkpoint -> index -> the FastAPI app over it (in-process)."""
-    from model.synthetic import synthetic_catalog, write_catalog
-    from service.app import create_app
-    from service.assign import assign_catalog
-    from service.settings import ServiceSettings
-    from service.state import ServiceState
+    from semid.model.synthetic import synthetic_catalog, write_catalog
+    from semid.service.api.app import create_app
+    from semid.service.api.settings import ServiceSettings
+    from semid.service.api.state import ServiceState
+    from semid.service.assign import assign_catalog
 
     catalog = synthetic_catalog(items=items, dim=dim, seed=seed)
     path = write_catalog(catalog, workdir / "catalog.parquet")
@@ -156,7 +156,7 @@ def main() -> None:
 
     import schemathesis
 
-    from service.index_check import check_index
+    from semid.service.index.check import check_index
 
     tmp = Path(tempfile.mkdtemp(prefix="semid-fuzz-", dir=args.workdir))
     try:
@@ -203,7 +203,9 @@ def main() -> None:
         and check["ok"]
     )
     data = {
-        "index": {"built": f"model.synthetic {args.items} x {args.dim} (title kept), quick default RQ-VAE (4 epochs)"},
+        "index": {
+            "built": f"semid.model.synthetic {args.items} x {args.dim} (title kept), quick default RQ-VAE (4 epochs)"
+        },
         "setup_seconds": round(setup_s, 2),
         "excluded_checks": ["positive_data_acceptance"],
         "totals": totals,

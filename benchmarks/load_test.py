@@ -7,9 +7,9 @@
 
 Set-up (not measured): without --index a seeded clustered synthetic catalog of --items x --dim is written to a
 temporary Parquet file, a default-architecture RQ-VAE is trained for 4 epochs on its first 20k rows and
-service.assign.assign_catalog builds the index (benchmarks/service_speed.py's build_index). With --index the index is
-copied to a temporary directory first (the load registers items in it). Random prefixes of length 1..L are drawn
-from the indexed items. `semid serve` starts as a subprocess on a free loopback port with SEMID_API_KEY set to a
+semid.service.assign.assign_catalog builds the index (benchmarks/service_speed.py's build_index). With --index the
+index is copied to a temporary directory first (the load registers items in it). Random prefixes of length 1..L are
+drawn from the indexed items. `semid serve` starts as a subprocess on a free loopback port with SEMID_API_KEY set to a
 random key (the only SEMID_* variable in its environment), and the run waits for /readyz.
 
 The load (`run_load`): --concurrency worker threads, each with its own keep-alive httpx.Client, for --duration
@@ -433,14 +433,14 @@ class _ConstantWorker(_Worker):
 
 def constant_pools(index_dir: Path, seed: int) -> dict:
     """What the constant-size workers draw from: prefixes, indexed (item id, semantic id) pairs, code sizes."""
-    from service.index import SemanticIdIndex
+    from semid.service.index.handle import SemanticIdIndex
 
     prefixes, _, n_items = draw_prefixes(index_dir, seed)
     index = SemanticIdIndex.open(index_dir)
     rng = np.random.default_rng(seed + 31)
     active = index.state.order
     rows = active[rng.choice(active.shape[0], min(ITEM_POOL, active.shape[0]), replace=False)]
-    items = [[it["item_id"], "-".join(map(str, it["semantic_id"]))] for it in index.items(rows)]
+    items = [[it["item_id"], "-".join(map(str, it["semantic_id"]))] for it in index.snapshot.items(rows)]
     pools = {
         "prefixes": prefixes,
         "items": items,

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from model.catalog import read_catalog  # noqa: E402
-from model.config import SemidConfig  # noqa: E402
-from model.job import train_tokenizer  # noqa: E402
-from service.id_quality import id_quality  # noqa: E402
+from semid.model.catalog import read_catalog  # noqa: E402
+from semid.model.config import SemidConfig  # noqa: E402
+from semid.model.job import train_tokenizer  # noqa: E402
+from semid.service.evaluation.code_health import id_quality  # noqa: E402
 
 COLUMNS = [
     "tokenizer",
@@ -51,7 +51,7 @@ def semid_row(name: str, emb: np.ndarray, tokenizer: str, overrides: dict) -> di
         start = time.perf_counter()
         _, metrics = train_tokenizer(emb, cfg, tmp)
         fit_s = time.perf_counter() - start
-        from model.checkpoint import load_checkpoint
+        from semid.model.checkpoint import load_checkpoint
 
         tok = load_checkpoint(tmp).tokenizer
         codes = tok.encode(torch.from_numpy(emb)).codes.numpy()

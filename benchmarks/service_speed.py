@@ -6,7 +6,7 @@
 
 Set-up (not measured): without --index a seeded clustered synthetic catalog of --items x 384 is
 written to a temporary Parquet file, a default-architecture RQ-VAE is trained for 4 epochs on its
-first 20k rows, and service.assign.assign_catalog builds the index. With --index, the index is
+first 20k rows, and semid.service.assign.assign_catalog builds the index. With --index, the index is
 copied to a temporary directory first (the assign phase below writes to it). Then
 `semid serve --index DIR --port <free port> --log-level warning` starts as a subprocess with no
 SEMID_* variables in its environment (so SEMID_API_KEY is unset and writes are open), and the
@@ -493,10 +493,10 @@ def server_side_steps(index_dir: Path, body: bytes, arrow_body: bytes, server_th
     import torch
     from fastapi.responses import JSONResponse
 
-    from model.catalog import embeddings_to_numpy
-    from service.encoder import CheckpointEncoder
-    from service.ids import IdLayout
-    from service.schemas import EncodeRequest
+    from semid.model.catalog import embeddings_to_numpy
+    from semid.service.api.schemas import EncodeRequest
+    from semid.service.encoder import CheckpointEncoder
+    from semid.service.ids.layout import IdLayout
 
     encoder = CheckpointEncoder.from_dir(index_dir / "checkpoint")
     if server_threads:
@@ -538,7 +538,7 @@ def server_side_steps(index_dir: Path, body: bytes, arrow_body: bytes, server_th
 
 
 def build_index(workdir: Path, items: int, dim: int, seed: int) -> tuple[Path, dict]:
-    from service.assign import assign_catalog
+    from semid.service.assign import assign_catalog
 
     catalog = workdir / "catalog.parquet"
     t0 = time.perf_counter()
@@ -563,7 +563,7 @@ def build_index(workdir: Path, items: int, dim: int, seed: int) -> tuple[Path, d
 
 def draw_prefixes(index_dir: Path, seed: int) -> tuple[list[str], int, int]:
     """Prefix strings (length 1..L) of indexed items; also the largest int item id and the item count."""
-    from service.index import SemanticIdIndex
+    from semid.service.index.handle import SemanticIdIndex
 
     index = SemanticIdIndex.open(index_dir)
     levels = index.layout.levels
@@ -639,7 +639,7 @@ def main() -> None:
         prefixes, max_id, index_items = draw_prefixes(index_dir, args.seed)
         prefix_paths = [f"/v1/prefixes/{p}?limit=10" for p in prefixes]
         children_paths = [f"/v1/prefixes/{p}/children" for p in prefixes]
-        from model.checkpoint import load_checkpoint
+        from semid.model.checkpoint import load_checkpoint
 
         dim = int(load_checkpoint(index_dir / "checkpoint").config.model.input_dim)
 

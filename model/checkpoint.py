@@ -20,8 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import SemidConfig
-from model.rqvae import SemanticTokenizer, build_tokenizer
+from semid.model.config import SemidConfig
+from semid.model.rqvae import SemanticTokenizer, build_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

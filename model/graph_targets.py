@@ -25,7 +25,7 @@ import faiss
 import numpy as np
 import torch
 
-from model.kmeans import kmeans, nearest
+from semid.model.kmeans import kmeans, nearest
 
 _SEARCH_CHUNK = 16384
 

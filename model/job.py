@@ -10,16 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.checkpoint import (
+from semid.model.checkpoint import (
     CheckpointError,
     clear_resume_state,
     load_resume_state,
     save_checkpoint,
     save_resume_state,
 )
-from model.config import SemidConfig
-from model.rqvae import SemanticTokenizer, build_tokenizer
-from model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
+from semid.model.config import SemidConfig
+from semid.model.rqvae import SemanticTokenizer, build_tokenizer
+from semid.model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
 
 log = logging.getLogger(__name__)
 

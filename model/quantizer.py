@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.kmeans import kmeans, squared_distances
+from semid.model.kmeans import kmeans, squared_distances
 
 
 @dataclass

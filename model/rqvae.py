@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import ModelConfig, TrainConfig
-from model.normalizer import InputNormalizer
-from model.quantizer import QuantizedResult, ResidualQuantizer
+from semid.model.config import ModelConfig, TrainConfig
+from semid.model.normalizer import InputNormalizer
+from semid.model.quantizer import QuantizedResult, ResidualQuantizer
 
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 

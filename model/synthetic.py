@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from model.catalog import Catalog
+from semid.model.catalog import Catalog
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.config import SemidConfig
-from model.graph_targets import GraphTargets, build_targets
-from model.kmeans import squared_distances
-from model.metrics import codebook_health
-from model.rqvae import SemanticTokenizer
+from semid.model.config import SemidConfig
+from semid.model.graph_targets import GraphTargets, build_targets
+from semid.model.kmeans import squared_distances
+from semid.model.metrics import codebook_health
+from semid.model.rqvae import SemanticTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def fit_rqvae(
     initialisation on the warmed-up latents, dead-code reset after each epoch (for the first
     `dead_code_reset_until` of the run), optional EMA codebooks, beta warm-up.
 
-    With `graph_targets` the first level learns neighbour-aware labels (model.graph_targets):
+    With `graph_targets` the first level learns neighbour-aware labels (semid.model.graph_targets):
     its codebook starts from the labels' latent means and a cross-entropy on the first-level
     code distances teaches the encoder to reproduce them.
     """

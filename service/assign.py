@@ -4,7 +4,7 @@ The run is one atomic write: every new item lands in a single segment that the m
 only once it is complete, so an interrupted run leaves the previous index as it was.
 
 Known items keep their IDs. A known item whose embedding changed is reported; with
-``recode_changed`` it is re-coded in the same segment (see ``service.registry``).
+``recode_changed`` it is re-coded in the same segment (see ``semid.service.placement``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from model.catalog import CatalogError, iter_parquet_batches, parquet_rows, read_catalog
-from service.encoder import CheckpointEncoder, EncodedBatch
-from service.hashing import embedding_hash
-from service.index import SemanticIdIndex
-from service.registry import place_new_items
+from semid.model.catalog import CatalogError, iter_parquet_batches, parquet_rows, read_catalog
+from semid.service.encoder import CheckpointEncoder, EncodedBatch
+from semid.service.ids.hashing import embedding_hash
+from semid.service.index.handle import SemanticIdIndex
+from semid.service.placement import place_new_items
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _batches(
         if cat.dim != dim:
             raise CatalogError(f"catalog {catalog} has dimension {cat.dim}; the checkpoint expects {dim}")
         for s in range(0, len(cat), batch_rows):
-            from model.catalog import CatalogBatch
+            from semid.model.catalog import CatalogBatch
 
             yield CatalogBatch(
                 item_ids=cat.item_ids[s : s + batch_rows],
@@ -203,11 +203,11 @@ def assign_catalog(
         ids = batch.item_ids
         seen.append(ids)
         hashes = embedding_hash(batch.embeddings)
-        rows = index.lookup_items(ids)
+        rows = index.snapshot.lookup_items(ids)
         known = rows >= 0
         changed = np.zeros(len(ids), dtype=bool)
         if known.any():
-            changed[known] = index.embedding_hashes(rows[known]) != hashes[known]
+            changed[known] = index.snapshot.embedding_hashes(rows[known]) != hashes[known]
             if changed.any():
                 changed_ids.extend(ids[changed].tolist())
         summary.existing_items += int(known.sum())
@@ -254,7 +254,7 @@ def assign_catalog(
         summary.recoded_items = int(recodes.sum())
         summary.recoded_new_ids = int((recodes & ~result.kept_id).sum())
         summary.fallback_items = int(result.used_fallback.sum())
-    stats = index.base_code_stats()
+    stats = index.snapshot.base_code_stats()
     summary.index_items = len(index)
     summary.distinct_base_codes = stats["distinct"]
     summary.base_collision_rate = stats["collision_rate"]
@@ -274,7 +274,7 @@ def _expand(enc, mask: np.ndarray):
 
 
 def _check_unique(parts: list[np.ndarray]) -> None:
-    from model.catalog import check_unique_ids
+    from semid.model.catalog import check_unique_ids
 
     ids = np.concatenate(parts)
     check_unique_ids(ids)

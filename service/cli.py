@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from model.catalog import CatalogError
-from service.errors import SemidError
+from semid.model.catalog import CatalogError
+from semid.service.errors import SemidError
 
 log = logging.getLogger("semid")
 
@@ -86,8 +86,8 @@ def _load_catalog(
     seed: int,
     keep: tuple[str, ...] = (),
 ):
-    from model.catalog import read_catalog
-    from model.synthetic import synthetic_catalog
+    from semid.model.catalog import read_catalog
+    from semid.model.synthetic import synthetic_catalog
 
     if catalog is None:
         click.echo(
@@ -139,7 +139,7 @@ class IntList(click.ParamType):
 
 def config_options(fn):
     """One flag per training-config field (input_dim comes from the catalog)."""
-    from model.config import config_fields
+    from semid.model.config import config_fields
 
     for field in reversed(list(config_fields(exclude=("input_dim",)))):
         fn = _config_flag(field)(fn)
@@ -164,8 +164,8 @@ def train(
 
     Every config field is also a flag; flags override --config, which overrides the defaults.
     """
-    from model.config import SECTIONS, SemidConfig
-    from model.job import train_tokenizer
+    from semid.model.config import SECTIONS, SemidConfig
+    from semid.model.job import train_tokenizer
 
     config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
     for section, kind in SECTIONS.items():
@@ -194,7 +194,7 @@ def _final_line(metrics: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def inspect(checkpoint, as_json) -> None:
     """Print a checkpoint's config and final metrics."""
-    from model.checkpoint import load_checkpoint
+    from semid.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     final = ck.metrics.get("final", {})
@@ -231,7 +231,7 @@ def inspect(checkpoint, as_json) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def synth(out, items, dim, seed) -> None:
     """Write the seeded synthetic catalog (categories > sub-categories > items, with duplicates)."""
-    from model.synthetic import synthetic_catalog, write_catalog
+    from semid.model.synthetic import synthetic_catalog, write_catalog
 
     path = write_catalog(synthetic_catalog(items=items, dim=dim, seed=seed), out)
     click.echo(f"wrote {items} items x {dim} dims to {path}")
@@ -271,7 +271,7 @@ def assign(
 ) -> None:
     """Encode a catalog, resolve collisions and write (or extend) an index; existing IDs only change
     with --recode-changed."""
-    from service.assign import assign_catalog
+    from semid.service.assign import assign_catalog
 
     keep = tuple(c.strip() for c in keep_columns.split(",") if c.strip())
     summary = assign_catalog(
@@ -299,7 +299,7 @@ def assign(
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
 def export(index_dir, out) -> None:
     """Write item_id, semantic_id (list of ints) and token for every item to Parquet."""
-    from service.export import export_index
+    from semid.service.export import export_index
 
     rows = export_index(index_dir, out)
     click.echo(f"wrote {rows} items to {out}")
@@ -309,7 +309,7 @@ def export(index_dir, out) -> None:
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False))
 def check(index_dir) -> None:
     """Consistency check: segments present and readable, counts match, no duplicate IDs or items."""
-    from service.index_check import check_index
+    from semid.service.index.check import check_index
 
     report = check_index(index_dir)
     click.echo(f"{index_dir}: {report.item_count} items in {report.segment_count} segments")
@@ -353,9 +353,9 @@ def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> N
     """Serve the HTTP API (OpenAPI docs at /docs); the API key comes from SEMID_API_KEY."""
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import ServiceSettings
-    from service.state import ServiceState
+    from semid.service.api.app import create_app
+    from semid.service.api.settings import ServiceSettings
+    from semid.service.api.state import ServiceState
 
     _cap_malloc_arenas()
     overrides = {
@@ -370,7 +370,7 @@ def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> N
     state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
     logging.getLogger().setLevel(log_level.upper())
     click.echo(f"serving {len(state.index)} items from {index_dir} on http://{host}:{port} (docs: /docs)", err=True)
-    from service.http_guard import guarded_http_protocol
+    from semid.service.api.http_guard import guarded_http_protocol
 
     uvicorn.run(
         create_app(settings, state=state),
@@ -391,7 +391,7 @@ def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> N
 @click.option("--seed", default=0, show_default=True, type=int)
 def quickstart(out, items, dim, epochs, seed) -> None:
     """Synthetic catalog -> train -> assign -> export -> look-ups, end to end on this machine."""
-    from service.quickstart import run_quickstart
+    from semid.service.quickstart import run_quickstart
 
     run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo)
 
@@ -432,7 +432,7 @@ def evaluate(
     """Measure an index's IDs against its catalog; write metrics.json and a self-contained report.html."""
     from pathlib import Path
 
-    from service.evaluate import METRICS_FILE, REPORT_FILE, EvaluationOptions, run_evaluation
+    from semid.service.evaluation.run import METRICS_FILE, REPORT_FILE, EvaluationOptions, run_evaluation
 
     options = EvaluationOptions(
         sample=sample,

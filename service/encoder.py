@@ -8,17 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import LoadedCheckpoint, load_checkpoint
-from service.ids import IdLayout
-
-
-class EmbeddingError(ValueError):
-    """Embeddings that cannot be encoded; `field` names the request field, `row` the offending item."""
-
-    def __init__(self, message: str, *, field: str = "embeddings", row: int | None = None):
-        super().__init__(message)
-        self.field = field
-        self.row = row
+from semid.model.checkpoint import LoadedCheckpoint, load_checkpoint
+from semid.service.errors import EmbeddingError
+from semid.service.ids.layout import IdLayout
 
 
 @dataclass

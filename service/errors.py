@@ -1,9 +1,10 @@
-"""Domain exceptions of the service package.
+"""Domain exceptions of the service package: the one error hierarchy.
 
-Every exception carries a stable machine-readable ``code`` and, where one input is
-to blame, the name of that input in ``field``; the HTTP layer maps them to status
-codes in one handler. Each also subclasses the matching builtin (``ValueError``,
-``KeyError``, ``FileNotFoundError``...) so plain Python callers can catch those.
+Every exception carries a stable machine-readable ``code``, its HTTP ``status`` and, where one
+input is to blame, the name of that input in ``field``; the HTTP layer has one handler that reads
+them. Server-side failures (5xx) also carry a ``public_message``: the HTTP body says what happened,
+never where (paths and process ids stay in the server log). Each also subclasses the matching
+builtin (``ValueError``, ``KeyError``, ``FileNotFoundError``...) so plain Python callers can catch those.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ class SemidError(Exception):
     """Base class of semid's own errors."""
 
     code = "semid_error"
+    status = 422
+    public_message: str | None = None  # shown instead of the message over HTTP (5xx)
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -74,6 +77,7 @@ class IndexFullError(SemidError, ValueError):
     """Every last-level bucket under ``prefix`` already holds ``dedup_size`` items."""
 
     code = "index_full"
+    status = 409
 
     def __init__(self, message: str, *, prefix: Sequence[int]) -> None:
         super().__init__(message, field=None)
@@ -94,6 +98,7 @@ class DuplicateSemanticIdError(SemidError, ValueError):
     """Semantic ids are repeated in a batch or already taken in the index."""
 
     code = "duplicate_semantic_id"
+    status = 409
 
     def __init__(self, message: str, *, semantic_ids: Sequence[Sequence[int]]) -> None:
         super().__init__(message, field="semantic_ids")
@@ -107,6 +112,7 @@ class UnknownItemError(SemidError, KeyError):
     """No item with this item_id is in the index."""
 
     code = "unknown_item"
+    status = 404
 
     def __init__(self, message: str, *, item_id: object) -> None:
         super().__init__(message, field="item_id")
@@ -117,6 +123,7 @@ class UnknownSemanticIdError(SemidError, KeyError):
     """No item holds this semantic id."""
 
     code = "unknown_semantic_id"
+    status = 404
 
     def __init__(self, message: str, *, semantic_id: Sequence[int]) -> None:
         super().__init__(message, field="semantic_id")
@@ -142,12 +149,15 @@ class CorruptIndexError(SemidError, ValueError):
     """The manifest or a segment listed in it is missing, unreadable or inconsistent."""
 
     code = "corrupt_index"
+    status = 503
+    public_message = "the index cannot be read; the server log names the problem"
 
 
 class FingerprintMismatchError(SemidError, ValueError):
     """The index was built from a different checkpoint than the one expected."""
 
     code = "fingerprint_mismatch"
+    status = 409
 
     def __init__(self, message: str, *, expected: str, actual: str) -> None:
         super().__init__(message, field="checkpoint_fingerprint")
@@ -159,6 +169,8 @@ class IndexLockedError(SemidError, RuntimeError):
     """Another process (or another open handle) holds the index's write lock."""
 
     code = "index_locked"
+    status = 503
+    public_message = "the index is being written by another process; retry later"
 
     def __init__(self, message: str, *, holder_pid: int | None) -> None:
         super().__init__(message)
@@ -175,6 +187,7 @@ class IndexWriteError(SemidError, OSError):
     """
 
     code = "index_write_failed"
+    public_message = "the index could not be written (nothing was stored); the server log names the problem"
 
     def __init__(self, message: str, *, errno: int | None, path: str, committed: bool = False) -> None:
         super().__init__(message)
@@ -187,3 +200,43 @@ class IndexWriteError(SemidError, OSError):
         import errno as _errno
 
         return self.errno in (_errno.ENOSPC, _errno.EDQUOT)
+
+    @property
+    def status(self) -> int:  # type: ignore[override]
+        return 507 if self.insufficient_storage else 503
+
+
+class EmbeddingError(InvalidInputError):
+    """Embeddings that cannot be encoded; ``field`` names the request field, ``row`` the offending item."""
+
+    code = "invalid_embedding"
+
+    def __init__(self, message: str, *, field: str = "embeddings", row: int | None = None) -> None:
+        super().__init__(message, field=field)
+        self.row = row
+
+
+# --- the HTTP boundary -------------------------------------------------------------
+
+
+class BatchTooLargeError(SemidError, ValueError):
+    """A request with more rows than allowed, or that would expand beyond its byte bounds."""
+
+    code = "batch_too_large"
+    status = 413
+
+
+class ApiKeyError(SemidError, PermissionError):
+    """A write route called without the configured API key (401) or with another one (403)."""
+
+    def __init__(self, message: str, *, missing: bool) -> None:
+        super().__init__(message, field="X-API-Key")
+        self.code = "api_key_missing" if missing else "api_key_invalid"
+        self.status = 401 if missing else 403
+
+
+class NotReadyError(SemidError, RuntimeError):
+    """The index is not loaded (yet)."""
+
+    code = "not_ready"
+    status = 503

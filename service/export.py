@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from service.index import SemanticIdIndex
+from semid.service.index.handle import SemanticIdIndex
 
 
 def export_table(index: SemanticIdIndex) -> pa.Table:

@@ -9,12 +9,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from model.config import SemidConfig
-from model.job import train_tokenizer
-from model.synthetic import synthetic_catalog, write_catalog
-from service.assign import assign_catalog
-from service.export import export_index
-from service.index import SemanticIdIndex
+from semid.model.config import SemidConfig
+from semid.model.job import train_tokenizer
+from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.service.assign import assign_catalog
+from semid.service.export import export_index
+from semid.service.index.handle import SemanticIdIndex
 
 MARKER = ".semid-quickstart"
 
@@ -64,14 +64,14 @@ def run_quickstart(
     echo(f"4/4 export -> {paths['ids']}")
     rows = export_index(paths["index"], paths["ids"])
     index = SemanticIdIndex.open(paths["index"])
-    item = index.item(0)
+    item = index.snapshot.item(0)
     sid = item["semantic_id"]
     echo(f"    {rows} items exported; item {item['item_id']} ({item['title']}) is {item['token']}")
-    first = index.children(())[:5]
+    first = index.snapshot.children(())[:5]
     echo(f"    first codes (code: items): {', '.join(f'{c}: {n}' for c, n in first)} ...")
-    page = index.prefix_items(sid[:1], limit=3)
-    echo(f"    prefix {sid[0]} holds {page.count} items, e.g.:")
-    for it in page.items:
+    count, rows, _ = index.snapshot.prefix_rows(sid[:1], limit=3)
+    echo(f"    prefix {sid[0]} holds {count} items, e.g.:")
+    for it in index.snapshot.items(rows):
         echo(f"      {'-'.join(map(str, it['semantic_id']))}  {it['title']}")
     echo(f"done. Serve it with: semid serve --index {paths['index']}")
     return paths

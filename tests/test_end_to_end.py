@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from tests.conftest import ROOT, tiny_config
 
-SEMID = [sys.executable, "-m", "service.cli"]
+SEMID = [sys.executable, "-m", "semid.service.cli"]
 
 
 def semid(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import re
 import click
 import yaml
 
-from service.cli import main
+from semid.service.cli import main
 from tests.conftest import ROOT
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from model.config import SemidConfig
+from semid.model.config import SemidConfig
 
 
 def test_defaults_are_valid_and_round_trip():

@@ -1,6 +1,6 @@
 import torch
 
-from model.kmeans import kmeans, nearest
+from semid.model.kmeans import kmeans, nearest
 
 
 def _blobs(seed: int = 0) -> torch.Tensor:

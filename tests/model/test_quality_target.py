@@ -4,7 +4,7 @@ at depth 1 >= 0.45, every level >= 80 % used. (The target's "training <= 5 minut
 figure that depends on the machine's load: benchmarks/train_speed.py measures it, this test does not.)
 
 The whole user path: `semid train` with the defaults, `semid assign`, `semid export`, then the figures
-of `semid evaluate` (equal to the reference scorer's, see tests/service/test_evaluation.py) and, when
+of `semid evaluate` (equal to the reference scorer's, see tests/service/evaluation/test_evaluation.py) and, when
 ../shared/tools is present, the reference scorer itself on the export. Skipped, with the reason, when
 ../shared/data/movielens-small is absent. About 2 minutes on 2 idle cores (4.3 CPU-minutes); 8.5 minutes
 measured on 2 cores shared with other test runs.
@@ -18,7 +18,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from service.cli import main
+from semid.service.cli import main
 from tests.conftest import ROOT
 
 SCORER = ROOT.parent / "shared" / "tools" / "score_ids.py"

@@ -1,6 +1,6 @@
 import torch
 
-from model.quantizer import ResidualQuantizer
+from semid.model.quantizer import ResidualQuantizer
 
 
 def test_encode_decode_reduces_error_with_each_level():

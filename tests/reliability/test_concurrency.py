@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.index_check import check_index
+from semid.service.index.check import check_index
 from tests.reliability.conftest import assign_args, run_semid, start_assign
 
 

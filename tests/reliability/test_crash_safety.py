@@ -1,7 +1,7 @@
 """SIGKILL `semid assign` and a server at every step of the write path, via the SEMID_FAULT hook.
 
 Each run starts from a copy of one index (4,000 items) and is killed by the process itself at one
-named step (service.store.fault_point). After every kill the index must open, pass `semid check`,
+named step (semid.service.index.store.fault_point). After every kill the index must open, pass `semid check`,
 hold every write acknowledged before the kill (the first `semid assign`, each 200 from a write
 route) with unchanged IDs, and a re-run must complete.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from service.export import export_table
-from service.index import SemanticIdIndex
-from service.index_check import check_index
-from service.store import CRASH_STEPS, FAULT_ENV
+from semid.service.export import export_table
+from semid.service.index.check import check_index
+from semid.service.index.handle import SemanticIdIndex
+from semid.service.index.store import CRASH_STEPS, FAULT_ENV
 from tests.conftest import ROOT
 from tests.reliability.conftest import SEMID, assign_args, run_semid
 

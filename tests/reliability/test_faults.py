@@ -1,5 +1,5 @@
 """Faults the index survives: bit rot (checksums), a kill at each write step, a full disk, a
-read-only file system. Faults are injected with SEMID_FAULT (service.store.fault_point) and, where
+read-only file system. Faults are injected with SEMID_FAULT (semid.service.index.store.fault_point) and, where
 mounting is permitted, with a real 4 MiB tmpfs."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import faiss
 import numpy as np
 import pytest
 
-import service.index as index_module
-from service.errors import CorruptIndexError, IndexWriteError
-from service.ids import IdLayout
-from service.index import SemanticIdIndex
-from service.index_check import check_index
-from service.store import CRASH_STEPS, FAULT_ENV
+import semid.service.index.segments as segments_module
+from semid.service.errors import CorruptIndexError, IndexWriteError
+from semid.service.ids.layout import IdLayout
+from semid.service.index.check import check_index
+from semid.service.index.handle import SemanticIdIndex
+from semid.service.index.store import CRASH_STEPS, FAULT_ENV
 from tests.conftest import ROOT
 from tests.reliability.conftest import assign_args, run_semid
-from tests.service.test_index import DIM, filled_index, make_batch, new_index
+from tests.service.index.test_handle import DIM, filled_index, make_batch, new_index
 
 ROOMY = IdLayout(codebook_sizes=(64, 64, 64), dedup_size=64)  # room for thousands of test items
 
@@ -41,7 +41,7 @@ def temp_files(root) -> list[str]:
 
 
 def two_segment_index(path, rng, monkeypatch):
-    monkeypatch.setattr(index_module, "SMALL_SEGMENT_ROWS", 0)  # every write its own segment
+    monkeypatch.setattr(segments_module, "SMALL_SEGMENT_ROWS", 0)  # every write its own segment
     index, batches = filled_index(path, rng, batches=2)
     monkeypatch.undo()
     assert index.segments == ("seg-000001.parquet", "seg-000002.parquet")
@@ -68,15 +68,15 @@ def test_flipped_byte_in_a_segment_is_named_by_open_and_by_check(tmp_path, monke
 
 
 def test_a_writer_catching_up_refuses_a_corrupt_new_segment(tmp_path, monkeypatch):
-    monkeypatch.setattr(index_module, "SMALL_SEGMENT_ROWS", 0)  # every write its own segment
+    monkeypatch.setattr(segments_module, "SMALL_SEGMENT_ROWS", 0)  # every write its own segment
     rng = np.random.default_rng(2)
     first, _ = filled_index(tmp_path / "idx", rng, batches=1)
     second = SemanticIdIndex.open(tmp_path / "idx")
-    second.append(**make_batch(rng, 5, start=100, occupancy=second.occupancy()))
+    second.append(**make_batch(rng, 5, start=100, occupancy=second.snapshot.occupancy()))
     flip_byte(tmp_path / "idx" / "segments" / second.segments[-1])
     manifest = (tmp_path / "idx" / "manifest.json").read_bytes()
     with pytest.raises(CorruptIndexError, match=f"{second.segments[-1]} does not match its checksum"):
-        first.append(**make_batch(rng, 3, start=9000, occupancy=first.occupancy()))
+        first.append(**make_batch(rng, 3, start=9000, occupancy=first.snapshot.occupancy()))
     assert (tmp_path / "idx" / "manifest.json").read_bytes() == manifest and len(first) == 20
 
 
@@ -86,7 +86,7 @@ def test_a_corrupt_tail_is_not_folded_into_a_fresh_checksum(tmp_path):
     flip_byte(tmp_path / "idx" / "segments" / "seg-000001.parquet")
     manifest = (tmp_path / "idx" / "manifest.json").read_bytes()
     with pytest.raises(CorruptIndexError, match="seg-000001.parquet does not match its checksum"):
-        index.append(**make_batch(rng, 3, start=500, occupancy=index.occupancy()))
+        index.append(**make_batch(rng, 3, start=500, occupancy=index.snapshot.occupancy()))
     assert (tmp_path / "idx" / "manifest.json").read_bytes() == manifest
     assert sorted(p.name for p in (tmp_path / "idx" / "segments").iterdir()) == ["seg-000001.parquet"]
 
@@ -95,7 +95,7 @@ def test_flipped_byte_in_faiss_index_is_rebuilt_and_noted(tmp_path):
     rng = np.random.default_rng(4)
     index, _ = filled_index(tmp_path / "idx", rng, batches=2)
     queries = rng.standard_normal((5, DIM)).astype(np.float32)
-    expected = index.nearest(queries, k=10)
+    expected = index.snapshot.nearest(queries, k=10)
     path = tmp_path / "idx" / "faiss.index"
     flip_byte(path, at=0.9)  # inside the vectors: faiss itself reads the file without complaint
     assert faiss.read_index(str(path)).ntotal == 40
@@ -103,7 +103,7 @@ def test_flipped_byte_in_faiss_index_is_rebuilt_and_noted(tmp_path):
     assert report.ok
     assert any(n.startswith("faiss.index does not match the checksum") for n in report.notes), report.notes
     reopened = SemanticIdIndex.open(tmp_path / "idx")  # rebuilt from the segments, rewritten, recorded
-    for got, want in zip(reopened.nearest(queries, k=10), expected, strict=True):
+    for got, want in zip(reopened.snapshot.nearest(queries, k=10), expected, strict=True):
         np.testing.assert_array_equal(got, want)
     assert check_index(tmp_path / "idx").notes == []
 
@@ -121,7 +121,7 @@ def test_manifest_without_checksums_still_opens_and_gains_them_on_the_next_write
     assert len(old) == 20
     report = check_index(tmp_path / "idx")
     assert report.ok and any("no recorded checksum" in n for n in report.notes)
-    old.append(**make_batch(rng, 4, start=100, occupancy=old.occupancy()))  # folds the tail: rewritten
+    old.append(**make_batch(rng, 4, start=100, occupancy=old.snapshot.occupancy()))  # folds the tail: rewritten
     manifest = json.loads(manifest_path.read_text())
     assert all("sha256" in s for s in manifest["segments"]) and manifest["faiss"]["rows"] == 24
     assert check_index(tmp_path / "idx").notes == []
@@ -143,17 +143,17 @@ def test_malformed_checksum_in_manifest_is_corrupt(tmp_path):
 _APPEND = """
 import sys
 import numpy as np
-from service.index import SemanticIdIndex
-from tests.service.test_index import make_batch
+from semid.service.index.handle import SemanticIdIndex
+from tests.service.index.test_handle import make_batch
 index = SemanticIdIndex.open(sys.argv[1])
 start = int(sys.argv[2])
-batch = make_batch(np.random.default_rng(start), 30, start=start, occupancy=index.occupancy())
+batch = make_batch(np.random.default_rng(start), 30, start=start, occupancy=index.snapshot.occupancy())
 index.append(**batch, persist_vectors=True)
 """
 
 _CREATE = """
 import sys
-from tests.service.test_index import new_index
+from tests.service.index.test_handle import new_index
 new_index(sys.argv[1])
 """
 
@@ -223,7 +223,7 @@ def test_online_write_failure_is_an_index_write_error_and_loses_nothing(fault, f
     index, _ = filled_index(tmp_path / "idx", rng, batches=1)
     acknowledged = _ids(index)
     manifest = (tmp_path / "idx" / "manifest.json").read_bytes()
-    batch = make_batch(rng, 5, start=100, occupancy=index.occupancy())
+    batch = make_batch(rng, 5, start=100, occupancy=index.snapshot.occupancy())
     monkeypatch.setenv(FAULT_ENV, fault)
     with pytest.raises(IndexWriteError) as caught:
         index.append(**batch, persist_vectors=False)
@@ -244,7 +244,7 @@ def test_online_write_failure_is_an_index_write_error_and_loses_nothing(fault, f
 def test_failure_after_the_manifest_rename_says_the_write_is_in(tmp_path, monkeypatch):
     rng = np.random.default_rng(9)
     index, _ = filled_index(tmp_path / "idx", rng, batches=1)
-    batch = make_batch(rng, 5, start=100, occupancy=index.occupancy())
+    batch = make_batch(rng, 5, start=100, occupancy=index.snapshot.occupancy())
     monkeypatch.setenv(FAULT_ENV, "eio-manifest-rename")  # the directory fsync after the rename fails
     with pytest.raises(IndexWriteError, match="the write is in the index") as caught:
         index.append(**batch)
@@ -330,7 +330,7 @@ def test_online_write_on_a_full_file_system(tiny_fs):
     rng = np.random.default_rng(10)
     index, _ = filled_index(tiny_fs / "idx", rng, batches=1, layout=ROOMY, values=64)
     acknowledged = _ids(index)
-    batch = make_batch(rng, 3000, start=100, occupancy=index.occupancy(), layout=ROOMY, values=64)
+    batch = make_batch(rng, 3000, start=100, occupancy=index.snapshot.occupancy(), layout=ROOMY, values=64)
     filler = fill(tiny_fs, leave=16 * 1024)  # room for the lock file, not for a 3,000-row segment
     with pytest.raises(IndexWriteError, match="no space left on device writing") as caught:
         index.append(**batch, persist_vectors=False)
@@ -364,7 +364,8 @@ def test_assign_on_a_full_file_system(tiny_fs, cli_index, checkpoint, catalogs):
 def test_read_only_file_system_reads_but_refuses_writes_clearly(tiny_fs, cli_index, checkpoint, catalogs):
     rng = np.random.default_rng(11)
     lib, _ = filled_index(tiny_fs / "lib", rng, batches=1)
-    lib.append(**make_batch(rng, 4, start=100, occupancy=lib.occupancy()), persist_vectors=False)  # faiss stale
+    # faiss stale:
+    lib.append(**make_batch(rng, 4, start=100, occupancy=lib.snapshot.occupancy()), persist_vectors=False)
     acknowledged = _ids(lib)
     shutil.copytree(cli_index, tiny_fs / "cli")
     before = _export_ids(tiny_fs / "cli")
@@ -372,10 +373,10 @@ def test_read_only_file_system_reads_but_refuses_writes_clearly(tiny_fs, cli_ind
     if done.returncode != 0:
         pytest.skip(f"remounting read-only is not permitted here: {done.stderr.strip()}")
     reader = SemanticIdIndex.open(tiny_fs / "lib")  # the stale faiss.index is rebuilt in memory only
-    assert _ids(reader) == acknowledged and reader.nearest(np.zeros(DIM), k=30)[1].shape == (1, 24)
+    assert _ids(reader) == acknowledged and reader.snapshot.nearest(np.zeros(DIM), k=30)[1].shape == (1, 24)
     assert check_index(tiny_fs / "lib").ok
     with pytest.raises(IndexWriteError, match="read-only file system writing .*index.lock") as caught:
-        reader.append(**make_batch(rng, 2, start=900, occupancy=reader.occupancy()))
+        reader.append(**make_batch(rng, 2, start=900, occupancy=reader.snapshot.occupancy()))
     assert caught.value.errno == errno.EROFS and not caught.value.insufficient_storage
     failed = run_semid(*assign_args(checkpoint, catalogs["other"], tiny_fs / "cli"))
     last = failed.stderr.strip().splitlines()[-1]

@@ -16,10 +16,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.app import create_app
-from service.assign import assign_catalog
-from service.settings import ServiceSettings
-from service.state import ServiceState
+from semid.service.api.app import create_app
+from semid.service.api.settings import ServiceSettings
+from semid.service.api.state import ServiceState
+from semid.service.assign import assign_catalog
 
 EXAMPLES = 15
 

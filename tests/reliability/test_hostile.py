@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.service_speed import Server
-from service.assign import assign_catalog
+from semid.service.assign import assign_catalog
 
 ARROW = {"content-type": "application/vnd.apache.arrow.stream"}
 API_KEY = "hostile-test-key"

@@ -12,8 +12,8 @@ import pytest
 
 from benchmarks.load_test import MIX, run_load
 from benchmarks.service_speed import Server, draw_prefixes
-from service.assign import assign_catalog
-from service.index_check import check_index
+from semid.service.assign import assign_catalog
+from semid.service.index.check import check_index
 
 DURATION_S = 5.0
 WORKERS = 4

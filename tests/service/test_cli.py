@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from model.catalog import Catalog
-from model.checkpoint import load_checkpoint
-from model.synthetic import synthetic_catalog, write_catalog
-from service.cli import main
+from semid.model.catalog import Catalog
+from semid.model.checkpoint import load_checkpoint
+from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.service.cli import main
 from tests.conftest import tiny_config
 
 # the installed console script (the one beside this interpreter first), else the module: no hard-coded venv path
 _SCRIPT = shutil.which("semid", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-SEMID = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "service.cli"]
+SEMID = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "semid.service.cli"]
 WIDTH = 4  # tiny_config: 3 levels + the dedup digit
 
 

@@ -1,0 +1,186 @@
+"""Request bodies, JSON or Arrow IPC, decoded into arrays (in a worker thread, bounded first).
+
+Each decoder returns NumPy arrays and Arrow columns ready for the core; every failure is a
+:class:`~semid.service.errors.SemidError` naming the field (or FastAPI's validation error for JSON).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from semid.model.catalog import CatalogError, embeddings_to_numpy
+from semid.service.api.arrow_body import read_arrow_body
+from semid.service.api.limits import arrow_byte_cap, check_batch, check_json_size, check_string_id, json_value_cap
+from semid.service.api.schemas import AssignRequest, EncodeRequest
+from semid.service.api.state import ServiceState
+from semid.service.errors import InvalidInputError
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class EncodeBody:
+    embeddings: np.ndarray  # float32 [N, D], not yet checked against the checkpoint
+    item_ids: np.ndarray | None
+    register: bool
+
+
+@dataclass
+class AssignBody:
+    item_ids: np.ndarray
+    embeddings: np.ndarray  # float32 [N, D], checked
+    columns: dict[str, pa.Array]  # the index's kept columns
+
+
+def is_arrow(request: Request) -> bool:
+    """Whether the body is an Arrow IPC stream; 422 for any content type but JSON or Arrow."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "", ARROW_STREAM):
+        raise InvalidInputError(
+            f"content-type {content_type!r}; expected application/json or {ARROW_STREAM}", field="content-type"
+        )
+    return content_type == ARROW_STREAM
+
+
+def decode_encode_body(state: ServiceState, raw: bytes, arrow: bool, register_query: bool) -> EncodeBody:
+    if arrow:
+        ids, x, _ = _read_arrow(state, raw, need_ids=register_query, rows_field="embeddings")
+        body = EncodeBody(x, ids, register_query)
+    else:
+        if register_query:
+            raise InvalidInputError(
+                'the register query parameter applies to Arrow bodies; in a JSON body send "register": true',
+                field="register",
+            )
+        req = parse_json(EncodeRequest, raw, json_value_cap(state))
+        check_batch(state, len(req.embeddings), "embeddings")
+        ids = None if req.item_ids is None else ids_array(state, req.item_ids)
+        body = EncodeBody(_as_matrix(req.embeddings, "embeddings"), ids, req.register_items)
+    n = body.embeddings.shape[0]
+    check_batch(state, n, "embeddings")
+    if body.item_ids is not None and len(body.item_ids) != n:
+        raise InvalidInputError(f"item_ids has {len(body.item_ids)} entries for {n} embeddings", field="item_ids")
+    return body
+
+
+def decode_assign_body(state: ServiceState, raw: bytes, arrow: bool) -> AssignBody:
+    if arrow:
+        ids, emb, columns = _read_arrow(state, raw, need_ids=True, rows_field="items")
+        assert ids is not None  # need_ids
+    else:
+        ids, emb, columns = _read_json_items(state, raw)
+    return AssignBody(ids, state.encoder.check(emb, field="embedding"), columns)
+
+
+def parse_json(model: type[M], raw: bytes, max_values: int) -> M:
+    """Validate a raw JSON body, after bounding how many values it can expand to."""
+    check_json_size(raw, max_values=max_values)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors(include_url=False), body=None) from err
+
+
+def ids_array(state: ServiceState, ids: list[Any], field: str = "item_ids") -> np.ndarray:
+    """Item ids of the index's kind (int64 or str objects), or 422 naming ``field``."""
+    if state.index.id_kind == "int":
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise InvalidInputError(f"{field} must be integers for this index", field=field)
+        if any(not -(2**63) <= i < 2**63 for i in ids):
+            raise InvalidInputError(f"{field} must fit in 64 bits", field=field)
+        return np.asarray(ids, dtype=np.int64)
+    if not all(isinstance(i, str) for i in ids):
+        raise InvalidInputError(f"{field} must be strings for this index", field=field)
+    for i in ids:
+        check_string_id(i, field)
+    return np.asarray(ids, dtype=object)
+
+
+def _as_matrix(rows: list[list[float]], field: str) -> np.ndarray:
+    widths = {len(r) for r in rows}
+    if len(widths) > 1:
+        raise InvalidInputError(f"{field} must all have the same dimension, got {sorted(widths)[:5]}", field=field)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the encoder's check rejects (422)
+        return np.asarray(rows, dtype=np.float32)
+
+
+def _read_arrow(
+    state: ServiceState, raw: bytes, *, need_ids: bool, rows_field: str
+) -> tuple[np.ndarray | None, np.ndarray, dict[str, pa.Array]]:
+    """(item ids or None, embeddings, kept columns) from an Arrow IPC stream body, bounded and validated."""
+    table = read_arrow_body(
+        raw, max_rows=state.settings.max_batch, max_bytes=arrow_byte_cap(state), rows_field=rows_field
+    )
+    for col in ("item_id", "embedding") if need_ids else ("embedding",):
+        if col not in table.column_names:
+            raise InvalidInputError(f"Arrow stream has no column {col!r}", field=col)
+    check_batch(state, table.num_rows, rows_field)
+    try:
+        emb = embeddings_to_numpy(table.column("embedding").combine_chunks(), "embedding", 0, None)
+    except CatalogError as err:
+        raise InvalidInputError(str(err), field="embedding") from err
+    columns = {c: table.column(c).combine_chunks() for c in state.index.keep_columns if c in table.column_names}
+    for c in state.index.keep_columns:
+        columns.setdefault(c, pa.nulls(table.num_rows, pa.string()))
+    if "item_id" not in table.column_names:
+        return None, emb, columns
+    id_col = table.column("item_id").combine_chunks()
+    if id_col.null_count:
+        raise InvalidInputError("item_id has nulls", field="item_id")
+    kind = id_col.type
+    if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise InvalidInputError(f"item_id has type {id_col.type}; expected integers or strings", field="item_id")
+    return ids_array(state, id_col.to_pylist(), "item_id"), emb, columns
+
+
+def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
+    body = parse_json(AssignRequest, raw, json_value_cap(state))
+    check_batch(state, len(body.items), "items")
+    ids = ids_array(state, [it.item_id for it in body.items], "items.item_id")
+    emb = _as_matrix([it.embedding for it in body.items], "items.embedding")
+    columns = {}
+    for c in state.index.keep_columns:
+        values = [(it.model_extra or {}).get(c) for it in body.items]
+        try:
+            columns[c] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise InvalidInputError(f"items.{c} has mixed or unsupported values: {err}", field=f"items.{c}") from err
+    return ids, emb, columns
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its $defs inlined, for request bodies documented by hand."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+def json_or_arrow_body(model: type[BaseModel], arrow_doc: str) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of a route that reads JSON (``model``) or an Arrow IPC stream."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline_schema(model)},
+                ARROW_STREAM: {"schema": {"type": "string", "format": "binary", "description": arrow_doc}},
+            },
+        }
+    }

@@ -1,0 +1,9 @@
+"""HTTP routes: each decodes its input, calls one core function and returns a response model."""
+
+from fastapi import APIRouter
+
+from semid.service.api.routes import encode_assign, lookups, ops
+
+router = APIRouter()
+for module in (encode_assign, lookups, ops):
+    router.include_router(module.router)

@@ -1,0 +1,88 @@
+"""Read-only look-ups: an item, an ID, a prefix page, the valid next codes, and resolution of any tuple."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from semid.service.api.deps import StateDep
+from semid.service.api.limits import check_string_id
+from semid.service.api.pages import DEFAULT_PAGE, prefix_page
+from semid.service.api.schemas import (
+    ERRORS,
+    ChildrenResponse,
+    ItemPublic,
+    PrefixPage,
+    ResolveRequest,
+    ResolveResponse,
+)
+from semid.service.api.threads import in_read_thread
+from semid.service.errors import InvalidInputError
+from semid.service.index.snapshot import MAX_PAGE_LIMIT, IndexSnapshot
+from semid.service.lookup import resolve_codes
+
+router = APIRouter(tags=["look-up"])
+
+
+@router.get("/v1/items/{item_id}", response_model=ItemPublic, responses=ERRORS)
+async def get_item(item_id: str, state: StateDep) -> dict:
+    """The semantic ID (and kept columns) of one item."""
+    check_string_id(item_id, "item_id")
+    return state.index.snapshot.get_item(item_id)
+
+
+@router.get("/v1/ids/{semantic_id}", response_model=ItemPublic, responses=ERRORS)
+async def get_by_id(semantic_id: str, state: StateDep) -> dict:
+    """The item holding a full semantic ID, written with dashes: 12-201-7-0."""
+    snapshot = state.index.snapshot
+    return snapshot.get_by_semantic_id(snapshot.layout.parse(semantic_id, field="semantic_id"))
+
+
+@router.get("/v1/prefixes/{prefix}", response_model=PrefixPage, responses=ERRORS)
+async def prefix_items(
+    prefix: str,
+    state: StateDep,
+    limit: Annotated[
+        int | None,
+        Query(ge=1, le=MAX_PAGE_LIMIT, description=f"Items per page (default {DEFAULT_PAGE}, or max_page if smaller)."),
+    ] = None,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page.")] = None,
+) -> dict:
+    """Items under an ID prefix (1..L+1 codes), in ID order, paginated, with the total count."""
+    limit = min(DEFAULT_PAGE, state.settings.max_page) if limit is None else limit
+    if limit > state.settings.max_page:
+        raise InvalidInputError(f"limit is {limit}; at most {state.settings.max_page}", field="limit")
+    snapshot = state.index.snapshot
+    return prefix_page(snapshot, snapshot.layout.parse(prefix), limit=limit, cursor=cursor)
+
+
+def _children(snapshot: IndexSnapshot, codes: tuple[int, ...]) -> dict:
+    children = snapshot.children(codes)
+    return {"prefix": list(codes), "children": [{"code": c, "count": n} for c, n in children]}
+
+
+@router.get("/v1/prefixes/{prefix}/children", response_model=ChildrenResponse, responses=ERRORS)
+async def prefix_children(prefix: str, state: StateDep) -> dict:
+    """The valid next codes under a prefix, with item counts: the allowed tokens for constrained decoding."""
+    snapshot = state.index.snapshot
+    return _children(snapshot, snapshot.layout.parse(prefix))
+
+
+@router.get("/v1/children", response_model=ChildrenResponse, responses=ERRORS)
+async def root_children(state: StateDep) -> dict:
+    """The valid first codes, with item counts."""
+    return _children(state.index.snapshot, ())
+
+
+@router.post("/v1/resolve", response_model=ResolveResponse, responses=ERRORS)
+async def resolve(body: ResolveRequest, state: StateDep) -> dict:
+    """Any code tuple (e.g. generated) -> the exact item, or the k nearest valid IDs and their items."""
+    if not 1 <= body.k <= state.settings.max_k:
+        raise InvalidInputError(f"k is {body.k}; expected 1..{state.settings.max_k}", field="k")
+    found = await in_read_thread(resolve_codes, state.index.snapshot, state.encoder, body.semantic_id, body.k)
+    nearest = [
+        {"semantic_id": it["semantic_id"], "item_id": it["item_id"], "distance": d, "item": it}
+        for it, d in found.nearest
+    ]
+    return {"exact": found.exact, "nearest": nearest}

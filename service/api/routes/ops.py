@@ -1,0 +1,25 @@
+"""Operations: liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from semid.service.api.schemas import ErrorResponse, Health
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
+async def readyz(request: Request) -> dict | JSONResponse:
+    """Readiness: the index and checkpoint are loaded."""
+    state = request.app.state.semid
+    if state is None:
+        return JSONResponse({"error": {"code": "not_ready", "message": "the index is loading"}}, status_code=503)
+    return {"status": "ready", "items": len(state.index), "fingerprint": state.index.fingerprint}

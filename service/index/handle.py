@@ -1,0 +1,486 @@
+"""``SemanticIdIndex``: the on-disk index directory and the look-ups it serves.
+
+Directory::
+
+    manifest.json            which segments form the index (replaced last, atomically)
+    segments/seg-NNNNNN.parquet
+    faiss.index              IndexFlatL2 over the vectors in row order (rebuilt if stale)
+    checkpoint/              copy of the tokenizer checkpoint the ids came from
+    index.lock               writers' flock
+
+Readers never lock: a handle loads the segments named by the manifest and serves
+from memory. Writers hold ``index.lock``; under it a handle first catches up with
+segments other processes appended, so ids are checked against the latest state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from semid.service.errors import (
+    CorruptIndexError,
+    FingerprintMismatchError,
+    IndexExistsError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexWriteError,
+    InvalidInputError,
+)
+from semid.service.ids.layout import IdLayout
+from semid.service.index.batch import validate_batch
+from semid.service.index.check import CheckReport, check_index
+from semid.service.index.manifest import (
+    CHECKPOINT_DIR,
+    FAISS_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SEGMENTS_DIR,
+    Manifest,
+    SegmentInfo,
+    read_manifest,
+    write_manifest,
+)
+from semid.service.index.segments import build_table, fold_into_tail, read_segment, write_segment
+from semid.service.index.snapshot import IndexSnapshot
+from semid.service.index.state import IndexState
+from semid.service.index.store import TMP_PREFIX, WriterLock, copy_dir_atomically
+from semid.service.index.vectors import add_segments, load_vector_index, write_vector_index
+
+logger = logging.getLogger(__name__)
+
+
+
+class SemanticIdIndex:
+    """An index directory opened for reading, and for appending under its lock.
+
+    Build with ``create`` or ``open``. Reads are safe from many threads; appends
+    replace the in-memory snapshot in one assignment.
+    """
+
+    def __init__(self, path: Path, snapshot: IndexSnapshot, *, lock_timeout: float) -> None:
+        self._path = path
+        self._snapshot = snapshot
+        self._lock = WriterLock(path / LOCK_NAME, description=f"index {path}")
+        self._lock_timeout = lock_timeout
+        self._thread_lock = threading.RLock()
+
+    # --- opening -------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        layout: IdLayout,
+        fingerprint: str,
+        id_kind: str,
+        vector_dim: int,
+        keep_columns: Sequence[str] = (),
+        checkpoint_dir: Path | None = None,
+        lock_timeout: float = 0.0,
+    ) -> SemanticIdIndex:
+        """Make an empty index at ``path`` (missing or empty directory).
+
+        Raises ``IndexExistsError`` if ``path`` already holds an index or other files,
+        ``InvalidInputError`` for bad arguments.
+        """
+        root = Path(path)
+        if not isinstance(layout, IdLayout):
+            raise InvalidInputError(f"layout must be an IdLayout, got {type(layout).__name__}", field="layout")
+        manifest = Manifest(
+            checkpoint_fingerprint=fingerprint,
+            layout=layout,
+            id_kind=id_kind,
+            vector_dim=vector_dim,
+            keep_columns=tuple(keep_columns),
+        )
+        if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
+            raise InvalidInputError(f"checkpoint_dir {checkpoint_dir} is not a directory", field="checkpoint_dir")
+        _refuse_existing(root)
+        target = str(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            lock = WriterLock(root / LOCK_NAME, description=f"index {root}")
+            target = LOCK_NAME
+            with lock.held_for(timeout=lock_timeout):
+                _refuse_existing(root)  # another creator may have finished while we waited
+                target = SEGMENTS_DIR
+                (root / SEGMENTS_DIR).mkdir(exist_ok=True)
+                _remove_leftovers(root, manifest)
+                if checkpoint_dir is not None:
+                    target = CHECKPOINT_DIR
+                    copy_dir_atomically(Path(checkpoint_dir), root / CHECKPOINT_DIR)
+                vectors = faiss.IndexFlatL2(vector_dim)
+                target = FAISS_NAME
+                manifest = replace(manifest, faiss=write_vector_index(root, vectors))
+                target = MANIFEST_NAME
+                write_manifest(root, manifest)
+        except OSError as exc:
+            raise _write_error(root, exc, target) from exc
+        logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
+        state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
+        return cls(root, IndexSnapshot(manifest=manifest, state=state, vectors=vectors), lock_timeout=lock_timeout)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expected_fingerprint: str | None = None,
+        lock_timeout: float = 0.0,
+    ) -> SemanticIdIndex:
+        """Load the index at ``path``.
+
+        Raises ``IndexNotFoundError`` (no manifest), ``CorruptIndexError`` (bad manifest,
+        missing or malformed segment, duplicate ids), ``FingerprintMismatchError``.
+        ``lock_timeout`` is how long later writes wait for the writer lock.
+        """
+        root = Path(path)
+        manifest = _read_manifest_or_raise(root)
+        if expected_fingerprint is not None and manifest.checkpoint_fingerprint != expected_fingerprint:
+            raise FingerprintMismatchError(
+                f"index {root} was built from the checkpoint with fingerprint {manifest.checkpoint_fingerprint}, "
+                f"not {expected_fingerprint}; use that checkpoint or build a new index",
+                expected=expected_fingerprint,
+                actual=manifest.checkpoint_fingerprint,
+            )
+        snapshot, rebuilt = _load_snapshot(root, manifest, None)
+        index = cls(root, snapshot, lock_timeout=lock_timeout)
+        if rebuilt:
+            index._persist_rebuilt_vectors()
+        logger.info("opened index %s: %d items in %d segments", root, len(index), len(manifest.segments))
+        return index
+
+    # --- properties ----------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def layout(self) -> IdLayout:
+        return self._snapshot.manifest.layout
+
+    @property
+    def fingerprint(self) -> str:
+        return self._snapshot.manifest.checkpoint_fingerprint
+
+    @property
+    def id_kind(self) -> str:
+        return self._snapshot.manifest.id_kind
+
+    @property
+    def keep_columns(self) -> tuple[str, ...]:
+        return self._snapshot.manifest.keep_columns
+
+    @property
+    def vector_dim(self) -> int:
+        return self._snapshot.manifest.vector_dim
+
+    @property
+    def item_count(self) -> int:
+        return self._snapshot.state.size
+
+    @property
+    def snapshot(self) -> IndexSnapshot:
+        """The current immutable state and its look-ups; take it once per request."""
+        return self._snapshot
+
+    @property
+    def state(self) -> IndexState:
+        """The current immutable in-memory arrays, for bulk reads (export, evaluation)."""
+        return self._snapshot.state
+
+    def __len__(self) -> int:
+        return self.item_count
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self._snapshot.manifest.segments)
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        path = self._path / CHECKPOINT_DIR
+        return path if path.is_dir() else None
+
+    # --- writing -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, *, timeout: float | None = None) -> Iterator[SemanticIdIndex]:
+        """Hold the writer lock across several steps (occupancy -> resolve -> append).
+
+        On entry the handle catches up with segments appended by other processes.
+        Raises ``IndexLockedError`` if the lock is not free within ``timeout`` seconds
+        (default: the handle's ``lock_timeout``). Re-entrant within one thread; other
+        threads using the same handle wait or fail like other processes do.
+        """
+        wait = self._lock_timeout if timeout is None else max(0.0, timeout)
+        got = self._thread_lock.acquire(timeout=wait) if wait > 0 else self._thread_lock.acquire(False)
+        if not got:
+            raise IndexLockedError(
+                f"index {self._path} is being written by another thread of this process (pid {os.getpid()})",
+                holder_pid=os.getpid(),
+            )
+        try:
+            if self._lock.held:  # re-entered by the thread that holds it
+                yield self
+                return
+            try:
+                self._lock.acquire(timeout=wait)
+            except OSError as exc:  # e.g. a read-only file system: index.lock cannot be opened for writing
+                raise _write_error(self._path, exc, LOCK_NAME) from exc
+            try:
+                self.refresh()
+                yield self
+            finally:
+                self._lock.release()
+        finally:
+            self._thread_lock.release()
+
+    def refresh(self) -> None:
+        """Load segments that other processes appended since this handle was loaded."""
+        current = self._snapshot
+        manifest = _read_manifest_or_raise(self._path)
+        if manifest.segments == current.manifest.segments:
+            if manifest != current.manifest:  # e.g. another handle recorded a rebuilt faiss.index
+                self._snapshot = replace(current, manifest=manifest)
+            return
+        if manifest.checkpoint_fingerprint != current.manifest.checkpoint_fingerprint:
+            raise FingerprintMismatchError(
+                f"index {self._path} was replaced by one built from checkpoint {manifest.checkpoint_fingerprint}",
+                expected=current.manifest.checkpoint_fingerprint,
+                actual=manifest.checkpoint_fingerprint,
+            )
+        known = current.manifest.segments
+        extends = manifest.segments[: len(known)] == known
+        self._snapshot, rebuilt = _load_snapshot(self._path, manifest, current if extends else None)
+        if rebuilt and self._lock.held:
+            self._store_rebuilt_vectors()
+        logger.info("index %s refreshed: %d items", self._path, self.item_count)
+
+    def append(
+        self,
+        *,
+        item_ids: np.ndarray,
+        base_codes: np.ndarray,
+        semantic_ids: np.ndarray,
+        fallback: np.ndarray,
+        embedding_hash: np.ndarray,
+        vectors: np.ndarray,
+        columns: Mapping[str, pa.Array] | None = None,
+        recodes: np.ndarray | None = None,
+        persist_vectors: bool = True,
+    ) -> str:
+        """Write one batch as a new segment, atomically; returns the segment's name.
+
+        ``recodes`` (bool per row) marks rows that re-code an indexed item: the new row
+        supersedes the old one, whose semantic id stays reserved unless the new row keeps it.
+
+        ``persist_vectors=False`` skips rewriting ``faiss.index`` (small online writes):
+        the vectors are in the segment, and the next open rebuilds the stale FAISS file.
+
+        Refuses, writing nothing: ``DuplicateItemError`` (item ids repeated or already
+        indexed), ``UnknownItemError`` (an item to re-code is not indexed),
+        ``DuplicateSemanticIdError`` (semantic ids repeated, taken or reserved),
+        ``InvalidInputError`` and subclasses (shapes, ranges, columns),
+        ``IndexLockedError`` (another writer).
+        """
+        with self.writer():
+            snap = self._snapshot
+            part, vecs = validate_batch(
+                manifest=snap.manifest,
+                state=snap.state,
+                item_ids=item_ids,
+                base_codes=base_codes,
+                semantic_ids=semantic_ids,
+                fallback=fallback,
+                embedding_hash=embedding_hash,
+                vectors=vectors,
+                columns=columns or {},
+                recodes=recodes,
+            )
+            manifest = snap.manifest
+            table = build_table(
+                layout=manifest.layout,
+                id_kind=manifest.id_kind,
+                item_ids=part.item_ids,
+                semantic_ids=part.semantic_ids,
+                base_codes=part.base_codes,
+                fallback=part.fallback,
+                embedding_hashes=part.embedding_hashes,
+                recodes=part.recodes,
+                vectors=vecs,
+                columns={name: part.kept.column(name) for name in manifest.keep_columns},
+                keep_columns=manifest.keep_columns,
+            )
+            _remove_leftovers(self._path, manifest)
+            name = manifest.next_segment_name()
+            table, kept_segments = fold_into_tail(self._path / SEGMENTS_DIR, manifest.segments, table)
+            new_vectors = faiss.clone_index(snap.vectors)
+            new_vectors.add(vecs)
+            target = f"{SEGMENTS_DIR}/{name}"
+            try:
+                sha256 = write_segment(table, self._path / SEGMENTS_DIR / name)
+                faiss_info = manifest.faiss  # unchanged file when not persisted: stale, rebuilt on open
+                if persist_vectors:
+                    target = FAISS_NAME
+                    faiss_info = write_vector_index(self._path, new_vectors)
+                new_manifest = replace(manifest, segments=kept_segments, faiss=faiss_info).with_segment(
+                    SegmentInfo(name=name, rows=table.num_rows, sha256=sha256)
+                )
+                target = MANIFEST_NAME
+                write_manifest(self._path, new_manifest)
+            except OSError as exc:
+                # The manifest is the commit point: if it was replaced (only its directory's fsync
+                # failed) the write is visible, and this handle moves on with it.
+                committed = target == MANIFEST_NAME and _listed(self._path, name)
+                if committed:
+                    self._snapshot = IndexSnapshot(
+                        manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
+                    )
+                raise _write_error(self._path, exc, target, committed=committed) from exc
+            self._snapshot = IndexSnapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
+        logger.info("index %s: appended %s with %d items", self._path, name, part.rows)
+        return name
+
+    def check(self) -> CheckReport:
+        """Consistency check of the files on disk (not of this handle's memory)."""
+        return check_index(self._path)
+
+    # --- internals -----------------------------------------------------------------
+
+    def _persist_rebuilt_vectors(self) -> None:
+        """Write a rebuilt faiss index unless another writer holds the lock or the file system
+        refuses (read-only, full): then it stays in memory only."""
+        try:
+            with self._lock.held_for(timeout=0.0):
+                self._store_rebuilt_vectors()
+        except IndexLockedError:
+            logger.warning("index %s: rebuilt %s in memory only; a writer holds the lock", self._path, FAISS_NAME)
+        except OSError as exc:
+            logger.warning("index %s: rebuilt %s in memory only; cannot lock: %s", self._path, FAISS_NAME, exc)
+
+    def _store_rebuilt_vectors(self) -> None:
+        """Under the lock: write the snapshot's rebuilt faiss index and record its checksum in the
+        manifest, if the manifest still lists the snapshot's segments. Best effort (derived data)."""
+        snap = self._snapshot
+        try:
+            current = _read_manifest_or_raise(self._path)
+            if current.segments != snap.manifest.segments:
+                return
+            manifest = replace(current, faiss=write_vector_index(self._path, snap.vectors))
+            write_manifest(self._path, manifest)
+        except OSError as exc:
+            logger.warning("index %s: rebuilt %s kept in memory only: %s", self._path, FAISS_NAME, exc)
+            return
+        self._snapshot = replace(snap, manifest=manifest)
+        logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
+
+
+# --- module helpers ------------------------------------------------------------------
+
+
+def _read_manifest_or_raise(root: Path) -> Manifest:
+    try:
+        return read_manifest(root)
+    except (FileNotFoundError, NotADirectoryError):
+        raise IndexNotFoundError(f"no index at {root} ({MANIFEST_NAME} missing)") from None
+
+
+def _write_error(root: Path, exc: OSError, target: str, *, committed: bool = False) -> IndexWriteError:
+    """A file-system failure while writing ``target`` (a name inside ``root``) as a domain error."""
+    if isinstance(exc, IndexWriteError):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = reason[:1].lower() + reason[1:]
+    outcome = "the manifest was replaced, so the write is in the index" if committed else "the index is unchanged"
+    logger.info("index %s: %s writing %s (%s)", root, reason, target, outcome)
+    return IndexWriteError(
+        f"{reason} writing {root / target} ({outcome})", errno=exc.errno, path=str(root / target), committed=committed
+    )
+
+
+def _listed(root: Path, segment: str) -> bool:
+    try:
+        return any(s.name == segment for s in read_manifest(root).segments)
+    except (OSError, CorruptIndexError):
+        return False
+
+
+def _refuse_existing(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise IndexExistsError(f"{root} exists and is not a directory")
+    if (root / MANIFEST_NAME).exists():
+        raise IndexExistsError(f"{root} already holds an index")
+    if root.is_dir():
+        own = {LOCK_NAME, SEGMENTS_DIR, CHECKPOINT_DIR, FAISS_NAME}
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in own and not p.name.startswith(TMP_PREFIX))
+        if foreign:
+            raise IndexExistsError(f"{root} is not empty (holds {', '.join(foreign[:5])}); refusing to create an index")
+
+
+def _remove_leftovers(root: Path, manifest: Manifest) -> None:
+    """Delete temp files and segments the manifest does not list (crashed writes). Under the lock."""
+    listed = {s.name for s in manifest.segments}
+    for directory in (root, root / SEGMENTS_DIR):
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            orphan = directory.name == SEGMENTS_DIR and entry.name.endswith(".parquet") and entry.name not in listed
+            if entry.name.startswith(TMP_PREFIX) or orphan:
+                logger.info("removing leftover %s", entry)
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _load_snapshot(root: Path, manifest: Manifest, base: IndexSnapshot | None) -> tuple[IndexSnapshot, bool]:
+    """Read the manifest's segments (only those after ``base``'s, if given).
+
+    Also returns whether the faiss index had to be rebuilt from the segments.
+    """
+    layout, id_kind, keep = manifest.layout, manifest.id_kind, manifest.keep_columns
+    known = len(base.manifest.segments) if base is not None else 0
+    parts = []
+    for info in manifest.segments[known:]:
+        part = read_segment(
+            root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep, sha256=info.sha256
+        )
+        if part.rows != info.rows:
+            raise CorruptIndexError(f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}")
+        parts.append(part)
+    if base is None:
+        state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=parts)
+    else:
+        state = base.state
+        for part in parts:
+            state = state.extended(part)
+    duplicates = state.duplicate_item_ids()
+    if duplicates:
+        raise CorruptIndexError(f"index {root}: item ids held by several rows without a re-code: {duplicates[:10]}")
+    dup_sids = state.duplicate_packed()
+    if dup_sids.shape[0]:
+        raise CorruptIndexError(
+            f"index {root}: semantic ids held by several items: {layout.unpack(dup_sids[:10]).tolist()}"
+        )
+    rebuilt = False
+    if base is not None:
+        vectors = faiss.clone_index(base.vectors)
+        add_segments(vectors, root, manifest.segments[known:], vector_dim=manifest.vector_dim)
+    else:
+        vectors, rebuilt = load_vector_index(root, manifest)
+    return IndexSnapshot(manifest=manifest, state=state, vectors=vectors), rebuilt
+
+

@@ -1,0 +1,258 @@
+"""Parquet segments: the Arrow schema of one batch of items and its conversion to NumPy.
+
+Columns: item_id (int64 or string), semantic_id (fixed-size list of ints, L+1),
+base_code (fixed-size list, L), fallback (bool), embedding_hash (uint64), recodes
+(bool: the row supersedes the item's earlier row; absent in segments written before
+re-coding existed, read as all False), vector (fixed-size list<float32>[vector_dim])
+and the kept catalog columns. Reading goes
+column-wise through ``flatten().to_numpy()``, never row by row.
+
+A segment is written as one buffer whose SHA-256 the manifest records; readers given
+that checksum verify the bytes before parsing them (``CorruptIndexError`` on mismatch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from semid.service.errors import CorruptIndexError
+from semid.service.ids.layout import IdLayout
+from semid.service.index.manifest import SegmentInfo
+from semid.service.index.store import sha256_bytes, sha256_file, write_bytes_atomically
+
+CORE_COLUMNS = ("item_id", "semantic_id", "base_code", "fallback", "embedding_hash")
+RECODES_COLUMN = "recodes"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentData:
+    """One segment's columns as arrays (vectors are read separately, only when needed)."""
+
+    item_ids: np.ndarray  # int64 [n] or object (str) [n]
+    semantic_ids: np.ndarray  # int64 [n, L+1]
+    base_codes: np.ndarray  # int64 [n, L]
+    fallback: np.ndarray  # bool [n]
+    embedding_hashes: np.ndarray  # uint64 [n]
+    recodes: np.ndarray  # bool [n]: the row supersedes the item's earlier row
+    kept: pa.Table  # the kept columns, n rows
+
+    @property
+    def rows(self) -> int:
+        return int(self.fallback.shape[0])
+
+
+def code_type(layout: IdLayout) -> pa.DataType:
+    largest = max(layout.sizes) - 1
+    if largest <= np.iinfo(np.int16).max:
+        return pa.int16()
+    if largest <= np.iinfo(np.int32).max:
+        return pa.int32()
+    return pa.int64()
+
+
+def build_table(
+    *,
+    layout: IdLayout,
+    id_kind: str,
+    item_ids: np.ndarray,
+    semantic_ids: np.ndarray,
+    base_codes: np.ndarray,
+    fallback: np.ndarray,
+    embedding_hashes: np.ndarray,
+    recodes: np.ndarray,
+    vectors: np.ndarray,
+    columns: Mapping[str, pa.Array],
+    keep_columns: Sequence[str],
+) -> pa.Table:
+    """Arrow table of one segment; inputs are already validated by the index."""
+    ctype = code_type(layout)
+    np_ctype = ctype.to_pandas_dtype()
+    ids = pa.array(item_ids, type=pa.int64() if id_kind == "int" else pa.string())
+    arrays: dict[str, pa.Array] = {
+        "item_id": ids,
+        "semantic_id": _fixed_list(semantic_ids.astype(np_ctype), ctype, layout.width),
+        "base_code": _fixed_list(base_codes.astype(np_ctype), ctype, layout.levels),
+        "fallback": pa.array(fallback, type=pa.bool_()),
+        "embedding_hash": pa.array(embedding_hashes, type=pa.uint64()),
+        RECODES_COLUMN: pa.array(recodes, type=pa.bool_()),
+        "vector": _fixed_list(vectors.astype(np.float32), pa.float32(), vectors.shape[1]),
+    }
+    for name in keep_columns:
+        arrays[name] = columns[name]
+    return pa.table(arrays)
+
+
+def write_segment(table: pa.Table, path: Path) -> str:
+    """Write ``table`` to ``path`` atomically (fault steps ``after-segment-*``); returns its SHA-256."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = memoryview(sink.getvalue())
+    write_bytes_atomically(path, data, kind="segment")
+    return sha256_bytes(data)
+
+
+def segment_source(path: Path, sha256: str | None) -> Path | pa.BufferReader:
+    """``path`` itself (no checksum recorded), or its bytes once they match ``sha256``."""
+    if sha256 is None:
+        return path
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
+    except OSError as exc:
+        raise CorruptIndexError(f"segment {path.name} is unreadable: {exc}") from None
+    problem = _checksum_problem(path.name, sha256, sha256_bytes(data))
+    if problem is not None:
+        raise CorruptIndexError(problem)
+    return pa.BufferReader(data)
+
+
+def segment_checksum_problem(path: Path, sha256: str) -> str | None:
+    """Why the segment's bytes do not match ``sha256`` (None if they do, or the file cannot be read)."""
+    try:
+        actual = sha256_file(path)
+    except OSError:
+        return None  # reported by the reader
+    return _checksum_problem(path.name, sha256, actual)
+
+
+def _checksum_problem(name: str, recorded: str, actual: str) -> str | None:
+    if actual == recorded:
+        return None
+    return (
+        f"segment {name} does not match its checksum (manifest sha256 {recorded[:16]}..., file "
+        f"{actual[:16]}...): the file is corrupt"
+    )
+
+
+def read_segment_table(path: Path, *, sha256: str | None = None) -> pa.Table:
+    """All columns of one segment, verified against ``sha256`` when given."""
+    source = segment_source(path, sha256)
+    try:
+        return pq.read_table(source)
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {path.name} is unreadable: {exc}") from None
+
+
+SMALL_SEGMENT_ROWS = 4096  # a write that fits with the tail segment in this many rows rewrites the tail
+
+
+def fold_into_tail(
+    segments_dir: Path, segments: Sequence[SegmentInfo], table: pa.Table, *, max_rows: int | None = None
+) -> tuple[pa.Table, tuple[SegmentInfo, ...]]:
+    """Compaction of small writes: ``(table to write, segments kept before it)``.
+
+    A write that fits with the tail segment in ``max_rows`` rows (e.g. one API request) is written
+    together with the tail's rows as a new segment that replaces the tail, so rows keep their order
+    and many small writes don't leave many files. The old tail is removed by the next write.
+    The tail is verified against its checksum first, so a corrupt tail is never re-checksummed.
+    """
+    max_rows = SMALL_SEGMENT_ROWS if max_rows is None else max_rows
+    tail = segments[-1] if segments else None
+    if tail is None or tail.rows + table.num_rows > max_rows:
+        return table, tuple(segments)
+    previous = read_segment_table(segments_dir / tail.name, sha256=tail.sha256)
+    if RECODES_COLUMN not in previous.column_names:  # written before re-coding existed
+        at = previous.column_names.index("vector")
+        previous = previous.add_column(at, RECODES_COLUMN, pa.array(np.zeros(previous.num_rows, bool)))
+    return pa.concat_tables([previous, table.cast(previous.schema)]), tuple(segments[:-1])
+
+
+def read_segment(
+    path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Sequence[str], sha256: str | None = None
+) -> SegmentData:
+    """Read and validate one segment (its bytes against ``sha256`` when given); any problem
+    raises ``CorruptIndexError`` naming it."""
+    name = path.name
+    try:
+        source = segment_source(path, sha256)
+        with pq.ParquetFile(source) as parquet:
+            has_recodes = RECODES_COLUMN in parquet.schema_arrow.names
+            table = parquet.read(columns=[*CORE_COLUMNS, *([RECODES_COLUMN] if has_recodes else []), *keep_columns])
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {name} is listed in the manifest but missing") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {name} is unreadable: {exc}") from None
+    try:
+        item_col = table.column("item_id")
+        if item_col.null_count:
+            raise ValueError("item_id has nulls")
+        if id_kind == "int":
+            if not pa.types.is_integer(item_col.type):
+                raise ValueError(f"item_id is {item_col.type}; the index holds int ids")
+            item_ids = item_col.to_numpy().astype(np.int64, copy=False)
+        else:
+            if not (pa.types.is_string(item_col.type) or pa.types.is_large_string(item_col.type)):
+                raise ValueError(f"item_id is {item_col.type}; the index holds string ids")
+            item_ids = item_col.to_numpy()
+        fallback_col = table.column("fallback")
+        hash_col = table.column("embedding_hash")
+        if fallback_col.null_count or hash_col.null_count:
+            raise ValueError("fallback/embedding_hash have nulls")
+        recodes = np.zeros(table.num_rows, dtype=bool)
+        if has_recodes:
+            recodes_col = table.column(RECODES_COLUMN)
+            if recodes_col.null_count or not pa.types.is_boolean(recodes_col.type):
+                raise ValueError(f"{RECODES_COLUMN} must be bool without nulls")
+            recodes = recodes_col.to_numpy().astype(bool, copy=False)
+        data = SegmentData(
+            item_ids=item_ids,
+            semantic_ids=list_column_to_numpy(table.column("semantic_id"), layout.width, np.int64),
+            base_codes=list_column_to_numpy(table.column("base_code"), layout.levels, np.int64),
+            fallback=fallback_col.to_numpy().astype(bool, copy=False),
+            embedding_hashes=hash_col.to_numpy().astype(np.uint64, copy=False),
+            recodes=recodes,
+            kept=table.select(list(keep_columns)),
+        )
+        layout.pack(data.semantic_ids)  # range checks: InvalidSemanticIdError is a ValueError
+        layout.pack_base(data.base_codes)
+    except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {name} is malformed: {exc}") from None
+    return data
+
+
+def read_vectors(path: Path, *, vector_dim: int, sha256: str | None = None) -> np.ndarray:
+    """float32 ``[n, vector_dim]`` vectors of one segment (its bytes checked against ``sha256`` when given)."""
+    try:
+        column = pq.read_table(segment_source(path, sha256), columns=["vector"]).column("vector")
+        return list_column_to_numpy(column, vector_dim, np.float32)
+    except CorruptIndexError:
+        raise
+    except FileNotFoundError:
+        raise CorruptIndexError(f"segment {path.name} is listed in the manifest but missing") from None
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+        raise CorruptIndexError(f"segment {path.name}: cannot read vectors: {exc}") from None
+
+
+def list_column_to_numpy(column: pa.ChunkedArray | pa.Array, width: int, dtype: type) -> np.ndarray:
+    """A list / fixed-size-list column whose every row has ``width`` values -> ``[n, width]``."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if array.null_count:
+        raise ValueError("list column has null rows")
+    if pa.types.is_fixed_size_list(array.type):
+        if array.type.list_size != width:
+            raise ValueError(f"list size is {array.type.list_size}; expected {width}")
+    elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        if n and (pc.min_max(pc.list_value_length(array)).as_py() != {"min": width, "max": width}):
+            raise ValueError(f"list rows do not all have {width} values")
+    else:
+        raise ValueError(f"column type is {array.type}; expected a list")
+    values = array.flatten()
+    if values.null_count:
+        raise ValueError("list values contain nulls")
+    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, width)
+
+
+def _fixed_list(values: np.ndarray, value_type: pa.DataType, width: int) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, width)
