@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from semid.model.config import SemidConfig
+from semid.model.files import copy_dir_atomically, replace_atomically, write_bytes_atomically, write_json_atomically
 from semid.model.rqvae import SemanticTokenizer, build_tokenizer
 
 FORMAT_VERSION = 1
@@ -45,17 +44,8 @@ class LoadedCheckpoint:
     path: Path
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    write_json_atomically(path, data)
 
 
 def _canonical_config(config: dict[str, Any]) -> bytes:
@@ -87,13 +77,12 @@ def save_checkpoint(
         **config.to_dict(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
     }
-    tmp_weights = out / f".{WEIGHTS_FILE}.tmp"
-    save_file(_state_tensors(tokenizer), str(tmp_weights))
-    os.replace(tmp_weights, out / WEIGHTS_FILE)
+    tensors = _state_tensors(tokenizer)
+    replace_atomically(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     write_json(out / CONFIG_FILE, cfg)
     fp = fingerprint_of(cfg, out / WEIGHTS_FILE)
     write_json(out / METRICS_FILE, {**metrics, "fingerprint": fp})
-    _atomic_write_bytes(out / FINGERPRINT_FILE, (fp + "\n").encode())
+    write_bytes_atomically(out / FINGERPRINT_FILE, (fp + "\n").encode())
     return fp
 
 
@@ -168,9 +157,7 @@ def save_resume_state(
                 tensors[f"opt.{pid}.{key}"] = value.contiguous().clone()
             else:
                 meta_state.setdefault(str(pid), {})[key] = float(value)
-    tmp = out_dir / f".{RESUME_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out_dir / RESUME_WEIGHTS)
+    replace_atomically(out_dir / RESUME_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     write_json(
         out_dir / RESUME_STATE,
         {
@@ -213,12 +200,5 @@ def clear_resume_state(out_dir: Path) -> None:
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
     """Copy the files that make a checkpoint (not resume state) into dst, atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, FINGERPRINT_FILE):
-        if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    names = [n for n in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE, FINGERPRINT_FILE) if (src / n).is_file()]
+    copy_dir_atomically(src, dst, only=names)

@@ -23,7 +23,8 @@ from semid.model.catalog import CatalogError, iter_parquet_batches, parquet_rows
 from semid.service.encoder import CheckpointEncoder, EncodedBatch
 from semid.service.ids.hashing import embedding_hash
 from semid.service.index.handle import SemanticIdIndex
-from semid.service.placement import place_new_items
+from semid.service.index.manifest import MANIFEST_NAME
+from semid.service.placement import check_compatible, place_new_items
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ class _Pending:
 def _open_or_create(
     index_dir: Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str], checkpoint_dir: Path
 ) -> SemanticIdIndex:
-    if (index_dir / "manifest.json").is_file():
+    if (index_dir / MANIFEST_NAME).is_file():
         index = SemanticIdIndex.open(index_dir, expected_fingerprint=encoder.fingerprint)
+        check_compatible(index, encoder)
         if index.id_kind != id_kind:
             raise CatalogError(f"catalog item ids are {id_kind} but index {index_dir} holds {index.id_kind} ids")
         missing = [c for c in index.keep_columns if c not in keep_columns]

@@ -33,7 +33,7 @@ class CheckpointEncoder:
         self.vector_dim = cfg.code_dim
         self.alternatives = alternatives
         self.batch_size = batch_size
-        self.layout = IdLayout(codebook_sizes=(cfg.codebook_size,) * cfg.levels, dedup_size=cfg.codebook_size)
+        self.layout = IdLayout.for_tokenizer(levels=cfg.levels, codebook_size=cfg.codebook_size)
         self.unit_length_input = cfg.normalization == "l2"
 
     @classmethod

@@ -15,10 +15,32 @@ import numpy as np
 import pyarrow as pa
 
 from semid.service.encoder import CheckpointEncoder, EncodedBatch
-from semid.service.errors import DuplicateItemError, InvalidInputError, UnknownItemError
+from semid.service.errors import (
+    CorruptIndexError,
+    DuplicateItemError,
+    FingerprintMismatchError,
+    InvalidInputError,
+    UnknownItemError,
+)
 from semid.service.ids.dedup import resolve_collisions
 from semid.service.ids.hashing import embedding_hash
 from semid.service.index.handle import SemanticIdIndex
+
+
+def check_compatible(index: SemanticIdIndex, encoder: CheckpointEncoder) -> None:
+    """The index was built from this checkpoint: same fingerprint, same ID layout, same vector size."""
+    if index.fingerprint != encoder.fingerprint:
+        raise FingerprintMismatchError(
+            f"index {index.path} was built from the checkpoint with fingerprint {index.fingerprint}, "
+            f"not {encoder.fingerprint}",
+            expected=index.fingerprint,
+            actual=encoder.fingerprint,
+        )
+    if index.layout != encoder.layout or index.vector_dim != encoder.vector_dim:
+        raise CorruptIndexError(
+            f"index {index.path} has layout {index.layout.to_dict()} and {index.vector_dim}-d vectors but its "
+            f"checkpoint makes {encoder.layout.to_dict()} and {encoder.vector_dim}-d vectors"
+        )
 
 
 @dataclass

@@ -12,6 +12,7 @@ from semid.service.api.settings import ServiceSettings
 from semid.service.encoder import CheckpointEncoder
 from semid.service.errors import CorruptIndexError
 from semid.service.index.handle import SemanticIdIndex
+from semid.service.placement import check_compatible
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class ServiceState:
 
     @classmethod
     def load(cls, settings: ServiceSettings) -> ServiceState:
-        """Open the index and its checkpoint; refuses a checkpoint whose fingerprint differs."""
+        """Open the index and its checkpoint; refuses a checkpoint whose fingerprint or ID layout differs."""
         if settings.threads:
             torch.set_num_threads(settings.threads)
         index = SemanticIdIndex.open(settings.index_dir, lock_timeout=settings.write_lock_timeout)
@@ -34,15 +35,7 @@ class ServiceState:
                 f"index {settings.index_dir} has no checkpoint copy; pass the checkpoint (SEMID_CHECKPOINT_DIR)"
             )
         encoder = CheckpointEncoder.from_dir(checkpoint)
-        if encoder.fingerprint != index.fingerprint:
-            from semid.service.errors import FingerprintMismatchError
-
-            raise FingerprintMismatchError(
-                f"index {settings.index_dir} was built from the checkpoint with fingerprint {index.fingerprint}, "
-                f"not {encoder.fingerprint} ({checkpoint})",
-                expected=index.fingerprint,
-                actual=encoder.fingerprint,
-            )
+        check_compatible(index, encoder)
         if settings.api_key is None:
             log.warning("SEMID_API_KEY is not set: write routes are open to every client")
         log.info("serving %s: %d items, fingerprint %s", settings.index_dir, len(index), index.fingerprint)

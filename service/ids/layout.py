@@ -31,6 +31,12 @@ class IdLayout:
     codebook_sizes: tuple[int, ...]
     dedup_size: int
 
+    @classmethod
+    def for_tokenizer(cls, *, levels: int, codebook_size: int) -> IdLayout:
+        """The layout of the IDs semid makes from a tokenizer of ``levels`` x ``codebook_size`` codes: the
+        TIGER-style last position (the dedup digit) counts up to ``codebook_size`` items per base code."""
+        return cls(codebook_sizes=(codebook_size,) * levels, dedup_size=codebook_size)
+
     def __post_init__(self) -> None:
         sizes = self.codebook_sizes
         if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) == 0:

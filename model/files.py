@@ -1,0 +1,147 @@
+"""Crash-safe file primitives, the one home of atomic writes: atomic replace, directory copy, checksums,
+and the fault-injection hook of the write path. Used by checkpoints (model) and the index (service).
+
+A file is written under a temporary name in its final directory, fsynced, renamed
+over the final name with ``os.replace`` and the directory is fsynced, so readers see
+either the old or the new file, never a partial one.
+
+Fault injection (tests only): ``SEMID_FAULT=<step>`` makes the process SIGKILL itself
+when the write path reaches ``<step>``; ``SEMID_FAULT=<step>:<n>`` at the n-th time it
+does. Steps are ``after-<file>-write`` (temporary file written, not fsynced),
+``after-<file>-fsync`` (fsynced, not renamed) and ``after-<file>-rename`` (renamed, the
+directory not fsynced) for ``<file>`` in ``segment``, ``vectors`` (faiss.index) and
+``manifest``. ``SEMID_FAULT=enospc-<file>-<stage>`` (or ``erofs-``, ``eio-``) raises
+that ``OSError`` at the step instead, as a full disk or read-only file system would.
+Unset, the hook costs one environment look-up per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+FAULT_ENV = "SEMID_FAULT"
+FAULT_FILES = ("segment", "vectors", "manifest")
+CRASH_STEPS = tuple(f"after-{kind}-{stage}" for kind in FAULT_FILES for stage in ("write", "fsync", "rename"))
+_FAULT_ERRNOS = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eio": errno.EIO}
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(step: str, path: Path | None = None) -> None:
+    """Test hook: SIGKILL this process, or raise an ``OSError``, if ``SEMID_FAULT`` names ``step``."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    action, _, rest = name.partition("-")
+    code = _FAULT_ERRNOS.get(action)
+    if name != step and (code is None or f"after-{rest}" != step):
+        return
+    _fault_hits[step] = _fault_hits.get(step, 0) + 1
+    if nth and _fault_hits[step] != int(nth):
+        return
+    if code is None:
+        logger.warning("%s=%s: killing pid %d at %s", FAULT_ENV, wanted, os.getpid(), step)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise OSError(code, os.strerror(code), None if path is None else str(path))
+
+
+def sha256_bytes(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def temp_path_for(final: Path) -> Path:
+    """A unique temporary name next to ``final`` (same directory, so rename is atomic)."""
+    return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_atomically(final: Path, write: Callable[[Path], None], *, kind: str | None = None) -> None:
+    """Call ``write(tmp)`` to produce the file, fsync it, then rename it to ``final``.
+
+    ``kind`` (``segment``, ``vectors``, ``manifest``) names the file's fault-injection steps.
+    """
+    tmp = temp_path_for(final)
+    try:
+        write(tmp)
+        if kind is not None:
+            fault_point(f"after-{kind}-write", tmp)
+        fsync_path(tmp)
+        if kind is not None:
+            fault_point(f"after-{kind}-fsync", tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if kind is not None:
+        fault_point(f"after-{kind}-rename", final)
+    fsync_path(final.parent)
+
+
+def write_bytes_atomically(final: Path, data: bytes | memoryview, *, kind: str | None = None) -> None:
+    replace_atomically(final, lambda tmp: _write_all(tmp, data), kind=kind)
+
+
+def write_json_atomically(final: Path, payload: Any, *, kind: str | None = None) -> None:
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_bytes_atomically(final, text.encode("utf-8"), kind=kind)
+
+
+def _write_all(path: Path, data: bytes | memoryview) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+
+
+def copy_dir_atomically(source: Path, final: Path, *, only: list[str] | None = None) -> None:
+    """Copy directory ``source`` (or just its files named in ``only``) to ``final`` via a fsynced
+    temporary copy and one rename. An existing ``final`` is replaced (moved aside first, then removed).
+    """
+    tmp = temp_path_for(final)
+    try:
+        if only is None:
+            shutil.copytree(source, tmp)
+        else:
+            tmp.mkdir(parents=True)
+            for name in only:
+                shutil.copy2(source / name, tmp / name)
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                fsync_path(Path(root) / name)
+            fsync_path(Path(root))
+        if final.exists():
+            old = temp_path_for(final)
+            os.replace(final, old)
+            shutil.rmtree(old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(final.parent)
+
+
