@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from semid.service.index.snapshot import MAX_PAGE_LIMIT
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEMID_", extra="ignore")
@@ -18,7 +20,7 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int | None = Field(
         default=None, ge=1024, description="Largest request body accepted (default: the largest legal batch as JSON)."
     )
-    max_page: int = Field(default=1000, ge=1, le=10_000, description="Largest page size of prefix look-ups.")
+    max_page: int = Field(default=1000, ge=1, le=MAX_PAGE_LIMIT, description="Largest page size of prefix look-ups.")
     max_k: int = Field(default=100, ge=1, le=10_000, description="Largest k of nearest-ID resolution.")
     write_lock_timeout: float = Field(default=30.0, ge=0, description="Seconds a write waits for the index lock.")
     threads: int = Field(default=0, ge=0, le=1024, description="torch threads for encoding (0: torch's default).")
