@@ -38,6 +38,7 @@ from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.metrics import flat_key, flat_levels  # noqa: E402
 from semid.model.synthetic import synthetic_catalog  # noqa: E402
 from semid.service.evaluation.figures import (  # noqa: E402
     collision_figures,
@@ -61,12 +62,8 @@ COLUMNS: list[tuple[str, str | None]] = [
     ("recon_mse", "low"),
     ("base_collision_rate", "low"),
     ("largest_bucket", "low"),
-    ("util_l1", "high"),
-    ("util_l2", "high"),
-    ("util_l3", "high"),
-    ("perplexity_l1", "high"),
-    ("perplexity_l2", "high"),
-    ("perplexity_l3", "high"),
+    *((flat_key("utilisation", level), "high") for level in (1, 2, 3)),
+    *((flat_key("perplexity", level), "high") for level in (1, 2, 3)),
     ("nn_share_d1", None),  # not ranked: one big group maximises it; the lift is the ranked form
     ("nn_share_d2", None),  # not ranked: one big group maximises it; the lift is the ranked form
     ("nn_share_d3", None),  # not ranked: one big group maximises it; the lift is the ranked form
@@ -288,10 +285,8 @@ def figures(x: np.ndarray, fitted: Fitted, co: ColikedPairs | None, k: int, samp
         row["recon_mse"] = round(rec["recon_mse"], 4)
     else:
         rec = None
-    for lv in levels:
-        row[f"util_l{lv['level']}"] = lv["utilisation"]
-    for lv in levels:
-        row[f"perplexity_l{lv['level']}"] = lv["perplexity"]
+    row.update(flat_levels(levels, ("utilisation",)))
+    row.update(flat_levels(levels, ("perplexity",)))
     for d in range(1, LEVELS + 1):
         row[f"nn_share_d{d}"] = nb[f"nn_share_d{d}"]
     for d in range(1, LEVELS + 1):

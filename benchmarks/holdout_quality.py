@@ -28,6 +28,7 @@ from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.metrics import level_health  # noqa: E402
 
 DEFAULT_CONFIGS = ['{"train": {"graph_targets": false}}', '{"train": {"graph_targets": true}}']
 
@@ -37,12 +38,6 @@ def neighbours(x: np.ndarray, k: int = 10) -> np.ndarray:
     index = faiss.IndexFlatIP(unit.shape[1])
     index.add(unit)
     return index.search(unit, k + 1)[1][:, 1:]
-
-
-def perplexity(codes: np.ndarray) -> float:
-    counts = np.bincount(codes)
-    p = counts[counts > 0] / codes.shape[0]
-    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def run(spec: str, emb: np.ndarray, train_rows: np.ndarray, nn: np.ndarray) -> dict:
@@ -59,7 +54,8 @@ def run(spec: str, emb: np.ndarray, train_rows: np.ndarray, nn: np.ndarray) -> d
     row = {"config": spec, "fit_s": round(fit_s, 1)}
     for name, mask in (("train", ~held), ("heldout", held)):
         row[f"share_d1_{name}"] = round(float((first[nn[mask]] == first[mask, None]).mean()), 4)
-        row[f"perplexity_l1_{name}"] = round(perplexity(first[mask]), 1)
+        first_level = level_health(codes[mask, :1], cfg.model.codebook_size)[0]
+        row[f"perplexity_l1_{name}"] = first_level.to_json()["perplexity"]
     return row
 
 
@@ -86,6 +82,7 @@ def main() -> None:
     )
     columns = ["config", "fit_s", "share_d1_train", "share_d1_heldout", "perplexity_l1_train", "perplexity_l1_heldout"]
     write_results("holdout", {"catalog": args.catalog, "rows": rows}, text + markdown_table(rows, columns))
+
 
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: 
 from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.metrics import flat_key  # noqa: E402
 from semid.service.evaluation.code_health import id_quality  # noqa: E402
 
 COLUMNS = [
@@ -30,12 +31,8 @@ COLUMNS = [
     "recon_mse",
     "base_collision_rate",
     "largest_bucket",
-    "util_l1",
-    "util_l2",
-    "util_l3",
-    "perplexity_l1",
-    "perplexity_l2",
-    "perplexity_l3",
+    *(flat_key("utilisation", level) for level in (1, 2, 3)),
+    *(flat_key("perplexity", level) for level in (1, 2, 3)),
     "nn_share_d1",
     "nn_share_d2",
     "nn_share_d3",

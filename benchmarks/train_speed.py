@@ -31,17 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.metrics import flat_key  # noqa: E402
 from semid.model.synthetic import synthetic_catalog  # noqa: E402
 
 BAR_SECONDS = 300.0
 METRICS = [
     "recon_mse",
-    "util_l1",
-    "util_l2",
-    "util_l3",
-    "perplexity_l1",
-    "perplexity_l2",
-    "perplexity_l3",
+    *(flat_key("utilisation", level) for level in (1, 2, 3)),
+    *(flat_key("perplexity", level) for level in (1, 2, 3)),
     "base_collision_rate",
 ]
 COLUMNS = [

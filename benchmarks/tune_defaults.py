@@ -16,18 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS  # noqa: E402
 from benchmarks.quality import semid_row  # noqa: E402
 from semid.model.catalog import read_catalog  # noqa: E402
+from semid.model.metrics import flat_key  # noqa: E402
 
 KEYS = [
     "tokenizer",
     "fit_s",
     "recon_mse",
     "base_collision_rate",
-    "perplexity_l1",
-    "perplexity_l2",
-    "perplexity_l3",
-    "util_l1",
-    "util_l2",
-    "util_l3",
+    *(flat_key("perplexity", level) for level in (1, 2, 3)),
+    *(flat_key("utilisation", level) for level in (1, 2, 3)),
     "nn_share_d1",
     "nn_share_d2",
 ]

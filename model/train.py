@@ -17,7 +17,7 @@ from tqdm import tqdm
 from semid.model.config import SemidConfig
 from semid.model.graph_targets import GraphTargets, build_targets
 from semid.model.kmeans import squared_distances
-from semid.model.metrics import codebook_health
+from semid.model.metrics import codebook_health, levels_from_flat
 from semid.model.rqvae import SemanticTokenizer
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,6 @@ def _epoch_line(row: dict[str, Any]) -> str:
     parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}"]
     if "recon_mse" in row:
         parts.append(f"recon {row['recon_mse']:.4f}")
-        levels = sorted(k for k in row if k.startswith("perplexity_l"))
-        parts.append("ppl " + "/".join(f"{row[k]:.0f}" for k in levels))
+        parts.append("ppl " + "/".join(f"{lv['perplexity']:.0f}" for lv in levels_from_flat(row)))
         parts.append(f"collisions {100 * row['base_collision_rate']:.2f}%")
     return " | ".join(parts)

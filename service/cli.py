@@ -178,13 +178,16 @@ def train(
 
 
 def _final_line(metrics: dict[str, Any]) -> str:
+    from semid.model.metrics import levels_from_flat
+
     f = metrics["final"]
-    levels = sorted(k for k in f if k.startswith("perplexity_l"))
-    util = sorted(k for k in f if k.startswith("util_l"))
+    levels = levels_from_flat(f)  # the checkpoint's per-level figures, level 1 first
+    util = "/".join(f"{100 * lv['utilisation']:.0f}%" for lv in levels)
+    perplexity = "/".join(f"{lv['perplexity']:.0f}" for lv in levels)
     return (
         f"done in {metrics['train_seconds']}s: recon_mse {f['recon_mse']:.4f}, "
-        f"utilisation {'/'.join(f'{100 * f[k]:.0f}%' for k in util)}, "
-        f"perplexity {'/'.join(f'{f[k]:.0f}' for k in levels)}, "
+        f"utilisation {util}, "
+        f"perplexity {perplexity}, "
         f"base collisions {100 * f['base_collision_rate']:.2f}%"
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from semid.model.config import SemidConfig
 from semid.model.job import train_tokenizer
+from semid.model.metrics import levels_from_flat
 from semid.model.synthetic import synthetic_catalog, write_catalog
 from semid.service.assign import assign_catalog
 from semid.service.export import export_index
@@ -44,9 +45,10 @@ def run_quickstart(
     config = SemidConfig().with_overrides("train", epochs=epochs, seed=seed)
     fingerprint, metrics = train_tokenizer(catalog.embeddings, config, paths["checkpoint"], progress=True)
     final = metrics["final"]
+    levels = levels_from_flat(final)
     echo(
-        f"    recon_mse {final['recon_mse']:.4f}, level-1 utilisation {100 * final['util_l1']:.0f}%, "
-        f"perplexity {final['perplexity_l1']:.0f}/{final['perplexity_l2']:.0f}/{final['perplexity_l3']:.0f}, "
+        f"    recon_mse {final['recon_mse']:.4f}, level-1 utilisation {100 * levels[0]['utilisation']:.0f}%, "
+        f"perplexity {'/'.join(format(lv['perplexity'], '.0f') for lv in levels)}, "
         f"base collisions {100 * final['base_collision_rate']:.2f}%, fingerprint {fingerprint}"
     )
 

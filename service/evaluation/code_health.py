@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from semid.model.metrics import base_collision_rate, largest_bucket, level_health
+from semid.model.metrics import base_collision_rate, flat_levels, largest_bucket, level_health
 
 
 def search_neighbours(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -79,13 +79,11 @@ def neighbour_share(
 
 
 def id_quality(embeddings: np.ndarray, codes: np.ndarray, codebook_size: int, **kw: int) -> dict[str, float]:
-    """Collisions, per-level utilisation/perplexity and neighbour share of base codes [N, L]."""
+    """Collisions, per-level utilisation/perplexity and neighbour share of base codes [N, L], as the
+    reference scorer's flat keys (``util_l1``, ``perplexity_l1``, ...; levels by ``level_health``)."""
     out: dict[str, float] = {"items": int(codes.shape[0])}
     out["base_collision_rate"] = round(base_collision_rate(codes), 5)
     out["largest_bucket"] = largest_bucket(codes)
-    for level in range(codes.shape[1]):
-        h = level_health(codes[:, level], codebook_size)
-        out[f"util_l{level + 1}"] = round(h["utilisation"], 4)
-        out[f"perplexity_l{level + 1}"] = round(h["perplexity"], 1)
+    out.update(flat_levels(level_health(codes, codebook_size), ("utilisation", "perplexity")))
     out.update(neighbour_share(embeddings, codes, **kw))
     return out

@@ -39,27 +39,10 @@ def collision_figures(codes: np.ndarray) -> dict[str, object]:
 
 
 def level_figures(codes: np.ndarray, codebook_sizes: tuple[int, ...]) -> list[dict[str, object]]:
-    """Per level: utilisation, perplexity, entropy, dead codes and the code counts sorted high to low."""
-    out = []
-    for level, size in enumerate(codebook_sizes):
-        column = codes[:, level]
-        h = level_health(column, size)
-        counts = np.sort(np.bincount(column, minlength=size))[::-1]
-        out.append(
-            {
-                "level": level + 1,
-                "codebook_size": int(size),
-                "utilisation": round(float(h["utilisation"]), 4),
-                # one decimal, as the reference scorer rounds it (entropy keeps the precision)
-                "perplexity": round(float(h["perplexity"]), 1),
-                "entropy": round(float(h["entropy"]), 4),
-                "dead_codes": int(h["dead_codes"]),
-                # the most perplexity can be: every code used evenly, or every item its own code
-                "max_perplexity": int(min(size, codes.shape[0])),
-                "sorted_counts": counts.astype(int).tolist(),
-            }
-        )
-    return out
+    """Per level, JSON-ready: utilisation, perplexity, entropy, dead codes, the most perplexity can be
+    (``max_perplexity``) and the code counts sorted high to low. The figures are ``level_health``'s,
+    rounded by ``LevelHealth.to_json`` (perplexity to 1 place, as the reference scorer)."""
+    return [{**lv.to_json(), "sorted_counts": lv.sorted_counts()} for lv in level_health(codes, codebook_sizes)]
 
 
 def prefix_fanout(codes: np.ndarray) -> list[dict[str, object]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from semid.model.metrics import levels_from_flat
 from semid.service.evaluation.charts import bar_chart, grouped_bars, line_chart
 from semid.service.evaluation.verdicts import __doc__ as THRESHOLDS_DOC
 
@@ -336,7 +337,7 @@ def _training_section(m: dict[str, Any]) -> str:
         return head + "<p class='note'>The checkpoint's metrics.json has no per-epoch figures.</p>"
     if len(rows) == 1:
         r = rows[0]
-        ppl = " / ".join(f"{r[k]:.0f}" for k in sorted(r) if k.startswith("perplexity_l"))
+        ppl = " / ".join(f"{lv['perplexity']:.0f}" for lv in levels_from_flat(r) if "perplexity" in lv)
         return head + (
             "<p class='note'>One fitting pass (RQ-KMeans fits each level once): no curve. Its figures: recon_mse "
             f"{r['recon_mse']:.4g}, perplexity per level {ppl}"
@@ -353,12 +354,13 @@ def _training_section(m: dict[str, Any]) -> str:
             y_label="recon_mse",
         ),
     ]
-    levels = sorted({k for r in rows for k in r if k.startswith("perplexity_l")}, key=lambda k: int(k[12:]))
+    per_row = [{lv["level"]: lv.get("perplexity") for lv in levels_from_flat(r)} for r in rows]
+    levels = sorted({level for row in per_row for level, ppl in row.items() if ppl is not None})
     if levels:
         charts.append(
             line_chart(
                 epochs,
-                {f"level {k[12:]}": [r.get(k) for r in rows] for k in levels},
+                {f"level {level}": [row.get(level) for row in per_row] for level in levels},
                 title="Perplexity per level per epoch",
                 x_label="epoch",
                 y_label="perplexity",

@@ -19,6 +19,7 @@ import torch
 
 from semid.model.catalog import Catalog, CatalogError, read_catalog
 from semid.model.checkpoint import LoadedCheckpoint, load_checkpoint
+from semid.model.metrics import flat_levels, levels_from_flat
 from semid.service.evaluation.figures import (
     collision_figures,
     level_figures,
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 TRAINING_KEYS = ("loss", "recon_mse", "base_collision_rate")
-TRAINING_PREFIXES = ("perplexity_l", "util_l", "dead_codes_l")
 
 
 class CatalogMismatchError(CatalogError):
@@ -130,7 +130,7 @@ def evaluate_index(
     metrics["coliked"] = _coliked(index, interactions, emitted, order, opts) if interactions is not None else None
     metrics["training"] = _training_rows(checkpoint)
     metrics["summary"] = _summary(metrics, levels)
-    metrics["verdicts"] = verdicts(metrics["summary"])
+    metrics["verdicts"] = verdicts(metrics["summary"], metrics["levels"]["emitted"])
     return metrics
 
 
@@ -263,7 +263,8 @@ def _training_rows(checkpoint: LoadedCheckpoint | None) -> list[dict[str, Any]]:
     for row in rows if isinstance(rows, list) else []:
         if not isinstance(row, dict):
             continue
-        keep = {k: v for k, v in row.items() if k in TRAINING_KEYS or k.startswith(TRAINING_PREFIXES)}
+        keep = {k: v for k, v in row.items() if k in TRAINING_KEYS}
+        keep.update(flat_levels(levels_from_flat(row)))  # the per-level figures, under their own keys
         keep["epoch"] = row.get("epoch", len(out) + 1)
         out.append(keep)
     return out
@@ -281,12 +282,7 @@ def _summary(m: dict[str, Any], levels: int) -> dict[str, Any]:
         "prefix_largest_bucket": emitted["largest_bucket"],
         "fallback_items": m["fallback"]["items"],
     }
-    for lv in m["levels"]["emitted"]:
-        i = lv["level"]
-        s[f"util_l{i}"] = lv["utilisation"]
-        s[f"perplexity_l{i}"] = lv["perplexity"]
-        s[f"max_perplexity_l{i}"] = lv["max_perplexity"]
-        s[f"dead_codes_l{i}"] = lv["dead_codes"]
+    s.update(flat_levels(m["levels"]["emitted"], ("utilisation", "perplexity", "max_perplexity", "dead_codes")))
     nb = m["neighbours"]
     for d in range(1, levels + 1):
         s[f"nn_share_d{d}"] = nb[f"nn_share_d{d}"]

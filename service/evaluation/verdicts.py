@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from semid.model.metrics import flat_key
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -66,8 +68,9 @@ def _rule_text(rule: Rule, fmt: str = "{}") -> str:
     return f"green {op} {fmt.format(rule.green)}, amber {op} {fmt.format(rule.amber)}"
 
 
-def verdicts(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """One verdict per headline figure present in ``summary`` (the flat dict of `semid evaluate`)."""
+def verdicts(summary: dict[str, Any], levels: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One verdict per headline figure present in ``summary`` (the flat dict of `semid evaluate`), and one
+    per level of ``levels`` (`semid evaluate`'s per-level figures of the emitted codes, level 1 first)."""
     out: list[Verdict] = []
     s = summary
     rule = RULES["unique_full_ids"]
@@ -107,9 +110,8 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, str]]:
     )
 
     rule = RULES["perplexity_ratio"]
-    levels = sorted(int(key[len("perplexity_l") :]) for key in s if key.startswith("perplexity_l"))
-    for level in levels:
-        ppl, most = s[f"perplexity_l{level}"], s[f"max_perplexity_l{level}"]
+    for lv in levels:
+        level, ppl, most = lv["level"], lv["perplexity"], lv["max_perplexity"]
         ratio = ppl / max(most, 1)
         status = rule.status(ratio)
         text = {
@@ -119,9 +121,9 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, str]]:
         }[status]
         out.append(
             Verdict(
-                f"perplexity_l{level}",
+                flat_key("perplexity", level),
                 f"Level {level} perplexity",
-                f"{ppl:.0f} of {most} ({ratio:.0%}), {s[f'util_l{level}']:.0%} of codes used",
+                f"{ppl:.0f} of {most} ({ratio:.0%}), {lv['utilisation']:.0%} of codes used",
                 status,
                 text,
                 _rule_text(rule, "{:.0%}") + " of min(K, items)",

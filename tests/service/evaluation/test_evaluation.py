@@ -190,6 +190,46 @@ def test_evaluation_figures(evaluated):
     assert {v["status"] for v in m["verdicts"]} <= {"green", "amber", "red"}
 
 
+def test_per_level_figures_agree_across_training_evaluate_and_id_quality(evaluated, tiny_checkpoint, tiny_catalog):
+    """One per-level figure, three readers: the checkpoint's training metrics (`semid train` / `inspect`), `semid
+    evaluate` (levels, summary, verdicts, training curves) and the id-quality report, on the same codes, agree
+    exactly -- each calls semid.model.metrics.level_health and rounds with LevelHealth.to_json."""
+    import torch
+
+    from semid.model.checkpoint import load_checkpoint
+    from semid.model.metrics import flat_levels, levels_from_flat
+    from semid.service.evaluation.code_health import id_quality
+
+    _, m = evaluated
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    size = checkpoint.config.model.codebook_size
+    fields = ("utilisation", "perplexity", "dead_codes")
+
+    # training: the final figures cover every item of the catalog the index holds, so they are the base codes'
+    training = levels_from_flat(checkpoint.metrics["final"])
+    evaluate_base = [{"level": lv["level"], **{f: lv[f] for f in fields}} for lv in m["levels"]["base"]]
+    assert len(training) == 3 and training == evaluate_base
+
+    # the id-quality report on the tokenizer's codes of the same items
+    codes = checkpoint.tokenizer.encode(torch.from_numpy(tiny_catalog.embeddings)).codes.numpy()
+    report = id_quality(tiny_catalog.embeddings, codes, size, k=5, sample=50)
+    assert {k: report[k] for k in flat_levels(training, ("utilisation", "perplexity"))} == flat_levels(
+        training, ("utilisation", "perplexity")
+    )
+
+    # within `semid evaluate`: summary, verdicts and the copied training curves say what the levels say
+    emitted = m["levels"]["emitted"]
+    summary_levels = levels_from_flat(m["summary"])
+    assert summary_levels == [
+        {"level": lv["level"], **{f: lv[f] for f in ("utilisation", "perplexity", "dead_codes", "max_perplexity")}}
+        for lv in emitted
+    ]
+    verdict = {v["key"]: v for v in m["verdicts"]}
+    for lv in emitted:
+        assert f"{lv['perplexity']:.0f} of {lv['max_perplexity']}" in verdict[f"perplexity_l{lv['level']}"]["value"]
+    assert levels_from_flat(m["training"][-1]) == levels_from_flat(checkpoint.metrics["epochs"][-1])
+
+
 def test_report_is_self_contained_and_has_every_plot(evaluated):
     out, metrics = evaluated
     html = (out / "report.html").read_text()
