@@ -300,12 +300,28 @@ def assign(
 @main.command()
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
-def export(index_dir, out) -> None:
-    """Write item_id, semantic_id (list of ints) and token for every item to Parquet."""
+@click.option("--vocab", type=click.Path(dir_okay=False), help="Also write the token vocabulary (JSON) here.")
+@click.option("--trie", type=click.Path(dir_okay=False), help="Also write the trie of valid IDs (npz) here.")
+@click.option(
+    "--vocab-offset",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Flat id of the first token (the size of an LLM vocabulary to append to).",
+)
+@click.option("--special-tokens", is_flag=True, help="Add pad, bos and eos tokens after the codes in --vocab.")
+def export(index_dir, out, vocab, trie, vocab_offset, special_tokens) -> None:
+    """Write item_id, semantic_id (list of ints) and token for every item to Parquet; with --vocab and
+    --trie, the token vocabulary and the trie for constrained decoding of the same snapshot too."""
     from semid.service.export import export_index
 
-    rows = export_index(index_dir, out)
+    rows = export_index(
+        index_dir, out, vocab=vocab, trie=trie, vocab_offset=vocab_offset, special_tokens=special_tokens
+    )
     click.echo(f"wrote {rows} items to {out}")
+    for what, path in (("vocab", vocab), ("trie", trie)):
+        if path is not None:
+            click.echo(f"wrote the {what} to {path}")
 
 
 @main.command()
@@ -339,46 +355,79 @@ def _cap_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+# `semid serve` flag -> ServiceSettings field; type, range, default and help come from the field (one home)
+SERVE_FLAGS = {
+    "--index": "index_dir",
+    "--checkpoint": "checkpoint_dir",
+    "--host": "host",
+    "--port": "port",
+    "--max-batch": "max_batch",
+    "--max-body-bytes": "max_body_bytes",
+    "--max-page": "max_page",
+    "--max-k": "max_k",
+    "--write-lock-timeout": "write_lock_timeout",
+    "--workers-threads": "threads",
+    "--header-timeout": "header_timeout",
+    "--body-idle-timeout": "body_idle_timeout",
+    "--body-timeout": "body_timeout",
+}
+
+
+def serve_options(fn):
+    from semid.service.api.settings import ServiceSettings
+
+    for flag, name in reversed(SERVE_FLAGS.items()):
+        info = ServiceSettings.model_fields[name]
+        kinds = {int: int, float: float, str: str}
+        annotation = info.annotation
+        kind = next((k for t, k in kinds.items() if annotation in (t, t | None)), click.Path(file_okay=False))
+        default = "" if info.default is None else f", default {info.default}"
+        help_text = f"{info.description} (SEMID_{name.upper()}{default})"
+        fn = click.option(flag, name, type=kind, default=None, help=help_text)(fn)
+    return fn
+
+
+def _serve_settings(flags: dict[str, Any]):
+    """ServiceSettings from the environment (SEMID_*), overridden by the flags given; one-line errors."""
+    from pydantic import ValidationError
+
+    from semid.service.api.settings import ServiceSettings
+
+    try:
+        return ServiceSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = next((f for f, n in SERVE_FLAGS.items() if n == name), f"SEMID_{name.upper()}")
+        raise click.BadParameter(f"{first['msg']} (got {first.get('input')!r})", param_hint=flag) from None
+
+
 @main.command()
-@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), envvar="SEMID_INDEX_DIR")
-@click.option("--checkpoint", type=click.Path(file_okay=False), help="Default: the index's own checkpoint copy.")
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="SEMID_HOST")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), envvar="SEMID_PORT")
-@click.option("--max-batch", type=click.IntRange(1, 1_000_000), help="Most embeddings per request (SEMID_MAX_BATCH).")
-@click.option("--workers-threads", "threads", type=click.IntRange(0, 1024), help="torch threads (SEMID_THREADS).")
+@serve_options
 @click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
-def serve(index_dir, checkpoint, host, port, max_batch, threads, log_level) -> None:
+def serve(log_level, **flags) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs); the API key comes from SEMID_API_KEY."""
     import uvicorn
 
     from semid.service.api.app import create_app
-    from semid.service.api.settings import ServiceSettings
+    from semid.service.api.http_guard import guarded_http_protocol
     from semid.service.api.state import ServiceState
 
     _cap_malloc_arenas()
-    overrides = {
-        "index_dir": index_dir,
-        "host": host,
-        "port": port,
-        "checkpoint_dir": checkpoint,
-        "max_batch": max_batch,
-        "threads": threads,
-    }
-    settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = _serve_settings(flags)
     state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
     logging.getLogger().setLevel(log_level.upper())
-    click.echo(f"serving {len(state.index)} items from {index_dir} on http://{host}:{port} (docs: /docs)", err=True)
-    from semid.service.api.http_guard import guarded_http_protocol
-
+    where = f"http://{settings.host}:{settings.port}"
+    click.echo(f"serving {len(state.index)} items from {settings.index_dir} on {where} (docs: /docs)", err=True)
     uvicorn.run(
         create_app(settings, state=state),
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         log_level=log_level,
         access_log=False,
         http=guarded_http_protocol(settings.header_timeout),
@@ -454,6 +503,39 @@ def evaluate(
     for v in metrics["verdicts"]:
         click.echo(f"{v['status']:<6} {v['label']:<36} {v['value']}")
     click.echo(f"wrote {Path(out) / METRICS_FILE} and {Path(out) / REPORT_FILE}")
+
+
+@main.command()
+@click.option("--from", "old_index", required=True, type=click.Path(file_okay=False), help="The old index.")
+@click.option("--to", "new_index", required=True, type=click.Path(file_okay=False), help="The new index.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Parquet map to write.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+def migrate(old_index, new_index, out, report_path) -> None:
+    """Map every item's old semantic ID to its new one (items in only one index get a null side)."""
+    from semid.service.migration import write_migration
+
+    report = write_migration(old_index, new_index, out, report_path)
+    for line in report.lines():
+        click.echo(line)
+    click.echo(f"wrote {out}" + (f" and {report_path}" if report_path else ""))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="The new checkpoint.")
+@click.option("--to", "target", required=True, type=click.Path(file_okay=False), help="Old checkpoint or index.")
+@click.option("--catalog", required=True, type=click.Path(dir_okay=False), help="Catalog to match codes on.")
+@catalog_options
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Aligned checkpoint to write.")
+def align(checkpoint, target, catalog, ids, id_column, embedding_column, out) -> None:
+    """Renumber a checkpoint's codes (one permutation per level) to agree most with an old checkpoint or index."""
+    from semid.service.migration import align_checkpoint
+
+    summary = align_checkpoint(
+        checkpoint, target, catalog, out, id_column=id_column, embedding_column=embedding_column, ids_path=ids
+    )
+    for line in summary.lines():
+        click.echo(line)
+    click.echo(f"checkpoint {out} (fingerprint {summary.fingerprint})")
 
 
 if __name__ == "__main__":
