@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from semid.service import __version__
 from semid.service.api.docs import add_offline_docs
@@ -44,6 +46,13 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
     app.state.metrics = metrics
     app.state.settings = settings
     app.include_router(router)
+
+    # the web explorer: static files shipped in the package (ui/), read-only, no network fetch
+    @app.get("/ui", include_in_schema=False)
+    def explorer() -> RedirectResponse:
+        return RedirectResponse("ui/")  # relative: never echoes the client's Host header
+
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request) -> Response:

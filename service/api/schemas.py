@@ -123,3 +123,38 @@ class Health(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 503, 507)
 }
+
+
+class LevelUsage(BaseModel):
+    position: int = Field(description="1..L for the code levels, L+1 for the dedup digit.")
+    dedup: bool
+    codebook_size: int
+    codes_used: int = Field(description="Distinct codes used at this position by the served IDs.")
+    usage: float = Field(description="codes_used / codebook_size.")
+    prefixes: int = Field(description="Distinct ID prefixes ending at this position (tree nodes at this depth).")
+    mean_fanout: float = Field(description="prefixes here / prefixes one position up.")
+
+
+class BaseCodeStats(BaseModel):
+    distinct: int
+    largest_bucket: int
+    collision_rate: float = Field(description="1 - distinct base codes / items.")
+
+
+class ReportLink(BaseModel):
+    url: str
+    items: int | None = Field(description="Items in the index when the report was made.")
+
+
+class IndexStats(BaseModel):
+    items: int
+    retired: int = Field(description="IDs retired by re-coding (reserved, not served).")
+    fingerprint: str
+    levels_count: int
+    base_codes: BaseCodeStats
+    fallback: int = Field(description="Items placed at another last-level code because their bucket was full.")
+    keep_columns: list[str]
+    levels: list[LevelUsage]
+    report: ReportLink | None = Field(
+        description="The `semid evaluate` report of this index, if SEMID_REPORT_DIR holds one."
+    )

@@ -27,5 +27,8 @@ class ServiceSettings(BaseSettings):
     header_timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds to receive a request's headers.")
     body_idle_timeout: float = Field(default=30.0, gt=0, le=3600, description="Most seconds between body chunks.")
     body_timeout: float = Field(default=120.0, gt=0, le=86400, description="Most seconds to receive a whole body.")
+    report_dir: Path | None = Field(
+        default=None, description="A `semid evaluate` output (report.html, metrics.json), linked from /ui if it fits."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from semid.service.api.routes import encode_assign, lookups, ops
+from semid.service.api.routes import encode_assign, lookups, ops, stats
 
 router = APIRouter()
-for module in (encode_assign, lookups, ops):
+for module in (encode_assign, lookups, ops, stats):
     router.include_router(module.router)

@@ -1,0 +1,242 @@
+"""The web explorer (/ui) in a real browser: Playwright drives Chromium against a real `semid serve`.
+
+Needs the `ui` extra (playwright) and a Chromium binary: Debian's `chromium` package, or the one named by
+SEMID_CHROMIUM (Playwright's own browser download is not used). With SEMID_UI_SCREENSHOTS=<dir> (e.g. docs/)
+the screenshots are also written there as ui-tree.png, ui-search.png, ui-resolve.png and ui-health.png.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from benchmarks.service_speed import Server
+from semid.service.assign import assign_catalog
+
+PAGE = 50  # items per page in app.js
+KEEP = ("title", "category")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str | None:
+    named = os.environ.get("SEMID_CHROMIUM")
+    candidates = [named] if named else []
+    candidates += ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+    candidates += [shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[ui]')"
+)
+CHROMIUM = _chromium()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium found (apt-get install -y chromium, or set SEMID_CHROMIUM)"
+)
+expect = sync_api.expect
+
+
+def _number(text: str) -> int:
+    return int(re.sub(r"[^0-9]", "", text))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_checkpoint, tiny_catalog_file):
+    base = tmp_path_factory.mktemp("ui")
+    index = base / "index"
+    assign_catalog(checkpoint=tiny_checkpoint, catalog=tiny_catalog_file, index_dir=index, keep_columns=KEEP)
+    srv = Server(index, base / "server.log", threads=1)
+    srv.env["SEMID_API_KEY"] = "never-in-the-page"
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with httpx.Client(base_url=server.base, timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture
+def page(server):
+    """A Chromium page that records every request it makes and every script error."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1366, "height": 860})
+        context.set_default_timeout(20_000)
+        pg = context.new_page()
+        pg.requests, pg.failed, pg.errors = [], [], []
+        pg.on("request", lambda r: pg.requests.append(r))
+        pg.on("response", lambda r: pg.failed.append((r.status, r.url)) if r.status >= 400 else None)
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+def _shot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"ui-{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    assert path.stat().st_size > 1000
+    target = os.environ.get("SEMID_UI_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(target) / path.name)
+
+
+def _check_children(page, api, prefix: str) -> list[dict]:
+    """The codes, counts, item count and fan-out the page shows are the API's."""
+    url = f"/v1/prefixes/{prefix}/children" if prefix else "/v1/children"
+    children = api.get(url).json()["children"]
+    links = page.locator("a.child")
+    expect(links).to_have_count(len(children))
+    shown = [
+        (int(links.nth(i).get_attribute("data-code")), _number(links.nth(i).locator(".count").inner_text()))
+        for i in range(len(children))
+    ]
+    assert shown == [(c["code"], c["count"]) for c in children]
+    total = api.get(f"/v1/prefixes/{prefix}?limit=1").json()["count"] if prefix else api.get("/readyz").json()["items"]
+    expect(page.locator("#node-count")).to_have_text(f"{total:,}")
+    expect(page.locator("#node-fanout")).to_have_text(str(len(children)))
+    assert sum(c["count"] for c in children) == total
+    return children
+
+
+def test_explorer_in_a_browser(server, api, page, tmp_path):
+    page.goto(f"{server.base}/ui")
+    assert page.url == f"{server.base}/ui/"
+    expect(page.get_by_role("heading", level=2)).to_have_text("ID tree: first codes")
+
+    # root: the first codes, counts against the API
+    root = _check_children(page, api, "")
+    first = max(root, key=lambda c: c["count"])["code"]
+
+    # one level down, with the keyboard: focus the code's link and press Enter
+    page.locator(f'a.child[data-code="{first}"]').focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
+    assert page.url.endswith(f"#/tree/{first}")
+    level1 = _check_children(page, api, str(first))
+    count1 = api.get(f"/v1/prefixes/{first}?limit=1").json()["count"]
+    assert count1 > PAGE  # the tiny index has > 50 items under its largest first code: the pager shows
+    expect(page.locator("table.items tbody tr")).to_have_count(PAGE)
+    titles = page.locator("table.items thead th")
+    expect(titles).to_contain_text(["Semantic ID", "Item", "title", "category"])
+
+    # next page of items: the API's second page, by its cursor
+    first_page = api.get(f"/v1/prefixes/{first}?limit={PAGE}").json()
+    second_page = api.get(f"/v1/prefixes/{first}?limit={PAGE}&cursor={first_page['next_cursor']}").json()
+    page.get_by_role("link", name="Next page").click()
+    expect(page.get_by_role("heading", level=3, name="Items (page 2)")).to_be_visible()
+    rows = page.locator("table.items tbody tr")
+    expect(rows).to_have_count(len(second_page["items"]))
+    expect(rows.first.locator("td").nth(1)).to_have_text(str(second_page["items"][0]["item_id"]))
+    expect(rows.first).to_contain_text(second_page["items"][0]["title"])
+    page.go_back()  # the back button returns to page 1
+    expect(page.get_by_role("heading", level=3, name="Items (page 1)")).to_be_visible()
+    expect(page.locator("table.items tbody tr").first.locator("td").nth(1)).to_have_text(
+        str(first_page["items"][0]["item_id"])
+    )
+
+    # a second level down, by a click
+    second = max(level1, key=lambda c: c["count"])["code"]
+    page.locator(f'a.child[data-code="{second}"]').click()
+    prefix2 = f"{first}-{second}"
+    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {prefix2}")
+    _check_children(page, api, prefix2)
+    crumbs = page.get_by_role("navigation", name="Breadcrumb")
+    expect(crumbs.get_by_role("link")).to_have_text(["Root", str(first)])
+    _shot(page, tmp_path, "tree")
+
+    # the breadcrumb goes back up; a shared URL opens the same view
+    crumbs.get_by_role("link", name=str(first)).click()
+    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
+    page.goto(f"{server.base}/ui/#/tree/{prefix2}")
+    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {prefix2}")
+
+    # search an item: its ID, its siblings under the same prefix, its nearest items
+    item = first_page["items"][3]
+    page.get_by_role("link", name="Search").click()
+    page.get_by_label("Item id").fill(str(item["item_id"]))
+    page.get_by_label("Item id").press("Enter")
+    card = page.get_by_role("region", name="Its semantic ID")
+    sid = "-".join(map(str, item["semantic_id"]))
+    expect(card).to_contain_text(sid)
+    expect(card).to_contain_text(item["title"])
+    parent = "-".join(map(str, item["semantic_id"][:-1]))
+    siblings = api.get(f"/v1/prefixes/{parent}?limit={PAGE}").json()
+    sib_rows = page.get_by_role("region", name=f"Siblings under {parent}").locator("tbody tr")
+    expect(sib_rows).to_have_count(len(siblings["items"]))
+    near_rows = page.get_by_role("region", name="Nearest items").locator("tbody tr")
+    expect(near_rows.first).to_be_visible()
+    assert 1 <= near_rows.count() <= 10
+    near_ids = [near_rows.nth(i).locator("td").nth(1).inner_text() for i in range(near_rows.count())]
+    assert str(item["item_id"]) not in near_ids
+    _shot(page, tmp_path, "search")
+
+    # an unknown item: the API's message, in the page
+    page.get_by_label("Item id").fill("no-such-item")
+    page.get_by_label("Item id").press("Enter")
+    unknown = api.get("/v1/items/no-such-item").json()["error"]["message"]
+    expect(page.get_by_role("alert")).to_contain_text(unknown)
+
+    # resolve: an invalid tuple shows the API's error; a valid full ID resolves to its item
+    page.get_by_role("link", name="Resolve").click()
+    box = page.get_by_label(re.compile("Semantic ID or prefix"))
+    box.fill("[99, 1, 2, 0]")
+    box.press("Enter")
+    err = api.post("/v1/resolve", json={"semantic_id": [99, 1, 2, 0], "k": 10}).json()["error"]
+    expect(page.get_by_role("alert")).to_contain_text(err["message"])
+    _shot(page, tmp_path, "resolve")
+    box = page.get_by_label(re.compile("Semantic ID or prefix"))
+    box.fill("12-x")
+    box.press("Enter")
+    err = api.post("/v1/resolve", json={"semantic_id": [12, "x"], "k": 10}).json()["error"]
+    expect(page.get_by_role("alert")).to_contain_text(err["message"])
+    box = page.get_by_label(re.compile("Semantic ID or prefix"))
+    box.fill("[" + ", ".join(map(str, item["semantic_id"])) + "]")
+    box.press("Enter")
+    expect(page.get_by_role("region", name=re.compile(f"Exact: {sid} is item"))).to_contain_text(item["title"])
+    expect(page.get_by_role("region", name="Nearest valid IDs").locator("tbody tr")).to_have_count(10)
+    assert page.url.endswith("#/resolve/" + quote("[" + ", ".join(map(str, item["semantic_id"])) + "]", safe=""))
+
+    # health: the headline figures are the API's
+    stats = api.get("/v1/stats").json()
+    page.get_by_role("link", name="Health").click()
+    expect(page.locator("#stat-items")).to_have_text(f"{stats['items']:,}")
+    expect(page.locator("#stat-fallback")).to_have_text(f"{stats['fallback']:,}")
+    expect(page.locator("#stat-collision")).to_have_text(f"{100 * stats['base_codes']['collision_rate']:.2f}%")
+    expect(page.locator("table.levels tbody tr")).to_have_count(len(stats["levels"]))
+    _shot(page, tmp_path, "health")
+
+    # everything the page fetched came from this server, and none of it carried the API key
+    assert page.requests
+    for request in page.requests:
+        assert request.url.startswith(server.base + "/"), request.url
+        assert "x-api-key" not in {k.lower() for k in request.headers}, request.url
+    assert not page.errors, page.errors
+    # the only failed responses are the bad inputs above, answered by the API (never a missing file)
+    assert {(status, url.replace(server.base, "")) for status, url in page.failed} == {
+        (404, "/v1/items/no-such-item"),
+        (422, "/v1/resolve"),
+    }
