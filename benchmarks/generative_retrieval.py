@@ -1,0 +1,474 @@
+"""Downstream benchmark: do semid's IDs make a better generative recommender?
+
+    python benchmarks/generative_retrieval.py --catalog ../shared/data/movielens-small/items.parquet \\
+        --interactions ../shared/data/movielens-small/ratings.csv --out benchmarks/results
+    python benchmarks/generative_retrieval.py ... --tokenizers faiss-rq,random --tiny --out /tmp/gr
+
+Every tokenizer (fitted by ``benchmarks/compare_tokenizers.py``'s functions, 3 levels x 256 codes, plus random
+codes of the same shape) gets semid's dedup digit, so every item has a unique 4-token ID. One small TIGER-style
+decoder-only transformer is trained from scratch on each tokenizer's IDs with the same budget (epochs, width,
+layers, batch), on users' histories in time order (every rating is an interaction unless ``--min-rating``),
+leave-one-out: the last item is the test target, the second-last the validation target (held out of training;
+it ends the test history). The next item is decoded by beam search constrained by
+``semid.service.generation.trie.SemanticIdTrie`` and mapped back to items through it; the same beam search
+without the trie measures how often the generator invents IDs no item has. In the same run: a SASRec-style
+item-id model (same transformer and budget, softmax over the catalog) and a popularity ranking.
+Writes OUT/generative_retrieval.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import MOVIELENS, command, machine  # noqa: E402
+from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS, Fitted  # noqa: E402
+from benchmarks.genrec_data import (  # noqa: E402
+    Split,
+    leave_one_out,
+    random_codes,
+    read_histories,
+    training_windows,
+    unique_ids,
+)
+from benchmarks.genrec_model import (  # noqa: E402
+    Budget,
+    ItemGenerator,
+    SemanticGenerator,
+    beam_search,
+    rank_items,
+    train,
+)
+from semid.model.catalog import read_catalog  # noqa: E402
+from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
+
+# benchmark name -> compare_tokenizers key (None: random codes)
+SOURCES: dict[str, str | None] = {
+    "semid-rqvae": "semid-rqvae",
+    "semid-rqkmeans": "semid-rqkmeans",
+    "faiss-rq": "faiss-rq",
+    "semantic-id": "sid-rqkmeans",
+    "random": None,
+}
+DEFAULT_TOKENIZERS = "semid-rqvae,semid-rqkmeans,faiss-rq,semantic-id,random"
+ITEM_BASELINE, POPULARITY = "item-id (SASRec-style)", "popularity"
+KS = (5, 10)
+BOOTSTRAP = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    history: int = 20  # items of history the generator sees
+    beams: int = 20
+    eval_batch: int = 16  # users per beam-search batch
+    min_rating: float | None = None
+    max_users: int | None = None
+    valid: bool = False  # also decode the validation targets
+
+
+# ---------------------------------------------------------------------------------------------- IDs
+
+
+def fit_ids(name: str, raw: np.ndarray, x: np.ndarray, item_ids: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    """Unique [N, LEVELS + 1] IDs of one tokenizer and facts about them."""
+    source = SOURCES[name]
+    if source is None:
+        fitted = Fitted(random_codes(len(raw), LEVELS, CODEBOOK, seed), 0.0, 0.0, None, {"codes": "uniform random"})
+    else:
+        fitted = TOKENIZERS[source][1](raw, x, seed)
+    codes = fitted.codes
+    if fitted.reconstruction is not None:
+        distances = np.linalg.norm(x - fitted.reconstruction.astype(np.float32), axis=1)
+    else:
+        distances = np.zeros(len(codes))
+    sids = unique_ids(codes, distances, item_ids, CODEBOOK)
+    buckets = np.unique(codes, axis=0).shape[0]
+    info = {
+        "tokenizer": TOKENIZERS[source][0] if source else "random codes",
+        "fit_s": round(fitted.fit_s, 2),
+        "base_collision_rate": round(1 - buckets / len(codes), 5),
+        "max_dedup_digit": int(sids[:, -1].max()),
+        "settings": fitted.settings,
+    }
+    return sids, info
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def _by_length(split: Split, part: str, cap: int, batch: int) -> list[np.ndarray]:
+    """Users grouped by history length (a batch needs one length), in batches."""
+    lengths = np.array([split.history(u, part, cap).shape[0] for u in range(len(split.train))])
+    out = []
+    for length in np.unique(lengths):
+        users = np.flatnonzero(lengths == length)
+        out += [users[s : s + batch] for s in range(0, users.shape[0], batch)]
+    return out
+
+
+def _histories(split: Split, users: np.ndarray, part: str, cap: int) -> np.ndarray:
+    return np.stack([split.history(int(u), part, cap) for u in users])
+
+
+def ranks_of(target: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """0-based rank of each user's target in its list [U, k] (-1: absent)."""
+    hit = lists == target[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+
+
+def metric_values(rank: np.ndarray) -> dict[str, np.ndarray]:
+    """Per user Recall@k (hit) and NDCG@k (one relevant item: 1 / log2(rank + 2))."""
+    out = {}
+    for k in KS:
+        hit = (rank >= 0) & (rank < k)
+        out[f"recall@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(np.maximum(rank, 0) + 2), 0.0)
+    return out
+
+
+def bootstrap(values: np.ndarray, seed: int, resamples: int = BOOTSTRAP) -> dict:
+    """Mean over users with a 95 % percentile bootstrap interval (users resampled)."""
+    rng = np.random.default_rng([seed, 7])
+    means = values[rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(values.mean()), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
+    """Mean of a - b over the same users with a paired 95 % bootstrap interval."""
+    return bootstrap(a - b, seed)
+
+
+def decode_semantic(
+    model: SemanticGenerator, sids: np.ndarray, trie: SemanticIdTrie, split: Split, part: str, s: Settings
+) -> dict:
+    """Constrained and unconstrained beam search for every user: top-k item rows, validity, timings."""
+    users = len(split.train)
+    top = max(KS)
+    lists = np.full((users, top), -1, dtype=np.int64)
+    free_lists = np.full((users, top), -1, dtype=np.int64)
+    emitted, invalid_free, invalid_free_top1, beams_free = [], 0, 0, 0
+    constrained_s = free_s = 0.0
+    for batch in _by_length(split, part, s.history, s.eval_batch):
+        history = torch.from_numpy(sids[_histories(split, batch, part, s.history)])
+        start = time.perf_counter()
+        ids, score = beam_search(model, history, s.beams, trie)
+        constrained_s += time.perf_counter() - start
+        for row, user in enumerate(batch):
+            live = ids[row][np.isfinite(score[row])]
+            items = trie.items_of(live).astype(np.int64) if live.shape[0] else np.zeros(0, np.int64)
+            emitted.append(live)
+            lists[user, : min(top, items.shape[0])] = items[:top]
+        start = time.perf_counter()
+        free_ids, _ = beam_search(model, history, s.beams, None)
+        free_s += time.perf_counter() - start
+        rows = trie.items_of(free_ids.reshape(-1, free_ids.shape[2])).reshape(free_ids.shape[:2])  # -1: no item
+        invalid_free += int((rows < 0).sum())
+        invalid_free_top1 += int((rows[:, 0] < 0).sum())
+        beams_free += rows.size
+        for row, user in enumerate(batch):
+            valid = rows[row][rows[row] >= 0][:top]
+            free_lists[user, : valid.shape[0]] = valid
+    return {
+        "lists": lists,
+        "free_lists": free_lists,
+        "emitted": np.concatenate(emitted) if emitted else np.zeros((0, LEVELS + 1), np.int64),
+        "invalid_rate_unconstrained": round(invalid_free / max(beams_free, 1), 4),
+        "invalid_top1_unconstrained": round(invalid_free_top1 / max(users, 1), 4),
+        "decode_ms_per_user": round(1000 * constrained_s / max(users, 1), 2),
+        "decode_ms_per_user_unconstrained": round(1000 * free_s / max(users, 1), 2),
+    }
+
+
+def decode_items(model: ItemGenerator, split: Split, part: str, s: Settings) -> dict:
+    users, top = len(split.train), max(KS)
+    lists = np.full((users, top), -1, dtype=np.int64)
+    spent = 0.0
+    for batch in _by_length(split, part, s.history, s.eval_batch):
+        history = torch.from_numpy(_histories(split, batch, part, s.history))
+        start = time.perf_counter()
+        lists[batch] = rank_items(model, history, top)
+        spent += time.perf_counter() - start
+    return {"lists": lists, "decode_ms_per_user": round(1000 * spent / max(users, 1), 2)}
+
+
+def popularity_lists(split: Split, items: int) -> np.ndarray:
+    counts = np.bincount(np.concatenate(split.train), minlength=items)
+    top = np.argsort(-counts, kind="stable")[: max(KS)]
+    return np.broadcast_to(top, (len(split.train), top.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+
+def run_semantic(
+    name: str, sids: np.ndarray, split: Split, budget: Budget, s: Settings, parts: list[str], log=print
+) -> dict:
+    """Train one generator on a tokenizer's IDs and decode every part; per-part ranks and figures."""
+    torch.manual_seed(budget.seed)
+    trie = SemanticIdTrie.from_semantic_ids(sids, np.arange(len(sids)), sizes=(CODEBOOK,) * (LEVELS + 1))
+    windows, learn = training_windows(split.train, s.history + 1)
+    inputs = torch.from_numpy(np.where(windows[:, :, None] >= 0, sids[np.maximum(windows, 0)], -1))
+    model = SemanticGenerator(LEVELS + 1, CODEBOOK, s.history + 1, budget)
+    log(f"  [{name}] training on {len(windows)} windows")
+    trained = train(model, inputs, torch.from_numpy(learn), budget, log)
+    out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
+    for part in parts:
+        decoded = decode_semantic(model, sids, trie, split, part, s)
+        out[part] = decoded
+        log(f"  [{name}] {part}: decoded, unconstrained invalid rate {decoded['invalid_rate_unconstrained']}")
+    return out
+
+
+def run_items(split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print) -> dict:
+    torch.manual_seed(budget.seed)
+    windows, learn = training_windows(split.train, s.history + 1)
+    model = ItemGenerator(items, s.history + 1, budget)
+    log(f"  [{ITEM_BASELINE}] training on {len(windows)} windows")
+    trained = train(model, torch.from_numpy(windows), torch.from_numpy(learn), budget, log)
+    out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
+    for part in parts:
+        out[part] = decode_items(model, split, part, s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed: int) -> list[dict]:
+    """Per generator: metrics averaged over seeds per user, then bootstrapped over users."""
+    table = []
+    for name, runs in rows.items():
+        ok = [r for r in runs if r.get("status") == "ok"]
+        row: dict[str, Any] = {"generator": name, "status": ok[0]["status"] if ok else runs[0]["status"]}
+        if not ok:
+            row["error"] = runs[0].get("error")
+            table.append(row)
+            continue
+        for part in parts:
+            target = split.target(part)
+            per_user = _mean_values([metric_values(ranks_of(target, r[part]["lists"])) for r in ok])
+            row[part] = {m: bootstrap(v, seed) for m, v in per_user.items()}
+            row[f"_{part}_values"] = per_user
+            if "free_lists" in ok[0][part]:
+                free = _mean_values([metric_values(ranks_of(target, r[part]["free_lists"])) for r in ok])
+                row[part]["recall@10_unconstrained"] = bootstrap(free["recall@10"], seed)
+            for key in ("invalid_rate_unconstrained", "invalid_top1_unconstrained", "decode_ms_per_user"):
+                if key in ok[0][part]:
+                    row[part][key] = round(float(np.mean([r[part][key] for r in ok])), 4)
+        row["seeds"] = len(ok)
+        row["train_s"] = round(float(np.mean([r["train"]["train_s"] for r in ok])), 1) if "train" in ok[0] else None
+        row["ids"] = ok[0].get("ids")
+        table.append(row)
+    return table
+
+
+def _mean_values(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]}
+
+
+def comparisons(table: list[dict], part: str, seed: int) -> list[dict]:
+    """Paired bootstrap differences (Recall@10, NDCG@10) of each semid generator against every other row."""
+    have = {r["generator"]: r[f"_{part}_values"] for r in table if f"_{part}_values" in r}
+    out = []
+    for mine in [g for g in have if g.startswith("semid")]:
+        for other in [g for g in have if g != mine]:
+            entry = {"semid": mine, "other": other}
+            for metric in ("recall@10", "ndcg@10"):
+                entry[metric] = paired_difference(have[mine][metric], have[other][metric], seed)
+            out.append(entry)
+    return out
+
+
+def _ci(m: dict) -> str:
+    return f"{m['mean']:.4f} [{m['lo']:.4f}, {m['hi']:.4f}]"
+
+
+def markdown(data: dict, table: list[dict]) -> str:
+    part = "test"
+    head = (
+        "| generator | IDs | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | invalid IDs unconstrained (top-1) | "
+        "Recall@10 unconstrained | decode ms/user | train s |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in table:
+        if r["status"] != "ok":
+            lines.append(f"| {r['generator']} | {r['status']}: {r.get('error', '')} |" + " |" * 8)
+            continue
+        m = r[part]
+        ids = r.get("ids") or {}
+        ids_text = f"collisions {ids['base_collision_rate']:.2%}" if ids else "-"
+        invalid = (
+            f"{m['invalid_rate_unconstrained']:.2%} ({m['invalid_top1_unconstrained']:.2%})"
+            if "invalid_rate_unconstrained" in m
+            else "-"
+        )
+        free = _ci(m["recall@10_unconstrained"]) if "recall@10_unconstrained" in m else "-"
+        lines.append(
+            f"| {r['generator']} | {ids_text} | {_ci(m['recall@5'])} | {_ci(m['recall@10'])} | {_ci(m['ndcg@5'])} | "
+            f"{_ci(m['ndcg@10'])} | {invalid} | {free} | {m.get('decode_ms_per_user', '-')} | "
+            f"{r.get('train_s') if r.get('train_s') is not None else '-'} |"
+        )
+    diffs = [
+        f"| {c['semid']} | {c['other']} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} |" for c in data["comparisons"]
+    ]
+    d = data["data"]
+    b = data["budget"]
+    s = data["settings"]
+    return "\n".join(
+        [
+            f"Catalog `{data['catalog']}` ({data['items']} items); interactions `{data['interactions']}` "
+            f"(columns {d['columns']}; {d['kept']} kept of {d['interactions']}, "
+            f"{'every rating' if s['min_rating'] is None else 'rating >= ' + str(s['min_rating'])}); "
+            f"{data['users']} users, leave-one-out (last item test, second-last validation, held out of training); "
+            f"history capped at the last {s['history']} items.",
+            "",
+            f"Generator (same for every row): decoder-only transformer, width {b['width']}, {b['layers']} layers, "
+            f"{b['heads']} heads, {b['epochs']} epochs of batches of {b['batch_size']} windows, AdamW lr {b['lr']} "
+            f"(one-cycle); {data['windows']} training windows of up to {s['history'] + 1} items. Beam search with "
+            f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
+            "dedup digit), constrained by `SemanticIdTrie`. Seeds: "
+            f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min.",
+            "",
+            f"## Test ({data['users']} users), 95 % bootstrap intervals over users",
+            "",
+            *lines,
+            "",
+            "Invalid IDs unconstrained: share of all beams (of the top-1 beam) of the same beam search without the "
+            "trie that are no item's ID; Recall@10 unconstrained: those beams with the invalid ones dropped. "
+            "decode ms/user: constrained beam search (item-id: one forward pass and a top-k). Collisions: share "
+            "of items sharing their 3 base codes with an earlier item (resolved by the dedup digit).",
+            "",
+            "## semid against each other row (paired bootstrap over the same users, test)",
+            "",
+            "| semid | other | Recall@10 difference | NDCG@10 difference |",
+            "|---|---|---|---|",
+            *diffs,
+        ]
+    )
+
+
+def write(out: Path, data: dict, table: list[dict]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command(), "machine": machine(), **data}
+    payload["rows"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in table]
+    (out / "generative_retrieval.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    header = (
+        f"# generative_retrieval\n\nCommand: `{payload['command']}`\n\nMachine: {json.dumps(payload['machine'])}\n\n"
+    )
+    (out / "generative_retrieval.md").write_text(header + markdown(data, table) + "\n")
+    return out / "generative_retrieval.md"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--catalog", default=str(MOVIELENS), help="Parquet/.npy catalog (default: MovieLens small)")
+    ap.add_argument("--interactions", required=True, help="ratings CSV/Parquet (user, item, rating, time)")
+    ap.add_argument("--out", required=True, help="directory for generative_retrieval.{json,md}")
+    ap.add_argument("--tokenizers", default=DEFAULT_TOKENIZERS, help=f"comma-separated subset of {list(SOURCES)}")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=Budget.epochs)
+    ap.add_argument("--width", type=int, default=Budget.width)
+    ap.add_argument("--layers", type=int, default=Budget.layers)
+    ap.add_argument("--batch-size", type=int, default=Budget.batch_size)
+    ap.add_argument("--history", type=int, default=Settings.history)
+    ap.add_argument("--beams", type=int, default=Settings.beams)
+    ap.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this (default: every rating)")
+    ap.add_argument("--max-users", type=int, default=None)
+    ap.add_argument("--valid", action="store_true", help="also decode the validation targets")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="smoke run: 1 epoch, 40 users, history 5, 5 beams")
+    return ap.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
+    budget = Budget(epochs=args.epochs, width=args.width, layers=args.layers, batch_size=args.batch_size)
+    s = Settings(
+        history=args.history, beams=args.beams, min_rating=args.min_rating, max_users=args.max_users, valid=args.valid
+    )
+    if args.tiny:
+        budget = replace(budget, epochs=1, width=32, layers=1)
+        s = replace(s, history=5, beams=5, max_users=args.max_users or 40)
+    return budget, s
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    wanted = args.tokenizers.split(",") if args.tokenizers else []
+    unknown = [w for w in wanted if w not in SOURCES]
+    if unknown:
+        raise SystemExit(f"unknown tokenizer(s) {unknown}; choose from {list(SOURCES)}")
+    budget, s = settings_of(args)
+    parts = ["test", "valid"] if s.valid else ["test"]
+    started = time.perf_counter()
+
+    cat = read_catalog(args.catalog)
+    raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
+    x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+    hist = read_histories(args.interactions, np.asarray(cat.item_ids), min_rating=s.min_rating)
+    split = leave_one_out(hist, max_users=s.max_users)
+    windows, _ = training_windows(split.train, s.history + 1)
+    print(f"{len(raw)} items, {len(split.train)} users, {len(windows)} windows; budget {budget}", flush=True)
+
+    rows: dict[str, list[dict]] = {ITEM_BASELINE: [], POPULARITY: []}
+    rows.update({name: [] for name in wanted})
+    for seed in range(args.seeds):
+        seed_budget = replace(budget, seed=seed)
+        for name in wanted:
+            rows[name].append(_run_tokenizer(name, raw, x, np.asarray(cat.item_ids), split, seed_budget, s, parts))
+            gc.collect()
+        item_run = run_items(split, len(raw), seed_budget, s, parts)
+        rows[ITEM_BASELINE].append({"status": "ok", **item_run})
+    rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})
+
+    table = summarise(rows, split, parts, seed=0)
+    data = {
+        "catalog": args.catalog,
+        "interactions": args.interactions,
+        "items": int(len(raw)),
+        "users": len(split.train),
+        "windows": int(len(windows)),
+        "data": hist.info,
+        "budget": asdict(budget),
+        "settings": asdict(s),
+        "seeds": args.seeds,
+        "tiny": args.tiny,
+        "load_avg_end": [round(v, 2) for v in os.getloadavg()],
+        "run_s": round(time.perf_counter() - started, 1),
+    }
+    data["comparisons"] = comparisons(table, "test", seed=0)
+    path = write(Path(args.out), data, table)
+    print(path.read_text())
+    return {"data": data, "table": table, "rows": rows, "split": split}
+
+
+def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts) -> dict:
+    print(f"[{name}] seed {budget.seed}: fitting IDs (load {os.getloadavg()[0]:.2f})", flush=True)
+    try:
+        sids, info = fit_ids(name, raw, x, item_ids, budget.seed)
+    except ImportError as err:
+        return {"status": "not installed", "error": f"{type(err).__name__}: {err}"}
+    except Exception as err:  # one failing tokenizer must not lose the others' figures
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+    run = run_semantic(name, sids, split, budget, s, parts)
+    return {"status": "ok", "ids": info, "sids": sids, **run}
+
+
+if __name__ == "__main__":
+    main()

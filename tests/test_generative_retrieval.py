@@ -1,0 +1,163 @@
+"""The generative-retrieval benchmark's loop end to end on a tiny synthetic catalog (not its scores), and its
+parts: histories in time order, leave-one-out, training windows, unique IDs, constrained beam search, metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import generative_retrieval as gr
+from benchmarks.genrec_data import leave_one_out, read_histories, training_windows, unique_ids
+from benchmarks.genrec_model import Budget, SemanticGenerator, beam_search
+from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.service.generation.trie import SemanticIdTrie
+
+ITEMS, USERS, PER_USER = 300, 30, 12
+
+
+def _ratings_csv(path, item_ids: np.ndarray, seed: int = 0) -> None:
+    """MovieLens-shaped ratings: rows shuffled (time order is only in the timestamp), one unknown item, one
+    repeated (user, item)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for user in range(1, USERS + 1):
+        items = rng.choice(item_ids, size=PER_USER, replace=False)
+        times = 1000 * user + rng.permutation(PER_USER)
+        lines += [f"{user},{item},{rng.integers(1, 6)}.0,{t}" for item, t in zip(items, times, strict=True)]
+    lines.append("1,999999,5.0,1")  # not in the catalog
+    lines.append(f"2,{item_ids[0]},3.0,999999")  # maybe a repeat: kept once, at its first time
+    rng.shuffle(lines)
+    path.write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("genrec")
+    cat = synthetic_catalog(items=ITEMS, dim=16, seed=0)
+    write_catalog(cat, root / "items.parquet")
+    _ratings_csv(root / "ratings.csv", np.asarray(cat.item_ids))
+    return root, np.asarray(cat.item_ids)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data):
+    root, _ = tiny_data
+    out = root / "out"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "ratings.csv")]
+    argv += ["--out", str(out), "--tokenizers", "faiss-rq,random", "--tiny", "--threads", "1"]
+    return gr.main(argv), out
+
+
+def test_histories_are_in_time_order_without_unknown_items_or_repeats(tiny_data):
+    root, item_ids = tiny_data
+    hist = read_histories(root / "ratings.csv", item_ids)
+    assert hist.users == USERS
+    assert hist.info["not_in_catalog"] == 1 and hist.info["columns"]["time"] == "timestamp"
+    table = np.loadtxt(root / "ratings.csv", delimiter=",", skiprows=1)
+    labels = sorted(str(u) for u in range(1, USERS + 1))  # users are numbered in the order of their labels
+    for user, label in enumerate(labels):
+        own = table[(table[:, 0] == int(label)) & np.isin(table[:, 1], item_ids)]
+        own = own[np.argsort(own[:, 3], kind="stable")]
+        _, first = np.unique(own[:, 1], return_index=True)
+        expected = own[np.sort(first), 1].astype(np.int64)
+        np.testing.assert_array_equal(item_ids[hist.of(user)], expected)
+
+
+def test_min_rating_drops_low_ratings(tiny_data):
+    root, item_ids = tiny_data
+    every = read_histories(root / "ratings.csv", item_ids)
+    liked = read_histories(root / "ratings.csv", item_ids, min_rating=4.0)
+    assert 0 < liked.rows.shape[0] < every.rows.shape[0]
+
+
+def test_leave_one_out_and_windows_learn_every_training_item_once():
+    seqs = [np.arange(30), np.arange(100, 104), np.arange(200, 202)]
+    starts = np.cumsum([0] + [len(s) for s in seqs])
+    hist = type("H", (), {})()
+    hist.starts, hist.of = starts, lambda u: seqs[u]
+    split = leave_one_out(hist, min_items=3)
+    assert len(split.train) == 2  # the 2-item user is left out
+    assert split.test_target.tolist() == [29, 103] and split.valid_target.tolist() == [28, 102]
+    np.testing.assert_array_equal(split.history(0, "test", 5), [24, 25, 26, 27, 28])
+    np.testing.assert_array_equal(split.history(0, "valid", 5), [23, 24, 25, 26, 27])
+    windows, learn = training_windows(split.train, 6)
+    learned = np.sort(windows[learn])
+    # every training item but each sequence's first is a target exactly once, and never without context
+    np.testing.assert_array_equal(learned, np.r_[np.arange(1, 28), [101]])
+    assert not learn[:, 0].any() and (windows[learn] >= 0).all()
+
+
+def test_unique_ids_resolve_every_collision():
+    codes = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 3], [0, 0, 0]])
+    sids = unique_ids(codes, np.array([0.3, 0.1, 0.2, 0.0]), np.array([10, 11, 12, 13]), 8)
+    assert np.unique(sids, axis=0).shape[0] == 4
+    assert sids[:, -1].tolist() == [2, 0, 1, 0]  # ranked by distance within the bucket
+
+
+def test_constrained_beam_search_only_emits_real_ids_and_marks_missing_beams():
+    sids = np.array([[0, 1, 2, 0], [0, 1, 2, 1], [3, 0, 1, 0], [3, 2, 2, 0], [1, 1, 1, 0], [2, 3, 0, 0]])
+    trie = SemanticIdTrie.from_semantic_ids(sids, np.arange(6), sizes=(4, 4, 4, 4))
+    torch.manual_seed(0)
+    model = SemanticGenerator(4, 4, 3, Budget(width=16, layers=1, heads=2)).eval()
+    history = torch.from_numpy(sids[[[0, 2], [5, 4]]])
+    ids, score = beam_search(model, history, 8, trie)  # more beams than items: every item is found
+    for user in range(2):
+        live = ids[user][np.isfinite(score[user])]
+        assert sorted(map(tuple, live.tolist())) == sorted(map(tuple, sids.tolist()))
+        assert (np.diff(score[user][np.isfinite(score[user])]) <= 0).all()
+        assert np.isneginf(score[user]).sum() == 2
+    free, free_score = beam_search(model, history, 8, None)
+    assert np.isfinite(free_score).all()  # without the trie nothing stops it: any code of each level
+
+
+def test_metrics_rank_and_ndcg():
+    lists = np.array([[5, 6, 7], [1, 2, 3], [9, 9, 9]])
+    rank = gr.ranks_of(np.array([6, 1, 4]), lists)
+    assert rank.tolist() == [1, 0, -1]
+    values = gr.metric_values(rank)
+    assert values["recall@5"].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(values["ndcg@10"], [1 / np.log2(3), 1.0, 0.0])
+    ci = gr.bootstrap(values["recall@5"], seed=0)
+    assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["mean"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_tiny_run_emits_only_real_items_and_writes_results(tiny_run):
+    result, out = tiny_run
+    rows, split = result["rows"], result["split"]
+    users = len(split.train)
+    assert 0 < users <= 40
+    for name in ("faiss-rq", "random"):
+        run = rows[name][0]
+        assert run["status"] == "ok", run.get("error")
+        sids = run["sids"]
+        assert np.unique(sids, axis=0).shape[0] == ITEMS  # unique IDs for every item
+        trie = SemanticIdTrie.from_semantic_ids(sids, np.arange(ITEMS), sizes=(256,) * 4)
+        test = run["test"]
+        emitted = test["emitted"]
+        assert emitted.shape == (users * 5, 4)  # every beam of every user filled
+        real = {tuple(s) for s in sids.tolist()}
+        assert all(tuple(e) in real and trie.is_valid(e) for e in emitted.tolist())
+        lists = test["lists"]
+        assert ((lists[:, :5] >= 0) & (lists[:, :5] < ITEMS)).all()  # every emitted ID mapped to an item
+        assert all(tuple(s) in real for s in sids[lists[:, :5]].reshape(-1, 4).tolist())
+        assert 0.0 <= test["invalid_rate_unconstrained"] <= 1.0
+    # random codes on 300 of 16.7M possible IDs: an untrained-ish generator invents IDs without the trie
+    assert rows["random"][0]["test"]["invalid_rate_unconstrained"] > 0
+
+    table = {r["generator"]: r for r in result["table"]}
+    assert set(table) == {"faiss-rq", "random", gr.ITEM_BASELINE, gr.POPULARITY}
+    for row in table.values():
+        for metric in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
+            m = row["test"][metric]
+            assert 0.0 <= m["lo"] <= m["mean"] <= m["hi"] <= 1.0
+        assert row["test"]["recall@5"]["mean"] <= row["test"]["recall@10"]["mean"]
+
+    saved = json.loads((out / "generative_retrieval.json").read_text())
+    assert {r["generator"] for r in saved["rows"]} == set(table)
+    assert "invalid_rate_unconstrained" in next(r for r in saved["rows"] if r["generator"] == "random")["test"]
+    assert saved["tiny"] is True and saved["machine"]["cpus"] >= 1
+    md = (out / "generative_retrieval.md").read_text()
+    assert "| faiss-rq |" in md and "Recall@10" in md
