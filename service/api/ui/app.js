@@ -443,8 +443,11 @@
       return out;
     }
     const shown = codes.join("-");
+    const L = await levels();
     if (res.exact) out.push(itemCard(res.exact, `Exact: ${shown} is item ${res.exact.item_id}`));
-    else out.push(h("p", { class: "notice", role: "status" }, `No item holds ${shown}; the nearest valid IDs:`));
+    else if (codes.length <= L) {
+      out.push(h("p", { class: "notice", role: "status" }, `${shown} is a prefix, not a full ID; the nearest valid IDs:`));
+    } else out.push(h("p", { class: "notice", role: "status" }, `No item holds ${shown}; the nearest valid IDs:`));
     out.push(
       h(
         "section",

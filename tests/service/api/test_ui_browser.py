@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks.service_speed import Server
 from semid.service.assign import assign_catalog
+from semid.service.evaluation.run import run_evaluation
 
 PAGE = 50  # items per page in app.js
 KEEP = ("title", "category")
@@ -41,9 +42,7 @@ def _chromium() -> str | None:
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
-sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[ui]')"
-)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[ui]')")
 CHROMIUM = _chromium()
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium found (apt-get install -y chromium, or set SEMID_CHROMIUM)"
@@ -60,8 +59,9 @@ def server(tmp_path_factory, tiny_checkpoint, tiny_catalog_file):
     base = tmp_path_factory.mktemp("ui")
     index = base / "index"
     assign_catalog(checkpoint=tiny_checkpoint, catalog=tiny_catalog_file, index_dir=index, keep_columns=KEEP)
+    run_evaluation(index, tiny_catalog_file, base / "evaluation")
     srv = Server(index, base / "server.log", threads=1)
-    srv.env["SEMID_API_KEY"] = "never-in-the-page"
+    srv.env.update(SEMID_API_KEY="never-in-the-page", SEMID_REPORT_DIR=str(base / "evaluation"))
     srv.start()
     try:
         yield srv
@@ -94,12 +94,13 @@ def page(server):
             browser.close()
 
 
-def _shot(page, tmp_path: Path, name: str) -> None:
+def _shot(page, tmp_path: Path, name: str, publish: bool = True) -> None:
+    """A screenshot in the test's folder; with SEMID_UI_SCREENSHOTS=<dir>, the main views are copied there."""
     path = tmp_path / f"ui-{name}.png"
     page.screenshot(path=str(path), full_page=False)
     assert path.stat().st_size > 1000
     target = os.environ.get("SEMID_UI_SCREENSHOTS")
-    if target:
+    if target and publish:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, Path(target) / path.name)
 
@@ -207,7 +208,7 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     box.press("Enter")
     err = api.post("/v1/resolve", json={"semantic_id": [99, 1, 2, 0], "k": 10}).json()["error"]
     expect(page.get_by_role("alert")).to_contain_text(err["message"])
-    _shot(page, tmp_path, "resolve")
+    _shot(page, tmp_path, "resolve-error", publish=False)
     box = page.get_by_label(re.compile("Semantic ID or prefix"))
     box.fill("12-x")
     box.press("Enter")
@@ -219,6 +220,16 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     expect(page.get_by_role("region", name=re.compile(f"Exact: {sid} is item"))).to_contain_text(item["title"])
     expect(page.get_by_role("region", name="Nearest valid IDs").locator("tbody tr")).to_have_count(10)
     assert page.url.endswith("#/resolve/" + quote("[" + ", ".join(map(str, item["semantic_id"])) + "]", safe=""))
+    # a prefix (as a generator emits mid-way): no exact item, the API's nearest valid IDs
+    box = page.get_by_label(re.compile("Semantic ID or prefix"))
+    box.fill(parent)
+    box.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text(f"{parent} is a prefix")
+    nearest = api.post("/v1/resolve", json={"semantic_id": item["semantic_id"][:-1], "k": 10}).json()["nearest"]
+    resolved = page.get_by_role("region", name="Nearest valid IDs").locator("tbody tr")
+    expect(resolved).to_have_count(len(nearest))
+    expect(resolved.locator("td:nth-child(2)")).to_have_text([str(n["item_id"]) for n in nearest])
+    _shot(page, tmp_path, "resolve")
 
     # health: the headline figures are the API's
     stats = api.get("/v1/stats").json()
@@ -228,6 +239,10 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     expect(page.locator("#stat-collision")).to_have_text(f"{100 * stats['base_codes']['collision_rate']:.2f}%")
     expect(page.locator("table.levels tbody tr")).to_have_count(len(stats["levels"]))
     _shot(page, tmp_path, "health")
+    # the evaluation report of this index, linked and served
+    page.get_by_role("link", name="Evaluation report").click()
+    expect(page.locator("h1")).to_be_visible()
+    assert page.url == f"{server.base}/v1/stats/report"
 
     # everything the page fetched came from this server, and none of it carried the API key
     assert page.requests
