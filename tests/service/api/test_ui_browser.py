@@ -3,6 +3,7 @@
 Needs the `ui` extra (playwright) and a Chromium binary: Debian's `chromium` package, or the one named by
 SEMID_CHROMIUM (Playwright's own browser download is not used). With SEMID_UI_SCREENSHOTS=<dir> (e.g. docs/)
 the screenshots are also written there as ui-tree.png, ui-search.png, ui-resolve.png and ui-health.png.
+Without playwright or Chromium the test skips, saying which; CI sets SEMID_UI_REQUIRED=1 so that fails instead.
 """
 
 from __future__ import annotations
@@ -42,12 +43,27 @@ def _chromium() -> str | None:
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[ui]')")
+try:
+    from playwright import sync_api
+except ImportError:
+    sync_api = None
 CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no Chromium found (apt-get install -y chromium, or set SEMID_CHROMIUM)"
+MISSING = (
+    "playwright is not installed (pip install -e '.[ui]')"
+    if sync_api is None
+    else "no Chromium found (apt-get install -y chromium, or set SEMID_CHROMIUM)"
+    if CHROMIUM is None
+    else None
 )
-expect = sync_api.expect
+
+
+@pytest.fixture(scope="session", autouse=True)  # session: decided before the index is built
+def browser_available():
+    """Skip, saying why, without a browser; with SEMID_UI_REQUIRED=1 (CI) a missing browser fails instead."""
+    if MISSING and os.environ.get("SEMID_UI_REQUIRED"):
+        pytest.fail(f"SEMID_UI_REQUIRED is set but {MISSING}")
+    if MISSING:
+        pytest.skip(MISSING)
 
 
 def _number(text: str) -> int:
@@ -110,15 +126,15 @@ def _check_children(page, api, prefix: str) -> list[dict]:
     url = f"/v1/prefixes/{prefix}/children" if prefix else "/v1/children"
     children = api.get(url).json()["children"]
     links = page.locator("a.child")
-    expect(links).to_have_count(len(children))
+    sync_api.expect(links).to_have_count(len(children))
     shown = [
         (int(links.nth(i).get_attribute("data-code")), _number(links.nth(i).locator(".count").inner_text()))
         for i in range(len(children))
     ]
     assert shown == [(c["code"], c["count"]) for c in children]
     total = api.get(f"/v1/prefixes/{prefix}?limit=1").json()["count"] if prefix else api.get("/readyz").json()["items"]
-    expect(page.locator("#node-count")).to_have_text(f"{total:,}")
-    expect(page.locator("#node-fanout")).to_have_text(str(len(children)))
+    sync_api.expect(page.locator("#node-count")).to_have_text(f"{total:,}")
+    sync_api.expect(page.locator("#node-fanout")).to_have_text(str(len(children)))
     assert sum(c["count"] for c in children) == total
     return children
 
@@ -126,7 +142,7 @@ def _check_children(page, api, prefix: str) -> list[dict]:
 def test_explorer_in_a_browser(server, api, page, tmp_path):
     page.goto(f"{server.base}/ui")
     assert page.url == f"{server.base}/ui/"
-    expect(page.get_by_role("heading", level=2)).to_have_text("ID tree: first codes")
+    sync_api.expect(page.get_by_role("heading", level=2)).to_have_text("ID tree: first codes")
 
     # root: the first codes, counts against the API
     root = _check_children(page, api, "")
@@ -135,27 +151,27 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     # one level down, with the keyboard: focus the code's link and press Enter
     page.locator(f'a.child[data-code="{first}"]').focus()
     page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
+    sync_api.expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
     assert page.url.endswith(f"#/tree/{first}")
     level1 = _check_children(page, api, str(first))
     count1 = api.get(f"/v1/prefixes/{first}?limit=1").json()["count"]
     assert count1 > PAGE  # the tiny index has > 50 items under its largest first code: the pager shows
-    expect(page.locator("table.items tbody tr")).to_have_count(PAGE)
+    sync_api.expect(page.locator("table.items tbody tr")).to_have_count(PAGE)
     titles = page.locator("table.items thead th")
-    expect(titles).to_contain_text(["Semantic ID", "Item", "title", "category"])
+    sync_api.expect(titles).to_contain_text(["Semantic ID", "Item", "title", "category"])
 
     # next page of items: the API's second page, by its cursor
     first_page = api.get(f"/v1/prefixes/{first}?limit={PAGE}").json()
     second_page = api.get(f"/v1/prefixes/{first}?limit={PAGE}&cursor={first_page['next_cursor']}").json()
     page.get_by_role("link", name="Next page").click()
-    expect(page.get_by_role("heading", level=3, name="Items (page 2)")).to_be_visible()
+    sync_api.expect(page.get_by_role("heading", level=3, name="Items (page 2)")).to_be_visible()
     rows = page.locator("table.items tbody tr")
-    expect(rows).to_have_count(len(second_page["items"]))
-    expect(rows.first.locator("td").nth(1)).to_have_text(str(second_page["items"][0]["item_id"]))
-    expect(rows.first).to_contain_text(second_page["items"][0]["title"])
+    sync_api.expect(rows).to_have_count(len(second_page["items"]))
+    sync_api.expect(rows.first.locator("td").nth(1)).to_have_text(str(second_page["items"][0]["item_id"]))
+    sync_api.expect(rows.first).to_contain_text(second_page["items"][0]["title"])
     page.go_back()  # the back button returns to page 1
-    expect(page.get_by_role("heading", level=3, name="Items (page 1)")).to_be_visible()
-    expect(page.locator("table.items tbody tr").first.locator("td").nth(1)).to_have_text(
+    sync_api.expect(page.get_by_role("heading", level=3, name="Items (page 1)")).to_be_visible()
+    sync_api.expect(page.locator("table.items tbody tr").first.locator("td").nth(1)).to_have_text(
         str(first_page["items"][0]["item_id"])
     )
 
@@ -163,17 +179,17 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     second = max(level1, key=lambda c: c["count"])["code"]
     page.locator(f'a.child[data-code="{second}"]').click()
     prefix2 = f"{first}-{second}"
-    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {prefix2}")
+    sync_api.expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {prefix2}")
     _check_children(page, api, prefix2)
     crumbs = page.get_by_role("navigation", name="Breadcrumb")
-    expect(crumbs.get_by_role("link")).to_have_text(["Root", str(first)])
+    sync_api.expect(crumbs.get_by_role("link")).to_have_text(["Root", str(first)])
     _shot(page, tmp_path, "tree")
 
     # the breadcrumb goes back up; a shared URL opens the same view
     crumbs.get_by_role("link", name=str(first)).click()
-    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
+    sync_api.expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
     page.goto(f"{server.base}/ui/#/tree/{prefix2}")
-    expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {prefix2}")
+    sync_api.expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {prefix2}")
 
     # search an item: its ID, its siblings under the same prefix, its nearest items
     item = first_page["items"][3]
@@ -182,14 +198,14 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     page.get_by_label("Item id").press("Enter")
     card = page.get_by_role("region", name="Its semantic ID")
     sid = "-".join(map(str, item["semantic_id"]))
-    expect(card).to_contain_text(sid)
-    expect(card).to_contain_text(item["title"])
+    sync_api.expect(card).to_contain_text(sid)
+    sync_api.expect(card).to_contain_text(item["title"])
     parent = "-".join(map(str, item["semantic_id"][:-1]))
     siblings = api.get(f"/v1/prefixes/{parent}?limit={PAGE}").json()
     sib_rows = page.get_by_role("region", name=f"Siblings under {parent}").locator("tbody tr")
-    expect(sib_rows).to_have_count(len(siblings["items"]))
+    sync_api.expect(sib_rows).to_have_count(len(siblings["items"]))
     near_rows = page.get_by_role("region", name="Nearest items").locator("tbody tr")
-    expect(near_rows.first).to_be_visible()
+    sync_api.expect(near_rows.first).to_be_visible()
     assert 1 <= near_rows.count() <= 10
     near_ids = [near_rows.nth(i).locator("td").nth(1).inner_text() for i in range(near_rows.count())]
     assert str(item["item_id"]) not in near_ids
@@ -199,7 +215,7 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     page.get_by_label("Item id").fill("no-such-item")
     page.get_by_label("Item id").press("Enter")
     unknown = api.get("/v1/items/no-such-item").json()["error"]["message"]
-    expect(page.get_by_role("alert")).to_contain_text(unknown)
+    sync_api.expect(page.get_by_role("alert")).to_contain_text(unknown)
 
     # resolve: an invalid tuple shows the API's error; a valid full ID resolves to its item
     page.get_by_role("link", name="Resolve").click()
@@ -207,41 +223,41 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     box.fill("[99, 1, 2, 0]")
     box.press("Enter")
     err = api.post("/v1/resolve", json={"semantic_id": [99, 1, 2, 0], "k": 10}).json()["error"]
-    expect(page.get_by_role("alert")).to_contain_text(err["message"])
+    sync_api.expect(page.get_by_role("alert")).to_contain_text(err["message"])
     _shot(page, tmp_path, "resolve-error", publish=False)
     box = page.get_by_label(re.compile("Semantic ID or prefix"))
     box.fill("12-x")
     box.press("Enter")
     err = api.post("/v1/resolve", json={"semantic_id": [12, "x"], "k": 10}).json()["error"]
-    expect(page.get_by_role("alert")).to_contain_text(err["message"])
+    sync_api.expect(page.get_by_role("alert")).to_contain_text(err["message"])
     box = page.get_by_label(re.compile("Semantic ID or prefix"))
     box.fill("[" + ", ".join(map(str, item["semantic_id"])) + "]")
     box.press("Enter")
-    expect(page.get_by_role("region", name=re.compile(f"Exact: {sid} is item"))).to_contain_text(item["title"])
-    expect(page.get_by_role("region", name="Nearest valid IDs").locator("tbody tr")).to_have_count(10)
+    sync_api.expect(page.get_by_role("region", name=re.compile(f"Exact: {sid} is item"))).to_contain_text(item["title"])
+    sync_api.expect(page.get_by_role("region", name="Nearest valid IDs").locator("tbody tr")).to_have_count(10)
     assert page.url.endswith("#/resolve/" + quote("[" + ", ".join(map(str, item["semantic_id"])) + "]", safe=""))
     # a prefix (as a generator emits mid-way): no exact item, the API's nearest valid IDs
     box = page.get_by_label(re.compile("Semantic ID or prefix"))
     box.fill(parent)
     box.press("Enter")
-    expect(page.get_by_role("status")).to_contain_text(f"{parent} is a prefix")
+    sync_api.expect(page.get_by_role("status")).to_contain_text(f"{parent} is a prefix")
     nearest = api.post("/v1/resolve", json={"semantic_id": item["semantic_id"][:-1], "k": 10}).json()["nearest"]
     resolved = page.get_by_role("region", name="Nearest valid IDs").locator("tbody tr")
-    expect(resolved).to_have_count(len(nearest))
-    expect(resolved.locator("td:nth-child(2)")).to_have_text([str(n["item_id"]) for n in nearest])
+    sync_api.expect(resolved).to_have_count(len(nearest))
+    sync_api.expect(resolved.locator("td:nth-child(2)")).to_have_text([str(n["item_id"]) for n in nearest])
     _shot(page, tmp_path, "resolve")
 
     # health: the headline figures are the API's
     stats = api.get("/v1/stats").json()
     page.get_by_role("link", name="Health").click()
-    expect(page.locator("#stat-items")).to_have_text(f"{stats['items']:,}")
-    expect(page.locator("#stat-fallback")).to_have_text(f"{stats['fallback']:,}")
-    expect(page.locator("#stat-collision")).to_have_text(f"{100 * stats['base_codes']['collision_rate']:.2f}%")
-    expect(page.locator("table.levels tbody tr")).to_have_count(len(stats["levels"]))
+    sync_api.expect(page.locator("#stat-items")).to_have_text(f"{stats['items']:,}")
+    sync_api.expect(page.locator("#stat-fallback")).to_have_text(f"{stats['fallback']:,}")
+    sync_api.expect(page.locator("#stat-collision")).to_have_text(f"{100 * stats['base_codes']['collision_rate']:.2f}%")
+    sync_api.expect(page.locator("table.levels tbody tr")).to_have_count(len(stats["levels"]))
     _shot(page, tmp_path, "health")
     # the evaluation report of this index, linked and served
     page.get_by_role("link", name="Evaluation report").click()
-    expect(page.locator("h1")).to_be_visible()
+    sync_api.expect(page.locator("h1")).to_be_visible()
     assert page.url == f"{server.base}/v1/stats/report"
 
     # everything the page fetched came from this server, and none of it carried the API key
