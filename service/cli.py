@@ -370,6 +370,7 @@ SERVE_FLAGS = {
     "--header-timeout": "header_timeout",
     "--body-idle-timeout": "body_idle_timeout",
     "--body-timeout": "body_timeout",
+    "--report-dir": "report_dir",
 }
 
 
