@@ -111,7 +111,8 @@ def migration_map(old: IndexIds, new: IndexIds) -> tuple[pa.Table, MigrationRepo
     status = [BOTH] * both_old.shape[0] + [ONLY_OLD] * gone.shape[0] + [ONLY_NEW] * only_new.shape[0]
     item_ids = np.concatenate([old.item_ids[old_part], state_new.item_ids[only_new]])
     old_sid = _padded(old.semantic_ids[old_part], n_rows)
-    new_sid = state_new.semantic_ids[np.maximum(new_rows, 0)] if n_rows else state_new.semantic_ids[:0]
+    new_sid = np.zeros((n_rows, new.layout.width), dtype=np.int64)
+    new_sid[new_rows >= 0] = state_new.semantic_ids[new_rows[new_rows >= 0]]
     table = pa.table(
         {
             "item_id": pa.array(item_ids.tolist()) if old.snapshot.id_kind == "str" else pa.array(item_ids, pa.int64()),
@@ -138,13 +139,13 @@ def migration_map(old: IndexIds, new: IndexIds) -> tuple[pa.Table, MigrationRepo
 
 def _keeps(old: IndexIds, new: IndexIds, rows_old: np.ndarray, rows_new: np.ndarray) -> dict[str, float | None]:
     """Shares of the items in both keeping their first 1 and 2 codes, base code and full ID
-    (None where the two layouts have no such common part)."""
+    (None where the two layouts have no such common part, or no item is in both)."""
     so, sn = old.snapshot.state, new.snapshot.state
     sid_old, sid_new = so.semantic_ids[rows_old], sn.semantic_ids[rows_new]
     levels = min(old.layout.levels, new.layout.levels)
 
-    def share(same: np.ndarray) -> float:
-        return float(same.mean()) if same.shape[0] else 0.0
+    def share(same: np.ndarray) -> float | None:
+        return float(same.mean()) if same.shape[0] else None  # no item in both: nothing to share
 
     def prefix(depth: int) -> float | None:
         if depth > levels:

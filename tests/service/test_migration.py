@@ -98,6 +98,18 @@ def test_an_index_against_itself_keeps_everything(world):
     assert table.column("old_semantic_id").to_pylist() == table.column("new_semantic_id").to_pylist()
 
 
+def test_an_empty_new_index_leaves_every_item_only_old(world, tmp_path):
+    old = IndexIds.open(world / "index-old")
+    SemanticIdIndex.create(
+        tmp_path / "empty", layout=old.layout, fingerprint="0" * 32, id_kind="int", vector_dim=old.snapshot.vector_dim
+    )
+    table, report = migration_map(old, IndexIds.open(tmp_path / "empty"))
+    assert (report.in_both, report.only_old, report.only_new) == (0, 500, 0)
+    assert set(report.keeps.values()) == {None}  # no item in both: no share to report
+    assert table.column("new_semantic_id").null_count == 500 and table.column("old_semantic_id").null_count == 0
+    assert "level-1 code kept n/a" in report.lines()[1]
+
+
 def test_cli_writes_the_map_and_the_report(world, tmp_path):
     out, report_path = tmp_path / "map.parquet", tmp_path / "report.json"
     args = [
