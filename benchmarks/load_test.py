@@ -228,6 +228,26 @@ def _ready_items(base_url: str) -> int | None:
         return None
 
 
+def _mix_rows(workers: list, mix: dict, elapsed: float) -> list[dict]:
+    """One row per request type of ``mix``: count, errors by kind, rate and latency percentiles."""
+    rows = []
+    for kind, (label, share) in mix.items():
+        ns = [x for w in workers for x in w.ns[kind]]
+        errors = sum((w.errors[kind] for w in workers), Counter())
+        rows.append(
+            {
+                "type": label,
+                "share": share,
+                "requests": len(ns),
+                "errors": sum(errors.values()),
+                "error_kinds": dict(errors),
+                "req_per_s": round(len(ns) / elapsed, 1),
+                **_latency(ns),
+            }
+        )
+    return rows
+
+
 def _latency(ns: list[int]) -> dict:
     if not ns:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
@@ -282,21 +302,7 @@ def run_load(
     stuck = sum(t.is_alive() for t in threads)
     items_after = _ready_items(base_url)
 
-    rows = []
-    for kind, (label, share) in MIX.items():
-        ns = [x for w in workers for x in w.ns[kind]]
-        errors = sum((w.errors[kind] for w in workers), Counter())
-        rows.append(
-            {
-                "type": label,
-                "share": share,
-                "requests": len(ns),
-                "errors": sum(errors.values()),
-                "error_kinds": dict(errors),
-                "req_per_s": round(len(ns) / elapsed, 1),
-                **_latency(ns),
-            }
-        )
+    rows = _mix_rows(workers, MIX, elapsed)
     registered = [[i, sid] for w in workers for i, sid in w.registered.items()]
     total = sum(r["requests"] for r in rows)
     return {
@@ -526,21 +532,7 @@ def run_constant_load(
     except psutil.Error:
         server_threads = None
     items_after = _ready_items(base_url)
-    rows = []
-    for kind, (label, share) in CONSTANT_MIX.items():
-        ns = [x for w in workers for x in w.ns[kind]]
-        errors = sum((w.errors[kind] for w in workers), Counter())
-        rows.append(
-            {
-                "type": label,
-                "share": share,
-                "requests": len(ns),
-                "errors": sum(errors.values()),
-                "error_kinds": dict(errors),
-                "req_per_s": round(len(ns) / elapsed, 1),
-                **_latency(ns),
-            }
-        )
+    rows = _mix_rows(workers, CONSTANT_MIX, elapsed)
     total = sum(r["requests"] for r in rows)
     return {
         "duration_s": duration,
