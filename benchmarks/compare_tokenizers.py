@@ -5,6 +5,12 @@ PyPI library ``semantic-id`` (its RQ-KMeans and RQ-VAE), all at 3 levels x 256 c
         --interactions ../shared/data/movielens-small/ratings.csv          # name "movielens"
     python benchmarks/compare_tokenizers.py --synthetic 100000             # name "synthetic100k"
     python benchmarks/compare_tokenizers.py --synthetic 20000 --only semid-rqkmeans,faiss-rq --name smoke
+    python benchmarks/compare_tokenizers.py --holdout-share 0.2 --only ...   # name "movielens_holdout"
+
+With ``--holdout-share S`` every tokenizer is fitted on the same seeded training part of the catalog
+(``semid.service.evaluation.holdout.split_rows``, as ``semid evaluate --holdout-share``), every item is
+encoded, and the figures are reported separately for the held-out and the trained items
+(``holdout.subset_figures``: neighbours searched in the whole catalog).
 
 ``semantic-id`` comes with the optional group: ``pip install -c constraints.txt -e ".[bench]"``; without it
 its rows are recorded as not run. Every tokenizer sees the same embeddings; the non-semid ones get them
@@ -48,6 +54,7 @@ from semid.service.evaluation.figures import (  # noqa: E402
     prefix_fanout,
     reconstruction_figures,
 )
+from semid.service.evaluation.holdout import split_rows, subset_figures  # noqa: E402
 from semid.service.evaluation.interactions import coliked_pairs, liked_items, read_interactions  # noqa: E402
 
 LEVELS, CODEBOOK = 3, 256
@@ -101,12 +108,15 @@ def _timed_encode(encode: Callable[[], Any], passes: int = ENCODE_PASSES) -> tup
     return out, best
 
 
-def _semid(tokenizer: str) -> Callable[[np.ndarray, np.ndarray, int], Fitted]:
-    def run(raw: np.ndarray, x: np.ndarray, seed: int) -> Fitted:
-        cfg = SemidConfig.from_dict({"model": {"tokenizer": tokenizer}, "train": {"seed": seed}})
+Runner = Callable[[np.ndarray, np.ndarray, int, np.ndarray], Fitted]  # (raw, x, seed, rows to fit on)
+
+
+def _semid(tokenizer: str, **train: Any) -> Runner:
+    def run(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
+        cfg = SemidConfig.from_dict({"model": {"tokenizer": tokenizer}, "train": {"seed": seed, **train}})
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            train_tokenizer(raw, cfg, tmp)  # input_dim is taken from the data
+            train_tokenizer(raw[fit], cfg, tmp)  # input_dim is taken from the data
             fit_s = time.perf_counter() - start
             tok = load_checkpoint(tmp).tokenizer.eval()
 
@@ -126,7 +136,11 @@ def _semid(tokenizer: str) -> Callable[[np.ndarray, np.ndarray, int], Fitted]:
                 ]
             ).numpy()
         m, t = cfg.model, cfg.train
-        settings = {"config": "SemidConfig() defaults", "levels": m.levels, "codebook_size": m.codebook_size}
+        settings = {
+            "config": f"SemidConfig() defaults, train overrides {train}" if train else "SemidConfig() defaults",
+            "levels": m.levels,
+            "codebook_size": m.codebook_size,
+        }
         if tokenizer == "rqvae":
             settings.update(latent_dim=m.latent_dim, hidden_dims=list(m.hidden_dims), epochs=t.epochs, seed=t.seed)
         settings["encode_batch"] = SEMID_ENCODE_BATCH
@@ -135,10 +149,10 @@ def _semid(tokenizer: str) -> Callable[[np.ndarray, np.ndarray, int], Fitted]:
     return run
 
 
-def _faiss_rq(raw: np.ndarray, x: np.ndarray, seed: int) -> Fitted:
+def _faiss_rq(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
     start = time.perf_counter()
     rq = faiss.ResidualQuantizer(x.shape[1], LEVELS, 8)
-    rq.train(x)
+    rq.train(np.ascontiguousarray(x[fit]))
     fit_s = time.perf_counter() - start
     packed, encode_s = _timed_encode(lambda: rq.compute_codes(x))
     codes = packed[:, :LEVELS].astype(np.int64)  # 8-bit codes: one byte per level
@@ -146,8 +160,8 @@ def _faiss_rq(raw: np.ndarray, x: np.ndarray, seed: int) -> Fitted:
     return Fitted(codes, fit_s, encode_s, rq.decode(packed), settings, "its own fixed k-means seed")
 
 
-def _sid_rqkmeans(implementation: str) -> Callable[[np.ndarray, np.ndarray, int], Fitted]:
-    def run(raw: np.ndarray, x: np.ndarray, seed: int) -> Fitted:
+def _sid_rqkmeans(implementation: str) -> Runner:
+    def run(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
         from semantic_id import RQKMeans
 
         model = RQKMeans(n_levels=LEVELS, n_clusters=CODEBOOK, implementation=implementation, random_state=seed)
@@ -156,7 +170,7 @@ def _sid_rqkmeans(implementation: str) -> Callable[[np.ndarray, np.ndarray, int]
         # workers as read-only memory maps; its Cython centre update needs a writeable buffer ("buffer source
         # array is read-only"), so turn that memory-mapping off (arrays are pickled to the workers instead).
         with joblib.parallel_config(max_nbytes=None):
-            model.fit(x)
+            model.fit(x[fit])
         fit_s = time.perf_counter() - start
         codes, encode_s = _timed_encode(lambda: model.encode(x))  # batch_size=None: the whole array at once
         settings = {
@@ -170,14 +184,14 @@ def _sid_rqkmeans(implementation: str) -> Callable[[np.ndarray, np.ndarray, int]
     return run
 
 
-def _sid_rqvae(verbose: bool) -> Callable[[np.ndarray, np.ndarray, int], Fitted]:
-    def run(raw: np.ndarray, x: np.ndarray, seed: int) -> Fitted:
+def _sid_rqvae(verbose: bool) -> Runner:
+    def run(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
         from semantic_id import RQVAE
 
         torch.manual_seed(seed)  # the library takes no seed: weights, codebook init and batch order use torch's RNG
         model = RQVAE(in_dim=x.shape[1], num_emb_list=[CODEBOOK] * LEVELS, verbose=10**6 if verbose else False)
         start = time.perf_counter()
-        model.fit(x)
+        model.fit(x[fit])
         fit_s = time.perf_counter() - start
         codes, encode_s = _timed_encode(lambda: model.encode(x))  # the library's batch: its batch_size (2048)
         settings = {
@@ -210,8 +224,9 @@ def _best_epoch(rates: list[float]) -> int | None:
     return int(np.argmin(rates)) + 1 if rates else None
 
 
-TOKENIZERS: dict[str, tuple[str, Callable[[np.ndarray, np.ndarray, int], Fitted]]] = {
+TOKENIZERS: dict[str, tuple[str, Runner]] = {
     "semid-rqvae": ("semid rqvae", _semid("rqvae")),
+    "semid-rqvae-plain": ("semid rqvae plain (graph_targets false)", _semid("rqvae", graph_targets=False)),
     "semid-rqkmeans": ("semid rqkmeans", _semid("rqkmeans")),
     "faiss-rq": ("faiss ResidualQuantizer 3x8", _faiss_rq),
     "sid-rqkmeans": ("semantic-id RQKMeans", _sid_rqkmeans("kmeans")),
@@ -219,7 +234,7 @@ TOKENIZERS: dict[str, tuple[str, Callable[[np.ndarray, np.ndarray, int], Fitted]
     "sid-rqvae": ("semantic-id RQVAE", _sid_rqvae(verbose=False)),
     "sid-rqvae-best": ("semantic-id RQVAE verbose (best-collision epoch)", _sid_rqvae(verbose=True)),
 }
-DEFAULT = list(TOKENIZERS)
+DEFAULT = [key for key in TOKENIZERS if key != "semid-rqvae-plain"]
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -415,7 +430,11 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=2000)
     ap.add_argument("--pairs", type=int, default=100_000)
     ap.add_argument("--note", default="", help="text for the markdown, e.g. why tokenizers were skipped")
+    ap.add_argument("--holdout-share", type=float, help="fit on a seeded 1-S of the catalog, report held-out items")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     wanted = args.only.split(",") if args.only else list(DEFAULT)
     wanted = [w for w in wanted if w not in (args.skip.split(",") if args.skip else [])]
@@ -425,10 +444,14 @@ def main() -> None:
     skipped = [t for t in TOKENIZERS if t not in wanted]
 
     default_name, item_ids, raw, source = load_catalog(args)
-    name = args.name or default_name
+    name = args.name or (default_name + ("_holdout" if args.holdout_share else ""))
     raw = np.ascontiguousarray(raw, dtype=np.float32)
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)  # the space every figure is taken in
     co = coliked_setup(args.interactions, item_ids, len(raw), args.pairs, args.seed) if args.interactions else None
+    if args.holdout_share:
+        fit, held = split_rows(len(raw), args.holdout_share, args.seed)
+    else:
+        fit, held = np.arange(len(raw)), None
     print(f"catalog {source}: {raw.shape[0]} items x {raw.shape[1]}; tokenizers {wanted}", flush=True)
 
     rows: list[dict] = []
@@ -438,8 +461,11 @@ def main() -> None:
         print(f"[{label}] fitting (load {load_before[0]:.2f})...", flush=True)
         row: dict[str, Any] = {"tokenizer": label, "key": key}
         try:
-            fitted = run(raw, x, args.seed)
-            out = figures(x, fitted, co, args.k, args.sample, args.seed)
+            fitted = run(raw, x, args.seed, fit)
+            if held is not None:
+                out = holdout_figures(x, fitted, fit, held, args.k, args.sample, args.seed)
+            else:
+                out = figures(x, fitted, co, args.k, args.sample, args.seed)
             row.update(status="ok", **out["row"], settings=fitted.settings, notes=fitted.notes, _detail=out["detail"])
         except ImportError as err:
             row.update(status="not installed", error=f"{type(err).__name__}: {err}")
@@ -448,11 +474,103 @@ def main() -> None:
         row["load_avg_before"] = [round(v, 2) for v in load_before]
         row["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
         rows.append(row)
-        summary = {c: row.get(c) for c, _ in COLUMNS[1:6]}
+        shown = HOLDOUT_COLUMNS[:6] if held is not None else [c for c, _ in COLUMNS[1:6]]
+        summary = {c: row.get(c) for c in shown}
         print(f"[{label}] {row['status']} {summary} {row.get('error', '')}", flush=True)
         gc.collect()
 
-    write(name, source, args, raw, rows, skipped, co)
+    if held is not None:
+        write_holdout(name, source, args, raw, rows, skipped, fit, held)
+    else:
+        write(name, source, args, raw, rows, skipped, co)
+
+
+CANDIDATES = ("semid-rqvae",)  # the rows judged against the best of the others ("anchors")
+HOLDOUT_FIGURES = [
+    "nn_share_d1",
+    "nn_lift_d1",
+    "base_collision_rate",
+    "collides_with_catalog",
+    "largest_bucket",
+    "perplexity_l1",
+    "perplexity_l2",
+    "perplexity_l3",
+    "nn_share_d2",
+    "recon_mse",
+]
+HOLDOUT_COLUMNS = [f"heldout_{c}" for c in HOLDOUT_FIGURES] + [f"train_{c}" for c in HOLDOUT_FIGURES[:3]]
+
+
+def holdout_figures(
+    x: np.ndarray, fitted: Fitted, fit: np.ndarray, held: np.ndarray, k: int, sample: int, seed: int
+) -> dict:
+    """``holdout.subset_figures`` of the held-out and the trained items (plus their reconstruction error)."""
+    row: dict[str, Any] = {"fit_s": round(fitted.fit_s, 2)}
+    detail: dict[str, Any] = {}
+    for name, rows in (("heldout", held), ("train", fit)):
+        out = subset_figures(x, fitted.codes, rows, (CODEBOOK,) * LEVELS, k=k, sample=sample, seed=seed)
+        if fitted.reconstruction is not None:
+            rec = reconstruction_figures(x[rows], fitted.reconstruction[rows].astype(np.float32))
+            out["summary"]["recon_mse"] = round(rec["recon_mse"], 4)
+        row.update({f"{name}_{key}": value for key, value in out["summary"].items()})
+        detail[name] = out
+    return {"row": row, "detail": detail}
+
+
+def write_holdout(name, source, args, raw, rows, skipped, fit, held) -> None:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    anchors = [r for r in ok if r["key"] not in CANDIDATES]  # every peer, semid's RQ-KMeans and plain RQ-VAE
+    best = max(anchors, key=lambda r: r["heldout_nn_share_d1"]) if anchors else None
+    md = [
+        f"Catalog: `{source}`: {raw.shape[0]} items x {raw.shape[1]} dims. Every tokenizer fitted on the same seeded "
+        f"{len(fit)} items (`split_rows(n, {args.holdout_share}, seed={args.seed})`); all items encoded; figures "
+        f"of the {len(held)} held-out items (`heldout_*`) and of the trained items (`train_*`), neighbours "
+        f"(k={args.k}, up to {args.sample} sampled items per subset) searched in the whole catalog. Levels x codes: "
+        f"{LEVELS} x {CODEBOOK}.",
+        "",
+        markdown_table(ok, ["tokenizer", "fit_s", *HOLDOUT_COLUMNS]),
+        "",
+        "base_collision_rate, largest_bucket and perplexity are over the subset's own codes; collides_with_catalog: "
+        "share of the subset's items whose base code another item of the whole catalog holds.",
+    ]
+    if best is not None:
+        md += [
+            "",
+            f"Best anchor on held-out neighbour share: {best['tokenizer']} ({best['heldout_nn_share_d1']}); "
+            f"1.1x = {round(1.1 * best['heldout_nn_share_d1'], 4)}.",
+        ]
+        for r in ok:
+            if r["key"] in CANDIDATES:
+                ratio = r["heldout_nn_share_d1"] / best["heldout_nn_share_d1"]
+                md.append(f"- {r['tokenizer']}: {r['heldout_nn_share_d1']} = {ratio:.3f}x the best anchor")
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed or skipped:
+        md += ["", "## Not run", ""]
+        md += [f"- {r['tokenizer']}: {r['status']}: {r.get('error', '')}" for r in failed]
+        if skipped:
+            md.append(f"- skipped with --only/--skip: {', '.join(skipped)}.")
+    if args.note:
+        md += ["", args.note]
+    rows_json = []
+    for r in rows:
+        r = dict(r)
+        r["detail"] = r.pop("_detail", None)
+        rows_json.append(r)
+    data = {
+        "catalog": source,
+        "items": int(raw.shape[0]),
+        "holdout_share": args.holdout_share,
+        "train_items": int(len(fit)),
+        "heldout_items": int(len(held)),
+        "seed": args.seed,
+        "k": args.k,
+        "sample": args.sample,
+        "skipped": skipped,
+        "rows": rows_json,
+    }
+    path = write_results(f"compare_{name}", data, "\n".join(md))
+    print("\n".join(md))
+    print(f"written to {path}")
 
 
 def write(name, source, args, raw, rows, skipped, co) -> None:

@@ -1,12 +1,13 @@
-"""How well do a tokenizer's IDs hold for items it never saw? Train on 80 % of a catalog, encode all.
+"""How well do a tokenizer's IDs hold for items it never saw? semid configs side by side on one split.
 
-    python benchmarks/holdout_quality.py [--catalog PATH] [--configs JSON ...]
+    python benchmarks/holdout_quality.py [--catalog PATH] [--share 0.2] [--configs JSON ...]
 
-For each config (JSON overrides of the defaults, as in tune_defaults.py) the tokenizer is
-trained on a seeded 80 % of the catalog, then every item is encoded. Reported separately for
-the training items and the held-out ones: the share of each item's 10 nearest neighbours
-(cosine, whole catalog) that share its first code, and the first-level perplexity of their
-codes. Writes benchmarks/results/holdout.{md,json} with the machine and the command.
+For each config (JSON overrides of the defaults, as in tune_defaults.py) the tokenizer is trained
+on the same seeded training part of the catalog (``semid.service.evaluation.holdout.split_rows``,
+as ``semid evaluate --holdout-share``), then every item is encoded. The figures of the held-out and
+of the trained items are ``holdout.subset_figures``' (neighbours searched in the whole catalog).
+Peers (FAISS RQ, RQ-KMeans, semantic-id) on the same split: ``compare_tokenizers.py --holdout-share``.
+Writes benchmarks/results/<name>.{md,json} (default ``holdout``) with the machine and the command.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -28,34 +28,29 @@ from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
-from semid.model.metrics import level_health  # noqa: E402
+from semid.service.evaluation.holdout import split_rows, subset_figures  # noqa: E402
 
-DEFAULT_CONFIGS = ['{"train": {"graph_targets": false}}', '{"train": {"graph_targets": true}}']
-
-
-def neighbours(x: np.ndarray, k: int = 10) -> np.ndarray:
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    index = faiss.IndexFlatIP(unit.shape[1])
-    index.add(unit)
-    return index.search(unit, k + 1)[1][:, 1:]
+DEFAULT_CONFIGS = ['{"train": {"graph_targets": false}}', "{}"]
+FIGURES = ["nn_share_d1", "nn_lift_d1", "base_collision_rate", "collides_with_catalog", "perplexity_l1"]
+FIGURES += ["perplexity_l2", "perplexity_l3", "nn_share_d2"]
 
 
-def run(spec: str, emb: np.ndarray, train_rows: np.ndarray, nn: np.ndarray) -> dict:
+def run(spec: str, emb: np.ndarray, fit: np.ndarray, held: np.ndarray, seed: int) -> dict:
     overrides = json.loads(spec)
     cfg = SemidConfig.from_dict({"model": overrides.get("model", {}), "train": overrides.get("train", {})})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        train_tokenizer(emb[train_rows], cfg, tmp)
+        train_tokenizer(emb[fit], cfg, tmp)
         fit_s = time.perf_counter() - start
-        codes = load_checkpoint(tmp).tokenizer.encode(torch.from_numpy(emb)).codes.numpy()
-    first = codes[:, 0]
-    held = np.ones(emb.shape[0], dtype=bool)
-    held[train_rows] = False
-    row = {"config": spec, "fit_s": round(fit_s, 1)}
-    for name, mask in (("train", ~held), ("heldout", held)):
-        row[f"share_d1_{name}"] = round(float((first[nn[mask]] == first[mask, None]).mean()), 4)
-        first_level = level_health(codes[mask, :1], cfg.model.codebook_size)[0]
-        row[f"perplexity_l1_{name}"] = first_level.to_json()["perplexity"]
+        tok = load_checkpoint(tmp).tokenizer.eval()
+        start = time.perf_counter()
+        codes = tok.encode(torch.from_numpy(emb)).codes.numpy()
+        encode_s = time.perf_counter() - start
+    sizes = (cfg.model.codebook_size,) * cfg.model.levels
+    row = {"config": spec, "fit_s": round(fit_s, 1), "encode_items_per_s": round(emb.shape[0] / encode_s)}
+    for name, rows in (("heldout", held), ("train", fit)):
+        figures = subset_figures(emb, codes, rows, sizes, sample=len(emb), seed=seed)["summary"]
+        row.update({f"{name}_{key}": figures[key] for key in FIGURES})
     return row
 
 
@@ -63,25 +58,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--catalog", default=str(MOVIELENS))
     ap.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS)
+    ap.add_argument("--share", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--name", default="holdout")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not Path(args.catalog).is_file():
         raise SystemExit(f"catalog {args.catalog} not found (needs ../shared/data)")
-    emb = read_catalog(args.catalog).embeddings
-    rng = np.random.default_rng(args.seed)
-    train_rows = np.sort(rng.permutation(emb.shape[0])[: int(0.8 * emb.shape[0])])
-    nn = neighbours(emb)
+    emb = np.ascontiguousarray(read_catalog(args.catalog).embeddings, dtype=np.float32)
+    fit, held = split_rows(emb.shape[0], args.share, args.seed)
     rows = []
     for spec in args.configs:
-        rows.append(run(spec, emb, train_rows, nn))
+        rows.append(run(spec, emb, fit, held, args.seed))
         print(json.dumps(rows[-1]), flush=True)
     text = (
-        f"Catalog `{args.catalog}` ({emb.shape[0]} items): each tokenizer trained on a seeded 80 % "
-        f"({train_rows.shape[0]} items), then all items encoded. share_d1 = share of an item's 10 nearest "
-        "neighbours (cosine, whole catalog) with its first code; perplexity of the first code over the group.\n\n"
+        f"Catalog `{args.catalog}` ({emb.shape[0]} items): each config trained on the same seeded "
+        f"{fit.shape[0]} items (`split_rows(n, {args.share}, seed={args.seed})`), then all items encoded. "
+        f"Figures of the {held.shape[0]} held-out items (`heldout_*`) and of the trained items (`train_*`); "
+        "nn_share_d1 = share of an item's 10 nearest neighbours (cosine, whole catalog) with its first code; "
+        "collisions and perplexity over the subset's own codes; collides_with_catalog = share of the subset's "
+        "items whose base code another catalog item holds.\n\n"
     )
-    columns = ["config", "fit_s", "share_d1_train", "share_d1_heldout", "perplexity_l1_train", "perplexity_l1_heldout"]
-    write_results("holdout", {"catalog": args.catalog, "rows": rows}, text + markdown_table(rows, columns))
+    columns = ["config", "fit_s", "encode_items_per_s"]
+    columns += [f"heldout_{f}" for f in FIGURES] + [f"train_{f}" for f in FIGURES[:5]]
+    data = {"catalog": args.catalog, "share": args.share, "seed": args.seed, "rows": rows}
+    write_results(args.name, data, text + markdown_table(rows, columns))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,16 @@ def config_options(fn):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @config_options
 def train(
-    catalog, ids, id_column, embedding_column, out, config_file, resume, synthetic_items, synthetic_dim, quiet,
+    catalog,
+    ids,
+    id_column,
+    embedding_column,
+    out,
+    config_file,
+    resume,
+    synthetic_items,
+    synthetic_dim,
+    quiet,
     **overrides,
 ) -> None:
     """Fit an RQ-VAE (or RQ-KMeans) tokenizer and write a checkpoint directory.
@@ -450,8 +459,15 @@ def quickstart(out, items, dim, epochs, seed) -> None:
 
 
 @main.command()
-@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Index to evaluate.")
+@click.option("--index", "index_dir", type=click.Path(file_okay=False), help="Index to evaluate.")
 @click.option("--catalog", required=True, type=click.Path(), help="The catalog the index was built from.")
+@click.option(
+    "--holdout-share",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    help="Instead of an index: hold out this seeded share of the catalog, train on the rest into --out/checkpoint, "
+    "and report every figure for held-out and for trained items.",
+)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="With --holdout-share: JSON config.")
 @catalog_options
 @click.option("--interactions", type=click.Path(), help="CSV or Parquet of user, item, rating (co-liked test).")
 @click.option("--user-column", help="User column of --interactions (default: user, user_id, userId ...).")
@@ -468,6 +484,8 @@ def quickstart(out, items, dim, epochs, seed) -> None:
 def evaluate(
     index_dir,
     catalog,
+    holdout_share,
+    config_file,
     ids,
     id_column,
     embedding_column,
@@ -485,6 +503,13 @@ def evaluate(
     """Measure an index's IDs against its catalog; write metrics.json and a self-contained report.html."""
     from pathlib import Path
 
+    if (index_dir is None) == (holdout_share is None):
+        raise click.UsageError("pass either --index or --holdout-share")
+    if holdout_share is not None:
+        _evaluate_holdout(catalog, out, holdout_share, config_file, seed, k, sample, ids, id_column, embedding_column)
+        return
+    if config_file is not None:
+        raise click.UsageError("--config goes with --holdout-share")
     from semid.service.evaluation.run import METRICS_FILE, REPORT_FILE, EvaluationOptions, run_evaluation
 
     options = EvaluationOptions(
@@ -504,6 +529,34 @@ def evaluate(
     for v in metrics["verdicts"]:
         click.echo(f"{v['status']:<6} {v['label']:<36} {v['value']}")
     click.echo(f"wrote {Path(out) / METRICS_FILE} and {Path(out) / REPORT_FILE}")
+
+
+def _evaluate_holdout(catalog, out, share, config_file, seed, k, sample, ids, id_column, embedding_column) -> None:
+    from pathlib import Path
+
+    from semid.model.config import SemidConfig
+    from semid.service.evaluation.holdout import SUBSETS, evaluate_holdout
+
+    config = SemidConfig.from_file(config_file) if config_file else None
+    metrics = evaluate_holdout(
+        catalog,
+        out,
+        share=share,
+        seed=seed,
+        config=config,
+        k=k,
+        sample=sample,
+        id_column=id_column,
+        embedding_column=embedding_column,
+        ids_path=ids,
+    )
+    h = metrics["holdout"]
+    click.echo(f"trained on {h['train_items']} items, held out {h['heldout_items']} (seed {seed})")
+    keys = ("items", "base_collision_rate", "collides_with_catalog", "perplexity_l1", "nn_share_d1", "recon_mse")
+    click.echo(f"{'subset':<8} " + " ".join(f"{key:>21}" for key in keys))
+    for name in SUBSETS:
+        click.echo(f"{name:<8} " + " ".join(f"{metrics[name]['summary'][key]!s:>21}" for key in keys))
+    click.echo(f"wrote {Path(out) / 'metrics.json'} and the checkpoint {metrics['checkpoint']}")
 
 
 @main.command()
