@@ -9,9 +9,9 @@ codes, sorted. Every node comes from a real ID, so a node always has a child (a 
 empty set) and every path to depth ``W`` is a real ID (exactness). A complete ID allows only the end
 token, ``max(sizes)``, one beyond the largest code.
 
-Batched look-ups pack each prefix once and find its node with one ``searchsorted``. Depths with few nodes
-also keep a packed bit row of allowed codes per node (``np.unpackbits`` gives the mask); deep depths
-with many nodes and few children per node scatter the CSR instead.
+Batched look-ups pack each prefix once and find its node with one ``searchsorted`` (of the sorted
+queries). A depth whose packed bit rows of allowed codes fit ``BIT_ROWS_BUDGET`` keeps one per node
+(``np.unpackbits`` gives the mask); a depth with more nodes scatters its CSR instead.
 
 Only the leaf keys (the packed full IDs), the sizes and the items go to disk (``.save``, an ``.npz``
 read with ``allow_pickle=False``); every other array is derived on load, after validation.
