@@ -134,3 +134,26 @@ def test_unknown_per_code_state_is_refused(two_seeds):
     tokenizer.quantizer.register_buffer("per_code_bias", torch.zeros(levels, k))
     with pytest.raises(ValueError, match="per_code_bias"):
         permute_codes(tokenizer, alignment)
+
+
+@pytest.mark.slow
+def test_movielens_rqkmeans_seeds_align_exactly_and_agree_more(movielens, tmp_path):
+    """Two seeds of a quick RQ-KMeans on the real catalog: the aligned checkpoint renames codes exactly and
+    keeps far more level-1 codes (the RQ-VAE figures are in benchmarks/results/migration_agreement.md)."""
+    from semid.model.catalog import read_catalog
+    from semid.model.config import SemidConfig
+
+    x = read_catalog(movielens).embeddings
+    loaded = []
+    for seed in (0, 1):
+        cfg = {"model": {"tokenizer": "rqkmeans"}, "train": {"kmeans_iters": 10, "kmeans_restarts": 1, "seed": seed}}
+        train_tokenizer(x, SemidConfig.from_dict(cfg), tmp_path / f"seed{seed}")
+        loaded.append(load_checkpoint(tmp_path / f"seed{seed}"))
+    old_codes, new_codes = (_encode(ck, x).codes.numpy() for ck in loaded)
+    alignment = fit_alignment(old_codes, new_codes, 256)
+    write_aligned_checkpoint(loaded[1], alignment, tmp_path / "aligned", {})
+    aligned_codes = _encode(load_checkpoint(tmp_path / "aligned"), x).codes.numpy()
+    assert (aligned_codes == alignment.rename(new_codes)).all()
+    before, after = agreement(old_codes, new_codes), agreement(old_codes, aligned_codes)
+    assert after[0] > 10 * max(before[0], 0.01)
+    assert all(a >= b for a, b in zip(after, before, strict=True))
