@@ -114,7 +114,10 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     if not weights.is_file():
         raise CheckpointError(f"checkpoint {path} has no {WEIGHTS_FILE}")
     try:
-        config = SemidConfig.from_dict({"model": cfg.get("model", {}), "train": cfg.get("train", {})})
+        model_section = dict(cfg.get("model", {}))
+        # written before first-level anchors existed: keep encoding with the nearest centroid, as then
+        model_section.setdefault("first_level_anchors", 0)
+        config = SemidConfig.from_dict({"model": model_section, "train": cfg.get("train", {})})
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path}: invalid config ({err})") from err
     fp = fingerprint_of(cfg, weights)

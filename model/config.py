@@ -49,6 +49,17 @@ class ModelConfig(BaseModel):
     layer_norm: LayerNorm = Field("layernorm", description="Normalisation inside the MLPs.")
     activation: Activation = Field("silu", description="MLP activation.")
     dropout: StrictFloat = _float(0.0, 0.0, 0.9, "Dropout in the MLPs.")
+    first_level_anchors: StrictInt = _int(
+        16384,
+        0,
+        1 << 24,
+        "RQ-VAE: training items kept in the checkpoint as first-level anchors; a new item's first code is the "
+        "majority code of its nearest anchors (0: off, the nearest centroid; checkpoints without the field: off).",
+    )
+    anchor_neighbours: StrictInt = _int(10, 1, 1000, "k of the first-level anchors' vote.")
+    anchor_min_share: StrictFloat = _float(
+        0.0, 0.0, 1.0, "Share of the k votes the winning code needs; below it the nearest centroid is kept."
+    )
 
     @property
     def code_dim(self) -> int:

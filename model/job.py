@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from semid.model.anchors import anchor_rows
 from semid.model.checkpoint import (
     CheckpointError,
     clear_resume_state,
@@ -59,6 +60,8 @@ def train_tokenizer(
                 save_resume_state(out, tok, opt, epoch, hist, config)
 
         history = fit_rqvae(tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch)
+        if tokenizer.anchors is not None:
+            _set_anchors(tokenizer, embeddings, config)
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "lr", "eval_items")}
     if config.model.tokenizer == "rqvae":  # the last epoch saw a sample; the final figures cover every item
         final.update(evaluate(tokenizer, torch.from_numpy(embeddings), config.model.codebook_size))
@@ -71,3 +74,19 @@ def train_tokenizer(
     fingerprint = save_checkpoint(out, tokenizer, config, metrics)
     clear_resume_state(out)
     return fingerprint, metrics
+
+
+def _set_anchors(tokenizer: SemanticTokenizer, embeddings: np.ndarray, config: SemidConfig) -> None:
+    """Keep (a seeded sample of) the training items with the first codes the trained quantizer gives them."""
+    rows = torch.from_numpy(anchor_rows(embeddings.shape[0], config.model.first_level_anchors, config.train.seed))
+    x = torch.from_numpy(embeddings)[rows]
+    with torch.inference_mode():
+        target = tokenizer.normalizer(x)
+        first = torch.cat(
+            [
+                tokenizer.quantizer.encode(tokenizer.encoder(target[s : s + 8192]))[0][:, 0]
+                for s in range(0, len(x), 8192)
+            ]
+        )
+    tokenizer.anchors.set(target.clone(), first.clone(), tokenizer.quantizer.codebooks[0])
+    log.info("%d first-level anchors kept", rows.shape[0])

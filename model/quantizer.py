@@ -153,8 +153,12 @@ class ResidualQuantizer(nn.Module):
         return reset
 
     @torch.no_grad()
-    def encode(self, z: torch.Tensor, *, alternatives: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Codes [N, L], per-level distances [N, L], and the last level's `alternatives` nearest codes."""
+    def encode(
+        self, z: torch.Tensor, *, alternatives: int = 1, first_codes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Codes [N, L], per-level distances [N, L], and the last level's `alternatives` nearest codes.
+
+        ``first_codes`` (long [N], -1 = none) fixes the first level's codes where set (first-level anchors)."""
         residual = z
         codes, dists = [], []
         alt = None
@@ -166,6 +170,9 @@ class ResidualQuantizer(nn.Module):
                 best, idx = best_k[:, 0], alt[:, 0]
             else:
                 best, idx = d.min(dim=1)
+            if level == 0 and first_codes is not None:
+                idx = torch.where(first_codes >= 0, first_codes, idx)
+                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             codes.append(idx)
             dists.append(best)
             residual = residual - self.codebooks[level][idx]

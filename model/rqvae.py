@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semid.model.anchors import FirstLevelAnchors
 from semid.model.config import ModelConfig, TrainConfig
 from semid.model.normalizer import InputNormalizer
 from semid.model.quantizer import QuantizedResult, ResidualQuantizer
@@ -53,13 +54,20 @@ class EncodeResult:
 
 class SemanticTokenizer(nn.Module):
     def __init__(
-        self, *, normalizer: InputNormalizer, encoder: nn.Module, quantizer: ResidualQuantizer, decoder: nn.Module
+        self,
+        *,
+        normalizer: InputNormalizer,
+        encoder: nn.Module,
+        quantizer: ResidualQuantizer,
+        decoder: nn.Module,
+        anchors: FirstLevelAnchors | None = None,
     ):
         super().__init__()
         self.normalizer = normalizer
         self.encoder = encoder
         self.quantizer = quantizer
         self.decoder = decoder
+        self.anchors = anchors  # None: the first code is the nearest centroid (checkpoints before anchors)
 
     def forward(self, x: torch.Tensor, first_codes: torch.Tensor | None = None) -> ForwardResult:
         target = self.normalizer(x)
@@ -75,8 +83,14 @@ class SemanticTokenizer(nn.Module):
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor, *, alternatives: int = 1) -> EncodeResult:
-        """Embeddings [N, D] -> codes [N, L] (+ distances and last-level alternatives)."""
-        codes, dists, alt = self.quantizer.encode(self.latent(x), alternatives=alternatives)
+        """Embeddings [N, D] -> codes [N, L] (+ distances and last-level alternatives).
+
+        With anchors, the first code is their k-NN vote (semid.model.anchors) where it is decided."""
+        target = self.normalizer(x)
+        first = None
+        if self.anchors is not None and self.anchors.size:
+            first = self.anchors.vote(target, self.quantizer.codebooks[0])
+        codes, dists, alt = self.quantizer.encode(self.encoder(target), alternatives=alternatives, first_codes=first)
         return EncodeResult(codes=codes, distances=dists, alternatives=alt)
 
     @torch.inference_mode()
@@ -108,4 +122,11 @@ def build_tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig | None = None
         ema=train_cfg.ema and model_cfg.tokenizer == "rqvae",
         ema_decay=train_cfg.ema_decay,
     )
-    return SemanticTokenizer(normalizer=normalizer, encoder=encoder, quantizer=quantizer, decoder=decoder)
+    anchors = None
+    if model_cfg.tokenizer == "rqvae" and model_cfg.first_level_anchors > 0:
+        anchors = FirstLevelAnchors(
+            model_cfg.input_dim, neighbours=model_cfg.anchor_neighbours, min_share=model_cfg.anchor_min_share
+        )
+    return SemanticTokenizer(
+        normalizer=normalizer, encoder=encoder, quantizer=quantizer, decoder=decoder, anchors=anchors
+    )

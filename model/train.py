@@ -66,7 +66,7 @@ def evaluate(tokenizer: SemanticTokenizer, x: torch.Tensor, codebook_size: int, 
     for s in range(0, x.shape[0], batch):
         xb = x[s : s + batch]
         target = tokenizer.normalizer(xb)
-        c, _, _ = tokenizer.quantizer.encode(tokenizer.encoder(target))
+        c = tokenizer.encode(xb).codes  # with first-level anchors where the tokenizer has them
         recon = tokenizer.decoder(tokenizer.quantizer.decode(c))
         sq_err += float(((recon - target) ** 2).sum())
         codes.append(c.numpy())

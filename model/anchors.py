@@ -1,0 +1,91 @@
+"""First-level anchors: a k-NN vote over the trained items' first codes, stored in the checkpoint.
+
+The neighour-aware first level (graph targets) is learned on the training catalog; an item the
+tokenizer never saw gets the code whose centroid is nearest its latent, which cuts about as many
+neighbour pairs apart as a plain RQ-VAE does. The anchors carry the training partition over to new
+items directly: a sample of training items is kept as (unit-length normalised input, first code)
+pairs, and an input's first code is the majority code of its k nearest anchors (cosine, exact).
+Where no code wins at least ``min_share`` of the vote the learned quantizer's nearest code is kept.
+The remaining levels quantize the residual w.r.t. the chosen first code, as before.
+
+Encoding stays a pure function of the checkpoint: the anchors are buffers of the state dict
+(float16 vectors, int64 codes), ties go to the lowest code, and there is no randomness.
+
+An anchor's code is kept by name *and* by vector (``centroids``: the first codebook when the anchors
+were set); a vote goes to the current code whose vector is that code's. Renaming codes by permuting
+the codebook rows (``semid align``) therefore renames the anchors' votes with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SEARCH_CHUNK = 4096  # query rows per similarity matmul (bounds memory: chunk x anchors floats)
+
+
+class FirstLevelAnchors(nn.Module):
+    def __init__(self, dim: int, *, neighbours: int, min_share: float = 0.0):
+        super().__init__()
+        self.neighbours = neighbours
+        self.min_share = min_share
+        self.register_buffer("vectors", torch.zeros(0, dim, dtype=torch.float16))
+        self.register_buffer("codes", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("centroids", torch.zeros(0, 0))
+        self._unit: torch.Tensor | None = None  # float32 copy of vectors, made on first use
+
+    @property
+    def size(self) -> int:
+        return int(self.codes.shape[0])
+
+    @torch.no_grad()
+    def set(self, vectors: torch.Tensor, codes: torch.Tensor, codebook: torch.Tensor) -> None:
+        """Keep these (normalised input, first code) pairs; vectors are scaled to unit length; ``codebook`` is
+        the first level's [K, d], the vectors the codes name."""
+        self.vectors = F.normalize(vectors.to(torch.float32), dim=1).to(torch.float16).contiguous()
+        self.codes = codes.to(torch.long).contiguous()
+        self.centroids = codebook.detach().to(torch.float32).clone()
+        self._unit = None
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # the number of anchors is not in the config: take the shapes from the stored tensors
+        for name in ("vectors", "codes", "centroids"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored))
+        self._unit = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def vote(self, target: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """long [N]: the majority first code of each row's k nearest anchors, -1 where the vote is weak.
+        ``codebook``: the first level's current [K, d] (its row order names the codes)."""
+        n = target.shape[0]
+        if self.size == 0:
+            return torch.full((n,), -1, dtype=torch.long)
+        codebook_size = codebook.shape[0]
+        # stored code -> the current code with the same vector (the identity unless the rows were permuted)
+        rename = torch.cdist(self.centroids, codebook.detach().to(torch.float32)).argmin(dim=1)
+        codes = rename[self.codes]
+        if self._unit is None:
+            self._unit = self.vectors.to(torch.float32)
+        k = min(self.neighbours, self.size)
+        out = torch.empty(n, dtype=torch.long)
+        for s in range(0, n, SEARCH_CHUNK):
+            q = F.normalize(target[s : s + SEARCH_CHUNK].to(torch.float32), dim=1)
+            idx = (q @ self._unit.T).topk(k, dim=1).indices
+            votes = torch.zeros(q.shape[0], codebook_size).scatter_add_(1, codes[idx], torch.ones(idx.shape))
+            top, code = votes.max(dim=1)  # ties: the lowest code
+            out[s : s + q.shape[0]] = torch.where(top >= self.min_share * k, code, -1)
+        return out
+
+
+def anchor_rows(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted rows of the training items kept as anchors: all of them, or a seeded sample of ``limit``."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 5]).choice(n, size=limit, replace=False))

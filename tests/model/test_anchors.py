@@ -1,0 +1,130 @@
+"""First-level anchors: the vote, its storage in the checkpoint, and old checkpoints encoding as before."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import torch
+
+from semid.model.anchors import FirstLevelAnchors, anchor_rows
+from semid.model.checkpoint import CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE, fingerprint_of, load_checkpoint
+from semid.model.job import train_tokenizer
+from tests.conftest import tiny_config
+
+ANCHOR_FIELDS = ("first_level_anchors", "anchor_neighbours", "anchor_min_share")
+
+
+def _anchors(k: int = 3, min_share: float = 0.0) -> tuple[FirstLevelAnchors, torch.Tensor]:
+    # anchors on the 4 axes of R^4 (two per axis, slightly apart): axis i holds code i
+    vectors = torch.eye(4).repeat_interleave(2, dim=0) + 0.01 * torch.arange(8).unsqueeze(1)
+    codes = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    codebook = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    anchors = FirstLevelAnchors(4, neighbours=k, min_share=min_share)
+    anchors.set(vectors, codes, codebook)
+    return anchors, codebook
+
+
+def test_vote_takes_the_majority_of_the_nearest_anchors():
+    anchors, codebook = _anchors(k=3)
+    queries = torch.tensor([[5.0, 0.1, 0, 0], [0, 0, 0, 2.0], [0, 1.0, 0.9, 0]])
+    votes = anchors.vote(queries, codebook)
+    assert votes[0] == 0 and votes[1] == 3
+    assert votes[2] == 1  # two of its three nearest anchors hold code 1
+
+
+def test_weak_votes_fall_back_to_minus_one():
+    anchors, codebook = _anchors(k=4, min_share=0.75)
+    queries = torch.tensor([[1.0, 0.0, 0, 0], [1.0, 1.0, 0, 0]])
+    votes = anchors.vote(queries, codebook)
+    assert votes.tolist() == [-1, -1]  # 2 of 4 votes each for codes 0 and 1: below 75 %
+    anchors.min_share = 0.5
+    assert anchors.vote(queries, codebook).tolist() == [0, 0]  # ties go to the lowest code
+
+
+def test_votes_follow_a_permutation_of_the_codebook_rows():
+    anchors, codebook = _anchors(k=2)
+    queries = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    perm = torch.tensor([2, 0, 3, 1])  # new row j holds old code perm[j]
+    renamed = anchors.vote(queries, codebook[perm])
+    old = anchors.vote(queries, codebook)
+    assert [int(perm[c]) for c in renamed] == old.tolist()
+
+
+def test_empty_anchors_decide_nothing():
+    anchors = FirstLevelAnchors(4, neighbours=3)
+    assert anchors.vote(torch.ones(5, 4), torch.zeros(4, 3)).tolist() == [-1] * 5
+
+
+def test_anchor_rows_sample_is_seeded_and_capped():
+    assert np.array_equal(anchor_rows(10, 20, seed=0), np.arange(10))
+    rows = anchor_rows(1000, 100, seed=0)
+    assert rows.shape == (100,) and np.unique(rows).shape == (100,) and np.all(np.diff(rows) > 0)
+    assert np.array_equal(rows, anchor_rows(1000, 100, seed=0))
+
+
+def test_checkpoint_stores_the_anchors_and_encodes_new_items_by_their_vote(tmp_path, tiny_catalog):
+    x = tiny_catalog.embeddings
+    train, new = x[:400], x[400:]
+    train_tokenizer(train, tiny_config(), tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    tok = loaded.tokenizer
+    assert loaded.config.model.first_level_anchors > 0 and tok.anchors is not None
+    assert tok.anchors.size == 400 and tok.anchors.vectors.dtype == torch.float16
+    codes = tok.encode(torch.from_numpy(new)).codes
+    with torch.inference_mode():
+        target = tok.normalizer(torch.from_numpy(new))
+        nearest = tok.quantizer.encode(tok.encoder(target))[0]
+        # the vote by hand: majority of the k nearest anchors' codes
+        sims = torch.nn.functional.normalize(target, dim=1) @ tok.anchors.vectors.float().T
+        idx = sims.topk(tok.anchors.neighbours, dim=1).indices
+        expected = torch.mode(tok.anchors.codes[idx], dim=1).values
+    agree = (codes[:, 0] == expected).float().mean()
+    assert agree > 0.95  # torch.mode breaks ties differently from the vote; ties are rare
+    # the other levels quantize the residual w.r.t. the chosen first code
+    assert torch.equal(
+        codes[:, 1:],
+        _rest_of_levels(tok, target, codes[:, 0]),
+    )
+    assert bool((codes[:, 0] != nearest[:, 0]).any())  # the vote changed some first codes
+    again = load_checkpoint(tmp_path / "ckpt").tokenizer.encode(torch.from_numpy(new)).codes
+    assert torch.equal(codes, again)  # a pure function of the checkpoint
+
+
+def _rest_of_levels(tok, target, first):
+    with torch.inference_mode():
+        z = tok.encoder(target)
+        return tok.quantizer.encode(z, first_codes=first)[0][:, 1:]
+
+
+def test_off_means_no_anchors_in_the_checkpoint(tmp_path, tiny_catalog):
+    cfg = tiny_config().with_overrides("model", first_level_anchors=0)
+    train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "off")
+    tok = load_checkpoint(tmp_path / "off").tokenizer
+    assert tok.anchors is None
+    x = torch.from_numpy(tiny_catalog.embeddings)
+    with torch.inference_mode():
+        nearest = tok.quantizer.encode(tok.latent(x))[0]
+    assert torch.equal(tok.encode(x).codes, nearest)
+
+
+def test_checkpoint_written_before_anchors_loads_and_encodes_exactly_as_before(tmp_path, tiny_catalog):
+    """A config.json without the anchor fields (every checkpoint written before them) means: no anchors."""
+    cfg = tiny_config().with_overrides("model", first_level_anchors=0)
+    train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "new")
+    x = torch.from_numpy(tiny_catalog.embeddings)
+    before = load_checkpoint(tmp_path / "new").tokenizer.encode(x, alternatives=4)
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "new", old)
+    raw = json.loads((old / CONFIG_FILE).read_text())
+    for name in ANCHOR_FIELDS:
+        raw["model"].pop(name)
+    (old / CONFIG_FILE).write_text(json.dumps(raw))
+    (old / FINGERPRINT_FILE).write_text(fingerprint_of(raw, old / WEIGHTS_FILE) + "\n")
+    loaded = load_checkpoint(old)  # verifies the fingerprint of the config as written
+    assert loaded.tokenizer.anchors is None and loaded.config.model.first_level_anchors == 0
+    after = loaded.tokenizer.encode(x, alternatives=4)
+    assert torch.equal(after.codes, before.codes)
+    assert torch.equal(after.alternatives, before.alternatives)
+    assert torch.equal(after.distances, before.distances)
