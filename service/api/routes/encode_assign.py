@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -37,11 +38,13 @@ async def encode(
     """Embeddings -> base codes; full semantic IDs for known items, or for new ones with register=true."""
     arrow = is_arrow(request)
     body = await in_read_thread(decode_encode_body, state, await request.body(), arrow, register)
+    call = partial(encode_items, state.index, state.encoder, body.embeddings, body.item_ids,
+                   register=body.register, lock_timeout=state.settings.write_lock_timeout)
     if body.register:
         require_api_key(state, x_api_key)
-    run = (lambda *a, **k: in_write_thread(request, *a, **k)) if body.register else in_read_thread
-    out = await run(encode_items, state.index, state.encoder, body.embeddings, body.item_ids,
-                    register=body.register, lock_timeout=state.settings.write_lock_timeout)
+        out = await in_write_thread(request, call)  # registering writes: the write pool
+    else:
+        out = await in_read_thread(call)
     request.app.state.metrics.encoded.inc(len(out.base_codes))
     request.app.state.metrics.registered.inc(out.registered)
     token = state.index.layout.token
