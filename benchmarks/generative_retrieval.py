@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -71,6 +72,7 @@ BOOTSTRAP = 1000
 @dataclass(frozen=True)
 class Settings:
     history: int = 20  # items of history the generator sees
+    train_items: int | None = None  # each user's most recent training items the generators learn from
     beams: int = 20
     eval_batch: int = 16  # users per beam-search batch
     min_rating: float | None = None
@@ -87,7 +89,7 @@ def fit_ids(name: str, raw: np.ndarray, x: np.ndarray, item_ids: np.ndarray, see
     if source is None:
         fitted = Fitted(random_codes(len(raw), LEVELS, CODEBOOK, seed), 0.0, 0.0, None, {"codes": "uniform random"})
     else:
-        fitted = TOKENIZERS[source][1](raw, x, seed)
+        fitted = TOKENIZERS[source][1](raw, x, seed, np.arange(len(raw)))  # fit on the whole catalog
     codes = fitted.codes
     if fitted.reconstruction is not None:
         distances = np.linalg.norm(x - fitted.reconstruction.astype(np.float32), axis=1)
@@ -213,13 +215,18 @@ def popularity_lists(split: Split, items: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- one run
 
 
+def recent(split: Split, s: Settings) -> list[np.ndarray]:
+    """Each user's most recent ``s.train_items`` training items (all with None)."""
+    return [t[-s.train_items :] for t in split.train] if s.train_items else split.train
+
+
 def run_semantic(
     name: str, sids: np.ndarray, split: Split, budget: Budget, s: Settings, parts: list[str], log=print
 ) -> dict:
     """Train one generator on a tokenizer's IDs and decode every part; per-part ranks and figures."""
     torch.manual_seed(budget.seed)
     trie = SemanticIdTrie.from_semantic_ids(sids, np.arange(len(sids)), sizes=(CODEBOOK,) * (LEVELS + 1))
-    windows, learn = training_windows(split.train, s.history + 1)
+    windows, learn = training_windows(recent(split, s), s.history + 1)
     inputs = torch.from_numpy(np.where(windows[:, :, None] >= 0, sids[np.maximum(windows, 0)], -1))
     model = SemanticGenerator(LEVELS + 1, CODEBOOK, s.history + 1, budget)
     log(f"  [{name}] training on {len(windows)} windows")
@@ -234,7 +241,7 @@ def run_semantic(
 
 def run_items(split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print) -> dict:
     torch.manual_seed(budget.seed)
-    windows, learn = training_windows(split.train, s.history + 1)
+    windows, learn = training_windows(recent(split, s), s.history + 1)
     model = ItemGenerator(items, s.history + 1, budget)
     log(f"  [{ITEM_BASELINE}] training on {len(windows)} windows")
     trained = train(model, torch.from_numpy(windows), torch.from_numpy(learn), budget, log)
@@ -337,7 +344,9 @@ def markdown(data: dict, table: list[dict]) -> str:
             "",
             f"Generator (same for every row): decoder-only transformer, width {b['width']}, {b['layers']} layers, "
             f"{b['heads']} heads, {b['epochs']} epochs of batches of {b['batch_size']} windows, AdamW lr {b['lr']} "
-            f"(one-cycle); {data['windows']} training windows of up to {s['history'] + 1} items. Beam search with "
+            f"(warm-up, cosine); {data['windows']} training windows of up to {s['history'] + 1} items "
+            f"({data['training_targets']} next-item targets: each user's most recent "
+            f"{s['train_items'] or 'all'} training items). Beam search with "
             f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
             "dedup digit), constrained by `SemanticIdTrie`. Seeds: "
             f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min.",
@@ -388,10 +397,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=Budget.batch_size)
     ap.add_argument("--history", type=int, default=Settings.history)
     ap.add_argument("--beams", type=int, default=Settings.beams)
+    ap.add_argument("--train-items", type=int, default=0, help="learn from each user's N most recent training items")
     ap.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this (default: every rating)")
     ap.add_argument("--max-users", type=int, default=None)
     ap.add_argument("--valid", action="store_true", help="also decode the validation targets")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch/faiss threads (1: on a shared machine 2 threads run far slower)"
+    )
     ap.add_argument("--tiny", action="store_true", help="smoke run: 1 epoch, 40 users, history 5, 5 beams")
     return ap.parse_args(argv)
 
@@ -399,7 +411,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
     budget = Budget(epochs=args.epochs, width=args.width, layers=args.layers, batch_size=args.batch_size)
     s = Settings(
-        history=args.history, beams=args.beams, min_rating=args.min_rating, max_users=args.max_users, valid=args.valid
+        history=args.history,
+        train_items=args.train_items or None,
+        beams=args.beams,
+        min_rating=args.min_rating,
+        max_users=args.max_users,
+        valid=args.valid,
     )
     if args.tiny:
         budget = replace(budget, epochs=1, width=32, layers=1)
@@ -410,6 +427,7 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
     wanted = args.tokenizers.split(",") if args.tokenizers else []
     unknown = [w for w in wanted if w not in SOURCES]
     if unknown:
@@ -423,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     hist = read_histories(args.interactions, np.asarray(cat.item_ids), min_rating=s.min_rating)
     split = leave_one_out(hist, max_users=s.max_users)
-    windows, _ = training_windows(split.train, s.history + 1)
+    windows, learn = training_windows(recent(split, s), s.history + 1)
     print(f"{len(raw)} items, {len(split.train)} users, {len(windows)} windows; budget {budget}", flush=True)
 
     rows: dict[str, list[dict]] = {ITEM_BASELINE: [], POPULARITY: []}
@@ -444,6 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
         "items": int(len(raw)),
         "users": len(split.train),
         "windows": int(len(windows)),
+        "training_targets": int(learn.sum()),
         "data": hist.info,
         "budget": asdict(budget),
         "settings": asdict(s),

@@ -24,13 +24,38 @@ class Budget:
     """What every generator gets, whatever its tokens."""
 
     epochs: int = 8
-    batch_size: int = 64  # windows per step
+    batch_size: int = 128  # windows per step
     width: int = 64
     layers: int = 2
     heads: int = 2
     dropout: float = 0.1
-    lr: float = 2e-3
+    lr: float = 3e-3
     seed: int = 0
+
+
+class _Block(nn.Module):
+    """Pre-norm causal self-attention block that can continue from cached keys and values."""
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__()
+        d, self.heads = budget.width, budget.heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(budget.dropout)
+
+    def forward(self, x: torch.Tensor, past: tuple | None = None) -> tuple[torch.Tensor, tuple]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if past is None:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            p = k.shape[2] - t  # new token i sees every cached key and the new ones up to itself
+            mask = torch.ones(t, p + t, dtype=torch.bool).tril(diagonal=p)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.mlp(self.norm2(x))), (k, v)
 
 
 class _Backbone(nn.Module):
@@ -38,22 +63,20 @@ class _Backbone(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, budget.width)
         self.position = nn.Embedding(positions, budget.width)
-        layer = nn.TransformerEncoderLayer(
-            budget.width,
-            budget.heads,
-            dim_feedforward=4 * budget.width,
-            dropout=budget.dropout,
-            batch_first=True,
-            norm_first=True,
-        )
-        self.blocks = nn.TransformerEncoder(layer, budget.layers, enable_nested_tensor=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.blocks = nn.ModuleList(_Block(budget) for _ in range(budget.layers))
         self.norm = nn.LayerNorm(budget.width)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        t = tokens.shape[1]
-        h = self.embed(tokens) + self.position(torch.arange(t, device=tokens.device))
-        causal = nn.Transformer.generate_square_subsequent_mask(t, device=tokens.device)
-        return self.norm(self.blocks(h, mask=causal, is_causal=True))
+    def forward(self, tokens: torch.Tensor, past: list | None = None) -> tuple[torch.Tensor, list]:
+        """Hidden states of ``tokens`` [B, T], continuing after ``past`` (per-block cached keys/values)."""
+        start = past[0][0].shape[2] if past else 0
+        h = self.embed(tokens) + self.position(torch.arange(start, start + tokens.shape[1]))
+        cache = []
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, past[i] if past else None)
+            cache.append(kv)
+        return self.norm(h), cache
 
 
 class SemanticGenerator(nn.Module):
@@ -72,18 +95,21 @@ class SemanticGenerator(nn.Module):
         flat = sids + offsets
         return torch.where(sids < 0, torch.full_like(flat, self.pad), flat).flatten(1)
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, T] tokens -> [B, T, K]: at position p, the codes of the token at p + 1 (level (p + 1) % W)."""
-        h = self.backbone(tokens)
-        levels = (torch.arange(tokens.shape[1], device=tokens.device) + 1) % self.w
-        return torch.einsum("btd,tdk->btk", h, self.heads[levels])
+    def head(self, h: torch.Tensor, next_level: torch.Tensor) -> torch.Tensor:
+        """Hidden states [M, d] -> logits [M, K] over the codes of each one's next level [M]."""
+        out = h.new_empty(h.shape[0], self.k)
+        for level in range(self.w):
+            at = next_level == level
+            out[at] = h[at] @ self.heads[level]
+        return out
 
     def loss(self, sids: torch.Tensor, learn: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every token of the learned items given everything before it."""
-        logits = self.logits(self.tokens(sids))[:, :-1]
+        h, _ = self.backbone(self.tokens(sids))
         target = sids.flatten(1)[:, 1:]
         mask = learn.repeat_interleave(self.w, dim=1)[:, 1:] & (target >= 0)
-        return nn.functional.cross_entropy(logits[mask], target[mask])
+        levels = ((torch.arange(target.shape[1]) + 1) % self.w).expand_as(target)
+        return nn.functional.cross_entropy(self.head(h[:, :-1][mask], levels[mask]), target[mask])
 
 
 class ItemGenerator(nn.Module):
@@ -97,14 +123,14 @@ class ItemGenerator(nn.Module):
     def tokens(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.where(rows < 0, torch.full_like(rows, self.items), rows)
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.backbone(tokens) @ self.backbone.embed.weight[: self.items].T
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.backbone.embed.weight[: self.items].T
 
     def loss(self, rows: torch.Tensor, learn: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(self.tokens(rows))[:, :-1]
+        h, _ = self.backbone(self.tokens(rows))
         target = rows[:, 1:]
         mask = learn[:, 1:] & (target >= 0)
-        return nn.functional.cross_entropy(logits[mask], target[mask])
+        return nn.functional.cross_entropy(self.logits(h[:, :-1][mask]), target[mask])
 
 
 def train(model: nn.Module, inputs: torch.Tensor, learn: torch.Tensor, budget: Budget, log=print) -> dict:
@@ -112,7 +138,10 @@ def train(model: nn.Module, inputs: torch.Tensor, learn: torch.Tensor, budget: B
     gen = torch.Generator().manual_seed(budget.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.01)
     steps = max(1, budget.epochs * math.ceil(inputs.shape[0] / budget.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=steps, pct_start=0.1)
+    warm = max(1, steps // 10)  # linear warm-up over a tenth of the steps, then cosine decay
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
+    )
     losses, start = [], time.perf_counter()
     model.train()
     for epoch in range(budget.epochs):
@@ -142,19 +171,24 @@ def beam_search(
     """Top ``beams`` next-item IDs for each of B histories of the same length ([B, n, W] codes).
 
     With ``trie``, every step keeps only the codes ``trie.allowed_next_batch`` allows after the beam's prefix,
-    so every finished beam is a real item's ID; without it, any code of the level. Returns the IDs
-    [B, beams, W] and their log-probabilities [B, beams] (-inf for beams that could not be filled: fewer valid
-    completions than beams)."""
+    so every finished beam is a real item's ID; without it, any code of the level. The history is run once
+    and its keys/values cached; each step runs only the beams' generated tokens. Returns the IDs [B, beams, W]
+    and their log-probabilities [B, beams] (-inf for beams that could not be filled: fewer valid completions
+    than beams)."""
     b, w, k = history.shape[0], model.w, model.k
-    context = model.tokens(history)  # [B, T]
-    prefix = torch.zeros(b, 1, 0, dtype=torch.long)
-    score = torch.zeros(b, 1)
     with torch.inference_mode():
+        h, cache = model.backbone(model.tokens(history))
+        last = h[:, -1]  # predicts level 0 of the next item
+        prefix = torch.zeros(b, 1, 0, dtype=torch.long)
+        score = torch.zeros(b, 1)
         for step in range(w):
             n = prefix.shape[1]
-            generated = model.tokens(prefix.reshape(b * n, 1, step)) if step else prefix.reshape(b * n, 0)
-            tokens = torch.cat([context.repeat_interleave(n, dim=0), generated], dim=1)
-            logp = torch.log_softmax(model.logits(tokens)[:, -1], dim=-1).view(b, n, k)
+            if step:
+                past = [(kc.repeat_interleave(n, dim=0), vc.repeat_interleave(n, dim=0)) for kc, vc in cache]
+                h, _ = model.backbone(model.tokens(prefix.reshape(b * n, 1, step)), past)
+                last = h[:, -1]
+            logits = model.head(last, torch.full((last.shape[0],), step, dtype=torch.long))
+            logp = torch.log_softmax(logits, dim=-1).view(b, n, k)
             if trie is not None:
                 logp = logp.masked_fill(~_allowed(trie, prefix, score, k), -math.inf)
             total = (score[:, :, None] + logp).view(b, n * k)
@@ -177,5 +211,6 @@ def _allowed(trie, prefix: torch.Tensor, score: torch.Tensor, k: int) -> torch.T
 def rank_items(model: ItemGenerator, history: torch.Tensor, top: int) -> np.ndarray:
     """Top ``top`` catalog rows by the model's next-item scores, for B histories of the same length."""
     with torch.inference_mode():
-        logits = model.logits(model.tokens(history))[:, -1]
+        h, _ = model.backbone(model.tokens(history))
+        logits = model.logits(h[:, -1])
         return logits.topk(min(top, logits.shape[1]), dim=1).indices.numpy()
