@@ -111,9 +111,11 @@ def _timed_encode(encode: Callable[[], Any], passes: int = ENCODE_PASSES) -> tup
 Runner = Callable[[np.ndarray, np.ndarray, int, np.ndarray], Fitted]  # (raw, x, seed, rows to fit on)
 
 
-def _semid(tokenizer: str, **train: Any) -> Runner:
+def _semid(tokenizer: str, model: dict[str, Any] | None = None, **train: Any) -> Runner:
     def run(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
-        cfg = SemidConfig.from_dict({"model": {"tokenizer": tokenizer}, "train": {"seed": seed, **train}})
+        cfg = SemidConfig.from_dict(
+            {"model": {"tokenizer": tokenizer, **(model or {})}, "train": {"seed": seed, **train}}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             train_tokenizer(raw[fit], cfg, tmp)  # input_dim is taken from the data
@@ -137,7 +139,9 @@ def _semid(tokenizer: str, **train: Any) -> Runner:
             ).numpy()
         m, t = cfg.model, cfg.train
         settings = {
-            "config": f"SemidConfig() defaults, train overrides {train}" if train else "SemidConfig() defaults",
+            "config": f"SemidConfig() defaults, overrides {model or {}} {train}"
+            if model or train
+            else "SemidConfig() defaults",
             "levels": m.levels,
             "codebook_size": m.codebook_size,
         }
@@ -226,7 +230,11 @@ def _best_epoch(rates: list[float]) -> int | None:
 
 TOKENIZERS: dict[str, tuple[str, Runner]] = {
     "semid-rqvae": ("semid rqvae", _semid("rqvae")),
-    "semid-rqvae-plain": ("semid rqvae plain (graph_targets false)", _semid("rqvae", graph_targets=False)),
+    "semid-rqvae-plain": (
+        "semid rqvae plain (graph_targets false, no anchors)",
+        _semid("rqvae", {"first_level_anchors": 0}, graph_targets=False),
+    ),
+    "semid-rqvae-noanchors": ("semid rqvae, no anchors", _semid("rqvae", {"first_level_anchors": 0})),
     "semid-rqkmeans": ("semid rqkmeans", _semid("rqkmeans")),
     "faiss-rq": ("faiss ResidualQuantizer 3x8", _faiss_rq),
     "sid-rqkmeans": ("semantic-id RQKMeans", _sid_rqkmeans("kmeans")),
@@ -234,7 +242,7 @@ TOKENIZERS: dict[str, tuple[str, Runner]] = {
     "sid-rqvae": ("semantic-id RQVAE", _sid_rqvae(verbose=False)),
     "sid-rqvae-best": ("semantic-id RQVAE verbose (best-collision epoch)", _sid_rqvae(verbose=True)),
 }
-DEFAULT = [key for key in TOKENIZERS if key != "semid-rqvae-plain"]
+DEFAULT = [key for key in TOKENIZERS if key not in ("semid-rqvae-plain", "semid-rqvae-noanchors")]
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -485,7 +493,7 @@ def main() -> None:
         write(name, source, args, raw, rows, skipped, co)
 
 
-CANDIDATES = ("semid-rqvae",)  # the rows judged against the best of the others ("anchors")
+CANDIDATES = ("semid-rqvae", "semid-rqvae-noanchors")  # the rows judged against the best of the others ("anchors")
 HOLDOUT_FIGURES = [
     "nn_share_d1",
     "nn_lift_d1",

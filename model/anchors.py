@@ -4,8 +4,12 @@ The neighour-aware first level (graph targets) is learned on the training catalo
 tokenizer never saw gets the code whose centroid is nearest its latent, which cuts about as many
 neighbour pairs apart as a plain RQ-VAE does. The anchors carry the training partition over to new
 items directly: a sample of training items is kept as (unit-length normalised input, first code)
-pairs, and an input's first code is the majority code of its k nearest anchors (cosine, exact).
-Where no code wins at least ``min_share`` of the vote the learned quantizer's nearest code is kept.
+pairs, and an input's first code is the majority code of its k nearest anchors (cosine, exact),
+each vote weighted by ``1 / anchors of its code ** balance`` (a plain majority favours large codes:
+on MovieLens it cut the held-out first-level perplexity from 210 to 168; balance 0.5 keeps 198).
+An input equal to an anchor (cosine >= ``EXACT``: a training item) keeps that anchor's code, so the
+training items encode as without anchors. Where no code wins at least ``min_share`` of the
+(weighted) vote the learned quantizer's nearest code is kept.
 The remaining levels quantize the residual w.r.t. the chosen first code, as before.
 
 Encoding stays a pure function of the checkpoint: the anchors are buffers of the state dict
@@ -25,14 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+EXACT = 0.9999  # cosine at which an input is taken to be the anchor itself (vectors are float16)
 SEARCH_CHUNK = 4096  # query rows per similarity matmul (bounds memory: chunk x anchors floats)
 
 
 class FirstLevelAnchors(nn.Module):
-    def __init__(self, dim: int, *, neighbours: int, min_share: float = 0.0):
+    def __init__(self, dim: int, *, neighbours: int, min_share: float = 0.0, balance: float = 0.0):
         super().__init__()
         self.neighbours = neighbours
         self.min_share = min_share
+        self.balance = balance
         self.register_buffer("vectors", torch.zeros(0, dim, dtype=torch.float16))
         self.register_buffer("codes", torch.zeros(0, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(0, 0))
@@ -71,16 +77,20 @@ class FirstLevelAnchors(nn.Module):
         # stored code -> the current code with the same vector (the identity unless the rows were permuted)
         rename = torch.cdist(self.centroids, codebook.detach().to(torch.float32)).argmin(dim=1)
         codes = rename[self.codes]
+        weight = torch.bincount(codes, minlength=codebook_size).to(torch.float32).clamp_min(1.0) ** -self.balance
         if self._unit is None:
             self._unit = self.vectors.to(torch.float32)
         k = min(self.neighbours, self.size)
         out = torch.empty(n, dtype=torch.long)
         for s in range(0, n, SEARCH_CHUNK):
             q = F.normalize(target[s : s + SEARCH_CHUNK].to(torch.float32), dim=1)
-            idx = (q @ self._unit.T).topk(k, dim=1).indices
-            votes = torch.zeros(q.shape[0], codebook_size).scatter_add_(1, codes[idx], torch.ones(idx.shape))
+            sims, idx = (q @ self._unit.T).topk(k, dim=1)
+            near = codes[idx]
+            w = weight[near]
+            votes = torch.zeros(q.shape[0], codebook_size).scatter_add_(1, near, w)
             top, code = votes.max(dim=1)  # ties: the lowest code
-            out[s : s + q.shape[0]] = torch.where(top >= self.min_share * k, code, -1)
+            code = torch.where(top >= self.min_share * w.sum(dim=1), code, -1)
+            out[s : s + q.shape[0]] = torch.where(sims[:, 0] >= EXACT, near[:, 0], code)
         return out
 
 

@@ -57,6 +57,9 @@ class ModelConfig(BaseModel):
         "majority code of its nearest anchors (0: off, the nearest centroid; checkpoints without the field: off).",
     )
     anchor_neighbours: StrictInt = _int(10, 1, 1000, "k of the first-level anchors' vote.")
+    anchor_balance: StrictFloat = _float(
+        0.5, 0.0, 4.0, "Each anchor's vote is weighted by 1 / (anchors of its code) ** balance (0: plain majority)."
+    )
     anchor_min_share: StrictFloat = _float(
         0.0, 0.0, 1.0, "Share of the k votes the winning code needs; below it the nearest centroid is kept."
     )

@@ -125,7 +125,10 @@ def build_tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig | None = None
     anchors = None
     if model_cfg.tokenizer == "rqvae" and model_cfg.first_level_anchors > 0:
         anchors = FirstLevelAnchors(
-            model_cfg.input_dim, neighbours=model_cfg.anchor_neighbours, min_share=model_cfg.anchor_min_share
+            model_cfg.input_dim,
+            neighbours=model_cfg.anchor_neighbours,
+            min_share=model_cfg.anchor_min_share,
+            balance=model_cfg.anchor_balance,
         )
     return SemanticTokenizer(
         normalizer=normalizer, encoder=encoder, quantizer=quantizer, decoder=decoder, anchors=anchors

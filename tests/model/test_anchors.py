@@ -13,7 +13,7 @@ from semid.model.checkpoint import CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE, 
 from semid.model.job import train_tokenizer
 from tests.conftest import tiny_config
 
-ANCHOR_FIELDS = ("first_level_anchors", "anchor_neighbours", "anchor_min_share")
+ANCHOR_FIELDS = ("first_level_anchors", "anchor_neighbours", "anchor_balance", "anchor_min_share")
 
 
 def _anchors(k: int = 3, min_share: float = 0.0) -> tuple[FirstLevelAnchors, torch.Tensor]:
@@ -36,7 +36,7 @@ def test_vote_takes_the_majority_of_the_nearest_anchors():
 
 def test_weak_votes_fall_back_to_minus_one():
     anchors, codebook = _anchors(k=4, min_share=0.75)
-    queries = torch.tensor([[1.0, 0.0, 0, 0], [1.0, 1.0, 0, 0]])
+    queries = torch.tensor([[1.0, 0.3, 0, 0], [1.0, 1.0, 0, 0]])
     votes = anchors.vote(queries, codebook)
     assert votes.tolist() == [-1, -1]  # 2 of 4 votes each for codes 0 and 1: below 75 %
     anchors.min_share = 0.5
@@ -50,6 +50,24 @@ def test_votes_follow_a_permutation_of_the_codebook_rows():
     renamed = anchors.vote(queries, codebook[perm])
     old = anchors.vote(queries, codebook)
     assert [int(perm[c]) for c in renamed] == old.tolist()
+
+
+def test_balance_discounts_votes_for_crowded_codes():
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.1], [1.0, -0.2], [0.0, 1.0], [0.1, 1.0], [0.2, 1.0]])
+    codes = torch.tensor([0, 0, 1, 1, 0, 0, 0])  # code 0 has 5 anchors, code 1 has 2
+    anchors = FirstLevelAnchors(2, neighbours=4)
+    anchors.set(vectors, codes, torch.eye(2))
+    query = torch.tensor([[1.0, 0.02]])  # nearest four: codes 0, 0, 1, 1 (a tie) -> lowest code
+    assert anchors.vote(query, torch.eye(2)).tolist() == [0]
+    anchors.balance = 1.0  # 2 x 1/5 for code 0 vs 2 x 1/2 for code 1
+    assert anchors.vote(query, torch.eye(2)).tolist() == [1]
+
+
+def test_an_input_equal_to_an_anchor_keeps_its_code():
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.1]])
+    anchors = FirstLevelAnchors(2, neighbours=3)
+    anchors.set(vectors, torch.tensor([1, 0, 0]), torch.eye(2))
+    assert anchors.vote(torch.tensor([[2.0, 0.0], [1.0, 0.06]]), torch.eye(2)).tolist() == [1, 0]
 
 
 def test_empty_anchors_decide_nothing():
@@ -67,7 +85,7 @@ def test_anchor_rows_sample_is_seeded_and_capped():
 def test_checkpoint_stores_the_anchors_and_encodes_new_items_by_their_vote(tmp_path, tiny_catalog):
     x = tiny_catalog.embeddings
     train, new = x[:400], x[400:]
-    train_tokenizer(train, tiny_config(), tmp_path / "ckpt")
+    train_tokenizer(train, tiny_config().with_overrides("model", anchor_balance=0.0), tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     tok = loaded.tokenizer
     assert loaded.config.model.first_level_anchors > 0 and tok.anchors is not None
