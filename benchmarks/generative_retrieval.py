@@ -345,8 +345,13 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"Generator (same for every row): decoder-only transformer, width {b['width']}, {b['layers']} layers, "
             f"{b['heads']} heads, {b['epochs']} epochs of batches of {b['batch_size']} windows, AdamW lr {b['lr']} "
             f"(warm-up, cosine); {data['windows']} training windows of up to {s['history'] + 1} items "
-            f"({data['training_targets']} next-item targets: each user's most recent "
-            f"{s['train_items'] or 'all'} training items). Beam search with "
+            f"({data['training_targets']} next-item targets: "
+            + (
+                f"each user's {s['train_items']} most recent training items"
+                if s["train_items"]
+                else "every training item"
+            )
+            + "). Beam search with "
             f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
             "dedup digit), constrained by `SemanticIdTrie`. Seeds: "
             f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min.",
