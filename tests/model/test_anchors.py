@@ -85,7 +85,8 @@ def test_anchor_rows_sample_is_seeded_and_capped():
 def test_checkpoint_stores_the_anchors_and_encodes_new_items_by_their_vote(tmp_path, tiny_catalog):
     x = tiny_catalog.embeddings
     train, new = x[:400], x[400:]
-    train_tokenizer(train, tiny_config().with_overrides("model", anchor_balance=0.0), tmp_path / "ckpt")
+    cfg = tiny_config().with_overrides("model", first_level_anchors=16384, anchor_balance=0.0)
+    train_tokenizer(train, cfg, tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     tok = loaded.tokenizer
     assert loaded.config.model.first_level_anchors > 0 and tok.anchors is not None
