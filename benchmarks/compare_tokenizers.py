@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-import joblib
 import numpy as np
 import torch
 
@@ -166,6 +165,7 @@ def _faiss_rq(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fit
 
 def _sid_rqkmeans(implementation: str) -> Runner:
     def run(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
+        import joblib  # comes with semantic-id (the `bench` extra), like the library itself
         from semantic_id import RQKMeans
 
         model = RQKMeans(n_levels=LEVELS, n_clusters=CODEBOOK, implementation=implementation, random_state=seed)
