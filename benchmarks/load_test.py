@@ -144,19 +144,24 @@ class _Worker:
             items = [{"item_id": i, "embedding": e.tolist()} for i, e in zip(ids, emb, strict=True)]
             body = json.dumps({"items": items}).encode()
             send = lambda: client.post("/v1/assign", content=body, headers=self.write_headers)  # noqa: E731
+        response = self._timed(kind, send)
+        if response is not None and kind == "assign":
+            self._acknowledge(ids, response)
+
+    def _timed(self, kind: str, send) -> httpx.Response | None:
+        """Send one request, recording its latency and any failure by kind; the response if it is a 2xx."""
         t0 = time.perf_counter_ns()
         try:
             response = send()
         except httpx.HTTPError as err:
             self.ns[kind].append(time.perf_counter_ns() - t0)
             self.errors[kind][type(err).__name__] += 1
-            return
+            return None
         self.ns[kind].append(time.perf_counter_ns() - t0)
         if not 200 <= response.status_code < 300:
             self.errors[kind][f"HTTP {response.status_code}"] += 1
-            return
-        if kind == "assign":
-            self._acknowledge(ids, response)
+            return None
+        return response
 
     def _acknowledge(self, ids: list[int], response: httpx.Response) -> None:
         try:
@@ -411,17 +416,8 @@ class _ConstantWorker(_Worker):
             items = [{"item_id": f["item_id"], "embedding": f["embedding"]} for f in fixed]
             body = json.dumps({"items": items}).encode()
             send = lambda: client.post("/v1/assign", content=body, headers=self.write_headers)  # noqa: E731
-        t0 = time.perf_counter_ns()
-        try:
-            response = send()
-        except httpx.HTTPError as err:
-            self.ns[kind].append(time.perf_counter_ns() - t0)
-            self.errors[kind][type(err).__name__] += 1
-            return
-        self.ns[kind].append(time.perf_counter_ns() - t0)
-        if not 200 <= response.status_code < 300:
-            self.errors[kind][f"HTTP {response.status_code}"] += 1
-        elif fixed:
+        response = self._timed(kind, send)
+        if response is not None and fixed:
             self._same_ids(fixed, response)
 
     def _same_ids(self, fixed: list[dict], response: httpx.Response) -> None:
