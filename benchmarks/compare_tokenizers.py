@@ -426,6 +426,20 @@ def load_catalog(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray,
     return default, cat.item_ids, cat.embeddings, str(path)
 
 
+def _not_run_and_note(rows: list[dict], skipped: list[str], note: str | None) -> list[str]:
+    """The report's "Not run" section (failed or skipped tokenizers) and the run's free-text note."""
+    md: list[str] = []
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed or skipped:
+        md += ["", "## Not run", ""]
+        md += [f"- {r['tokenizer']}: {r['status']}: {r.get('error', '')}" for r in failed]
+        if skipped:
+            md.append(f"- skipped with --only/--skip: {', '.join(skipped)}.")
+    if note:
+        md += ["", note]
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
@@ -554,14 +568,7 @@ def write_holdout(name, source, args, raw, rows, skipped, fit, held) -> None:
             if r["key"] in CANDIDATES:
                 ratio = r["heldout_nn_share_d1"] / best["heldout_nn_share_d1"]
                 md.append(f"- {r['tokenizer']}: {r['heldout_nn_share_d1']} = {ratio:.3f}x the best anchor")
-    failed = [r for r in rows if r.get("status") != "ok"]
-    if failed or skipped:
-        md += ["", "## Not run", ""]
-        md += [f"- {r['tokenizer']}: {r['status']}: {r.get('error', '')}" for r in failed]
-        if skipped:
-            md.append(f"- skipped with --only/--skip: {', '.join(skipped)}.")
-    if args.note:
-        md += ["", args.note]
+    md += _not_run_and_note(rows, skipped, args.note)
     rows_json = []
     for r in rows:
         r = dict(r)
@@ -618,14 +625,7 @@ def write(name, source, args, raw, rows, skipped, co) -> None:
         "",
         loses,
     ]
-    failed = [r for r in rows if r.get("status") != "ok"]
-    if failed or skipped:
-        md += ["", "## Not run", ""]
-        md += [f"- {r['tokenizer']}: {r['status']}: {r.get('error', '')}" for r in failed]
-        if skipped:
-            md.append(f"- skipped with --only/--skip: {', '.join(skipped)}.")
-    if args.note:
-        md += ["", args.note]
+    md += _not_run_and_note(rows, skipped, args.note)
     notes = [r for r in ok if r.get("notes")]
     if notes:
         md += ["", "## Notes", ""] + [f"- {r['tokenizer']}: {r['notes']}" for r in notes]
