@@ -426,6 +426,16 @@ def load_catalog(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray,
     return default, cat.item_ids, cat.embeddings, str(path)
 
 
+def _rows_json(rows: list[dict]) -> list[dict]:
+    """Rows as the JSON records them: the private ``_detail`` under ``detail``."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["detail"] = r.pop("_detail", None)
+        out.append(r)
+    return out
+
+
 def _not_run_and_note(rows: list[dict], skipped: list[str], note: str | None) -> list[str]:
     """The report's "Not run" section (failed or skipped tokenizers) and the run's free-text note."""
     md: list[str] = []
@@ -569,11 +579,7 @@ def write_holdout(name, source, args, raw, rows, skipped, fit, held) -> None:
                 ratio = r["heldout_nn_share_d1"] / best["heldout_nn_share_d1"]
                 md.append(f"- {r['tokenizer']}: {r['heldout_nn_share_d1']} = {ratio:.3f}x the best anchor")
     md += _not_run_and_note(rows, skipped, args.note)
-    rows_json = []
-    for r in rows:
-        r = dict(r)
-        r["detail"] = r.pop("_detail", None)
-        rows_json.append(r)
+    rows_json = _rows_json(rows)
     data = {
         "catalog": source,
         "items": int(raw.shape[0]),
@@ -630,11 +636,7 @@ def write(name, source, args, raw, rows, skipped, co) -> None:
     if notes:
         md += ["", "## Notes", ""] + [f"- {r['tokenizer']}: {r['notes']}" for r in notes]
         md += ["", "Settings per tokenizer are in the JSON (`rows[].settings`)."]
-    rows_json = []
-    for r in rows:
-        r = dict(r)
-        r["detail"] = r.pop("_detail", None)
-        rows_json.append(r)
+    rows_json = _rows_json(rows)
     data = {
         "catalog": source,
         "items": int(raw.shape[0]),

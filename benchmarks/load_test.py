@@ -233,6 +233,20 @@ def _ready_items(base_url: str) -> int | None:
         return None
 
 
+def _run_workers(workers: list, duration: float, max_requests: int) -> tuple[float, list[threading.Thread]]:
+    """Run every worker in its own thread for ``duration`` seconds; (elapsed seconds, the threads)."""
+    start = time.perf_counter()
+    stop_at = start + duration
+    threads = [
+        threading.Thread(target=w.run, args=(stop_at, max_requests), name=f"load-{w.wid}", daemon=True) for w in workers
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, stop_at - time.perf_counter()) + 2 * REQUEST_TIMEOUT_S)
+    return time.perf_counter() - start, threads
+
+
 def _mix_rows(workers: list, mix: dict, elapsed: float) -> list[dict]:
     """One row per request type of ``mix``: count, errors by kind, rate and latency percentiles."""
     rows = []
@@ -293,16 +307,7 @@ def run_load(
     sampler = _RssSampler(server_pid, int(duration / RSS_EVERY_S) + 10) if server_pid else None
     if sampler:
         sampler.start()
-    start = time.perf_counter()
-    stop_at = start + duration
-    threads = [
-        threading.Thread(target=w.run, args=(stop_at, max_requests), name=f"load-{w.wid}", daemon=True) for w in workers
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(0.0, stop_at - time.perf_counter()) + 2 * REQUEST_TIMEOUT_S)
-    elapsed = time.perf_counter() - start
+    elapsed, threads = _run_workers(workers, duration, max_requests)
     rss = sampler.finish(warmup) if sampler else {}
     stuck = sum(t.is_alive() for t in threads)
     items_after = _ready_items(base_url)
@@ -512,16 +517,7 @@ def run_constant_load(
     max_requests = max(1, int(duration * MAX_REQUESTS_PER_S))
     sampler = _RssSampler(server_pid, int(duration / RSS_EVERY_S) + 10)
     sampler.start()
-    start = time.perf_counter()
-    stop_at = start + duration
-    threads = [
-        threading.Thread(target=w.run, args=(stop_at, max_requests), name=f"load-{w.wid}", daemon=True) for w in workers
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=max(0.0, stop_at - time.perf_counter()) + 2 * REQUEST_TIMEOUT_S)
-    elapsed = time.perf_counter() - start
+    elapsed, threads = _run_workers(workers, duration, max_requests)
     rss = sampler.finish(warmup)
     try:
         server_threads = psutil.Process(server_pid).num_threads()
