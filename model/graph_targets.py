@@ -20,12 +20,16 @@ same targets.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 import torch
 
 from semid.model.kmeans import kmeans, nearest
+
+if TYPE_CHECKING:
+    from semid.model.coliked import ColikedGraph
 
 _SEARCH_CHUNK = 16384
 
@@ -81,8 +85,10 @@ def refine_labels(
     sweeps: int,
     seed: int,
     chunks_per_sweep: int = 64,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Balanced label refinement on the k-NN graph (see the module docstring)."""
+    """Balanced label refinement on the k-NN graph (see the module docstring); ``weights`` [n, k]
+    scale each neighbour's vote (default 1)."""
     labels = np.asarray(labels, dtype=np.int64).copy()
     n = labels.shape[0]
     if n == 0 or neighbours.shape[1] == 0:
@@ -96,7 +102,8 @@ def refine_labels(
             m = part.shape[0]
             rows = np.arange(m)
             flat = rows.repeat(neighbours.shape[1]) * codebook_size + labels[neighbours[part]].ravel()
-            votes = np.bincount(flat, minlength=m * codebook_size).reshape(m, codebook_size).astype(np.float64)
+            w = None if weights is None else weights[part].ravel()
+            votes = np.bincount(flat, w, minlength=m * codebook_size).reshape(m, codebook_size).astype(np.float64)
             current = labels[part]
             gain = votes - penalty * counts[None, :]
             gain[rows, current] += penalty  # an item does not count against the code it is in
@@ -120,11 +127,14 @@ def build_targets(
     kmeans_iters: int,
     kmeans_sample: int,
     max_items: int | None = None,
+    coliked: ColikedGraph | None = None,
 ) -> GraphTargets:
     """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph.
 
     The exact k-NN search costs O(n^2 d); above ``max_items`` rows the graph is built on a
-    seeded sample of that many rows (the encoder generalises to the others).
+    seeded sample of that many rows (the encoder generalises to the others). With ``coliked``, the
+    items' co-liked partners vote beside their content neighbours (semid.model.coliked); the soft
+    targets keep the content neighbours only.
     """
     n = x.shape[0]
     rows = torch.arange(n)
@@ -135,7 +145,8 @@ def build_targets(
     centroids = kmeans(data, codebook_size, iters=kmeans_iters, seed=seed, sample=kmeans_sample)
     start = nearest(data, centroids)[0].numpy()
     graph = knn_graph(data.numpy(), neighbours)
-    labels = refine_labels(start, graph, codebook_size, balance=balance, sweeps=sweeps, seed=seed)
+    votes, weights = (graph, None) if coliked is None else coliked.blend(graph, rows.numpy())
+    labels = refine_labels(start, votes, codebook_size, balance=balance, sweeps=sweeps, seed=seed, weights=weights)
     position = torch.full((n,), -1, dtype=torch.long)
     position[rows] = torch.arange(rows.shape[0])
     return GraphTargets(

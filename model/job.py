@@ -18,6 +18,7 @@ from semid.model.checkpoint import (
     save_checkpoint,
     save_resume_state,
 )
+from semid.model.coliked import ColikedGraph
 from semid.model.config import SemidConfig
 from semid.model.rqvae import SemanticTokenizer, build_tokenizer
 from semid.model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
@@ -26,9 +27,22 @@ log = logging.getLogger(__name__)
 
 
 def train_tokenizer(
-    embeddings: np.ndarray, config: SemidConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = False
+    embeddings: np.ndarray,
+    config: SemidConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    coliked: ColikedGraph | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics)."""
+    """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics).
+
+    ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
+    graph; the checkpoint's metrics record which interactions were used (``interactions``)."""
+    if coliked is not None and config.model.tokenizer != "rqvae":
+        raise ValueError("interactions need the rqvae tokenizer (they are blended into its graph targets)")
+    if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:
+        raise ValueError(f"co-liked partners cover {len(coliked.partners)} items, the catalog has {len(embeddings)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if embeddings.ndim != 2 or embeddings.shape[0] < 2:
@@ -59,7 +73,9 @@ def train_tokenizer(
             if opt is not None and epoch < config.train.epochs:
                 save_resume_state(out, tok, opt, epoch, hist, config)
 
-        history = fit_rqvae(tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch)
+        history = fit_rqvae(
+            tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch, coliked=coliked
+        )
         if tokenizer.anchors is not None:
             _set_anchors(tokenizer, embeddings, config)
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "lr", "eval_items")}
@@ -70,6 +86,7 @@ def train_tokenizer(
         "train_seconds": round(time.perf_counter() - start + sum(r["seconds"] for r in state.history), 2),
         "final": final,
         "epochs": history,
+        "interactions": coliked.record if coliked is not None else None,
     }
     fingerprint = save_checkpoint(out, tokenizer, config, metrics)
     clear_resume_state(out)

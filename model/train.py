@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from semid.model.coliked import ColikedGraph
 from semid.model.config import SemidConfig
 from semid.model.graph_targets import GraphTargets, build_targets
 from semid.model.kmeans import squared_distances
@@ -105,6 +106,7 @@ def fit_rqvae(
     state: TrainState | None = None,
     progress: bool = False,
     on_epoch: EpochCallback | None = None,
+    coliked: ColikedGraph | None = None,
 ) -> list[dict[str, Any]]:
     """Train the RQ-VAE; returns one metrics row per epoch.
 
@@ -114,7 +116,8 @@ def fit_rqvae(
 
     With `graph_targets` the first level learns neighbour-aware labels (semid.model.graph_targets):
     its codebook starts from the labels' latent means and a cross-entropy on the first-level
-    code distances teaches the encoder to reproduce them.
+    code distances teaches the encoder to reproduce them. ``coliked`` (semid.model.coliked) adds
+    co-liked partners to the graph those labels are refined on.
     """
     t = cfg.train
     state = state or TrainState()
@@ -131,7 +134,9 @@ def fit_rqvae(
         optimizer.load_state_dict(state.optimizer_state)
     if state.start_epoch == 0:
         tokenizer.normalizer.fit(x)
-    targets = _graph_targets(tokenizer, x, cfg) if t.graph_targets else None
+    if coliked is not None and not t.graph_targets:
+        raise ValueError("interactions are blended into the graph targets; train with graph_targets on")
+    targets = _graph_targets(tokenizer, x, cfg, coliked) if t.graph_targets else None
     history = list(state.history)
     # Per-epoch health on a fixed seeded sample (the whole set is evaluated once, at the end).
     eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed + 1))[: t.eval_sample]
@@ -227,7 +232,9 @@ def _init_codebooks(
     )
 
 
-def _graph_targets(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig) -> GraphTargets:
+def _graph_targets(
+    tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig, coliked: ColikedGraph | None = None
+) -> GraphTargets:
     t = cfg.train
     start = time.perf_counter()
     with torch.no_grad():
@@ -242,6 +249,7 @@ def _graph_targets(tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConf
         kmeans_iters=min(t.kmeans_iters, 10),  # a start for the refinement: more iterations change nothing
         kmeans_sample=t.kmeans_sample,
         max_items=t.graph_max_items,
+        coliked=coliked,
     )
     log.info("graph targets for level 1 built in %.1f s", time.perf_counter() - start)
     return targets

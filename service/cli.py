@@ -155,6 +155,15 @@ def config_options(fn):
 @click.option("--synthetic-items", default=20_000, show_default=True, help="Size of the synthetic catalog.")
 @click.option("--synthetic-dim", default=384, show_default=True, help="Dimension of the synthetic catalog.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--interactions",
+    type=click.Path(dir_okay=False),
+    help="CSV or Parquet of user, item[, rating] (items: the catalog's ids): co-liked items are pulled under one "
+    "first code (RQ-VAE; settings --coliked-*). Encoding still reads embeddings only.",
+)
+@click.option("--user-column", help="User column of --interactions (default: user, user_id, userId ...).")
+@click.option("--item-column", help="Item column of --interactions (default: item, item_id, movieId ...).")
+@click.option("--rating-column", help="Rating column of --interactions (default: rating; none: every row is a like).")
 @config_options
 def train(
     catalog,
@@ -167,11 +176,17 @@ def train(
     synthetic_items,
     synthetic_dim,
     quiet,
+    interactions,
+    user_column,
+    item_column,
+    rating_column,
     **overrides,
 ) -> None:
     """Fit an RQ-VAE (or RQ-KMeans) tokenizer and write a checkpoint directory.
 
     Every config field is also a flag; flags override --config, which overrides the defaults.
+    With --interactions, items liked by the same users (rating >= --coliked-min-rating) share first codes
+    more often; the checkpoint's metrics.json records the file (name, sha256), its counts and the settings.
     """
     from semid.model.config import SECTIONS, SemidConfig
     from semid.model.job import train_tokenizer
@@ -180,8 +195,30 @@ def train(
     for section, kind in SECTIONS.items():
         config = config.with_overrides(section, **{k: v for k, v in overrides.items() if k in kind.model_fields})
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
+    coliked = None
+    if interactions is not None:
+        from semid.model.coliked import read_coliked
+
+        coliked = read_coliked(
+            interactions,
+            cat.item_ids,
+            config.train,
+            user_column=user_column,
+            item_column=item_column,
+            rating_column=rating_column,
+        )
+        r = coliked.record
+        click.echo(
+            f"interactions {r['file']}: {r['likes']} likes of {r['users']} users, {r['items_with_partners']} items "
+            f"with co-liked partners; {r['unknown_items']} items not in the catalog ignored",
+            err=True,
+        )
+    elif user_column or item_column or rating_column:
+        raise click.UsageError("--user-column, --item-column and --rating-column go with --interactions")
     click.echo(f"training {config.model.tokenizer} on {len(cat)} items x {cat.dim} dims -> {out}", err=True)
-    fingerprint, metrics = train_tokenizer(cat.embeddings, config, out, resume=resume, progress=not quiet)
+    fingerprint, metrics = train_tokenizer(
+        cat.embeddings, config, out, resume=resume, progress=not quiet, coliked=coliked
+    )
     click.echo(_final_line(metrics))
     click.echo(f"checkpoint {out} (fingerprint {fingerprint})")
 
@@ -265,6 +302,15 @@ def synth(out, items, dim, seed) -> None:
     help="Re-code known items whose embedding changed: same base code keeps the ID, else a new ID "
     "(the old one stays reserved). Without it they keep their IDs and are only reported.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process. ray: Ray Data (extra semid[ray]); reads a Parquet file or directory; same IDs.",
+)
+@click.option("--ray-address", help="--engine ray: the Ray cluster to join (default: a local Ray on this machine).")
+@click.option("--workers", type=click.IntRange(1), help="--engine ray: encoding actors (default: the cluster's CPUs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def assign(
@@ -278,27 +324,39 @@ def assign(
     batch_rows,
     wait_lock,
     recode_changed,
+    engine,
+    ray_address,
+    workers,
     as_json,
     quiet,
 ) -> None:
     """Encode a catalog, resolve collisions and write (or extend) an index; existing IDs only change
     with --recode-changed."""
-    from semid.service.assign import assign_catalog
-
     keep = tuple(c.strip() for c in keep_columns.split(",") if c.strip())
-    summary = assign_catalog(
-        checkpoint=checkpoint,
-        catalog=catalog,
-        index_dir=index_dir,
-        keep_columns=keep,
-        id_column=id_column,
-        embedding_column=embedding_column,
-        ids_path=ids,
-        batch_rows=batch_rows,
-        lock_timeout=wait_lock,
-        progress=not quiet,
-        recode_changed=recode_changed,
-    )
+    common = {
+        "checkpoint": checkpoint,
+        "catalog": catalog,
+        "index_dir": index_dir,
+        "keep_columns": keep,
+        "id_column": id_column,
+        "embedding_column": embedding_column,
+        "batch_rows": batch_rows,
+        "lock_timeout": wait_lock,
+        "progress": not quiet,
+        "recode_changed": recode_changed,
+    }
+    if engine == "ray":
+        from semid.service.assign_ray import assign_catalog_ray
+
+        if ids:
+            raise click.UsageError("--ids is for .npy catalogs; --engine ray reads Parquet")
+        summary = assign_catalog_ray(**common, workers=workers, ray_address=ray_address)
+    else:
+        from semid.service.assign import assign_catalog
+
+        if ray_address or workers:
+            raise click.UsageError("--ray-address and --workers need --engine ray")
+        summary = assign_catalog(**common, ids_path=ids)
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
