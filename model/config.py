@@ -76,6 +76,13 @@ class TrainConfig(BaseModel):
     model_config = _STRICT
 
     epochs: StrictInt = _int(60, 1, 100_000, "Training epochs.")
+    epoch_samples: StrictInt = _int(
+        100_000,
+        0,
+        1 << 30,
+        "Items per epoch: a larger catalog trains each epoch on a fresh seeded sample of this many, so the run's "
+        "cost stops growing with the catalog (0: every item every epoch).",
+    )
     batch_size: StrictInt = _int(1024, 2, 1 << 20, "Items per optimisation step.")
     lr: StrictFloat = _float(1e-3, 1e-7, 1.0, "AdamW learning rate.")
     weight_decay: StrictFloat = _float(1e-4, 0.0, 1.0, "AdamW weight decay.")
@@ -102,7 +109,10 @@ class TrainConfig(BaseModel):
     graph_soft: StrictFloat = _float(0.5, 0.0, 1.0, "Softness of the graph targets (0: hard labels).")
     graph_weight: StrictFloat = _float(1.0, 0.0, 1000.0, "Weight of the graph-target loss.")
     graph_temperature: StrictFloat = _float(0.1, 1e-4, 100.0, "Temperature of the first-level code distances.")
-    graph_max_items: StrictInt = _int(50_000, 2, 1 << 24, "Larger catalogs build the graph on a sample (O(n^2)).")
+    graph_max_items: StrictInt = _int(1_000_000, 2, 1 << 24, "Larger catalogs build the graph on a seeded sample.")
+    graph_exact_items: StrictInt = _int(
+        50_000, 0, 1 << 24, "Up to this many items the k-NN graph is exact (O(n^2)); above, approximate (IVF cells)."
+    )
     coliked_min_rating: StrictFloat = _float(4.0, -1e9, 1e9, "With --interactions: ratings >= this are likes.")
     coliked_partners: StrictInt = _int(10, 1, 1000, "With --interactions: top co-liked partners kept per item.")
     coliked_min_users: StrictInt = _int(2, 1, 1_000_000, "With --interactions: users who liked both, at least.")

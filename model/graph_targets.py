@@ -22,16 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import torch
 
 from semid.model.kmeans import kmeans, nearest
+from semid.model.knn import EXACT_MAX_ITEMS, knn_graph
 
 if TYPE_CHECKING:
     from semid.model.coliked import ColikedGraph
-
-_SEARCH_CHUNK = 16384
 
 
 @dataclass(frozen=True)
@@ -59,21 +57,6 @@ class GraphTargets:
             nbr = self.labels[self.neighbours[pos]]
             out.scatter_add_(1, nbr, torch.full(nbr.shape, mix / nbr.shape[1]))
         return out
-
-
-def knn_graph(x: np.ndarray, k: int) -> np.ndarray:
-    """int64 ``[n, k]``: exact k nearest neighbours by cosine similarity, the item itself excluded."""
-    unit = np.ascontiguousarray(x, dtype=np.float32)
-    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    index = faiss.IndexFlatIP(unit.shape[1])
-    index.add(unit)
-    k_eff = min(k, unit.shape[0] - 1)
-    out = np.empty((unit.shape[0], k_eff), dtype=np.int64)
-    for start in range(0, unit.shape[0], _SEARCH_CHUNK):
-        _, found = index.search(unit[start : start + _SEARCH_CHUNK], k_eff + 1)
-        rows = np.arange(start, start + found.shape[0])
-        out[start : start + found.shape[0]] = _drop_self(found, rows, k_eff)
-    return out
 
 
 def refine_labels(
@@ -127,12 +110,14 @@ def build_targets(
     kmeans_iters: int,
     kmeans_sample: int,
     max_items: int | None = None,
+    exact_max_items: int = EXACT_MAX_ITEMS,
     coliked: ColikedGraph | None = None,
 ) -> GraphTargets:
     """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph.
 
-    The exact k-NN search costs O(n^2 d); above ``max_items`` rows the graph is built on a
-    seeded sample of that many rows (the encoder generalises to the others). With ``coliked``, the
+    The k-NN graph is exact up to ``exact_max_items`` rows and approximate above (IVF cells,
+    semid.model.knn); above ``max_items`` rows it is built on a seeded sample of that many rows
+    (the encoder generalises to the others). With ``coliked``, the
     items' co-liked partners vote beside their content neighbours (semid.model.coliked); the soft
     targets keep the content neighbours only.
     """
@@ -144,7 +129,7 @@ def build_targets(
     data = x.detach()[rows].to(torch.float32)
     centroids = kmeans(data, codebook_size, iters=kmeans_iters, seed=seed, sample=kmeans_sample)
     start = nearest(data, centroids)[0].numpy()
-    graph = knn_graph(data.numpy(), neighbours)
+    graph = knn_graph(data.numpy(), neighbours, exact_max_items=exact_max_items, seed=seed)
     votes, weights = (graph, None) if coliked is None else coliked.blend(graph, rows.numpy())
     labels = refine_labels(start, votes, codebook_size, balance=balance, sweeps=sweeps, seed=seed, weights=weights)
     position = torch.full((n,), -1, dtype=torch.long)
@@ -152,13 +137,3 @@ def build_targets(
     return GraphTargets(
         rows=rows, labels=torch.from_numpy(labels), neighbours=torch.from_numpy(graph), position=position
     )
-
-
-def _drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
-    """Each row's hits without the row itself (or without the last hit when the item is not
-    among them, e.g. exact duplicates ranked first)."""
-    is_self = found == rows[:, None]
-    keep = ~is_self
-    no_self = ~is_self.any(axis=1)
-    keep[no_self, -1] = False
-    return found[keep].reshape(found.shape[0], k)

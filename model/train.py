@@ -40,6 +40,14 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def epoch_items(n: int, epoch_samples: int) -> int:
+    """Items one epoch trains on: the whole catalog, or ``epoch_samples`` of it when larger (0: no cap).
+
+    An epoch budget in samples rather than passes keeps a 1M-item run as long as a 100k one, and
+    leaves every schedule counted in epochs (warm-ups, dead-code resets) as tuned."""
+    return min(n, epoch_samples) if epoch_samples else n
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -124,8 +132,9 @@ def fit_rqvae(
     torch.manual_seed(t.seed)
     x = torch.from_numpy(embeddings)
     n = x.shape[0]
-    batch = min(t.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
+    per_epoch = epoch_items(n, t.epoch_samples)
+    batch = min(t.batch_size, per_epoch)
+    steps_per_epoch = math.ceil(per_epoch / batch)
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = t.warmup_epochs * steps_per_epoch
     params = [p for p in tokenizer.parameters() if p.requires_grad]
@@ -152,7 +161,7 @@ def fit_rqvae(
         sums = {"loss": 0.0, "recon_loss": 0.0, "commit_loss": 0.0, "codebook_loss": 0.0}
         if targets is not None:
             sums["graph_loss"] = 0.0
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen)[:per_epoch]  # the whole catalog unless it exceeds the budget
         recent: list[list[torch.Tensor]] = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False)
         for i in bar:
@@ -249,6 +258,7 @@ def _graph_targets(
         kmeans_iters=min(t.kmeans_iters, 10),  # a start for the refinement: more iterations change nothing
         kmeans_sample=t.kmeans_sample,
         max_items=t.graph_max_items,
+        exact_max_items=t.graph_exact_items,
         coliked=coliked,
     )
     log.info("graph targets for level 1 built in %.1f s", time.perf_counter() - start)

@@ -1,0 +1,86 @@
+"""The k-NN graph: exact below the threshold, IVF cells above, checked against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semid.model.graph_targets import build_targets
+from semid.model.knn import cell_centroids, clustered_knn, exact_knn, knn_graph, recall, unit_rows
+from semid.model.synthetic import synthetic_catalog
+
+
+def brute_force(x: np.ndarray, k: int) -> np.ndarray:
+    unit = unit_rows(x)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1)[:, :k]
+
+
+@pytest.fixture(scope="module")
+def clustered() -> np.ndarray:
+    return synthetic_catalog(items=3000, dim=24, categories=6, subcategories=4, exact_duplicates=0, seed=3).embeddings
+
+
+def test_below_the_threshold_the_graph_is_the_exact_one(clustered):
+    x = clustered[:500]
+    assert np.array_equal(knn_graph(x, 5, exact_max_items=500), exact_knn(unit_rows(x), 5))
+    assert recall(exact_knn(unit_rows(x), 5), brute_force(x, 5)) > 0.99  # ties aside
+
+
+def test_above_the_threshold_the_graph_is_approximate_close_and_never_the_item_itself(clustered):
+    graph = knn_graph(clustered, 10, exact_max_items=1000, seed=0)
+    truth = brute_force(clustered, 10)
+    assert graph.shape == (3000, 10) and graph.dtype == np.int64
+    assert not (graph == np.arange(3000)[:, None]).any()
+    assert not np.array_equal(graph, exact_knn(unit_rows(clustered), 10))  # the approximate path ran
+    assert recall(graph, truth) > 0.9
+    assert recall(graph, truth) < recall(clustered_knn(unit_rows(clustered), 10, seed=0, probes=20), truth) + 1e-9
+
+
+def test_probing_every_cell_is_an_exact_search():
+    x = np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32)  # no ties
+    cells = 7
+    every = clustered_knn(unit_rows(x), 5, seed=0, probes=cells, cells=cells)
+    assert np.array_equal(np.sort(every, axis=1), np.sort(brute_force(x, 5), axis=1))
+
+
+def test_the_approximate_graph_is_a_function_of_the_data_and_the_seed(clustered):
+    a = knn_graph(clustered, 10, exact_max_items=0, seed=5)
+    assert np.array_equal(a, knn_graph(clustered, 10, exact_max_items=0, seed=5))
+    b = knn_graph(clustered, 10, exact_max_items=0, seed=6)
+    assert recall(a, b) > 0.8  # another partition, much the same neighbours
+
+
+def test_tiny_catalogs_and_exact_duplicates_on_the_approximate_path():
+    x = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)  # every point has two exact copies
+    graph = knn_graph(x, 2, exact_max_items=0, seed=0)
+    assert not (graph == np.arange(12)[:, None]).any()
+    assert (graph // 3 == (np.arange(12) // 3)[:, None]).all()  # its two copies
+    assert knn_graph(x[:4], 10, exact_max_items=0).shape == (4, 3)  # k capped at n - 1
+
+
+def test_cell_centroids_are_unit_and_seeded(clustered):
+    import torch
+
+    data = torch.from_numpy(unit_rows(clustered))
+    c = cell_centroids(data, 16, seed=1)
+    assert c.shape == (16, 24)
+    assert torch.allclose(c.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert torch.equal(c, cell_centroids(data, 16, seed=1))
+
+
+def test_build_targets_on_the_approximate_graph_keep_the_neighbour_share(clustered):
+    import torch
+
+    x = torch.nn.functional.normalize(torch.from_numpy(clustered), dim=1)
+    common = dict(neighbours=10, balance=1.0, sweeps=4, seed=0, kmeans_iters=5, kmeans_sample=65536)
+    exact = build_targets(x, 16, **common)
+    approx = build_targets(x, 16, exact_max_items=100, **common)
+    truth = exact.neighbours.numpy()
+
+    def share(labels: torch.Tensor) -> float:
+        lab = labels.numpy()
+        return float((lab[truth] == lab[:, None]).mean())
+
+    assert abs(share(approx.labels) - share(exact.labels)) < 0.05  # measured on the exact graph for both
