@@ -14,6 +14,11 @@ it ends the test history). The next item is decoded by beam search constrained b
 without the trie measures how often the generator invents IDs no item has. In the same run: a SASRec-style
 item-id model (same transformer and budget, softmax over the catalog) and a popularity ranking.
 Writes OUT/generative_retrieval.{json,md}.
+
+With ``--holdout-share S`` every tokenizer is fitted on the same seeded 1-S of the items
+(``semid.service.evaluation.holdout.split_rows``, as ``semid evaluate --holdout-share``) and encodes all of
+them; the report adds the users whose test item is one the tokenizers never saw (new items), and is written to
+OUT/generative_retrieval_holdout.{json,md}.
 """
 
 from __future__ import annotations
@@ -53,11 +58,14 @@ from benchmarks.genrec_model import (  # noqa: E402
     train,
 )
 from semid.model.catalog import read_catalog  # noqa: E402
+from semid.service.evaluation.holdout import split_rows  # noqa: E402
 from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
 # benchmark name -> compare_tokenizers key (None: random codes)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
+    "semid-rqvae-anchors": "semid-rqvae-anchors",
+    "semid-rqvae-plain": "semid-rqvae-plain",
     "semid-rqkmeans": "semid-rqkmeans",
     "faiss-rq": "faiss-rq",
     "semantic-id": "sid-rqkmeans",
@@ -83,13 +91,16 @@ class Settings:
 # ---------------------------------------------------------------------------------------------- IDs
 
 
-def fit_ids(name: str, raw: np.ndarray, x: np.ndarray, item_ids: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
-    """Unique [N, LEVELS + 1] IDs of one tokenizer and facts about them."""
+def fit_ids(
+    name: str, raw: np.ndarray, x: np.ndarray, item_ids: np.ndarray, seed: int, fit: np.ndarray | None = None
+) -> tuple[np.ndarray, dict]:
+    """Unique [N, LEVELS + 1] IDs of one tokenizer and facts about them; the tokenizer is fitted on the rows
+    ``fit`` (default: the whole catalog) and encodes every item."""
     source = SOURCES[name]
     if source is None:
         fitted = Fitted(random_codes(len(raw), LEVELS, CODEBOOK, seed), 0.0, 0.0, None, {"codes": "uniform random"})
     else:
-        fitted = TOKENIZERS[source][1](raw, x, seed, np.arange(len(raw)))  # fit on the whole catalog
+        fitted = TOKENIZERS[source][1](raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     codes = fitted.codes
     if fitted.reconstruction is not None:
         distances = np.linalg.norm(x - fitted.reconstruction.astype(np.float32), axis=1)
@@ -282,6 +293,18 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
     return table
 
 
+def held_out_figures(table: list[dict], split: Split, held: np.ndarray, seed: int) -> tuple[int, list[dict]]:
+    """Test figures of the users whose test item is one the tokenizers never saw (``--holdout-share``), and
+    the paired differences of each semid row against the others on those users."""
+    users = np.flatnonzero(np.isin(split.target("test"), held))
+    for row in table:
+        values = row.get("_test_values")
+        if values is not None:
+            row["test_heldout"] = {m: bootstrap(v[users], seed) for m, v in values.items()}
+            row["_test_heldout_values"] = {m: v[users] for m, v in values.items()}
+    return int(users.shape[0]), comparisons(table, "test_heldout", seed)
+
+
 def _mean_values(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]}
 
@@ -303,15 +326,15 @@ def _ci(m: dict) -> str:
     return f"{m['mean']:.4f} [{m['lo']:.4f}, {m['hi']:.4f}]"
 
 
-def markdown(data: dict, table: list[dict]) -> str:
-    part = "test"
+def results_table(table: list[dict], part: str) -> list[str]:
+    """The markdown table of every generator's figures on one part (test, test_heldout, ...)."""
     head = (
         "| generator | IDs | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | invalid IDs unconstrained (top-1) | "
         "Recall@10 unconstrained | decode ms/user | train s |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in table:
-        if r["status"] != "ok":
+        if r["status"] != "ok" or part not in r:
             lines.append(f"| {r['generator']} | {r['status']}: {r.get('error', '')} |" + " |" * 8)
             continue
         m = r[part]
@@ -328,9 +351,39 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"{_ci(m['ndcg@10'])} | {invalid} | {free} | {m.get('decode_ms_per_user', '-')} | "
             f"{r.get('train_s') if r.get('train_s') is not None else '-'} |"
         )
-    diffs = [
-        f"| {c['semid']} | {c['other']} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} |" for c in data["comparisons"]
+    return lines
+
+
+def difference_table(comparisons: list[dict]) -> list[str]:
+    return [
+        "| semid | other | Recall@10 difference | NDCG@10 difference |",
+        "|---|---|---|---|",
+        *(f"| {c['semid']} | {c['other']} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} |" for c in comparisons),
     ]
+
+
+def held_out_section(data: dict, table: list[dict]) -> list[str]:
+    h = data.get("holdout")
+    if not h:
+        return []
+    return [
+        "",
+        f"## Test users whose test item the tokenizers never saw ({h['users']} users)",
+        "",
+        f"Every tokenizer was fitted on the same seeded {h['fit_items']} items (`split_rows(n, {h['share']}, "
+        f"seed={h['seed']})`) and encoded all {data['items']} items; the generators are the same as above. "
+        "These users' figures (95 % bootstrap intervals over them):",
+        "",
+        *results_table(table, "test_heldout"),
+        "",
+        "Paired differences on these users:",
+        "",
+        *difference_table(h["comparisons"]),
+    ]
+
+
+def markdown(data: dict, table: list[dict]) -> str:
+    lines = results_table(table, "test")
     d = data["data"]
     b = data["budget"]
     s = data["settings"]
@@ -367,23 +420,20 @@ def markdown(data: dict, table: list[dict]) -> str:
             "",
             "## semid against each other row (paired bootstrap over the same users, test)",
             "",
-            "| semid | other | Recall@10 difference | NDCG@10 difference |",
-            "|---|---|---|---|",
-            *diffs,
+            *difference_table(data["comparisons"]),
+            *held_out_section(data, table),
         ]
     )
 
 
-def write(out: Path, data: dict, table: list[dict]) -> Path:
+def write(out: Path, data: dict, table: list[dict], name: str = "generative_retrieval") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     payload = {"command": command(), "machine": machine(), **data}
     payload["rows"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in table]
-    (out / "generative_retrieval.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    header = (
-        f"# generative_retrieval\n\nCommand: `{payload['command']}`\n\nMachine: {json.dumps(payload['machine'])}\n\n"
-    )
-    (out / "generative_retrieval.md").write_text(header + markdown(data, table) + "\n")
-    return out / "generative_retrieval.md"
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    header = f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {json.dumps(payload['machine'])}\n\n"
+    (out / f"{name}.md").write_text(header + markdown(data, table) + "\n")
+    return out / f"{name}.md"
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -410,6 +460,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch/faiss threads (1: on a shared machine 2 threads run far slower)"
     )
     ap.add_argument("--tiny", action="store_true", help="smoke run: 1 epoch, 40 users, history 5, 5 beams")
+    ap.add_argument(
+        "--holdout-share",
+        type=float,
+        default=None,
+        help="fit every tokenizer on a seeded 1-S of the items (new items: the rest) and also report the users "
+        "whose test item is held out; writes generative_retrieval_holdout.{json,md}",
+    )
     return ap.parse_args(argv)
 
 
@@ -446,6 +503,7 @@ def main(argv: list[str] | None = None) -> dict:
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     hist = read_histories(args.interactions, np.asarray(cat.item_ids), min_rating=s.min_rating)
     split = leave_one_out(hist, max_users=s.max_users)
+    fit, held = split_rows(len(raw), args.holdout_share, 0) if args.holdout_share else (None, None)
     windows, learn = training_windows(recent(split, s), s.history + 1)
     print(f"{len(raw)} items, {len(split.train)} users, {len(windows)} windows; budget {budget}", flush=True)
 
@@ -454,7 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in range(args.seeds):
         seed_budget = replace(budget, seed=seed)
         for name in wanted:
-            rows[name].append(_run_tokenizer(name, raw, x, np.asarray(cat.item_ids), split, seed_budget, s, parts))
+            ids = np.asarray(cat.item_ids)
+            rows[name].append(_run_tokenizer(name, raw, x, ids, split, seed_budget, s, parts, fit))
             gc.collect()
         item_run = run_items(split, len(raw), seed_budget, s, parts)
         rows[ITEM_BASELINE].append({"status": "ok", **item_run})
@@ -477,15 +536,21 @@ def main(argv: list[str] | None = None) -> dict:
         "run_s": round(time.perf_counter() - started, 1),
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
-    path = write(Path(args.out), data, table)
+    name = "generative_retrieval"
+    if held is not None:
+        users, held_comparisons = held_out_figures(table, split, held, seed=0)
+        data["holdout"] = {"share": args.holdout_share, "seed": 0, "fit_items": int(fit.shape[0]), "users": users}
+        data["holdout"]["comparisons"] = held_comparisons
+        name += "_holdout"
+    path = write(Path(args.out), data, table, name)
     print(path.read_text())
     return {"data": data, "table": table, "rows": rows, "split": split}
 
 
-def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts) -> dict:
+def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None) -> dict:
     print(f"[{name}] seed {budget.seed}: fitting IDs (load {os.getloadavg()[0]:.2f})", flush=True)
     try:
-        sids, info = fit_ids(name, raw, x, item_ids, budget.seed)
+        sids, info = fit_ids(name, raw, x, item_ids, budget.seed, fit)
     except ImportError as err:
         return {"status": "not installed", "error": f"{type(err).__name__}: {err}"}
     except Exception as err:  # one failing tokenizer must not lose the others' figures

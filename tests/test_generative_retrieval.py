@@ -161,3 +161,36 @@ def test_tiny_run_emits_only_real_items_and_writes_results(tiny_run):
     assert saved["tiny"] is True and saved["machine"]["cpus"] >= 1
     md = (out / "generative_retrieval.md").read_text()
     assert "| faiss-rq |" in md and "Recall@10" in md
+
+
+def test_holdout_run_fits_on_the_split_and_reports_the_held_out_users(tiny_data):
+    root, _ = tiny_data
+    out = root / "out_holdout"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "ratings.csv")]
+    argv += ["--out", str(out), "--tokenizers", "faiss-rq", "--tiny", "--threads", "1", "--holdout-share", "0.1"]
+    result = gr.main(argv)
+    fit, held = gr.split_rows(ITEMS, 0.1, 0)  # 270 items: >= 256 codes
+    split = result["split"]
+    users = np.isin(split.target("test"), held)
+    assert result["data"]["holdout"]["users"] == int(users.sum()) > 0
+    assert result["data"]["holdout"]["fit_items"] == fit.shape[0]
+    table = {r["generator"]: r for r in result["table"]}
+    for row in table.values():
+        # the held-out users' recall is the mean of exactly their per-user values
+        whole = row["_test_values"]["recall@10"]
+        assert row["test_heldout"]["recall@10"]["mean"] == pytest.approx(whole[users].mean(), abs=1e-4)
+    # the tokenizer saw only the training rows: refitting on them gives the same IDs
+    sids, _ = gr.fit_ids("faiss-rq", *_catalog_arrays(root), 0, fit)
+    np.testing.assert_array_equal(result["rows"]["faiss-rq"][0]["sids"], sids)
+    assert not (out / "generative_retrieval.json").exists()
+    md = (out / "generative_retrieval_holdout.md").read_text()
+    assert "never saw" in md and "| faiss-rq |" in md
+
+
+def _catalog_arrays(root):
+    from semid.model.catalog import read_catalog
+
+    cat = read_catalog(root / "items.parquet")
+    raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
+    x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+    return raw, x, np.asarray(cat.item_ids)
