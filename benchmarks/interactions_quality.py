@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--holdout-share", type=float, default=0.2, help="items held out in part 2")
     ap.add_argument("--no-holdout", action="store_true", help="skip part 2")
     ap.add_argument("--no-peer", action="store_true", help="skip semantic-id RQKMeans")
+    ap.add_argument("--no-default", action="store_true", help="skip the defaults row of part 1 (tuning runs)")
     ap.add_argument("--weights", default="1.0", help="comma-separated train.coliked_weight values")
     ap.add_argument("--partners", type=int, help="train.coliked_partners (default: the config default)")
     ap.add_argument("--epochs", type=int, help="override train.epochs (smoke runs)")
@@ -148,7 +149,8 @@ def main() -> None:
             print({k: row.get(k) for k in SHOWN}, flush=True)
 
         print(f"part 1: {n} items, all trained; interactions {user_counts}", flush=True)
-        part1("semid rqvae (defaults)", *fit_semid(raw, all_rows, base))
+        if not args.no_default:
+            part1("semid rqvae (defaults)", *fit_semid(raw, all_rows, base))
         for w in weights:
             cfg = base.with_overrides("train", coliked_weight=w)
             coliked = read_coliked(train_path, cat.item_ids, cfg.train)  # as `semid train --interactions` does

@@ -256,6 +256,7 @@ def inspect(checkpoint, as_json) -> None:
                     "final": final,
                     "items": ck.metrics.get("items"),
                     "train_seconds": ck.metrics.get("train_seconds"),
+                    "interactions": ck.metrics.get("interactions"),
                 },
                 indent=2,
             )
@@ -271,6 +272,10 @@ def inspect(checkpoint, as_json) -> None:
     click.echo(f"  items = {ck.metrics.get('items')}, train_seconds = {ck.metrics.get('train_seconds')}")
     for key, value in final.items():
         click.echo(f"  {key} = {value}")
+    if ck.metrics.get("interactions"):  # what `semid train --interactions` blended in
+        click.echo("[interactions]")
+        for key, value in ck.metrics["interactions"].items():
+            click.echo(f"  {key} = {value}")
 
 
 @main.command()

@@ -239,6 +239,8 @@ def test_cli_train_with_interactions_records_them_in_the_checkpoint(tmp_path, pl
     assert record["file"] == "ratings.csv" and record["sha256"] == hashlib.sha256(ratings.read_bytes()).hexdigest()
     assert record["unknown_items"] == 1 and record["likes"] == 1801 and record["users"] == 300
     assert record["settings"]["coliked_weight"] == 1.5 and ck.config.train.coliked_weight == 1.5
+    shown = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)
+    assert shown["interactions"] == record
     plain = tmp_path / "plain"
     result = CliRunner().invoke(
         main, [str(a) for a in ["train", "--catalog", catalog, "--config", cfg, "--out", plain]]
