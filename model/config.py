@@ -113,6 +113,13 @@ class TrainConfig(BaseModel):
     graph_exact_items: StrictInt = _int(
         50_000, 0, 1 << 24, "Up to this many items the k-NN graph is exact (O(n^2)); above, approximate (IVF cells)."
     )
+    graph_min_gain: StrictFloat = _float(
+        0.03,
+        0.0,
+        1.0,
+        "Graph targets are used only if refining k-means' labels on the k-NN graph raises the share of neighbours "
+        "sharing a label by this much (0: always; semid.model.adaptive).",
+    )
     coliked_min_rating: StrictFloat = _float(4.0, -1e9, 1e9, "With --interactions: ratings >= this are likes.")
     coliked_partners: StrictInt = _int(10, 1, 1000, "With --interactions: top co-liked partners kept per item.")
     coliked_min_users: StrictInt = _int(2, 1, 1_000_000, "With --interactions: users who liked both, at least.")

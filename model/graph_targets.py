@@ -40,6 +40,7 @@ class GraphTargets:
     labels: torch.Tensor  # long [m]: refined first-level label of each of them
     neighbours: torch.Tensor  # long [m, k]: positions (in ``rows``) of each one's k nearest neighbours
     position: torch.Tensor  # long [n]: position of every training row in ``rows``, -1 if not in the graph
+    start: torch.Tensor | None = None  # long [m]: the k-means labels the refinement started from
 
     def label_of(self, rows: torch.Tensor) -> torch.Tensor:
         """Label of each training row, -1 for rows outside the graph."""
@@ -135,5 +136,9 @@ def build_targets(
     position = torch.full((n,), -1, dtype=torch.long)
     position[rows] = torch.arange(rows.shape[0])
     return GraphTargets(
-        rows=rows, labels=torch.from_numpy(labels), neighbours=torch.from_numpy(graph), position=position
+        rows=rows,
+        labels=torch.from_numpy(labels),
+        neighbours=torch.from_numpy(graph),
+        position=position,
+        start=torch.from_numpy(start),
     )

@@ -87,6 +87,7 @@ def train_tokenizer(
         "final": final,
         "epochs": history,
         "interactions": coliked.record if coliked is not None else None,
+        "graph_targets": state.graph_decision,  # the catalog's measurement and decision (semid.model.adaptive)
     }
     fingerprint = save_checkpoint(out, tokenizer, config, metrics)
     clear_resume_state(out)

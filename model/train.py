@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from semid.model.adaptive import decide_graph_targets
 from semid.model.coliked import ColikedGraph
 from semid.model.config import SemidConfig
 from semid.model.graph_targets import GraphTargets, build_targets
@@ -33,6 +34,7 @@ class TrainState:
     start_epoch: int = 0
     optimizer_state: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    graph_decision: dict[str, Any] | None = None  # filled by fit_rqvae: semid.model.adaptive's record
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -146,6 +148,17 @@ def fit_rqvae(
     if coliked is not None and not t.graph_targets:
         raise ValueError("interactions are blended into the graph targets; train with graph_targets on")
     targets = _graph_targets(tokenizer, x, cfg, coliked) if t.graph_targets else None
+    if targets is not None:  # the catalog decides whether they are worth their cost (semid.model.adaptive)
+        decision = decide_graph_targets(
+            targets.start.numpy(),
+            targets.labels.numpy(),
+            targets.neighbours.numpy(),
+            min_gain=t.graph_min_gain,
+            interactions=coliked is not None,
+        )
+        state.graph_decision = decision.record()
+        log.info("graph targets %s: %s", "used" if decision.use else "not used", state.graph_decision)
+        targets = targets if decision.use else None
     history = list(state.history)
     # Per-epoch health on a fixed seeded sample (the whole set is evaluated once, at the end).
     eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed + 1))[: t.eval_sample]

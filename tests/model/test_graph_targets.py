@@ -97,7 +97,7 @@ def test_first_level_init_from_labels_uses_their_means():
 
 
 def test_training_with_graph_targets_is_deterministic_and_reproduces_them(tiny_catalog, tmp_path):
-    cfg = tiny_config(epochs=12, graph_targets=True, graph_neighbours=5, graph_balance=1.0)
+    cfg = tiny_config(epochs=12, graph_targets=True, graph_neighbours=5, graph_balance=1.0, graph_min_gain=0.0)
     train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "a")
     _, metrics = train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "b")
     x = torch.from_numpy(tiny_catalog.embeddings)
@@ -126,6 +126,8 @@ def test_large_catalogs_build_the_graph_on_a_sample():
 
 
 def test_training_with_a_sampled_graph_runs_and_uses_every_code(tiny_catalog, tmp_path):
-    cfg = tiny_config(graph_targets=True, graph_neighbours=5, graph_balance=1.0, graph_max_items=300)
+    cfg = tiny_config(
+        graph_targets=True, graph_neighbours=5, graph_balance=1.0, graph_max_items=300, graph_min_gain=0.0
+    )
     _, metrics = train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "ck")
     assert metrics["final"]["util_l1"] == 1.0
