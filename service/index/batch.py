@@ -87,7 +87,7 @@ def validate_batch(
             f"vectors must be finite, shape ({n}, {manifest.vector_dim}); got {np.shape(vectors)}",
             field="vectors",
         )
-    kept = _batch_columns(columns, manifest.keep_columns, n, state.kept)
+    kept = _batch_columns(columns, manifest.keep_columns, n, state.kept_schema)
     part = SegmentData(
         item_ids=ids,
         semantic_ids=sids,
@@ -127,7 +127,9 @@ def _batch_array(values: np.ndarray, field: str, shape: tuple[int, int]) -> np.n
     return arr.astype(np.int64)
 
 
-def _batch_columns(columns: Mapping[str, pa.Array], keep: Sequence[str], n: int, existing: pa.Table | None) -> pa.Table:
+def _batch_columns(
+    columns: Mapping[str, pa.Array], keep: Sequence[str], n: int, existing: pa.Schema | None
+) -> pa.Table:
     if set(columns) != set(keep):
         raise InvalidInputError(
             f"columns are {sorted(columns)}; this index keeps exactly {sorted(keep)}", field="columns"
@@ -143,7 +145,7 @@ def _batch_columns(columns: Mapping[str, pa.Array], keep: Sequence[str], n: int,
             else:
                 array = pa.array(column)
             if existing is not None:
-                array = array.cast(existing.schema.field(name).type)
+                array = array.cast(existing.field(name).type)
         except (pa.ArrowException, TypeError, ValueError) as exc:
             raise InvalidInputError(f"column {name!r}: {exc}", field=name) from None
         if len(array) != n:

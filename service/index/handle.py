@@ -55,10 +55,10 @@ from semid.service.index.segments import build_table, fold_into_tail, read_segme
 from semid.service.index.snapshot import IndexSnapshot
 from semid.service.index.state import IndexState
 from semid.service.index.store import TMP_PREFIX, WriterLock, copy_dir_atomically
-from semid.service.index.vectors import add_segments, load_vector_index, write_vector_index
+from semid.service.index.vector_set import VectorSet
+from semid.service.index.vectors import load_vector_index, read_segment_vectors, write_vector_index
 
 logger = logging.getLogger(__name__)
-
 
 
 class SemanticIdIndex:
@@ -130,7 +130,8 @@ class SemanticIdIndex:
             raise _write_error(root, exc, target) from exc
         logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
-        return cls(root, IndexSnapshot(manifest=manifest, state=state, vectors=vectors), lock_timeout=lock_timeout)
+        snapshot = IndexSnapshot(manifest=manifest, state=state, vectors=VectorSet.from_index(vectors))
+        return cls(root, snapshot, lock_timeout=lock_timeout)
 
     @classmethod
     def open(
@@ -327,15 +328,14 @@ class SemanticIdIndex:
             _remove_leftovers(self._path, manifest)
             name = manifest.next_segment_name()
             table, kept_segments = fold_into_tail(self._path / SEGMENTS_DIR, manifest.segments, table)
-            new_vectors = faiss.clone_index(snap.vectors)
-            new_vectors.add(vecs)
+            new_vectors = snap.vectors.extended(vecs)  # O(batch): no copy of the index's vectors
             target = f"{SEGMENTS_DIR}/{name}"
             try:
                 sha256 = write_segment(table, self._path / SEGMENTS_DIR / name)
                 faiss_info = manifest.faiss  # unchanged file when not persisted: stale, rebuilt on open
                 if persist_vectors:
                     target = FAISS_NAME
-                    faiss_info = write_vector_index(self._path, new_vectors)
+                    faiss_info = write_vector_index(self._path, new_vectors.as_index())
                 new_manifest = replace(manifest, segments=kept_segments, faiss=faiss_info).with_segment(
                     SegmentInfo(name=name, rows=table.num_rows, sha256=sha256)
                 )
@@ -379,7 +379,7 @@ class SemanticIdIndex:
             current = _read_manifest_or_raise(self._path)
             if current.segments != snap.manifest.segments:
                 return
-            manifest = replace(current, faiss=write_vector_index(self._path, snap.vectors))
+            manifest = replace(current, faiss=write_vector_index(self._path, snap.vectors.as_index()))
             write_manifest(self._path, manifest)
         except OSError as exc:
             logger.warning("index %s: rebuilt %s kept in memory only: %s", self._path, FAISS_NAME, exc)
@@ -463,24 +463,27 @@ def _load_snapshot(root: Path, manifest: Manifest, base: IndexSnapshot | None) -
         parts.append(part)
     if base is None:
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=parts)
-    else:
+        duplicates = state.duplicate_item_ids()
+        if duplicates:
+            raise CorruptIndexError(f"index {root}: item ids held by several rows without a re-code: {duplicates[:10]}")
+        dup_sids = state.duplicate_packed()
+        if dup_sids.shape[0]:
+            raise CorruptIndexError(
+                f"index {root}: semantic ids held by several items: {layout.unpack(dup_sids[:10]).tolist()}"
+            )
+    else:  # only the new segments are checked against the state they extend: O(new rows)
         state = base.state
-        for part in parts:
+        for info, part in zip(manifest.segments[known:], parts, strict=True):
+            problem = state.conflicts(part)
+            if problem is not None:
+                raise CorruptIndexError(f"index {root}: segment {info.name}: {problem}")
             state = state.extended(part)
-    duplicates = state.duplicate_item_ids()
-    if duplicates:
-        raise CorruptIndexError(f"index {root}: item ids held by several rows without a re-code: {duplicates[:10]}")
-    dup_sids = state.duplicate_packed()
-    if dup_sids.shape[0]:
-        raise CorruptIndexError(
-            f"index {root}: semantic ids held by several items: {layout.unpack(dup_sids[:10]).tolist()}"
-        )
     rebuilt = False
     if base is not None:
-        vectors = faiss.clone_index(base.vectors)
-        add_segments(vectors, root, manifest.segments[known:], vector_dim=manifest.vector_dim)
+        vectors = base.vectors
+        for info in manifest.segments[known:]:
+            vectors = vectors.extended(read_segment_vectors(root, info, vector_dim=manifest.vector_dim))
     else:
-        vectors, rebuilt = load_vector_index(root, manifest)
+        index, rebuilt = load_vector_index(root, manifest)
+        vectors = VectorSet.from_index(index)
     return IndexSnapshot(manifest=manifest, state=state, vectors=vectors), rebuilt
-
-

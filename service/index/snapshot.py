@@ -11,9 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
-import pyarrow as pa
 
 from semid.service.errors import (
     InvalidCursorError,
@@ -25,6 +23,7 @@ from semid.service.ids.dedup import BucketCounts
 from semid.service.ids.layout import IdLayout
 from semid.service.index.manifest import Manifest
 from semid.service.index.state import IndexState
+from semid.service.index.vector_set import VectorSet
 
 MAX_PAGE_LIMIT = 10_000  # the most rows one prefix page may hold
 
@@ -35,7 +34,7 @@ class IndexSnapshot:
 
     manifest: Manifest
     state: IndexState
-    vectors: faiss.Index
+    vectors: VectorSet
 
     @property
     def layout(self) -> IdLayout:
@@ -59,8 +58,7 @@ class IndexSnapshot:
     def occupancy(self) -> BucketCounts:
         """Taken ids per base bucket, from the semantic ids (fallback items count where they sit;
         ids reserved by re-coded items count too, so they are never handed out again)."""
-        state = self.state
-        return BucketCounts.from_sorted_keys(state.taken_sorted() >> self.layout.bits)
+        return self.state.occupancy()
 
     def base_code_stats(self) -> dict[str, float]:
         """How crowded the encoder's base codes are (before collision resolution).
@@ -102,7 +100,7 @@ class IndexSnapshot:
             raise IndexError(f"rows must be in 0..{state.rows - 1}")
         sids = state.semantic_ids[idx]
         tokens = self.layout.tokens(sids)
-        kept = state.kept.take(pa.array(idx)).to_pylist() if state.kept is not None else [{}] * idx.shape[0]
+        kept = state.kept_rows(idx)
         out = []
         for i, row in enumerate(idx.tolist()):
             item_id = state.item_ids[row]
@@ -144,8 +142,7 @@ class IndexSnapshot:
         return self.item(row)
 
     def prefix_count(self, prefix: Sequence[int]) -> int:
-        start, stop = self.state.sorted_bounds(*self.layout.prefix_range(prefix))
-        return stop - start
+        return self.state.count_between(*self.layout.prefix_range(prefix))
 
     def prefix_rows(
         self, prefix: Sequence[int], *, limit: int = 100, after: int | None = None
@@ -157,15 +154,15 @@ class IndexSnapshot:
             raise InvalidInputError(f"limit is {limit!r}; expected 1..{MAX_PAGE_LIMIT}", field="limit")
         state = self.state
         lo, hi = self.layout.prefix_range(codes)
-        start, stop = state.sorted_bounds(lo, hi)
-        first = start
+        first = lo
         if after is not None:
             if not lo <= after < hi:
                 raise InvalidCursorError("the cursor does not belong to this prefix")
-            first = int(np.searchsorted(state.sorted_packed, after, side="right"))
-        last = min(stop, first + int(limit))
-        more = int(state.sorted_packed[last - 1]) if last < stop else None
-        return stop - start, state.order[first:last], more
+            first = int(after) + 1
+        rows, packed = state.page_between(first, hi, int(limit))
+        left = state.count_between(first, hi)
+        more = int(packed[-1]) if left > rows.shape[0] else None
+        return state.count_between(lo, hi), rows, more
 
     def children(self, prefix: Sequence[int]) -> list[tuple[int, int]]:
         """``(code, count)`` of the next position under a prefix of length 0..L (0 = root)."""
@@ -191,13 +188,7 @@ class IndexSnapshot:
         k_eff = min(int(k), state.size)
         if k_eff == 0:
             return np.zeros((arr.shape[0], 0), dtype=np.float32), np.zeros((arr.shape[0], 0), dtype=np.int64)
-        if state.size == state.rows:
-            distances, rows = index.search(arr, k_eff)
-        else:  # skip rows retired by re-coding; the selectors must outlive the search
-            retired = faiss.IDSelectorBatch(np.flatnonzero(~state.active).astype(np.int64))
-            keep = faiss.IDSelectorNot(retired)
-            distances, rows = index.search(arr, k_eff, params=faiss.SearchParameters(sel=keep))
-        return distances, rows.astype(np.int64)
+        return index.search(arr, k_eff, state.inactive_rows())  # rows retired by re-coding are skipped
 
     def embedding_hashes(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         return self.state.embedding_hashes[np.asarray(rows, dtype=np.int64)]

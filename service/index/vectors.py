@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from semid.service.index.manifest import FAISS_NAME, SEGMENTS_DIR, Manifest, SegmentInfo, VectorsInfo
 from semid.service.index.segments import read_vectors
@@ -83,7 +84,12 @@ def load_vector_index(root: Path, manifest: Manifest) -> tuple[faiss.Index, bool
 
 def add_segments(index: faiss.Index, root: Path, segments: Sequence[SegmentInfo], *, vector_dim: int) -> None:
     for info in segments:
-        index.add(read_vectors(root / SEGMENTS_DIR / info.name, vector_dim=vector_dim, sha256=info.sha256))
+        index.add(read_segment_vectors(root, info, vector_dim=vector_dim))
+
+
+def read_segment_vectors(root: Path, info: SegmentInfo, *, vector_dim: int) -> np.ndarray:
+    """float32 ``[n, vector_dim]`` vectors of one listed segment, checked against its checksum."""
+    return read_vectors(root / SEGMENTS_DIR / info.name, vector_dim=vector_dim, sha256=info.sha256)
 
 
 def write_vector_index(root: Path, index: faiss.Index) -> VectorsInfo:
