@@ -64,7 +64,7 @@ from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 # benchmark name -> compare_tokenizers key (None: random codes)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
-    "semid-rqvae-anchors": "semid-rqvae-anchors",
+    "semid-rqvae-noanchors": "semid-rqvae-noanchors",
     "semid-rqvae-plain": "semid-rqvae-plain",
     "semid-rqkmeans": "semid-rqkmeans",
     "faiss-rq": "faiss-rq",

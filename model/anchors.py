@@ -1,9 +1,10 @@
 """First-level anchors: a k-NN vote over the trained items' first codes, stored in the checkpoint.
 
-The neighour-aware first level (graph targets) is learned on the training catalog; an item the
+The neighbour-aware first level (graph targets) is learned on the training catalog; an item the
 tokenizer never saw gets the code whose centroid is nearest its latent, which cuts about as many
 neighbour pairs apart as a plain RQ-VAE does. The anchors carry the training partition over to new
-items directly: a sample of training items is kept as (unit-length normalised input, first code)
+items directly: every training item (catalogs of at most ``first_level_anchors`` items; see
+:func:`anchor_rows` for why a sample is not kept) is kept as (unit-length normalised input, first code)
 pairs, and an input's first code is the majority code of its k nearest anchors (cosine, exact),
 each vote weighted by ``1 / anchors of its code ** balance`` (a plain majority favours large codes:
 on MovieLens it cut the held-out first-level perplexity from 210 to 168; balance 0.5 keeps 198).
@@ -94,8 +95,12 @@ class FirstLevelAnchors(nn.Module):
         return out
 
 
-def anchor_rows(n: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted rows of the training items kept as anchors: all of them, or a seeded sample of ``limit``."""
-    if n <= limit:
-        return np.arange(n)
-    return np.sort(np.random.default_rng([seed, 5]).choice(n, size=limit, replace=False))
+def anchor_rows(n: int, limit: int) -> np.ndarray:
+    """Rows of the training items kept as anchors: every one of them when there are at most ``limit``, else none.
+
+    The vote helps only when the anchors are the whole training catalog: on MovieLens (80 % split, 7,794
+    training items) all of them as anchors raised the held-out neighbour share from 0.326 to 0.421, but a
+    seeded half (4,096) gave 0.382 and cut the *trained* items' share from 0.444 to 0.424 (those outside
+    the sample are voted on too), and a quarter (2,048) gave 0.343 (trained 0.373): worse than no anchors.
+    So a larger catalog keeps none and encodes with the nearest centroid, as without anchors."""
+    return np.arange(n) if 0 < n <= limit else np.zeros(0, dtype=np.int64)

@@ -50,11 +50,12 @@ class ModelConfig(BaseModel):
     activation: Activation = Field("silu", description="MLP activation.")
     dropout: StrictFloat = _float(0.0, 0.0, 0.9, "Dropout in the MLPs.")
     first_level_anchors: StrictInt = _int(
-        0,
+        16384,
         0,
         1 << 24,
-        "RQ-VAE: training items kept in the checkpoint as first-level anchors; a new item's first code is the "
-        "majority code of its nearest anchors (0, the default: off, the nearest centroid; e.g. 16384 to turn on).",
+        "RQ-VAE: a training catalog of at most this many items is kept in the checkpoint as first-level anchors; "
+        "a new item's first code is the weighted majority code of its nearest anchors (larger catalogs keep "
+        "none: a sample votes worse than the nearest centroid; 0: off).",
     )
     anchor_neighbours: StrictInt = _int(10, 1, 1000, "k of the first-level anchors' vote.")
     anchor_balance: StrictFloat = _float(

@@ -95,8 +95,16 @@ def train_tokenizer(
 
 
 def _set_anchors(tokenizer: SemanticTokenizer, embeddings: np.ndarray, config: SemidConfig) -> None:
-    """Keep (a seeded sample of) the training items with the first codes the trained quantizer gives them."""
-    rows = torch.from_numpy(anchor_rows(embeddings.shape[0], config.model.first_level_anchors, config.train.seed))
+    """Keep every training item with the first code the trained quantizer gives it (none when the catalog has
+    more items than ``first_level_anchors``: see ``anchor_rows``)."""
+    rows = torch.from_numpy(anchor_rows(embeddings.shape[0], config.model.first_level_anchors))
+    if rows.shape[0] == 0:
+        log.info(
+            "no first-level anchors: %d training items > first_level_anchors %d (new items get the nearest centroid)",
+            embeddings.shape[0],
+            config.model.first_level_anchors,
+        )
+        return
     x = torch.from_numpy(embeddings)[rows]
     with torch.inference_mode():
         target = tokenizer.normalizer(x)

@@ -75,11 +75,30 @@ def test_empty_anchors_decide_nothing():
     assert anchors.vote(torch.ones(5, 4), torch.zeros(4, 3)).tolist() == [-1] * 5
 
 
-def test_anchor_rows_sample_is_seeded_and_capped():
-    assert np.array_equal(anchor_rows(10, 20, seed=0), np.arange(10))
-    rows = anchor_rows(1000, 100, seed=0)
-    assert rows.shape == (100,) and np.unique(rows).shape == (100,) and np.all(np.diff(rows) > 0)
-    assert np.array_equal(rows, anchor_rows(1000, 100, seed=0))
+def test_anchors_are_every_training_item_or_none():
+    assert np.array_equal(anchor_rows(10, 20), np.arange(10))
+    assert np.array_equal(anchor_rows(20, 20), np.arange(20))
+    assert anchor_rows(21, 20).shape == (0,)  # a sample votes worse than the nearest centroid: none
+    assert anchor_rows(10, 0).shape == (0,)
+
+
+def test_a_catalog_larger_than_the_limit_keeps_no_anchors_and_encodes_by_nearest_centroid(tmp_path, tiny_catalog):
+    x = tiny_catalog.embeddings
+    cfg = tiny_config().with_overrides("model", first_level_anchors=x.shape[0] - 1)
+    train_tokenizer(x, cfg, tmp_path / "big")
+    tok = load_checkpoint(tmp_path / "big").tokenizer
+    assert tok.anchors is not None and tok.anchors.size == 0
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        nearest = tok.quantizer.encode(tok.latent(xt))[0]
+    assert torch.equal(tok.encode(xt).codes, nearest)
+
+
+def test_anchors_are_on_by_default_for_a_small_catalog(tmp_path, tiny_catalog):
+    x = tiny_catalog.embeddings
+    train_tokenizer(x, tiny_config(), tmp_path / "default")
+    tok = load_checkpoint(tmp_path / "default").tokenizer
+    assert tok.anchors is not None and tok.anchors.size == x.shape[0]
 
 
 def test_checkpoint_stores_the_anchors_and_encodes_new_items_by_their_vote(tmp_path, tiny_catalog):
