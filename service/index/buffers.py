@@ -24,7 +24,7 @@ class AppendBuffer:
 
     def __init__(self, initial: np.ndarray) -> None:
         arr = np.asarray(initial)
-        capacity = max(_MIN_CAPACITY, arr.shape[0])
+        capacity = max(_MIN_CAPACITY, arr.shape[0] + arr.shape[0] // 4)  # headroom: no copy at the first writes
         self._data = np.empty((capacity, *arr.shape[1:]), dtype=arr.dtype)
         self._data[: arr.shape[0]] = arr
         self._size = arr.shape[0]
