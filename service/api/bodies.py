@@ -2,6 +2,10 @@
 
 Each decoder returns NumPy arrays and Arrow columns ready for the core; every failure is a
 :class:`~semid.service.errors.SemidError` naming the field (or FastAPI's validation error for JSON).
+
+JSON encode bodies are parsed by msgspec first (typed, strict floats, checked in C; both paths are
+timed by benchmarks/json_body_speed.py); any body it refuses goes through pydantic, so every error a
+client sees, and every body accepted, stays pydantic's.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 from fastapi import Request
@@ -24,6 +29,19 @@ from semid.service.errors import InvalidInputError
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 M = TypeVar("M", bound=BaseModel)
+
+
+class _EncodeJson(msgspec.Struct, forbid_unknown_fields=True):
+    """The fast path's view of an :class:`EncodeRequest` body. It accepts a subset of what pydantic
+    accepts (floats: JSON numbers only; no NaN/Infinity, lax booleans or the field's Python name),
+    and the item ids and flag it returns are validated by pydantic again."""
+
+    embeddings: list[list[float]]
+    item_ids: list[int | str] | None = None
+    register: bool = False
+
+
+_ENCODE_JSON = msgspec.json.Decoder(_EncodeJson)
 
 
 @dataclass
@@ -60,7 +78,7 @@ def decode_encode_body(state: ServiceState, raw: bytes, arrow: bool, register_qu
                 'the register query parameter applies to Arrow bodies; in a JSON body send "register": true',
                 field="register",
             )
-        req = parse_json(EncodeRequest, raw, json_value_cap(state))
+        req = parse_encode_json(raw, json_value_cap(state))
         check_batch(state, len(req.embeddings), "embeddings")
         ids = None if req.item_ids is None else ids_array(state, req.item_ids)
         body = EncodeBody(_as_matrix(req.embeddings, "embeddings"), ids, req.register_items)
@@ -87,6 +105,20 @@ def parse_json(model: type[M], raw: bytes, max_values: int) -> M:
         return model.model_validate_json(raw)
     except ValidationError as err:
         raise RequestValidationError(err.errors(include_url=False), body=None) from err
+
+
+def parse_encode_json(raw: bytes, max_values: int) -> EncodeRequest:
+    """An encode body, bounded before parsing, parsed by msgspec; pydantic parses whatever msgspec
+    refuses (or whose ids or flag pydantic refuses), so its errors are the ones raised."""
+    check_json_size(raw, max_values=max_values)
+    try:
+        fast = _ENCODE_JSON.decode(raw)
+        head = EncodeRequest.model_validate({"embeddings": [], "item_ids": fast.item_ids, "register": fast.register})
+    except (msgspec.DecodeError, ValidationError):
+        return parse_json(EncodeRequest, raw, max_values)
+    return EncodeRequest.model_construct(
+        embeddings=fast.embeddings, item_ids=head.item_ids, register_items=head.register_items
+    )
 
 
 def ids_array(state: ServiceState, ids: list[Any], field: str = "item_ids") -> np.ndarray:
