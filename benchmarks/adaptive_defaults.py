@@ -47,7 +47,9 @@ from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.rqvae import build_tokenizer  # noqa: E402
 from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.train import _graph_targets  # noqa: E402  (the training's own graph build)
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
 
 PARTS = RESULTS / "adaptive_defaults"
@@ -197,6 +199,38 @@ def run(args: argparse.Namespace) -> None:
     print(f"written {path}")
 
 
+def measure(args: argparse.Namespace) -> None:
+    """The adaptive default's decision on whole catalogs, without training: the same graph build and rule
+    as ``semid train`` (seed 0), for catalogs too large to train three times on this machine."""
+    from semid.model.adaptive import decide_graph_targets
+
+    torch.set_num_threads(1)
+    path = PARTS / "decisions.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    cfg = SemidConfig()
+    for name in args.catalogs:
+        load_embeddings, source = CATALOGS[name]
+        x = torch.from_numpy(np.ascontiguousarray(load_embeddings(), dtype=np.float32))
+        tok = build_tokenizer(cfg.model.model_copy(update={"input_dim": x.shape[1]}), cfg.train)
+        start, load = time.perf_counter(), [round(v, 2) for v in os.getloadavg()]
+        targets = _graph_targets(tok, x, cfg)
+        decision = decide_graph_targets(
+            targets.start.numpy(), targets.labels.numpy(), targets.neighbours.numpy(), min_gain=cfg.train.graph_min_gain
+        )
+        done[name] = {
+            "source": source,
+            "items": int(x.shape[0]),
+            **decision.record(),
+            "seconds": round(time.perf_counter() - start, 1),
+            "load_avg_before": load,
+            "command": command(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        }
+        print(name, json.dumps(done[name]), flush=True)
+        PARTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(done, indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------------------------ report
 
 
@@ -259,7 +293,9 @@ def _cell(stat: dict[str, Any] | None) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    parts = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))]
+    parts = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json")) if p.stem != "decisions"]
+    decisions_path = PARTS / "decisions.json"
+    measured = json.loads(decisions_path.read_text()) if decisions_path.is_file() else {}
     order = list(CATALOGS)
     parts.sort(key=lambda p: order.index(p["catalog"]) if p["catalog"] in order else len(order))
     md = [
@@ -294,6 +330,19 @@ def report(args: argparse.Namespace) -> None:
         "vs the graph-refined labels, on the items of the graph (a 50k sample above 50k items), seed 0, whole "
         "catalog. Graph targets are used when the gain is >= 0.03.",
     ]
+    if measured:
+        md += [
+            "",
+            "### Decision only (`adaptive_defaults.py measure`: the graph build and rule of `semid train`, untrained)",
+            "",
+            "| catalog | items | agreement k-means | agreement refined | gain | graph targets | seconds | load avg |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, d in sorted(measured.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
+            md.append(
+                f"| {name} | {d['items']} | {d['kmeans_agreement']:.3f} | {d['graph_agreement']:.3f} | "
+                f"{d['gain']:+.3f} | {'on' if d['use'] else 'off'} | {d['seconds']} | {d['load_avg_before']} |"
+            )
     for split, keys, title in (("full", FULL, "Trained on the whole catalog"), ("holdout", HELD, "Held-out items")):
         md += ["", f"## {title}", "", "| catalog | variant | " + " | ".join(keys) + " |"]
         md.append("|---|---|" + "---|" * len(keys))
@@ -326,7 +375,7 @@ def report(args: argparse.Namespace) -> None:
             f"- {p['catalog']}: `{p['command']}`, {p['started']} to {p['finished']}, load {p['load_avg_start']}"
             f" -> {p['load_avg_end']}; source `{p['source']}`"
         )
-    data = {"parts": parts, "summaries": summaries, "verdicts": verdicts}
+    data = {"parts": parts, "decisions_only": measured, "summaries": summaries, "verdicts": verdicts}
     path = write_results(args.name, data, "\n".join(md))
     print(path.read_text())
 
@@ -339,10 +388,12 @@ def main() -> None:
     r.add_argument("--seeds", default="0", type=lambda s: [int(v) for v in s.split(",")])
     r.add_argument("--no-holdout", action="store_true", help="whole-catalog figures only")
     r.add_argument("--epochs", type=int, help="fewer epochs for smoke runs (default: the config's)")
+    m = sub.add_parser("measure", help="the decision only (no training) on whole catalogs")
+    m.add_argument("catalogs", nargs="+", choices=sorted(CATALOGS))
     rep = sub.add_parser("report", help="gather the runs into adaptive_defaults.{md,json}")
     rep.add_argument("--name", default="adaptive_defaults")
     args = ap.parse_args()
-    run(args) if args.what == "run" else report(args)
+    {"run": run, "measure": measure, "report": report}[args.what](args)
 
 
 if __name__ == "__main__":
