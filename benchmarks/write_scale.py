@@ -187,7 +187,8 @@ def run_size(args: argparse.Namespace, items: int, tmp: Path) -> dict:
     headers = {**HEADERS, "x-api-key": api_key}
     bodies = Bodies(args.dim, seed=args.seed * 1000 + items % 997)
     latency_bodies = bodies.make(args.warmup + args.requests, 4)
-    per_writer = int(args.sustain_s * 400 / args.sustain_batch) + 50
+    # enough bodies for 1,000 items/s per writer thread; running out early still gives items / wall seconds
+    per_writer = int(args.sustain_s * 1000 / args.sustain_batch) + 20
     streams = [bodies.make(per_writer, args.sustain_batch) for _ in range(args.writers)]
     ready_s = server.start()
     try:
@@ -233,7 +234,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--writers", type=int, default=4, help="concurrent writer threads in the sustained phase")
     ap.add_argument("--sustain-batch", type=int, default=100, help="items per request in the sustained phase")
-    ap.add_argument("--sustain-s", type=float, default=30.0)
+    ap.add_argument("--sustain-s", type=float, default=20.0)
     ap.add_argument("--server-threads", type=int, default=1, help="semid serve --workers-threads")
     ap.add_argument("--cache", default="/tmp/semid-write-scale", help="where built indexes are cached")
     args = ap.parse_args()
