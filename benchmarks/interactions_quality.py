@@ -2,6 +2,7 @@
 
     python benchmarks/interactions_quality.py                      # MovieLens small, name "interactions_quality"
     python benchmarks/interactions_quality.py --weights 0.5,1,2 --no-holdout --name interactions_weights
+    python benchmarks/interactions_quality.py --seed-noise --jobs 3   # the recorded run: fits in 3 processes
 
 The co-liked lift is never measured on the pairs the tokenizer was trained on: a seeded share of the
 users (``--user-share``, default 0.2) is held out; the tokenizer is trained with the other users'
@@ -25,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +107,9 @@ def main() -> None:
     ap.add_argument("--no-holdout", action="store_true", help="skip part 2")
     ap.add_argument("--no-peer", action="store_true", help="skip semantic-id RQKMeans")
     ap.add_argument("--no-default", action="store_true", help="skip the defaults row of part 1 (tuning runs)")
-    ap.add_argument("--weights", default="1.0", help="comma-separated train.coliked_weight values")
+    ap.add_argument("--seed-noise", action="store_true", help="part 1: the defaults again with train.seed + 1")
+    ap.add_argument("--weights", help="comma-separated train.coliked_weight values (default: the config default)")
+    ap.add_argument("--jobs", type=int, default=1, help="semid fits run at once (separate processes)")
     ap.add_argument("--partners", type=int, help="train.coliked_partners (default: the config default)")
     ap.add_argument("--epochs", type=int, help="override train.epochs (smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
@@ -127,7 +131,7 @@ def main() -> None:
     if args.partners:
         train_cfg["coliked_partners"] = args.partners
     base = SemidConfig.from_dict({"train": train_cfg})
-    weights = [float(w) for w in args.weights.split(",")]
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [base.train.coliked_weight]
     rows: list[dict[str, Any]] = []
     held_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,40 +147,51 @@ def main() -> None:
             lonely_fig = subset_figures(x, fitted.codes, lonely, (CODEBOOK,) * LEVELS, k=args.k, sample=args.sample)
             row = {"run": label, **out, "coliked_lift_d1_seen": lift(fitted.codes, seen)}
             row["nn_share_d1_no_partners"] = lonely_fig["summary"]["nn_share_d1"]
-            row["load_avg"] = [round(v, 2) for v in os.getloadavg()]
             row["settings"], row["interactions"] = fitted.settings, record
             rows.append(row)
             print({k: row.get(k) for k in SHOWN}, flush=True)
 
-        print(f"part 1: {n} items, all trained; interactions {user_counts}", flush=True)
+        fit, held = split_rows(n, args.holdout_share, args.seed)
+        jobs: list[tuple[int, str, np.ndarray, SemidConfig, Any]] = []  # (part, label, rows to fit, config, graph)
         if not args.no_default:
-            part1("semid rqvae (defaults)", *fit_semid(raw, all_rows, base))
+            jobs.append((1, "semid rqvae (defaults)", all_rows, base, None))
+        if args.seed_noise:  # how much the content figures move with the training seed alone
+            other = base.with_overrides("train", seed=args.seed + 1)
+            jobs.append((1, f"semid rqvae (defaults, train seed {args.seed + 1})", all_rows, other, None))
         for w in weights:
             cfg = base.with_overrides("train", coliked_weight=w)
             coliked = read_coliked(train_path, cat.item_ids, cfg.train)  # as `semid train --interactions` does
-            part1(f"semid rqvae + interactions (weight {w:g})", *fit_semid(raw, all_rows, cfg, coliked))
-        if not args.no_peer:
-            try:
-                part1("semantic-id RQKMeans", _sid_rqkmeans("kmeans")(raw, x, args.seed, all_rows), None)
-            except ImportError as err:
-                print(f"semantic-id not installed: {err}", flush=True)
+            jobs.append((1, f"semid rqvae + interactions (weight {w:g})", all_rows, cfg, coliked))
         if not args.no_holdout:
-            fit, held = split_rows(n, args.holdout_share, args.seed)
-            touches_held = np.isin(measure.a, held) | np.isin(measure.b, held)
-            print(f"part 2: {fit.shape[0]} trained items, {held.shape[0]} held out", flush=True)
-            runs = [("semid rqvae (defaults)", base, None)]
+            jobs.append((2, "semid rqvae (defaults)", fit, base, None))
             cfg = base.with_overrides("train", coliked_weight=weights[0])
-            sub_graph = read_coliked(train_path, cat.item_ids[fit], cfg.train)
-            runs.append((f"semid rqvae + interactions (weight {weights[0]:g})", cfg, sub_graph))
-            for label, cfg, coliked in runs:
-                fitted, record = fit_semid(raw, fit, cfg, coliked)
-                out = holdout_figures(x, fitted, fit, held, args.k, args.sample, args.seed)["row"]
-                row = {"run": label, **out, "coliked_lift_d1": lift(fitted.codes, measure)}
-                row["coliked_lift_d1_heldout_pairs"] = lift(fitted.codes, measure, touches_held)
-                row["load_avg"] = [round(v, 2) for v in os.getloadavg()]
-                row["interactions"] = record
-                held_rows.append(row)
-                print({k: row.get(k) for k in HELD_SHOWN}, flush=True)
+            sub_graph = read_coliked(train_path, cat.item_ids[fit], cfg.train)  # held-out items are unknown
+            jobs.append((2, f"semid rqvae + interactions (weight {weights[0]:g})", fit, cfg, sub_graph))
+        print(f"{n} items; interactions {user_counts}; {len(jobs)} semid fits, {args.jobs} at a time", flush=True)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:  # each fit single-threaded, in its own process
+            futures = [pool.submit(fit_semid, raw, job[2], job[3], job[4]) for job in jobs]
+            peer = None
+            if not args.no_peer:  # meanwhile, in this process
+                try:
+                    peer = _sid_rqkmeans("kmeans")(raw, x, args.seed, all_rows)
+                except ImportError as err:
+                    print(f"semantic-id not installed: {err}", flush=True)
+            results = [f.result() for f in futures]
+        for (part, label, _, _, _), (fitted, record) in zip(jobs, results, strict=True):
+            if part == 1:
+                part1(label, fitted, record)
+        if peer is not None:
+            part1("semantic-id RQKMeans", peer, None)
+        touches_held = np.isin(measure.a, held) | np.isin(measure.b, held)
+        for (part, label, _, _, _), (fitted, record) in zip(jobs, results, strict=True):
+            if part != 2:
+                continue
+            out = holdout_figures(x, fitted, fit, held, args.k, args.sample, args.seed)["row"]
+            row = {"run": label, **out, "coliked_lift_d1": lift(fitted.codes, measure)}
+            row["coliked_lift_d1_heldout_pairs"] = lift(fitted.codes, measure, touches_held)
+            row["interactions"] = record
+            held_rows.append(row)
+            print({k: row.get(k) for k in HELD_SHOWN}, flush=True)
     write(args, raw, rows, held_rows, user_counts, measure, seen, lonely, load_start)
 
 
@@ -217,8 +232,9 @@ def write(args, raw, rows, held_rows, user_counts, measure, seen, lonely, load_s
         f"{measure.info['pairs']} pairs of the held-out users (`coliked_lift_d1_seen`: on "
         f"{seen.info['pairs']} pairs of the training users, i.e. on pairs the tokenizer was trained on).",
         "",
-        f"Load average at the start: {load_start} (2 cores shared with other engineers' runs: fit times are "
-        "noisy; per row in the JSON). torch threads: " + str(args.threads) + ".",
+        f"Load average at the start: {load_start}, at the end: {[round(v, 2) for v in os.getloadavg()]} (2 cores "
+        f"shared with other engineers' runs: fit times are noisy). {args.jobs} fit(s) at a time, each with "
+        f"{args.threads} torch thread(s).",
         "",
         "## Part 1: every item trained",
         "",

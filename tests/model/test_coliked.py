@@ -24,6 +24,7 @@ from semid.service.cli import main
 from tests.conftest import tiny_config
 
 IDS = np.arange(100, 120, dtype=np.int64)  # a 20-item catalog's ids
+PAIRS_OF_TWO = TrainConfig(coliked_min_users=2)  # the tiny files below have two users per pair
 
 
 def write_csv(path: Path, text: str) -> Path:
@@ -36,7 +37,7 @@ def test_reads_csv_keeps_likes_and_counts_unknown_items(tmp_path, caplog):
         tmp_path / "r.csv",
         "userId,movieId,rating,timestamp\n1,100,5,0\n1,101,4.5,0\n1,999,5,0\n2,100,4,0\n2,101,4,0\n2,102,1,0\n",
     )
-    graph = read_coliked(path, IDS, TrainConfig())
+    graph = read_coliked(path, IDS, PAIRS_OF_TWO)
     r = graph.record
     assert (r["rows"], r["likes"], r["known_likes"], r["unknown_items"], r["unknown_likes"]) == (6, 5, 4, 1, 1)
     assert r["columns"] == {"user": "userId", "item": "movieId", "rating": "rating"}
@@ -49,14 +50,14 @@ def test_reads_csv_keeps_likes_and_counts_unknown_items(tmp_path, caplog):
 def test_parquet_without_rating_column_counts_every_row_as_a_like(tmp_path):
     path = tmp_path / "r.parquet"
     pq.write_table(pa.table({"user": ["a", "a", "b", "b"], "item": [100, 101, 100, 101]}), path)
-    graph = read_coliked(path, IDS, TrainConfig())
+    graph = read_coliked(path, IDS, PAIRS_OF_TWO)
     assert graph.record["likes"] == 4 and graph.record["columns"]["rating"] is None
     assert graph.partners[0, 0] == 1
 
 
 def test_string_ids_join_string_catalog_ids(tmp_path):
     path = write_csv(tmp_path / "r.csv", "user,item\nu1,x\nu1,y\nu2,x\nu2,y\n")
-    graph = read_coliked(path, np.array(["y", "z", "x"], dtype=object), TrainConfig())
+    graph = read_coliked(path, np.array(["y", "z", "x"], dtype=object), PAIRS_OF_TWO)
     assert graph.partners[0, 0] == 2 and graph.partners[2, 0] == 0 and graph.partners[1, 0] == -1
 
 
@@ -89,7 +90,9 @@ def test_scores_damp_heavy_users_and_popular_items():
     # items 0 and 1: liked together by two light users; items 2 and 3: by two users who like 40 items
     users = [0, 0, 1, 1] + [2] * 40 + [3] * 40
     rows = [0, 1, 0, 1] + list(range(2, 42)) + list(range(2, 42))
-    partners, scores, _ = coliked_partners(np.array(users), np.array(rows), 50, TrainConfig(coliked_partners=3))
+    partners, scores, _ = coliked_partners(
+        np.array(users), np.array(rows), 50, TrainConfig(coliked_partners=3, coliked_min_users=2)
+    )
     assert partners[0, 0] == 1 and partners[2, 0] >= 3
     assert scores[0, 0] > 0.99  # only ever liked together: cosine 1
     # a blockbuster liked by everyone is a partner of many items but scores below an exclusive pair
@@ -170,7 +173,7 @@ def test_interactions_raise_the_co_liked_lift_of_new_users_pairs(tmp_path):
     x, groups = planted_catalog()
     users, rows = taste_interactions(300, groups, seed=1)
     fresh_users, fresh_rows = taste_interactions(200, groups, seed=2)  # measured on users not trained on
-    cfg = tiny_config(epochs=12, coliked_weight=2.0)
+    cfg = tiny_config(epochs=12, coliked_weight=2.0, coliked_min_users=1)
     partners, scores, _ = coliked_partners(users, rows, x.shape[0], cfg.train)
     graph = ColikedGraph(partners=partners, scores=scores, weight=2.0, record={"file": "planted"})
     lifts = {}
@@ -190,7 +193,7 @@ def test_graph_targets_with_partners_put_more_co_liked_pairs_under_one_label():
 
     x, groups = planted_catalog()
     users, rows = taste_interactions(300, groups, seed=1)
-    cfg = TrainConfig(coliked_weight=2.0)
+    cfg = TrainConfig(coliked_weight=2.0, coliked_min_users=1)
     partners, scores, _ = coliked_partners(users, rows, x.shape[0], cfg)
     graph = ColikedGraph(partners=partners, scores=scores, weight=2.0, record={})
     kwargs = dict(neighbours=10, balance=1.9, sweeps=8, seed=0, kmeans_iters=10, kmeans_sample=640)
@@ -228,7 +231,7 @@ def planted_files(tmp_path) -> tuple[Path, Path]:
 def test_cli_train_with_interactions_records_them_in_the_checkpoint(tmp_path, planted_files):
     catalog, ratings = planted_files
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(tiny_config(epochs=3).to_dict()))
+    cfg.write_text(json.dumps(tiny_config(epochs=3, coliked_min_users=1).to_dict()))
     out = tmp_path / "ckpt"
     args = ["train", "--catalog", catalog, "--config", cfg, "--out", out, "--quiet", "--interactions", ratings]
     result = CliRunner().invoke(main, [str(a) for a in [*args, "--coliked-weight", "1.5"]])
