@@ -124,7 +124,7 @@ class TrainConfig(BaseModel):
     coliked_min_rating: StrictFloat = _float(4.0, -1e9, 1e9, "With --interactions: ratings >= this are likes.")
     coliked_partners: StrictInt = _int(10, 1, 1000, "With --interactions: top co-liked partners kept per item.")
     coliked_min_users: StrictInt = _int(3, 1, 1_000_000, "With --interactions: users who liked both, at least.")
-    coliked_weight: StrictFloat = _float(0.75, 0.0, 1000.0, "With --interactions: vote of a partner (a neighbour's: 1).")
+    coliked_weight: StrictFloat = _float(0.75, 0.0, 1000.0, "With --interactions: a partner's vote (a neighbour's: 1).")
     coliked_max_user_likes: StrictInt = _int(500, 2, 1 << 24, "With --interactions: heavier users are sampled down.")
     seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
     threads: StrictInt = _int(0, 0, 1024, "torch threads (0: torch's default).")
