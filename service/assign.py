@@ -51,6 +51,14 @@ class AssignSummary:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def add_index_stats(self, index: SemanticIdIndex) -> None:
+        """The index's figures after the run: size and base-code collisions."""
+        stats = index.snapshot.base_code_stats()
+        self.index_items = len(index)
+        self.distinct_base_codes = stats["distinct"]
+        self.base_collision_rate = stats["collision_rate"]
+        self.largest_bucket = stats["largest_bucket"]
+
     def lines(self) -> list[str]:
         changed = f"embedding changed       {self.changed_items}"
         if self.changed_items:
@@ -104,9 +112,11 @@ class _Pending:
             self.columns.append(columns.filter(pa.array(mask)))
 
 
-def _open_or_create(
+def open_or_create_index(
     index_dir: Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str], checkpoint_dir: Path
 ) -> SemanticIdIndex:
+    """The index to extend (same checkpoint, id kind and kept columns, else an error) or a new empty one.
+    Shared by both engines (this module and ``semid.service.assign_ray``)."""
     if (index_dir / MANIFEST_NAME).is_file():
         index = SemanticIdIndex.open(index_dir, expected_fingerprint=encoder.fingerprint)
         check_compatible(index, encoder)
@@ -201,7 +211,7 @@ def assign_catalog(
     ):
         if index is None:
             id_kind = "str" if batch.item_ids.dtype == object else "int"
-            index = _open_or_create(index_dir, encoder, id_kind, keep_columns, checkpoint)
+            index = open_or_create_index(index_dir, encoder, id_kind, keep_columns, checkpoint)
         ids = batch.item_ids
         seen.append(ids)
         hashes = embedding_hash(batch.embeddings)
@@ -256,11 +266,7 @@ def assign_catalog(
         summary.recoded_items = int(recodes.sum())
         summary.recoded_new_ids = int((recodes & ~result.kept_id).sum())
         summary.fallback_items = int(result.used_fallback.sum())
-    stats = index.snapshot.base_code_stats()
-    summary.index_items = len(index)
-    summary.distinct_base_codes = stats["distinct"]
-    summary.base_collision_rate = stats["collision_rate"]
-    summary.largest_bucket = stats["largest_bucket"]
+    summary.add_index_stats(index)
     summary.seconds = round(time.perf_counter() - start, 3)
     return summary
 

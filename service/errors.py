@@ -240,3 +240,17 @@ class NotReadyError(SemidError, RuntimeError):
 
     code = "not_ready"
     status = 503
+
+
+# --- installation ------------------------------------------------------------------
+
+
+class MissingExtraError(SemidError, RuntimeError):
+    """A feature needs an optional extra (``pip install 'semid[NAME]'``) that is not installed."""
+
+    code = "missing_extra"
+    status = 501
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra

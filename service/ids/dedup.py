@@ -187,6 +187,23 @@ def resolve_collisions(
     return Assignment(semantic_ids=semantic_ids, used_fallback=used_fallback)
 
 
+def resolution_shards(layout: IdLayout, base_codes: np.ndarray, shards: int) -> np.ndarray:
+    """int64 shard ``[N]`` per item such that ``resolve_collisions`` may run on each shard alone.
+
+    An item's ID depends only on the occupancy and the batch items under its own prefix
+    ``c1..c_{L-1}``: the main path ranks within one bucket, and the fallback moves an item only to
+    another last-level code under that prefix, in an order restricted to it. So the shard is a
+    function of the prefix (``pack_base >> bits``, spread by a multiplicative hash), and resolving
+    each shard against the same occupancy gives exactly the IDs of one call over the whole batch.
+    This is what lets a distributed engine resolve in parallel with the single-machine rule.
+    """
+    if shards < 1:
+        raise InvalidInputError(f"shards is {shards}; expected an int >= 1", field="shards")
+    prefix = (layout.pack_base(base_codes) >> layout.bits).astype(np.uint64)
+    spread = prefix * np.uint64(0x9E3779B97F4A7C15)  # wraps modulo 2**64: a cheap, fixed mixing of the bits
+    return ((spread >> np.uint64(32)) % np.uint64(shards)).astype(np.int64)
+
+
 class _LiveCounts:
     """Occupancy + this batch's placements, updated as fallback items are placed."""
 

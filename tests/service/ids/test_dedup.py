@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from semid.service.errors import DuplicateItemError, IndexFullError
-from semid.service.ids.dedup import BucketCounts, resolve_collisions
+from semid.service.ids.dedup import BucketCounts, resolution_shards, resolve_collisions
 from semid.service.ids.layout import IdLayout
 
 
@@ -88,6 +88,38 @@ def test_matches_reference_with_fallback(seed, str_ids):
     assert len(np.unique(LAYOUT.pack(everything))) == len(everything)
     # occupancy not mutated
     assert occupancy.total == len(existing)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 5, 64])
+@pytest.mark.parametrize("str_ids", [False, True])
+def test_resolving_each_shard_alone_gives_the_ids_of_one_call(shards, str_ids):
+    """What the Ray engine relies on: shards split by prefix, resolved separately, match one global call
+    (with fallback items and an occupied index)."""
+    rng = np.random.default_rng(11)
+    existing = existing_ids(rng, LAYOUT, 30)
+    occupancy = BucketCounts.from_semantic_ids(LAYOUT, existing)
+    codes, distances, item_ids, alts = random_batch(rng, LAYOUT, 120, str_ids=str_ids)
+    args = {"base_codes": codes, "distances": distances, "item_ids": item_ids, "alternatives": alts}
+    whole = resolve_collisions(layout=LAYOUT, occupancy=occupancy, **args)
+    assert whole.fallback_count > 0
+    shard = resolution_shards(LAYOUT, codes, shards)
+    assert shard.min() >= 0 and shard.max() < shards
+    prefix = codes[:, :-1] @ np.array([LAYOUT.codebook_sizes[1], 1])
+    for p in np.unique(prefix):  # one prefix never spans two shards
+        assert len(np.unique(shard[prefix == p])) == 1
+    ids = np.zeros_like(whole.semantic_ids)
+    fallback = np.zeros(len(item_ids), dtype=bool)
+    for s in np.unique(shard):
+        rows = np.flatnonzero(shard == s)
+        part = resolve_collisions(layout=LAYOUT, occupancy=occupancy, **{k: v[rows] for k, v in args.items()})
+        ids[rows], fallback[rows] = part.semantic_ids, part.used_fallback
+    np.testing.assert_array_equal(ids, whole.semantic_ids)
+    np.testing.assert_array_equal(fallback, whole.used_fallback)
+
+
+def test_resolution_shards_refuses_zero():
+    with pytest.raises(ValueError, match="shards"):
+        resolution_shards(LAYOUT, np.zeros((1, 3), dtype=np.int64), 0)
 
 
 def test_fallback_actually_triggers_and_keeps_prefix():

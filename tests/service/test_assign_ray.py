@@ -1,0 +1,141 @@
+"""`semid assign --engine ray` gives the single-machine engine's IDs: byte-identical `semid export`.
+
+One local Ray (2 CPUs) serves the whole module. The Ray tests skip when the extra `semid[ray]` is not
+installed, unless SEMID_RAY_REQUIRED=1 (CI), where they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from semid.model.catalog import Catalog
+from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.service.cli import main
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    if os.environ.get("SEMID_RAY_REQUIRED") == "1":
+        import ray
+    else:
+        ray = pytest.importorskip("ray", reason="the Ray engine's extra is not installed: pip install 'semid[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def colliding(tmp_path_factory):
+    """600 items in 4 tight categories plus 3 groups of 20 exact duplicates: big buckets (dedup digit has 8
+    values) and so fallback items."""
+    cat = synthetic_catalog(items=600, dim=16, categories=4, subcategories=3, exact_duplicates=20, seed=1)
+    dups = np.repeat(cat.embeddings[:3], 20, axis=0)
+    ids = np.concatenate([cat.item_ids, np.arange(10_000, 10_060)])
+    embeddings = np.concatenate([cat.embeddings, dups]).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(ids))
+    return Catalog(item_ids=ids[order], embeddings=embeddings[order])
+
+
+def _assign(args: list[str]) -> dict:
+    result = CliRunner().invoke(main, ["assign", *args, "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def _export(index, out) -> bytes:
+    result = CliRunner().invoke(main, ["export", "--index", str(index), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out.read_bytes()
+
+
+def _same_run(local: dict, ray: dict) -> None:
+    drop = ("seconds", "segment")
+    assert {k: v for k, v in ray.items() if k not in drop} == {k: v for k, v in local.items() if k not in drop}
+
+
+def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_checkpoint, tmp_path):
+    """Half the catalog is indexed first (one changed embedding among them); the full catalog then adds
+    the rest: known items keep their IDs, new ones are placed around them, identically."""
+    half = len(colliding) // 2
+    first = Catalog(item_ids=colliding.item_ids[:half], embeddings=colliding.embeddings[:half])
+    full = Catalog(item_ids=colliding.item_ids, embeddings=colliding.embeddings.copy())
+    full.embeddings[0] += 0.01  # a known item whose embedding changed: reported, keeps its ID
+    ckpt = ["--checkpoint", str(tiny_checkpoint), "--batch-rows", "100"]
+    for name in ("local", "ray"):
+        _assign(
+            [*ckpt, "--catalog", str(write_catalog(first, tmp_path / "first.parquet")), "--index", str(tmp_path / name)]
+        )
+    before = pq.read_table(tmp_path / "local" / "segments" / "seg-000001.parquet", columns=["item_id", "semantic_id"])
+    path = write_catalog(full, tmp_path / "full.parquet")
+    local = _assign([*ckpt, "--catalog", str(path), "--index", str(tmp_path / "local")])
+    ray = _assign([*ckpt, "--catalog", str(path), "--index", str(tmp_path / "ray"), "--engine", "ray"])
+    assert local["existing_items"] == half and local["changed_items"] == 1 and local["fallback_items"] > 0
+    _same_run(local, ray)
+    exported = _export(tmp_path / "ray", tmp_path / "ray.parquet")
+    assert exported == _export(tmp_path / "local", tmp_path / "local.parquet")
+    table = pq.read_table(tmp_path / "ray.parquet").to_pydict()
+    ids = dict(zip(table["item_id"], table["semantic_id"], strict=True))
+    for item, sid in zip(*before.to_pydict().values(), strict=True):
+        assert ids[item] == sid
+
+
+def test_collisions_and_fallback_same_export(ray_local, colliding, tiny_checkpoint, tmp_path):
+    """String ids and a kept column; Ray reads the rows as a directory of Parquet files (hive partitions),
+    the single-machine engine as one file: same summary, byte-identical export, columns kept in order."""
+    n = len(colliding)
+    ids = np.array([f"item-{i}" for i in colliding.item_ids], dtype=object)
+    title = pa.array([f"title {i}" for i in range(n)])
+    cat = Catalog(item_ids=ids, embeddings=colliding.embeddings, columns=pa.table({"title": title}))
+    one = write_catalog(cat, tmp_path / "one.parquet")
+    table = pq.read_table(one)
+    for part, lo in enumerate(range(0, n, 250)):
+        (tmp_path / "parts" / f"part={part}").mkdir(parents=True)
+        pq.write_table(table.slice(lo, 250), tmp_path / "parts" / f"part={part}" / "data.parquet")
+    common = ["--checkpoint", str(tiny_checkpoint), "--keep-columns", "title", "--batch-rows", "128"]
+    local = _assign([*common, "--catalog", str(one), "--index", str(tmp_path / "local")])
+    parts = ["--catalog", str(tmp_path / "parts"), "--engine", "ray", "--workers", "2"]
+    ray = _assign([*common, *parts, "--index", str(tmp_path / "ray")])
+    assert local["fallback_items"] > 0 and local["largest_bucket"] > 8  # the dedup digit has 8 values
+    _same_run(local, ray)
+    assert _export(tmp_path / "ray", tmp_path / "ray.parquet") == _export(tmp_path / "local", tmp_path / "l.parquet")
+    kept = pq.read_table(tmp_path / "ray" / "segments" / "seg-000001.parquet", columns=["item_id", "title"])
+    assert kept.column("title").to_pylist() == title.to_pylist()
+
+
+def test_bad_catalog_is_one_line_error(ray_local, tiny_checkpoint, tmp_path):
+    emb = pa.array([[0.1] * 16, None, [0.2] * 16], pa.list_(pa.float32()))
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "embedding": emb}), tmp_path / "bad.parquet")
+    args = ["assign", "--checkpoint", str(tiny_checkpoint), "--index", str(tmp_path / "idx"), "--engine", "ray"]
+    result = CliRunner().invoke(main, [*args, "--catalog", str(tmp_path / "bad.parquet"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: column 'embedding' has a null embedding at row 1")
+    missing = CliRunner().invoke(main, [*args, "--catalog", str(tmp_path / "bad.parquet"), "--id-column", "sku"])
+    assert missing.exit_code == 2 and "has no column 'sku'" in missing.output
+
+
+def test_missing_extra_is_one_line_error(monkeypatch, tiny_checkpoint, tiny_catalog_file, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    args = ["assign", "--checkpoint", str(tiny_checkpoint), "--catalog", str(tiny_catalog_file)]
+    result = CliRunner().invoke(main, [*args, "--index", str(tmp_path / "idx"), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: --engine ray needs the optional extra: pip install 'semid[ray]'")
+    assert result.output.count("\n") == 1
+    assert not (tmp_path / "idx").exists()
+
+
+def test_ray_flags_need_the_ray_engine(tiny_checkpoint, tiny_catalog_file, tmp_path):
+    args = ["assign", "--checkpoint", str(tiny_checkpoint), "--catalog", str(tiny_catalog_file)]
+    result = CliRunner().invoke(main, [*args, "--index", str(tmp_path / "idx"), "--workers", "2"])
+    assert result.exit_code == 2 and "need --engine ray" in result.output
+    recode = CliRunner().invoke(main, [*args, "--index", str(tmp_path / "idx"), "--engine", "ray", "--recode-changed"])
+    assert recode.exit_code == 2 and "--recode-changed is not supported by --engine ray" in recode.output
