@@ -158,12 +158,13 @@ def fold_into_tail(
 
     A write that fits with the tail segment in ``max_rows`` rows (e.g. one API request) is written
     together with the tail's rows as a new segment that replaces the tail, so rows keep their order
-    and many small writes don't leave many files. A write that does not fit, when the last
-    ``COMPACT_RUN - 1`` segments are all at most ``max_rows`` rows too, is written together with
-    them (and so on, one size class ``COMPACT_RUN`` times larger per level), so the files stay few
-    while each small write rewrites at most ``max_rows`` rows, and a merge of ``n`` rows happens
-    once per ``n`` rows written (amortised O(levels) per row). The replaced segments are removed by
-    the next write. Each one is verified against its checksum first, so a corrupt segment is never
+    and many small writes don't leave many files. Size classes go up from ``max_rows`` rows by a
+    factor ``COMPACT_RUN`` (``COMPACT_LEVELS`` of them): a write that does not fit the tail, when
+    the last ``COMPACT_RUN - 1`` segments are all within its size class, is written together with
+    them (then the same one class up). So files stay few, a small write rewrites at most
+    ``max_rows`` rows, and a merge of ``n`` rows happens once per about ``n`` rows written
+    (amortised O(levels) per row); larger writes are never merged. The replaced segments are removed
+    by the next write. Each one is verified against its checksum first, so a corrupt segment is never
     re-checksummed.
     """
     max_rows = SMALL_SEGMENT_ROWS if max_rows is None else max_rows
@@ -173,12 +174,15 @@ def fold_into_tail(
     kept = tuple(segments)
     limit = max_rows
     for _ in range(COMPACT_LEVELS):
-        run = 0
-        while run < len(kept) and kept[len(kept) - 1 - run].rows <= limit:
-            run += 1
-        if limit <= 0 or table.num_rows > limit or run < COMPACT_RUN - 1:
+        if limit <= 0:
             break
-        table, kept = _joined(segments_dir, list(kept[len(kept) - run :]), table), kept[: len(kept) - run]
+        if table.num_rows <= limit:  # else the table belongs to a larger size class
+            run = 0
+            while run < len(kept) and kept[len(kept) - 1 - run].rows <= limit:
+                run += 1
+            if run < COMPACT_RUN - 1:
+                break
+            table, kept = _joined(segments_dir, list(kept[len(kept) - run :]), table), kept[: len(kept) - run]
         limit *= COMPACT_RUN
     return table, kept
 

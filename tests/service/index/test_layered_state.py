@@ -257,6 +257,9 @@ def test_small_writes_stay_few_files_through_tiered_compaction(tmp_path, monkeyp
     reopened = SemanticIdIndex.open(tmp_path / "idx")
     assert reopened.state.item_ids.tolist() == list(range(60))  # row order kept
     assert export_table(reopened).equals(export_table(index))
+    for b in range(6):  # writes of 5 rows never fit the tail: the 12-row class merges them in runs of 3
+        index.append(**make_batch(rng, 5, start=100 + 5 * b, occupancy=index.snapshot.occupancy(), values=4))
+    assert json_rows(tmp_path / "idx")[-2:] == [15, 15]
     index.append(**make_batch(rng, 1, start=1000, occupancy=index.snapshot.occupancy(), values=4))
     listed = set(index.segments)
     assert {p.name for p in (tmp_path / "idx" / "segments").iterdir()} == listed  # replaced ones removed
