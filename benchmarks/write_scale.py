@@ -47,6 +47,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import semid_command  # noqa: E402
@@ -176,6 +177,62 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def memory_phase(index_dir: Path, batches: int, batch: int, seed: int) -> dict:
+    """RSS of this process per item appended in-process (``SemanticIdIndex.append`` of synthetic items
+    whose IDs come from ``resolve_collisions`` against the live occupancy): the index's own memory per
+    added item, without the HTTP server's transient buffers."""
+    import gc
+
+    from semid.service.ids.dedup import resolve_collisions
+    from semid.service.ids.hashing import embedding_hash
+    from semid.service.index.handle import SemanticIdIndex
+
+    index = SemanticIdIndex.open(index_dir)
+    layout, rng = index.layout, np.random.default_rng(seed)
+    gc.collect()
+    before = rss_mb(os.getpid())
+    next_id = 2 * ID_BASE
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        codes = np.stack([rng.integers(0, size, batch) for size in layout.codebook_sizes], axis=1)
+        ids = np.arange(next_id, next_id + batch)
+        next_id += batch
+        with index.writer():
+            placed = resolve_collisions(
+                layout=layout,
+                base_codes=codes,
+                distances=rng.random(batch),
+                item_ids=ids,
+                alternatives=codes[:, -1:],
+                occupancy=index.snapshot.occupancy(),
+            )
+            vectors = rng.standard_normal((batch, index.vector_dim)).astype(np.float32)
+            index.append(
+                item_ids=ids,
+                base_codes=codes,
+                semantic_ids=placed.semantic_ids,
+                fallback=placed.used_fallback,
+                embedding_hash=embedding_hash(vectors),
+                vectors=vectors,
+                columns={name: pa.nulls(batch) for name in index.keep_columns},
+                persist_vectors=False,
+            )
+    seconds = time.perf_counter() - t0
+    gc.collect()
+    after = rss_mb(os.getpid())
+    added = batches * batch
+    return {
+        "items_added": added,
+        "batch": batch,
+        "vector_dim": index.vector_dim,
+        "rss_before_mb": round(before, 1),
+        "rss_after_mb": round(after, 1),
+        "bytes_per_item": round((after - before) * 2**20 / added, 1),
+        "vector_bytes_per_item": 4 * index.vector_dim,
+        "seconds": round(seconds, 2),
+    }
+
+
 def run_size(args: argparse.Namespace, items: int, tmp: Path) -> dict:
     source, info = cached_index(Path(args.cache), items, args.dim, args.seed)
     served = tmp / f"index-{items}"
@@ -208,6 +265,11 @@ def run_size(args: argparse.Namespace, items: int, tmp: Path) -> dict:
     added = after_items - before_items
     check = subprocess.run([*semid_command(), "check", "--index", str(served)], capture_output=True, text=True)
     shutil.rmtree(served, ignore_errors=True)
+    memory = None
+    if args.memory_batches:
+        shutil.copytree(source, served)
+        memory = memory_phase(served, args.memory_batches, args.memory_batch, args.seed)
+        shutil.rmtree(served, ignore_errors=True)
     return {
         "items": items,
         "dim": args.dim,
@@ -219,6 +281,7 @@ def run_size(args: argparse.Namespace, items: int, tmp: Path) -> dict:
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_after, 1),
         "rss_per_added_item_bytes": round((rss_after - rss_before) * 2**20 / max(added, 1), 1),
+        "memory_in_process": memory,
         "check_ok": check.returncode == 0,
         "check_output": check.stdout.strip()[-500:] or check.stderr.strip()[-500:],
         "load_average_before": load_before,
@@ -237,6 +300,8 @@ def main() -> None:
     ap.add_argument("--sustain-batch", type=int, default=100, help="items per request in the sustained phase")
     ap.add_argument("--sustain-s", type=float, default=20.0)
     ap.add_argument("--server-threads", type=int, default=1, help="semid serve --workers-threads")
+    ap.add_argument("--memory-batches", type=int, default=200, help="in-process appends for memory per item (0: skip)")
+    ap.add_argument("--memory-batch", type=int, default=1000)
     ap.add_argument("--cache", default="/tmp/semid-write-scale", help="where built indexes are cached")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -265,6 +330,7 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
                 "sustained_items_per_s": sus["items_per_s"],
                 "refused_busy": sus["refused_busy"],
                 "rss_per_item_B": r["rss_per_added_item_bytes"],
+                "index_bytes_per_item": (r["memory_in_process"] or {}).get("bytes_per_item", ""),
                 "check_ok": r["check_ok"],
                 "load_avg": " / ".join(map(str, [r["load_average_before"], r["load_average_after"]])),
             }
@@ -288,6 +354,7 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
                 "sustained_items_per_s",
                 "refused_busy",
                 "rss_per_item_B",
+                "index_bytes_per_item",
                 "check_ok",
                 "load_avg",
             ],
@@ -295,7 +362,10 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
         "",
         f"p50/p99/mean/max: {args.requests} sequential POST /v1/assign of 4 new items after {args.warmup} warm-up "
         f"requests. sustained: {args.writers} writer threads posting {args.sustain_batch} new items per request "
-        f"for {args.sustain_s:g} s. rss_per_item_B: server RSS growth over the whole size's writes / items added. "
+        f"for {args.sustain_s:g} s. rss_per_item_B: server RSS growth over the whole size's writes / items added "
+        "(noisy: the allocator keeps and returns pages on its own). index_bytes_per_item: this process's RSS "
+        f"growth per item over {args.memory_batches} in-process appends of {args.memory_batch} synthetic items "
+        "to a fresh copy (the index's memory per added item as it grows; vectors alone are 4 x vector_dim bytes). "
         "load_avg: /proc/loadavg (1, 5, 15 min) before / after the writes: the 2 cores are shared, timings noisy.",
         "",
         "Bars: " + "; ".join(f"{k}: {v}" for k, v in verdict.items()),
