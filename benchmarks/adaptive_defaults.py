@@ -302,7 +302,7 @@ def report(args: argparse.Namespace) -> None:
         "Three RQ-VAE configs per catalog, in one process per catalog (`adaptive_defaults.py run <catalog>`): "
         "**plain** = `graph_targets` false; **graph** = graph targets always (`graph_min_gain 0`, the previous "
         "default); **adaptive** = the new defaults (`graph_min_gain 0.03`, semid.model.adaptive). All other "
-        "settings are `SemidConfig()` defaults (60 epochs, 3 x 256), torch on 1 thread. A config the adaptive "
+        "settings are `SemidConfig()` defaults (3 x 256; 60 epochs unless the table says fewer), torch on 1 thread. A config the adaptive "
         "run resolved to is not trained twice (same training seed for seed; marked `=`). Figures: mean over "
         "the seeds, ± half the seed-to-seed range. Full = trained on the whole catalog; held-out = trained on "
         f"the seeded {1 - HOLDOUT_SHARE:.0%} (`holdout.split_rows(n, {HOLDOUT_SHARE}, seed)`), figures of the "
@@ -310,8 +310,8 @@ def report(args: argparse.Namespace) -> None:
         "",
         "## Decision per catalog",
         "",
-        "| catalog | items | seeds | agreement k-means | agreement refined | gain | graph targets | load avg (start) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| catalog | items | seeds | epochs | agreement k-means | agreement refined | gain | graph targets | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     summaries = {}
     for p in parts:
@@ -319,7 +319,8 @@ def report(args: argparse.Namespace) -> None:
         first = next((r["decision"] for r in p["rows"] if r["variant"] == "adaptive" and r["split"] == "full"), None)
         uses = sorted({"on" if d["use"] else "off" for d in decisions})
         md.append(
-            f"| {p['catalog']} | {p['items']} | {','.join(map(str, p['seeds']))} | {first['kmeans_agreement']:.3f} | "
+            f"| {p['catalog']} | {p['items']} | {','.join(map(str, p['seeds']))} | {p.get('epochs', '')} | "
+            f"{first['kmeans_agreement']:.3f} | "
             f"{first['graph_agreement']:.3f} | {first['gain']:+.3f} | {'/'.join(uses)} "
             f"({len(decisions)} trainings) | {p['load_avg_start']} |"
         )
