@@ -268,7 +268,12 @@ def run_size(args: argparse.Namespace, items: int, tmp: Path) -> dict:
     memory = None
     if args.memory_batches:
         shutil.copytree(source, served)
-        memory = memory_phase(served, args.memory_batches, args.memory_batch, args.seed)
+        child = [sys.executable, __file__, "--memory-child", str(served), "--seed", str(args.seed)]
+        child += ["--memory-batches", str(args.memory_batches), "--memory-batch", str(args.memory_batch)]
+        out = subprocess.run(child, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        memory = (
+            json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-500:]}
+        )
         shutil.rmtree(served, ignore_errors=True)
     return {
         "items": items,
@@ -303,7 +308,11 @@ def main() -> None:
     ap.add_argument("--memory-batches", type=int, default=200, help="in-process appends for memory per item (0: skip)")
     ap.add_argument("--memory-batch", type=int, default=1000)
     ap.add_argument("--cache", default="/tmp/semid-write-scale", help="where built indexes are cached")
+    ap.add_argument("--memory-child", default="", help=argparse.SUPPRESS)  # a fresh process for memory_phase
     args = ap.parse_args()
+    if args.memory_child:
+        print(json.dumps(memory_phase(Path(args.memory_child), args.memory_batches, args.memory_batch, args.seed)))
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows = []
     with tempfile.TemporaryDirectory(prefix="semid-write-scale-") as tmp:
@@ -363,9 +372,10 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> None:
         f"p50/p99/mean/max: {args.requests} sequential POST /v1/assign of 4 new items after {args.warmup} warm-up "
         f"requests. sustained: {args.writers} writer threads posting {args.sustain_batch} new items per request "
         f"for {args.sustain_s:g} s. rss_per_item_B: server RSS growth over the whole size's writes / items added "
-        "(noisy: the allocator keeps and returns pages on its own). index_bytes_per_item: this process's RSS "
-        f"growth per item over {args.memory_batches} in-process appends of {args.memory_batch} synthetic items "
-        "to a fresh copy (the index's memory per added item as it grows; vectors alone are 4 x vector_dim bytes). "
+        "(noisy: the allocator keeps and returns pages on its own). index_bytes_per_item: RSS growth per "
+        f"item of a fresh process that opens a fresh copy of the index and appends {args.memory_batches} x "
+        f"{args.memory_batch} synthetic items in-process (the index's memory per added item as it grows; "
+        "vectors alone are 4 x vector_dim bytes). "
         "load_avg: /proc/loadavg (1, 5, 15 min) before / after the writes: the 2 cores are shared, timings noisy.",
         "",
         "Bars: " + "; ".join(f"{k}: {v}" for k, v in verdict.items()),
