@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> None:
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],
         "rows": rows,
     }
-    path = PARTS / f"{args.catalog}.json"
+    path = PARTS / f"{args.catalog}{args.part}.json"
     path.write_text(json.dumps(part, indent=2, default=str) + "\n")
     print(f"written {path}")
 
@@ -292,8 +292,23 @@ def _cell(stat: dict[str, Any] | None) -> str:
     return text
 
 
+def _merged(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per catalog: runs with more seeds of a catalog (``--part``) add their rows."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in parts:
+        if p["catalog"] not in out:
+            out[p["catalog"]] = p
+            continue
+        first = out[p["catalog"]]
+        first["rows"] = first["rows"] + p["rows"]
+        first["seeds"] = first["seeds"] + p["seeds"]
+        first["command"] = f"{first['command']}` and `{p['command']}"
+        first["finished"] = p["finished"]
+    return list(out.values())
+
+
 def report(args: argparse.Namespace) -> None:
-    parts = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json")) if p.stem != "decisions"]
+    parts = _merged([json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json")) if p.stem != "decisions"])
     decisions_path = PARTS / "decisions.json"
     measured = json.loads(decisions_path.read_text()) if decisions_path.is_file() else {}
     order = list(CATALOGS)
@@ -392,6 +407,7 @@ def main() -> None:
     r.add_argument("--seeds", default="0", type=lambda s: [int(v) for v in s.split(",")])
     r.add_argument("--no-holdout", action="store_true", help="whole-catalog figures only")
     r.add_argument("--epochs", type=int, help="fewer epochs for smoke runs (default: the config's)")
+    r.add_argument("--part", default="", help="suffix of the part file: more seeds of a catalog in another run")
     m = sub.add_parser("measure", help="the decision only (no training) on whole catalogs")
     m.add_argument("catalogs", nargs="+", choices=sorted(CATALOGS))
     rep = sub.add_parser("report", help="gather the runs into adaptive_defaults.{md,json}")
