@@ -146,9 +146,9 @@ def read_segment_table(path: Path, *, sha256: str | None = None) -> pa.Table:
         raise CorruptIndexError(f"segment {path.name} is unreadable: {exc}") from None
 
 
-SMALL_SEGMENT_ROWS = 64  # a write that fits with the tail segment in this many rows rewrites the tail
+SMALL_SEGMENT_ROWS = 1024  # a write that fits with the tail segment in this many rows rewrites the tail
 COMPACT_RUN = 16  # this many trailing segments of one size class are merged into one by the next write ...
-COMPACT_LEVELS = 2  # ... for size classes up to SMALL_SEGMENT_ROWS * COMPACT_RUN ** (COMPACT_LEVELS - 1) rows
+COMPACT_LEVELS = 1  # ... for size classes up to SMALL_SEGMENT_ROWS * COMPACT_RUN ** (COMPACT_LEVELS - 1) rows
 
 
 def fold_into_tail(
