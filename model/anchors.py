@@ -44,6 +44,7 @@ class FirstLevelAnchors(nn.Module):
         self.register_buffer("codes", torch.zeros(0, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(0, 0))
         self._unit: torch.Tensor | None = None  # float32 copy of vectors, made on first use
+        self._cache: tuple | None = None  # (key, codes, weights) of the last codebook voted with
 
     @property
     def size(self) -> int:
@@ -57,6 +58,7 @@ class FirstLevelAnchors(nn.Module):
         self.codes = codes.to(torch.long).contiguous()
         self.centroids = codebook.detach().to(torch.float32).clone()
         self._unit = None
+        self._cache = None
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # the number of anchors is not in the config: take the shapes from the stored tensors
@@ -65,6 +67,7 @@ class FirstLevelAnchors(nn.Module):
             if stored is not None:
                 setattr(self, name, torch.empty_like(stored))
         self._unit = None
+        self._cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -75,10 +78,7 @@ class FirstLevelAnchors(nn.Module):
         if self.size == 0:
             return torch.full((n,), -1, dtype=torch.long)
         codebook_size = codebook.shape[0]
-        # stored code -> the current code with the same vector (the identity unless the rows were permuted)
-        rename = torch.cdist(self.centroids, codebook.detach().to(torch.float32)).argmin(dim=1)
-        codes = rename[self.codes]
-        weight = torch.bincount(codes, minlength=codebook_size).to(torch.float32).clamp_min(1.0) ** -self.balance
+        codes, weight = self._votes_for(codebook)
         if self._unit is None:
             self._unit = self.vectors.to(torch.float32)
         k = min(self.neighbours, self.size)
@@ -93,6 +93,19 @@ class FirstLevelAnchors(nn.Module):
             code = torch.where(top >= self.min_share * w.sum(dim=1), code, -1)
             out[s : s + q.shape[0]] = torch.where(sims[:, 0] >= EXACT, near[:, 0], code)
         return out
+
+    def _votes_for(self, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each anchor's current code, the vote weight of each code) for this codebook, cached per codebook
+        tensor and version (a small request must not pay a [K, K] distance matrix per call)."""
+        key = (codebook.data_ptr(), codebook._version, tuple(codebook.shape), self.codes.data_ptr(), self.balance)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        # stored code -> the current code with the same vector (the identity unless the rows were permuted)
+        rename = torch.cdist(self.centroids, codebook.detach().to(torch.float32)).argmin(dim=1)
+        codes = rename[self.codes]
+        weight = torch.bincount(codes, minlength=codebook.shape[0]).to(torch.float32).clamp_min(1.0) ** -self.balance
+        self._cache = (key, codes, weight)
+        return codes, weight
 
 
 def anchor_rows(n: int, limit: int) -> np.ndarray:
