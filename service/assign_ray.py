@@ -7,10 +7,12 @@ split into three steps:
    files, hive partitions allowed) and streams it through a pool of ``EncodeBatches`` actors, each
    loading the checkpoint once. An actor hashes every row, recognises items the index already holds
    (a sorted copy of the index's item ids and embedding hashes is broadcast once through the object
-   store) and encodes only the new ones: base code, distance, last-level alternatives.
+   store) and encodes only the new ones (with ``recode_changed``, also known items whose embedding
+   changed): base code, distance, last-level alternatives.
 2. resolve (under the writer lock): the new rows are grouped by ``ids.dedup.resolution_shards``, a
    function of the base code's prefix, and ``ResolveShard`` calls ``ids.dedup.resolve_collisions``
-   (the single-machine rule itself) on each shard against the index's occupancy read under the lock.
+   (the single-machine rule itself) on each shard against the index's occupancy read under the lock;
+   re-coded items whose base code did not move keep their ID first (``placement.recoded_in_place``).
    Items in different prefixes never interact, so the shards' IDs are exactly the IDs of one call.
 3. write (same lock): the driver puts the IDs back in catalog order, computes the vectors and calls
    ``SemanticIdIndex.append`` with the arguments ``placement.place_new_items`` would pass: one
@@ -34,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from semid.model.catalog import CatalogError, _ids_to_numpy, check_unique_ids, embeddings_to_numpy
 from semid.service.assign import MAX_LISTED_CHANGED, AssignSummary, open_or_create_index
@@ -44,6 +45,7 @@ from semid.service.ids.dedup import BucketCounts, resolution_shards, resolve_col
 from semid.service.ids.hashing import embedding_hash
 from semid.service.ids.layout import IdLayout
 from semid.service.index.handle import SemanticIdIndex
+from semid.service.placement import recoded_in_place
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +78,16 @@ class CatalogColumns:
 class EncodeBatches:
     """Ray Data callable class: one checkpoint per actor; catalog batch -> status, codes, hashes."""
 
-    def __init__(self, *, checkpoint: str, columns: CatalogColumns, known: Any, threads: int = 1) -> None:
+    def __init__(
+        self, *, checkpoint: str, columns: CatalogColumns, known: Any, recode: bool = False, threads: int = 1
+    ) -> None:
         import ray
         import torch
 
         torch.set_num_threads(threads)
         self.encoder = CheckpointEncoder.from_dir(checkpoint)
         self.columns = columns
+        self.recode = recode  # encode known items whose embedding changed too (--recode-changed)
         self.known = ray.get(known) if known is not None else None  # (sorted item ids, their hashes)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -102,7 +107,7 @@ class EncodeBatches:
             rows = _find(self.known[0], ids)
             hit = rows >= 0
             status[hit] = np.where(self.known[1][rows[hit]] != hashes[hit], CHANGED, KNOWN)
-        new = status == NEW
+        new = (status == NEW) | ((status == CHANGED) & self.recode)  # the rows to place
         levels, alternatives = self.encoder.levels, self.encoder.alternatives
         codes = np.zeros((n, levels), dtype=np.int64)
         dists = np.zeros(n, dtype=np.float32)
@@ -150,10 +155,14 @@ class ResolveShard:
         )
 
 
-def with_shards(table: pa.Table, *, layout: IdLayout, shards: int) -> pa.Table:
-    """The new rows of an encoded batch, with the columns resolution reads and their shard."""
-    new = table.filter(pc.equal(table.column("status"), NEW))
-    new = new.select(["item_id", "base_code", "distance", "alternatives"])
+def with_shards(table: pa.Table, *, layout: IdLayout, shards: int, recode: bool, keep_ids: np.ndarray) -> pa.Table:
+    """The rows of an encoded batch that need an ID, with the columns resolution reads and their shard:
+    new items and, with ``recode``, changed items except ``keep_ids`` (sorted: they keep their ID)."""
+    status = table.column("status").to_numpy()
+    place = (status == NEW) | ((status == CHANGED) & recode)
+    if keep_ids.shape[0] and place.any():
+        place &= _find(keep_ids, _ids_to_numpy(table.column("item_id"), "item_id", 0)) < 0
+    new = table.filter(pa.array(place)).select(["item_id", "base_code", "distance", "alternatives"])
     shard = resolution_shards(layout, _numpy_list(new.column("base_code")), shards)
     return new.append_column("shard", pa.array(shard))
 
@@ -182,10 +191,6 @@ def assign_catalog_ray(
     (``ray_address`` given: connects to that cluster; else a local Ray with this machine's cores) and
     stops it at the end. ``workers``: encoding actors (default: the cluster's CPUs).
     """
-    if recode_changed:
-        raise InvalidInputError(
-            "--recode-changed is not supported by --engine ray; run it with the default engine", field="engine"
-        )
     if workers is not None and workers < 1:
         raise InvalidInputError(f"workers is {workers}; expected an int >= 1", field="workers")
     start = time.perf_counter()
@@ -198,49 +203,60 @@ def assign_catalog_ray(
     with _ray_session(ray, ray_address, progress):
         pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         try:
-            return _run(ray, encoder, index, str(catalog), checkpoint, columns, lock_timeout, batch_rows, pool, start)
+            run = _Run(
+                encoder, index, str(catalog), checkpoint, columns, lock_timeout, batch_rows, pool, recode_changed
+            )
+            return _run(ray, run, start)
         except Exception as err:  # a worker's domain error surfaces wrapped; raise the error itself
             raise _unwrapped(ray, err) from None
 
 
-def _run(
-    ray: Any,
-    encoder: CheckpointEncoder,
-    index: SemanticIdIndex,
-    catalog: str,
-    checkpoint: Path,
-    columns: CatalogColumns,
-    lock_timeout: float,
-    batch_rows: int,
-    workers: int,
-    start: float,
-) -> AssignSummary:
+@dataclass(frozen=True)
+class _Run:
+    encoder: CheckpointEncoder
+    index: SemanticIdIndex
+    catalog: str
+    checkpoint: Path
+    columns: CatalogColumns
+    lock_timeout: float
+    batch_rows: int
+    workers: int
+    recode: bool
+
+
+def _run(ray: Any, run: _Run, start: float) -> AssignSummary:
+    encoder, index, columns, workers = run.encoder, run.index, run.columns, run.workers
     known = _known_items(index)
     names = [columns.id_column, columns.embedding_column, *columns.keep_columns]
-    source = ray.data.read_parquet(catalog).select_columns(names)  # Ray pushes the projection into the read
+    source = ray.data.read_parquet(run.catalog).select_columns(names)  # Ray pushes the projection into the read
     encoded = source.map_batches(
         EncodeBatches,
         fn_constructor_kwargs={
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(run.checkpoint),
             "columns": columns,
             "known": ray.put(known) if known is not None else None,
+            "recode": run.recode,
         },
-        batch_size=batch_rows,
+        batch_size=run.batch_rows,
         batch_format="pyarrow",
         compute=_actor_pool(ray, workers),
         num_cpus=1,
     ).materialize()
     summary = AssignSummary()
-    new = _gather(encoded, columns, summary)
+    new = _gather(encoded, columns, summary, run.recode)
     if new is None:
         summary.add_index_stats(index)
         summary.seconds = round(time.perf_counter() - start, 3)
         return summary
     layout = encoder.layout
     shards = SHARDS_PER_WORKER * workers
-    with index.writer(timeout=lock_timeout):  # the occupancy the IDs are resolved against stays current
+    with index.writer(timeout=run.lock_timeout):  # the occupancy the IDs are resolved against stays current
+        sids, fallback, kept_id = recoded_in_place(
+            index, item_ids=new.item_ids, base_codes=new.base_codes, recodes=new.recodes
+        )
+        shard_args = {"layout": layout, "shards": shards, "recode": run.recode, "keep_ids": _kept_keys(new, kept_id)}
         resolved = (
-            encoded.map_batches(with_shards, fn_kwargs={"layout": layout, "shards": shards}, batch_format="pyarrow")
+            encoded.map_batches(with_shards, fn_kwargs=shard_args, batch_format="pyarrow")
             .groupby("shard", num_partitions=shards)
             .map_groups(
                 ResolveShard,
@@ -250,7 +266,9 @@ def _run(
                 num_cpus=1,
             )
         )
-        sids, fallback = _in_catalog_order(resolved, new.item_ids, layout.width)
+        todo = np.flatnonzero(~kept_id)
+        if todo.shape[0]:
+            sids[todo], fallback[todo] = _in_catalog_order(resolved, new.item_ids[todo], layout.width)
         summary.segment = index.append(
             item_ids=new.item_ids,
             base_codes=new.base_codes,
@@ -259,8 +277,11 @@ def _run(
             embedding_hash=new.hashes,
             vectors=encoder.vectors(sids[:, : layout.levels]),
             columns=new.columns,
+            recodes=new.recodes,
         )
-    summary.new_items = int(new.item_ids.shape[0])
+    summary.new_items = int((~new.recodes).sum())
+    summary.recoded_items = int(new.recodes.sum())
+    summary.recoded_new_ids = int((new.recodes & ~kept_id).sum())
     summary.fallback_items = int(fallback.sum())
     summary.add_index_stats(index)
     summary.seconds = round(time.perf_counter() - start, 3)
@@ -275,19 +296,29 @@ class _NewItems:
     base_codes: np.ndarray  # int64 [N, L]
     hashes: np.ndarray  # uint64 [N]
     columns: dict[str, pa.ChunkedArray] | None
+    recodes: np.ndarray  # bool [N]: a known item whose embedding changed, re-coded (--recode-changed)
 
 
-def _gather(encoded: Any, columns: CatalogColumns, summary: AssignSummary) -> _NewItems | None:
-    """One ordered pass over the encoded rows: counts, changed items, catalog-wide unique ids, the new rows."""
+def _kept_keys(new: _NewItems, kept_id: np.ndarray) -> np.ndarray:
+    """Sorted ids of re-coded items that keep their ID (resolution skips them)."""
+    return np.sort(_sort_keys(new.item_ids[kept_id]))
+
+
+def _gather(encoded: Any, columns: CatalogColumns, summary: AssignSummary, recode: bool) -> _NewItems | None:
+    """One ordered pass over the encoded rows: counts, changed items, catalog-wide unique ids, the rows to
+    place (new items; with ``recode`` also the changed ones)."""
     names = ["item_id", "status", "base_code", "embedding_hash", *columns.keep_columns]
-    all_ids, ids, codes, hashes, kept, changed = [], [], [], [], [], []
+    all_ids, ids, codes, hashes, kept, changed, recodes = [], [], [], [], [], [], []
+    new_count = 0
     for batch in encoded.select_columns(names).iter_batches(batch_size=None, batch_format="pyarrow"):
         batch_ids = _ids_to_numpy(batch.column("item_id"), columns.id_column, 0)
         status = batch.column("status").to_numpy()
         all_ids.append(batch_ids)
         changed.append(batch_ids[status == CHANGED])
-        new = status == NEW
+        new_count += int((status == NEW).sum())
+        new = (status == NEW) | ((status == CHANGED) & recode)
         if new.any():
+            recodes.append(status[new] == CHANGED)
             ids.append(batch_ids[new])
             codes.append(_numpy_list(batch.column("base_code"))[new])
             hashes.append(batch.column("embedding_hash").to_numpy()[new])
@@ -299,10 +330,10 @@ def _gather(encoded: Any, columns: CatalogColumns, summary: AssignSummary) -> _N
     check_unique_ids(every)
     changed_ids = np.concatenate(changed).tolist()
     summary.items = int(every.shape[0])
-    summary.existing_items = summary.items - sum(len(part) for part in ids)
+    summary.existing_items = summary.items - new_count
     summary.changed_items = len(changed_ids)
     summary.changed_ids = changed_ids[:MAX_LISTED_CHANGED]
-    if changed_ids:
+    if changed_ids and not recode:
         log.warning("%d known items have a changed embedding; they keep their published IDs", len(changed_ids))
     if not ids:
         return None
@@ -312,6 +343,7 @@ def _gather(encoded: Any, columns: CatalogColumns, summary: AssignSummary) -> _N
         base_codes=np.concatenate(codes),
         hashes=np.concatenate(hashes),
         columns={name: table.column(name) for name in columns.keep_columns} if table is not None else None,
+        recodes=np.concatenate(recodes),
     )
 
 

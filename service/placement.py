@@ -62,6 +62,33 @@ class Placement:
     kept_id: np.ndarray  # bool [N]: a re-coded item whose base code did not move keeps its ID
 
 
+def recoded_in_place(
+    index: SemanticIdIndex, *, item_ids: np.ndarray, base_codes: np.ndarray, recodes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IDs of re-coded rows whose base code did not move: they keep their full ID (and fallback flag).
+
+    Returns int64 ``[N, L+1]`` IDs, bool ``[N]`` fallback and bool ``[N]`` kept, filled only for
+    those rows; every other row still needs collision resolution. ``UnknownItemError`` if a row
+    flagged in ``recodes`` is not indexed. Call under the writer lock (both engines do).
+    """
+    n = len(item_ids)
+    sids = np.zeros((n, index.layout.width), dtype=np.int64)
+    fallback = np.zeros(n, dtype=bool)
+    kept_id = np.zeros(n, dtype=bool)
+    if recodes.any():
+        at = np.flatnonzero(recodes)
+        rows = index.snapshot.lookup_items(item_ids[at])
+        if (rows < 0).any():
+            shown = item_ids[at][rows < 0][:5].tolist()
+            raise UnknownItemError(f"items to re-code are not in the index: {shown}", item_id=shown[0])
+        state = index.snapshot.state
+        same = (state.base_codes[rows] == base_codes[at]).all(axis=1)
+        kept_id[at[same]] = True
+        sids[at[same]] = state.semantic_ids[rows[same]]
+        fallback[at[same]] = state.fallback[rows[same]]
+    return sids, fallback, kept_id
+
+
 def place_new_items(
     index: SemanticIdIndex,
     encoder: CheckpointEncoder,
@@ -80,23 +107,12 @@ def place_new_items(
     indexed): same base code as stored -> same full ID; else a new place, the old ID reserved.
     """
     n = len(item_ids)
-    width, levels = encoder.layout.width, encoder.layout.levels
+    levels = encoder.layout.levels
     flags = np.zeros(n, dtype=bool) if recodes is None else np.asarray(recodes, dtype=bool)
     with index.writer(timeout=lock_timeout):
-        sids = np.zeros((n, width), dtype=np.int64)
-        fallback = np.zeros(n, dtype=bool)
-        kept_id = np.zeros(n, dtype=bool)
-        if flags.any():
-            at = np.flatnonzero(flags)
-            rows = index.snapshot.lookup_items(item_ids[at])
-            if (rows < 0).any():
-                shown = item_ids[at][rows < 0][:5].tolist()
-                raise UnknownItemError(f"items to re-code are not in the index: {shown}", item_id=shown[0])
-            state = index.snapshot.state
-            same = (state.base_codes[rows] == encoded.base_codes[at]).all(axis=1)
-            kept_id[at[same]] = True
-            sids[at[same]] = state.semantic_ids[rows[same]]
-            fallback[at[same]] = state.fallback[rows[same]]
+        sids, fallback, kept_id = recoded_in_place(
+            index, item_ids=item_ids, base_codes=encoded.base_codes, recodes=flags
+        )
         todo = np.flatnonzero(~kept_id)
         if todo.shape[0]:
             result = resolve_collisions(

@@ -61,13 +61,16 @@ def _same_run(local: dict, ray: dict) -> None:
     assert {k: v for k, v in ray.items() if k not in drop} == {k: v for k, v in local.items() if k not in drop}
 
 
-def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_checkpoint, tmp_path):
-    """Half the catalog is indexed first (one changed embedding among them); the full catalog then adds
-    the rest: known items keep their IDs, new ones are placed around them, identically."""
+@pytest.mark.parametrize("recode", [False, True])
+def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_checkpoint, tmp_path, recode):
+    """Half the catalog is indexed first; the full catalog then adds the rest, with two known items'
+    embeddings changed: without --recode-changed they are reported and keep their IDs; with it they are
+    re-coded (one nudged, one moved onto another item's embedding). Same result from both engines."""
     half = len(colliding) // 2
     first = Catalog(item_ids=colliding.item_ids[:half], embeddings=colliding.embeddings[:half])
     full = Catalog(item_ids=colliding.item_ids, embeddings=colliding.embeddings.copy())
-    full.embeddings[0] += 0.01  # a known item whose embedding changed: reported, keeps its ID
+    full.embeddings[0] += 0.01
+    full.embeddings[1] = colliding.embeddings[-1]
     ckpt = ["--checkpoint", str(tiny_checkpoint), "--batch-rows", "100"]
     for name in ("local", "ray"):
         _assign(
@@ -75,16 +78,19 @@ def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_c
         )
     before = pq.read_table(tmp_path / "local" / "segments" / "seg-000001.parquet", columns=["item_id", "semantic_id"])
     path = write_catalog(full, tmp_path / "full.parquet")
-    local = _assign([*ckpt, "--catalog", str(path), "--index", str(tmp_path / "local")])
-    ray = _assign([*ckpt, "--catalog", str(path), "--index", str(tmp_path / "ray"), "--engine", "ray"])
-    assert local["existing_items"] == half and local["changed_items"] == 1 and local["fallback_items"] > 0
+    flag = ["--recode-changed"] if recode else []
+    local = _assign([*ckpt, *flag, "--catalog", str(path), "--index", str(tmp_path / "local")])
+    ray = _assign([*ckpt, *flag, "--catalog", str(path), "--index", str(tmp_path / "ray"), "--engine", "ray"])
+    assert local["existing_items"] == half and local["changed_items"] == 2 and local["fallback_items"] > 0
+    assert local["recoded_items"] == (2 if recode else 0) and local["recoded_new_ids"] == (1 if recode else 0)
     _same_run(local, ray)
     exported = _export(tmp_path / "ray", tmp_path / "ray.parquet")
     assert exported == _export(tmp_path / "local", tmp_path / "local.parquet")
     table = pq.read_table(tmp_path / "ray.parquet").to_pydict()
     ids = dict(zip(table["item_id"], table["semantic_id"], strict=True))
+    moved = {int(colliding.item_ids[1])} if recode else set()
     for item, sid in zip(*before.to_pydict().values(), strict=True):
-        assert ids[item] == sid
+        assert (ids[item] != sid) if item in moved else (ids[item] == sid)
 
 
 def test_collisions_and_fallback_same_export(ray_local, colliding, tiny_checkpoint, tmp_path):
@@ -137,5 +143,3 @@ def test_ray_flags_need_the_ray_engine(tiny_checkpoint, tiny_catalog_file, tmp_p
     args = ["assign", "--checkpoint", str(tiny_checkpoint), "--catalog", str(tiny_catalog_file)]
     result = CliRunner().invoke(main, [*args, "--index", str(tmp_path / "idx"), "--workers", "2"])
     assert result.exit_code == 2 and "need --engine ray" in result.output
-    recode = CliRunner().invoke(main, [*args, "--index", str(tmp_path / "idx"), "--engine", "ray", "--recode-changed"])
-    assert recode.exit_code == 2 and "--recode-changed is not supported by --engine ray" in recode.output
