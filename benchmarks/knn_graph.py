@@ -57,11 +57,14 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def movielens_rows(seeds: list[int]) -> tuple[list[dict], dict]:
+def movielens_rows(seeds: list[int], probes: list[int]) -> tuple[list[dict], dict]:
     emb = read_catalog(MOVIELENS).embeddings
     unit = unit_rows(emb)
     exact = exact_knn(unit, 10)
     approx = clustered_knn(unit, 10, seed=0)
+    sweep = {}
+    for p in probes:
+        sweep[f"recall_at_10_probes_{p}"] = round(recall(clustered_knn(unit, 10, seed=0, probes=p), exact), 4)
     t = TrainConfig()
     x = torch.from_numpy(unit)
     targets = {}
@@ -71,7 +74,7 @@ def movielens_rows(seeds: list[int]) -> tuple[list[dict], dict]:
             kmeans_iters=min(t.kmeans_iters, 10), kmeans_sample=t.kmeans_sample, exact_max_items=threshold,
         ).labels.numpy()  # fmt: skip
         targets[f"targets_nn_share_{name}"] = round(float((labels[exact] == labels[:, None]).mean()), 4)
-    graph = {"items": len(emb), "recall_at_10": round(recall(approx, exact), 4), **targets}
+    graph = {"items": len(emb), "recall_at_10": round(recall(approx, exact), 4), **sweep, **targets}
     extra = {"graph_min_gain": 0.0} if "graph_min_gain" in TrainConfig.model_fields else {}
     rows = []
     for seed in seeds:
@@ -163,7 +166,8 @@ def synthetic_run(items: int, faiss_ivf: bool) -> tuple[dict, list[dict]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="MovieLens trainings (none: graph only)")
+    ap.add_argument("--probes", type=int, nargs="*", default=[16, 32], help="MovieLens: recall with more probes")
     ap.add_argument("--faiss-ivf", action="store_true", help="also time FAISS IndexIVFFlat on the synthetic catalog")
     ap.add_argument("--skip-movielens", action="store_true")
     ap.add_argument("--name", default="knn_graph")
@@ -173,13 +177,13 @@ def main() -> None:
     data: dict = {}
     parts = []
     if MOVIELENS.is_file() and not args.skip_movielens:
-        rows, graph = movielens_rows(args.seeds)
+        rows, graph = movielens_rows(args.seeds, args.probes)
         data["movielens"] = {"runs": rows, "graph": graph}
         parts += [
             "## MovieLens: exact graph vs the approximate one forced (train.graph_exact_items = 0)",
             markdown_table([graph], list(graph)),
-            markdown_table(rows, list(rows[0])),
         ]
+        parts += [markdown_table(rows, list(rows[0]))] if rows else []
     else:
         parts.append(f"MovieLens not run ({MOVIELENS} absent or --skip-movielens).")
     if args.items:
