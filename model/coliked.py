@@ -88,6 +88,10 @@ def read_coliked(
     path = Path(path)
     table, columns = _read_table(path, user_column, item_column, rating_column)
     users, items, likes = _likes(table, path, config.coliked_min_rating)
+    if likes == 0:
+        raise InteractionsFileError(
+            f"interactions {path} has no likes (rows with a user, an item and a rating >= {config.coliked_min_rating})"
+        )
     rows = _catalog_rows(items, item_ids, path)
     known = rows >= 0
     unknown_items = np.unique(items[~known].astype(str))

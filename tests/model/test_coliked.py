@@ -69,6 +69,7 @@ def test_string_ids_join_string_catalog_ids(tmp_path):
         ("userId,movieId,rating\n1,1.5,5\n", "item column is double"),
         ("userId,movieId,rating\n1,100,good\n", "not numeric"),
         ("userId,movieId,rating\n1,5,5\n2,5,5\n", "none of its 1 liked items is in the catalog"),
+        ("userId,movieId,rating\n1,100,2\n", "has no likes"),
     ],
 )
 def test_bad_files_raise_one_error_naming_the_problem(tmp_path, text, message):
