@@ -64,6 +64,36 @@ def encode_all(checkpoint: Path, embeddings: np.ndarray, batch: int = 65536) -> 
         )
 
 
+def partial(args: argparse.Namespace, out: Path, err: subprocess.TimeoutExpired, seconds: float, load: str) -> None:
+    """Record how far a run stopped by --timeout got: the graph build time and the epochs saved for --resume."""
+    stderr = err.stderr.decode() if isinstance(err.stderr, bytes) else (err.stderr or "")
+    graph = GRAPH_LOG.search(stderr)
+    resume = out / "resume.json"
+    history = json.loads(resume.read_text()).get("history", []) if resume.is_file() else []
+    run = {
+        "items": args.items,
+        "completed": False,
+        "stopped_after_s": round(seconds, 1),
+        "graph_build_s": float(graph.group(1)) if graph else None,
+        "epochs_done": len(history),
+        "epoch_seconds": [row.get("seconds") for row in history],
+        "load_before": load,
+        "load_after": load_average(),
+        "bar_s": BAR_SECONDS,
+        "met": False,
+    }
+    markdown = "\n\n".join(
+        [
+            markdown_table([run], list(run)),
+            f"Stopped by --timeout {args.timeout:g} s before `semid train` finished (60 epochs by default): no "
+            "quality figures. graph_build_s is read from the run's log, the epochs from its resume state. The "
+            "machine (2 cores) is shared with other engineers' runs: the load averages are 1/5/15-minute figures.",
+        ]
+    )
+    path = write_results(args.name, {"run": run}, markdown)
+    print(path.read_text())  # noqa: T201
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--items", type=int, default=1_000_000, help="training items")
@@ -71,6 +101,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default="train_scale")
+    ap.add_argument(
+        "--timeout", type=float, default=0, help="stop `semid train` after this many seconds and record how far it got"
+    )
     args = ap.parse_args()
 
     start = time.perf_counter()
@@ -86,7 +119,11 @@ def main() -> None:
         cmd = [*semid_command(), "-v", "train", "--catalog", str(parquet), "--out", str(out), "--quiet"]
         load_before = load_average()
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout or None)
+        except subprocess.TimeoutExpired as err:
+            partial(args, out, err, time.perf_counter() - start, load_before)
+            return
         train_s = time.perf_counter() - start
         load_after = load_average()
         if proc.returncode != 0:
