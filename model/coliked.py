@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from scipy import sparse
 
 from semid.model.catalog import CatalogError
-from semid.model.config import TrainConfig
+from semid.model.config import SemidConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,14 @@ class ColikedGraph:
         extra_w = np.where(pos >= 0, np.float32(self.weight), np.float32(0.0))
         weights = np.concatenate([np.ones(graph.shape, dtype=np.float32), extra_w.astype(np.float32)], axis=1)
         return np.concatenate([graph, extra], axis=1), weights
+
+
+def check_trainable(config: SemidConfig) -> None:
+    """Interactions are blended into the RQ-VAE's graph targets: other settings cannot use them."""
+    if config.model.tokenizer != "rqvae":
+        raise ValueError("interactions need the rqvae tokenizer (they are blended into its graph targets)")
+    if not config.train.graph_targets:
+        raise ValueError("interactions are blended into the graph targets; train with graph_targets on")
 
 
 def read_coliked(

@@ -18,7 +18,7 @@ from semid.model.checkpoint import (
     save_checkpoint,
     save_resume_state,
 )
-from semid.model.coliked import ColikedGraph
+from semid.model.coliked import ColikedGraph, check_trainable
 from semid.model.config import SemidConfig
 from semid.model.rqvae import SemanticTokenizer, build_tokenizer
 from semid.model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
@@ -39,8 +39,8 @@ def train_tokenizer(
 
     ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
     graph; the checkpoint's metrics record which interactions were used (``interactions``)."""
-    if coliked is not None and config.model.tokenizer != "rqvae":
-        raise ValueError("interactions need the rqvae tokenizer (they are blended into its graph targets)")
+    if coliked is not None:
+        check_trainable(config)
     if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:
         raise ValueError(f"co-liked partners cover {len(coliked.partners)} items, the catalog has {len(embeddings)}")
     out = Path(out_dir)

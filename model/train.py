@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semid.model.adaptive import decide_graph_targets
-from semid.model.coliked import ColikedGraph
+from semid.model.coliked import ColikedGraph, check_trainable
 from semid.model.config import SemidConfig
 from semid.model.graph_targets import GraphTargets, build_targets
 from semid.model.kmeans import squared_distances
@@ -145,8 +145,8 @@ def fit_rqvae(
         optimizer.load_state_dict(state.optimizer_state)
     if state.start_epoch == 0:
         tokenizer.normalizer.fit(x)
-    if coliked is not None and not t.graph_targets:
-        raise ValueError("interactions are blended into the graph targets; train with graph_targets on")
+    if coliked is not None:
+        check_trainable(cfg)
     targets = _graph_targets(tokenizer, x, cfg, coliked) if t.graph_targets else None
     if targets is not None:  # the catalog decides whether they are worth their cost (semid.model.adaptive)
         decision = decide_graph_targets(

@@ -197,8 +197,9 @@ def train(
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
     coliked = None
     if interactions is not None:
-        from semid.model.coliked import read_coliked
+        from semid.model.coliked import check_trainable, read_coliked
 
+        check_trainable(config)  # before reading the file
         coliked = read_coliked(
             interactions,
             cat.item_ids,

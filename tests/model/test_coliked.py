@@ -268,3 +268,14 @@ def test_cli_bad_interactions_file_is_a_one_line_error_with_exit_code_2(tmp_path
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_cli_interactions_with_rqkmeans_fail_before_reading_the_file(tmp_path, planted_files):
+    catalog, ratings = planted_files
+    args = ["train", "--catalog", catalog, "--out", tmp_path / "o", "--tokenizer", "rqkmeans"]
+    args += ["--interactions", ratings]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: interactions need the rqvae tokenizer (they are blended into its graph targets)"
+    ]
