@@ -110,14 +110,18 @@ def _timed_encode(encode: Callable[[], Any], passes: int = ENCODE_PASSES) -> tup
 Runner = Callable[[np.ndarray, np.ndarray, int, np.ndarray], Fitted]  # (raw, x, seed, rows to fit on)
 
 
-def _semid(tokenizer: str, model: dict[str, Any] | None = None, **train: Any) -> Runner:
+def _semid(tokenizer: str, model: dict[str, Any] | None = None, coliked: Any = None, **train: Any) -> Runner:
+    """A semid tokenizer with config overrides; ``coliked(fit rows)`` (optional) returns the co-liked
+    partners of those rows to train with (``semid train --interactions``)."""
+
     def run(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
         cfg = SemidConfig.from_dict(
             {"model": {"tokenizer": tokenizer, **(model or {})}, "train": {"seed": seed, **train}}
         )
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            train_tokenizer(raw[fit], cfg, tmp)  # input_dim is taken from the data
+            partners = coliked(fit) if coliked is not None else None
+            train_tokenizer(raw[fit], cfg, tmp, coliked=partners)  # input_dim is taken from the data
             fit_s = time.perf_counter() - start
             tok = load_checkpoint(tmp).tokenizer.eval()
 

@@ -19,6 +19,10 @@ With ``--holdout-share S`` every tokenizer is fitted on the same seeded 1-S of t
 (``semid.service.evaluation.holdout.split_rows``, as ``semid evaluate --holdout-share``) and encodes all of
 them; the report adds the users whose test item is one the tokenizers never saw (new items), and is written to
 OUT/generative_retrieval_holdout.{json,md}.
+
+The ``semid-rqvae-interactions`` row trains semid with ``--interactions`` (co-liked pairs in the first level)
+on the interactions file minus every scored user's validation and test items (``training_interactions``),
+so the tokenizer never sees the pairs the generator is scored on.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -36,13 +41,16 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, command, machine  # noqa: E402
-from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS, Fitted  # noqa: E402
+from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS, Fitted, _semid  # noqa: E402
 from benchmarks.genrec_data import (  # noqa: E402
     Split,
+    _catalog_rows,  # noqa: E402
     leave_one_out,
     random_codes,
     read_histories,
@@ -58,15 +66,20 @@ from benchmarks.genrec_model import (  # noqa: E402
     train,
 )
 from semid.model.catalog import read_catalog  # noqa: E402
+from semid.model.coliked import read_coliked  # noqa: E402
+from semid.model.config import TrainConfig  # noqa: E402
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
+from semid.service.evaluation.interactions import read_interactions  # noqa: E402
 from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
-# benchmark name -> compare_tokenizers key (None: random codes)
+INTERACTIONS_ROW = "semid-rqvae-interactions"
+# benchmark name -> compare_tokenizers key (None: random codes, or the interactions row)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
     "semid-rqvae-noanchors": "semid-rqvae-noanchors",
     "semid-rqvae-plain": "semid-rqvae-plain",
     "semid-rqkmeans": "semid-rqkmeans",
+    INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
     "faiss-rq": "faiss-rq",
     "semantic-id": "sid-rqkmeans",
     "random": None,
@@ -92,12 +105,22 @@ class Settings:
 
 
 def fit_ids(
-    name: str, raw: np.ndarray, x: np.ndarray, item_ids: np.ndarray, seed: int, fit: np.ndarray | None = None
+    name: str,
+    raw: np.ndarray,
+    x: np.ndarray,
+    item_ids: np.ndarray,
+    seed: int,
+    fit: np.ndarray | None = None,
+    likes: Path | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Unique [N, LEVELS + 1] IDs of one tokenizer and facts about them; the tokenizer is fitted on the rows
-    ``fit`` (default: the whole catalog) and encodes every item."""
+    ``fit`` (default: the whole catalog) and encodes every item. ``likes``: the interactions file the
+    interactions row trains with (``training_interactions``)."""
     source = SOURCES[name]
-    if source is None:
+    if name == INTERACTIONS_ROW:
+        runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()))
+        fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif source is None:
         fitted = Fitted(random_codes(len(raw), LEVELS, CODEBOOK, seed), 0.0, 0.0, None, {"codes": "uniform random"})
     else:
         fitted = TOKENIZERS[source][1](raw, x, seed, np.arange(len(raw)) if fit is None else fit)
@@ -109,7 +132,7 @@ def fit_ids(
     sids = unique_ids(codes, distances, item_ids, CODEBOOK)
     buckets = np.unique(codes, axis=0).shape[0]
     info = {
-        "tokenizer": TOKENIZERS[source][0] if source else "random codes",
+        "tokenizer": TOKENIZERS[source][0] if source else _unsourced_label(name),
         "fit_s": round(fitted.fit_s, 2),
         "base_collision_rate": round(1 - buckets / len(codes), 5),
         "max_dedup_digit": int(sids[:, -1].max()),
@@ -293,6 +316,36 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
     return table
 
 
+def _unsourced_label(name: str) -> str:
+    return "semid rqvae + interactions (the generator's training pairs)" if name == INTERACTIONS_ROW else "random codes"
+
+
+def training_interactions(path: str, item_ids: np.ndarray, hist_users: np.ndarray, split: Split, out: Path) -> Path:
+    """The interactions file without each evaluated user's validation and test items, for the tokenizer that
+    learns from co-liked pairs: it must not see the pairs the generator is scored on. ``hist_users``: the
+    split's users as ``read_histories`` numbers them (sorted distinct user names among catalog interactions)."""
+    table, _ = read_interactions(path)
+    users = np.asarray(table.column("user").to_numpy(zero_copy_only=False)).astype(str)
+    rows = _catalog_rows(item_ids, np.asarray(table.column("item").to_numpy(zero_copy_only=False)))
+    names, numbers = np.unique(users[rows >= 0], return_inverse=True)
+    user_of = np.full(users.shape[0], -1, dtype=np.int64)
+    user_of[rows >= 0] = numbers
+    n = len(item_ids)
+    held = np.concatenate([hist_users * n + split.valid_target, hist_users * n + split.test_target])
+    drop = np.isin(user_of * n + rows, held) & (rows >= 0)
+    keep = pa.table(
+        {
+            "user": pa.array(users[~drop]),
+            "item": table.column("item").filter(pa.array(~drop)),
+            "rating": table.column("rating").filter(pa.array(~drop)),
+        }
+    )
+    target = out / "tokenizer_interactions.parquet"
+    pq.write_table(keep, target)
+    print(f"tokenizer interactions: {keep.num_rows} of {table.num_rows} rows ({int(drop.sum())} held out)")
+    return target
+
+
 def held_out_figures(table: list[dict], split: Split, held: np.ndarray, seed: int) -> tuple[int, list[dict]]:
     """Test figures of the users whose test item is one the tokenizers never saw (``--holdout-share``), and
     the paired differences of each semid row against the others on those users."""
@@ -460,6 +513,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch/faiss threads (1: on a shared machine 2 threads run far slower)"
     )
     ap.add_argument("--tiny", action="store_true", help="smoke run: 1 epoch, 40 users, history 5, 5 beams")
+    ap.add_argument("--name", default=None, help="results file name (default generative_retrieval[_holdout])")
     ap.add_argument(
         "--holdout-share",
         type=float,
@@ -504,6 +558,11 @@ def main(argv: list[str] | None = None) -> dict:
     hist = read_histories(args.interactions, np.asarray(cat.item_ids), min_rating=s.min_rating)
     split = leave_one_out(hist, max_users=s.max_users)
     fit, held = split_rows(len(raw), args.holdout_share, 0) if args.holdout_share else (None, None)
+    likes = None
+    if INTERACTIONS_ROW in wanted:
+        hist_users = np.flatnonzero(np.diff(hist.starts) >= 3)[: s.max_users]  # as leave_one_out picks them
+        scratch = Path(tempfile.mkdtemp(prefix="semid-gr-"))
+        likes = training_interactions(args.interactions, np.asarray(cat.item_ids), hist_users, split, scratch)
     windows, learn = training_windows(recent(split, s), s.history + 1)
     print(f"{len(raw)} items, {len(split.train)} users, {len(windows)} windows; budget {budget}", flush=True)
 
@@ -513,7 +572,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed_budget = replace(budget, seed=seed)
         for name in wanted:
             ids = np.asarray(cat.item_ids)
-            rows[name].append(_run_tokenizer(name, raw, x, ids, split, seed_budget, s, parts, fit))
+            rows[name].append(_run_tokenizer(name, raw, x, ids, split, seed_budget, s, parts, fit, likes))
             gc.collect()
         item_run = run_items(split, len(raw), seed_budget, s, parts)
         rows[ITEM_BASELINE].append({"status": "ok", **item_run})
@@ -536,21 +595,21 @@ def main(argv: list[str] | None = None) -> dict:
         "run_s": round(time.perf_counter() - started, 1),
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
-    name = "generative_retrieval"
+    name = args.name or "generative_retrieval"
     if held is not None:
         users, held_comparisons = held_out_figures(table, split, held, seed=0)
         data["holdout"] = {"share": args.holdout_share, "seed": 0, "fit_items": int(fit.shape[0]), "users": users}
         data["holdout"]["comparisons"] = held_comparisons
-        name += "_holdout"
+        name += "" if args.name else "_holdout"
     path = write(Path(args.out), data, table, name)
     print(path.read_text())
     return {"data": data, "table": table, "rows": rows, "split": split}
 
 
-def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None) -> dict:
+def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None, likes=None) -> dict:
     print(f"[{name}] seed {budget.seed}: fitting IDs (load {os.getloadavg()[0]:.2f})", flush=True)
     try:
-        sids, info = fit_ids(name, raw, x, item_ids, budget.seed, fit)
+        sids, info = fit_ids(name, raw, x, item_ids, budget.seed, fit, likes)
     except ImportError as err:
         return {"status": "not installed", "error": f"{type(err).__name__}: {err}"}
     except Exception as err:  # one failing tokenizer must not lose the others' figures

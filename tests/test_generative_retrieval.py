@@ -194,3 +194,24 @@ def _catalog_arrays(root):
     raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     return raw, x, np.asarray(cat.item_ids)
+
+
+def test_tokenizer_interactions_leave_out_every_scored_pair(tiny_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, item_ids = tiny_data
+    hist = read_histories(root / "ratings.csv", item_ids)
+    split = leave_one_out(hist)
+    users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    path = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
+    kept = pq.read_table(path).to_pydict()
+    pairs = {(str(u), int(i)) for u, i in zip(kept["user"], kept["item"], strict=True)}
+    # the tiny ratings number users 1..USERS; read_histories numbers them in sorted-name order
+    names = sorted({str(u) for u in range(1, USERS + 1)})
+    for k, user in enumerate(users):
+        name = names[user]
+        for target in (split.test_target[k], split.valid_target[k]):
+            assert (name, int(item_ids[target])) not in pairs
+        assert any(p[0] == name for p in pairs)  # the user's training pairs stay
+    total = sum(1 for _ in open(root / "ratings.csv")) - 1
+    assert len(kept["user"]) >= total - 2 * len(users) - 1  # only the scored pairs (and a repeat) go
