@@ -31,18 +31,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from scipy import sparse
 
 from semid.model.catalog import CatalogError
 from semid.model.config import SemidConfig, TrainConfig
+from semid.model.interactions_file import read_interaction_columns
 
 log = logging.getLogger(__name__)
 
-USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid")
-ITEM_COLUMNS = ("item", "item_id", "itemId", "movieId", "movie_id", "iid")
-RATING_COLUMNS = ("rating", "score", "stars")
 SETTINGS = ("coliked_min_rating", "coliked_partners", "coliked_min_users", "coliked_weight", "coliked_max_user_likes")
 _CHUNK_ROWS = 512  # items per sparse product when scoring pairs
 
@@ -94,7 +90,9 @@ def read_coliked(
 ) -> ColikedGraph:
     """Read the interactions file and build the co-liked partners of the catalog rows ``item_ids``."""
     path = Path(path)
-    table, columns = _read_table(path, user_column, item_column, rating_column)
+    table, columns = read_interaction_columns(
+        path, user_column, item_column, rating_column, rating_required=False, error=InteractionsFileError
+    )
     users, items, likes = _likes(table, path, config.coliked_min_rating)
     if likes == 0:
         raise InteractionsFileError(
@@ -194,53 +192,6 @@ def coliked_partners(
         "liked_items": int(np.unique(rows).shape[0]),
     }
     return partners, scores, counts
-
-
-def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], role: str, path: Path) -> str | None:
-    if wanted is not None:
-        if wanted not in names:
-            raise InteractionsFileError(f"interactions {path} has no {role} column {wanted!r}; columns are {names}")
-        return wanted
-    lowered = {n.lower(): n for n in names}
-    for cand in candidates:
-        if cand.lower() in lowered:
-            return lowered[cand.lower()]
-    if role == "rating":
-        return None  # optional: every row is a like
-    raise InteractionsFileError(
-        f"interactions {path} has no {role} column (looked for {', '.join(candidates)}); columns are {names}; "
-        f"name it with --{role}-column"
-    )
-
-
-def _read_table(
-    path: Path, user_column: str | None, item_column: str | None, rating_column: str | None
-) -> tuple[pa.Table, dict[str, str | None]]:
-    if not path.is_file():
-        raise InteractionsFileError(f"interactions file {path} does not exist")
-    parquet = path.suffix.lower() in (".parquet", ".pq")
-    try:
-        if parquet:
-            names = pq.ParquetFile(path).schema_arrow.names
-        else:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                names = [n.strip().strip('"') for n in fh.readline().rstrip("\r\n").split(",")]
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InteractionsFileError(f"interactions {path} is not readable: {err}") from err
-    cols = {
-        "user": _pick(names, user_column, USER_COLUMNS, "user", path),
-        "item": _pick(names, item_column, ITEM_COLUMNS, "item", path),
-        "rating": _pick(names, rating_column, RATING_COLUMNS, "rating", path),
-    }
-    wanted = [c for c in cols.values() if c is not None]
-    try:
-        if parquet:
-            table = pq.read_table(path, columns=wanted)
-        else:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=wanted))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InteractionsFileError(f"interactions {path} is not readable: {err}") from err
-    return pa.table({role: table.column(name) for role, name in cols.items() if name is not None}), cols
 
 
 def _likes(table: pa.Table, path: Path, min_rating: float) -> tuple[np.ndarray, np.ndarray, int]:

@@ -13,14 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from semid.model.catalog import CatalogError
-
-USER_COLUMNS = ("user", "user_id", "userId", "userid", "uid")
-ITEM_COLUMNS = ("item", "item_id", "itemId", "movieId", "movie_id", "iid")
-RATING_COLUMNS = ("rating", "score", "stars")
+from semid.model.interactions_file import read_interaction_columns
 
 
 class InteractionsError(CatalogError):
@@ -41,21 +36,6 @@ class LikedItems:
     unknown_examples: list[str]
 
 
-def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], role: str, path: Path) -> str:
-    if wanted is not None:
-        if wanted not in names:
-            raise InteractionsError(f"interactions {path} has no {role} column {wanted!r}; columns are {names}")
-        return wanted
-    lowered = {n.lower(): n for n in names}
-    for cand in candidates:
-        if cand.lower() in lowered:
-            return lowered[cand.lower()]
-    raise InteractionsError(
-        f"interactions {path} has no {role} column (looked for {', '.join(candidates)}); columns are {names}; "
-        f"name it with --{role}-column"
-    )
-
-
 def read_interactions(
     path: str | Path,
     *,
@@ -65,33 +45,12 @@ def read_interactions(
 ) -> tuple[pa.Table, dict[str, str]]:
     """The user, item and rating columns (auto-detected unless named) as a table with those names."""
     path = Path(path)
-    if not path.is_file():
-        raise InteractionsError(f"interactions file {path} does not exist")
-    try:
-        if path.suffix in (".parquet", ".pq"):
-            names = pq.ParquetFile(path).schema_arrow.names
-        else:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                names = [n.strip().strip('"') for n in fh.readline().rstrip("\r\n").split(",")]
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InteractionsError(f"interactions {path} is not readable: {err}") from err
-    cols = {
-        "user": _pick(names, user_column, USER_COLUMNS, "user", path),
-        "item": _pick(names, item_column, ITEM_COLUMNS, "item", path),
-        "rating": _pick(names, rating_column, RATING_COLUMNS, "rating", path),
-    }
-    wanted = list(cols.values())
-    try:
-        if path.suffix in (".parquet", ".pq"):
-            table = pq.read_table(path, columns=wanted)
-        else:
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=wanted))
-    except (pa.ArrowInvalid, OSError) as err:
-        raise InteractionsError(f"interactions {path} is not readable: {err}") from err
-    rating = table.column(cols["rating"])
+    table, cols = read_interaction_columns(
+        path, user_column, item_column, rating_column, rating_required=True, error=InteractionsError
+    )
+    rating = table.column("rating")
     if not (pa.types.is_integer(rating.type) or pa.types.is_floating(rating.type)):
         raise InteractionsError(f"interactions {path}: rating column {cols['rating']!r} is {rating.type}, not numeric")
-    table = pa.table({role: table.column(name) for role, name in cols.items()})
     return table, cols
 
 
