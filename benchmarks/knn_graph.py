@@ -1,4 +1,4 @@
-"""The first-level k-NN graph: approximate (IVF cells, semid.model.knn) vs exact, on MovieLens and at 1M items.
+"""The first-level k-NN graph: approximate (HNSW, semid.model.knn) vs exact, on MovieLens and at 1M items.
 
     python benchmarks/knn_graph.py                        # MovieLens (if present) + 1M synthetic items
     python benchmarks/knn_graph.py --items 50000 --seeds 0   # a quick smoke run
@@ -8,24 +8,23 @@ threshold) is trained with the defaults twice per seed, once as is (exact graph)
 ``train.graph_exact_items = 0`` (the approximate graph forced), and every item is encoded. Figures:
 neighbour prefix share (2,000 sampled items, exact 10 nearest), per-level perplexity, base collision
 rate (``semid.service.evaluation.code_health.id_quality``); two seeds show the noise. Also the graph
-itself: recall of the approximate graph against the exact one, and the neighbour share of the refined
-targets (before any training) on the exact graph. Where the checkpoint's training may switch graph
-targets off for a catalog (``train.graph_min_gain``), it is set to 0 so both runs use them.
+itself: recall of the approximate graph against the exact one (at the default search depth and at
+--depths), and the neighbour share (on the exact graph) of the refined targets built on either graph,
+for each seed. Where the checkpoint's training may switch graph targets off for a catalog
+(``train.graph_min_gain``), it is set to 0 so both runs use them.
 
 Synthetic (--items, default 1M x 384, semid.model.synthetic): the time of each step of
 ``graph_targets.build_targets`` with the defaults (k-means start labels, the approximate k-NN graph,
-8 refinement sweeps) and the graph's recall on 2,000 sampled items against an exact search. With
---faiss-ivf also FAISS's IndexIVFFlat (sqrt(n) lists, nprobe 4 and 8) on the same 2,000 queries:
-its recall and its time extrapolated to all items (the design choice in semid.model.knn).
+8 refinement sweeps) and the graph's recall on 2,000 sampled items against an exact search.
 
-One torch / FAISS thread. The machine is shared: the load average is recorded; timings are noisy.
+One torch / FAISS thread (the HNSW build is single-threaded anyway, semid.model.knn). The machine is
+shared: the load average is recorded; timings are noisy.
 Writes benchmarks/results/knn_graph.{md,json} (or under SEMID_BENCH_RESULTS).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from semid.model.config import SemidConfig, TrainConfig  # noqa: E402
 from semid.model.graph_targets import build_targets, refine_labels  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
 from semid.model.kmeans import kmeans, nearest  # noqa: E402
-from semid.model.knn import clustered_knn, drop_self, exact_knn, recall, unit_rows  # noqa: E402
+from semid.model.knn import drop_self, exact_knn, knn_graph, recall, unit_rows  # noqa: E402
 from semid.model.synthetic import synthetic_catalog  # noqa: E402
 from semid.service.evaluation.code_health import id_quality  # noqa: E402
 
@@ -57,24 +56,29 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def movielens_rows(seeds: list[int], probes: list[int]) -> tuple[list[dict], dict]:
+def movielens_rows(seeds: list[int], depths: list[int]) -> tuple[list[dict], dict]:
     emb = read_catalog(MOVIELENS).embeddings
     unit = unit_rows(emb)
     exact = exact_knn(unit, 10)
-    approx = clustered_knn(unit, 10, seed=0)
+    start = time.perf_counter()
+    approx = knn_graph(unit, 10, exact_max_items=0, seed=0)
+    approx_s = time.perf_counter() - start
     sweep = {}
-    for p in probes:
-        sweep[f"recall_at_10_probes_{p}"] = round(recall(clustered_knn(unit, 10, seed=0, probes=p), exact), 4)
+    for depth in depths:
+        found = knn_graph(unit, 10, exact_max_items=0, seed=0, search_depth=depth)
+        sweep[f"recall_at_10_depth_{depth}"] = round(recall(found, exact), 4)
     t = TrainConfig()
     x = torch.from_numpy(unit)
     targets = {}
-    for name, threshold in (("exact", t.graph_exact_items), ("approximate", 0)):
-        labels = build_targets(
-            x, 256, neighbours=t.graph_neighbours, balance=t.graph_balance, sweeps=t.graph_sweeps, seed=t.seed,
-            kmeans_iters=min(t.kmeans_iters, 10), kmeans_sample=t.kmeans_sample, exact_max_items=threshold,
-        ).labels.numpy()  # fmt: skip
-        targets[f"targets_nn_share_{name}"] = round(float((labels[exact] == labels[:, None]).mean()), 4)
-    graph = {"items": len(emb), "recall_at_10": round(recall(approx, exact), 4), **sweep, **targets}
+    for seed in seeds or [t.seed]:
+        for name, threshold in (("exact", t.graph_exact_items), ("approximate", 0)):
+            labels = build_targets(
+                x, 256, neighbours=t.graph_neighbours, balance=t.graph_balance, sweeps=t.graph_sweeps, seed=seed,
+                kmeans_iters=min(t.kmeans_iters, 10), kmeans_sample=t.kmeans_sample, exact_max_items=threshold,
+            ).labels.numpy()  # fmt: skip
+            targets[f"targets_nn_share_{name}_seed{seed}"] = round(float((labels[exact] == labels[:, None]).mean()), 4)
+    graph = {"items": len(emb), "recall_at_10": round(recall(approx, exact), 4), "approx_graph_s": round(approx_s, 1)}
+    graph.update({**sweep, **targets})
     extra = {"graph_min_gain": 0.0} if "graph_min_gain" in TrainConfig.model_fields else {}
     rows = []
     for seed in seeds:
@@ -97,7 +101,7 @@ def movielens_rows(seeds: list[int], probes: list[int]) -> tuple[list[dict], dic
     return rows, graph
 
 
-def synthetic_run(items: int, faiss_ivf: bool) -> tuple[dict, list[dict]]:
+def synthetic_run(items: int) -> dict:
     t = TrainConfig()
     start = time.perf_counter()
     unit = unit_rows(synthetic_catalog(items=items, seed=0).embeddings)
@@ -109,7 +113,7 @@ def synthetic_run(items: int, faiss_ivf: bool) -> tuple[dict, list[dict]]:
     labels = nearest(x, centroids)[0].numpy()
     kmeans_s = time.perf_counter() - start
     start = time.perf_counter()
-    graph = clustered_knn(unit, t.graph_neighbours, seed=t.seed)
+    graph = knn_graph(unit, t.graph_neighbours, exact_max_items=0, seed=t.seed)
     knn_s = time.perf_counter() - start
     start = time.perf_counter()
     refined = refine_labels(labels, graph, 256, balance=t.graph_balance, sweeps=t.graph_sweeps, seed=t.seed)
@@ -134,41 +138,14 @@ def synthetic_run(items: int, faiss_ivf: bool) -> tuple[dict, list[dict]]:
         "load_before": load_before,
         "load_after": load_after,
     }
-    ivf_rows = []
-    if faiss_ivf:
-        lists = max(1, round(math.sqrt(items)))
-        start = time.perf_counter()
-        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(unit.shape[1]), unit.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
-        ivf.cp.seed = 0
-        ivf.train(unit)
-        ivf.add(unit)
-        build_s = time.perf_counter() - start
-        for nprobe in (4, 8):
-            ivf.nprobe = nprobe
-            start = time.perf_counter()
-            _, hits = ivf.search(unit[queries], t.graph_neighbours + 1)
-            per_query = (time.perf_counter() - start) / len(queries)
-            ivf_rows.append(
-                {
-                    "method": f"faiss IndexIVFFlat lists={lists} nprobe={nprobe}",
-                    "build_s": round(build_s, 1),
-                    "search_all_s_extrapolated": round(per_query * items, 1),
-                    "recall_at_10": round(recall(drop_self(hits, queries, t.graph_neighbours), truth), 4),
-                }
-            )
-        ivf_rows.append(
-            {"method": "semid.model.knn (IVF cells, one matrix product per cell)", "build_s": "",
-             "search_all_s_extrapolated": run["knn_graph_s"], "recall_at_10": run["recall_at_10"]}
-        )  # fmt: skip
-    return run, ivf_rows
+    return run
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="MovieLens trainings (none: graph only)")
-    ap.add_argument("--probes", type=int, nargs="*", default=[16, 32], help="MovieLens: recall with more probes")
-    ap.add_argument("--faiss-ivf", action="store_true", help="also time FAISS IndexIVFFlat on the synthetic catalog")
+    ap.add_argument("--depths", type=int, nargs="*", default=[16, 32, 128], help="MovieLens: recall at other depths")
     ap.add_argument("--skip-movielens", action="store_true")
     ap.add_argument("--name", default="knn_graph")
     args = ap.parse_args()
@@ -177,7 +154,7 @@ def main() -> None:
     data: dict = {}
     parts = []
     if MOVIELENS.is_file() and not args.skip_movielens:
-        rows, graph = movielens_rows(args.seeds, args.probes)
+        rows, graph = movielens_rows(args.seeds, args.depths)
         data["movielens"] = {"runs": rows, "graph": graph}
         parts += [
             "## MovieLens: exact graph vs the approximate one forced (train.graph_exact_items = 0)",
@@ -187,16 +164,16 @@ def main() -> None:
     else:
         parts.append(f"MovieLens not run ({MOVIELENS} absent or --skip-movielens).")
     if args.items:
-        run, ivf_rows = synthetic_run(args.items, args.faiss_ivf)
-        data["synthetic"] = {"run": run, "faiss_ivf": ivf_rows}
+        run = synthetic_run(args.items)
+        data["synthetic"] = {"run": run}
         parts += [f"## Graph build at {args.items:,} synthetic items x 384 (defaults, 1 thread)"]
         parts.append(markdown_table([run], list(run)))
-        if ivf_rows:
-            parts.append(markdown_table(ivf_rows, list(ivf_rows[0])))
     parts.append(
-        "recall_at_10: share of the exact 10 nearest neighbours (cosine) the graph holds. graph_nn_share_*: "
-        "share of graph neighbours with the same first-level label, k-means start vs refined. The machine "
-        "(2 cores) is shared with other engineers' runs (load averages recorded); timings are noisy."
+        "recall_at_10: share of the exact 10 nearest neighbours (cosine) the graph holds (HNSW search depth 64; "
+        "recall_at_10_depth_*: other depths). targets_nn_share_*: share of the exact 10 nearest neighbours whose "
+        "refined first-level target equals the item's, targets built on the exact or the approximate graph. "
+        "graph_nn_share_*: share of graph neighbours with the same first-level label, k-means start vs refined. "
+        "The machine (2 cores) is shared with other engineers' runs (load averages recorded); timings are noisy."
     )
     path = write_results(args.name, data, "\n\n".join(parts))
     print(path.read_text())  # noqa: T201

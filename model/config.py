@@ -112,7 +112,7 @@ class TrainConfig(BaseModel):
     graph_temperature: StrictFloat = _float(0.1, 1e-4, 100.0, "Temperature of the first-level code distances.")
     graph_max_items: StrictInt = _int(1_000_000, 2, 1 << 24, "Larger catalogs build the graph on a seeded sample.")
     graph_exact_items: StrictInt = _int(
-        50_000, 0, 1 << 24, "Up to this many items the k-NN graph is exact (O(n^2)); above, approximate (IVF cells)."
+        50_000, 0, 1 << 24, "Up to this many items the k-NN graph is exact (O(n^2)); above, approximate (HNSW)."
     )
     graph_min_gain: StrictFloat = _float(
         0.03,

@@ -116,7 +116,7 @@ def build_targets(
 ) -> GraphTargets:
     """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph.
 
-    The k-NN graph is exact up to ``exact_max_items`` rows and approximate above (IVF cells,
+    The k-NN graph is exact up to ``exact_max_items`` rows and approximate above (HNSW,
     semid.model.knn); above ``max_items`` rows it is built on a seeded sample of that many rows
     (the encoder generalises to the others). With ``coliked``, the
     items' co-liked partners vote beside their content neighbours (semid.model.coliked); the soft
