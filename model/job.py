@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from semid.model.adaptive import GraphDecision, judge_trained
 from semid.model.anchors import anchor_rows
 from semid.model.checkpoint import (
     CheckpointError,
@@ -76,6 +77,8 @@ def train_tokenizer(
         history = fit_rqvae(
             tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch, coliked=coliked
         )
+        if state.targets is not None and state.graph_decision is not None:
+            tokenizer, history = _judge_graph_targets(tokenizer, history, embeddings, config, state, out, progress)
         if tokenizer.anchors is not None:
             _set_anchors(tokenizer, embeddings, config)
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "lr", "eval_items")}
@@ -94,6 +97,56 @@ def train_tokenizer(
     return fingerprint, metrics
 
 
+def _judge_graph_targets(
+    tokenizer: SemanticTokenizer,
+    history: list[dict[str, Any]],
+    embeddings: np.ndarray,
+    config: SemidConfig,
+    state: TrainState,
+    out: Path,
+    progress: bool,
+) -> tuple[SemanticTokenizer, list[dict[str, Any]]]:
+    """Keep a run trained on graph targets if its first codes hold their gain (semid.model.adaptive.judge_trained).
+    In doubt, train again exactly as with ``graph_targets: false`` (same seed) and keep whichever the rule picks.
+
+    When the plain run is kept, the metrics' epochs are its own; train_seconds counts both runs. The plain
+    run writes no resume state: an interruption during it starts the job over."""
+    targets = state.targets
+    x = torch.from_numpy(embeddings)[targets.rows]
+    neighbours = targets.neighbours.numpy()
+    chosen = GraphDecision.from_record(state.graph_decision)
+    trained = _first_codes(tokenizer, x).numpy()
+    decision = judge_trained(chosen, trained, neighbours)
+    if decision.reason == "unsure":
+        log.info(
+            "graph targets: trained agreement %.3f vs k-means %.3f (min gain %.3f); training without them to compare",
+            decision.trained_agreement,
+            decision.kmeans_agreement,
+            decision.min_gain,
+        )
+        clear_resume_state(out)
+        torch.manual_seed(config.train.seed)
+        plain = build_tokenizer(config.model, config.train)
+        plain_config = config.with_overrides("train", graph_targets=False)
+        plain_history = fit_rqvae(plain, embeddings, plain_config, state=TrainState(), progress=progress)
+        decision = judge_trained(chosen, trained, neighbours, plain=_first_codes(plain, x).numpy())
+        if not decision.use:
+            tokenizer, history = plain, plain_history
+    state.graph_decision = decision.record()
+    log.info("graph targets after training: %s", state.graph_decision)
+    return tokenizer, history
+
+
+@torch.inference_mode()
+def _first_codes(tokenizer: SemanticTokenizer, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """The trained quantizer's first code of each row (nearest centroid: no anchors)."""
+    parts = [
+        tokenizer.quantizer.encode(tokenizer.encoder(tokenizer.normalizer(x[s : s + batch])))[0][:, 0]
+        for s in range(0, len(x), batch)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
 def _set_anchors(tokenizer: SemanticTokenizer, embeddings: np.ndarray, config: SemidConfig) -> None:
     """Keep every training item with the first code the trained quantizer gives it (none when the catalog has
     more items than ``first_level_anchors``: see ``anchor_rows``)."""
@@ -108,11 +161,6 @@ def _set_anchors(tokenizer: SemanticTokenizer, embeddings: np.ndarray, config: S
     x = torch.from_numpy(embeddings)[rows]
     with torch.inference_mode():
         target = tokenizer.normalizer(x)
-        first = torch.cat(
-            [
-                tokenizer.quantizer.encode(tokenizer.encoder(target[s : s + 8192]))[0][:, 0]
-                for s in range(0, len(x), 8192)
-            ]
-        )
+    first = _first_codes(tokenizer, x)
     tokenizer.anchors.set(target.clone(), first.clone(), tokenizer.quantizer.codebooks[0])
     log.info("%d first-level anchors kept", rows.shape[0])

@@ -35,6 +35,7 @@ class TrainState:
     optimizer_state: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     graph_decision: dict[str, Any] | None = None  # filled by fit_rqvae: semid.model.adaptive's record
+    targets: GraphTargets | None = None  # the graph targets trained with (in memory only: rebuilt on resume)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -159,6 +160,7 @@ def fit_rqvae(
         state.graph_decision = decision.record()
         log.info("graph targets %s: %s", "used" if decision.use else "not used", state.graph_decision)
         targets = targets if decision.use else None
+        state.targets = targets
     history = list(state.history)
     # Per-epoch health on a fixed seeded sample (the whole set is evaluated once, at the end).
     eval_rows = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed + 1))[: t.eval_sample]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from semid.model.adaptive import decide_graph_targets, neighbour_agreement
-from semid.model.checkpoint import load_checkpoint
+from semid.model.adaptive import GraphDecision, decide_graph_targets, judge_trained, neighbour_agreement
+from semid.model.checkpoint import RESUME_STATE, load_checkpoint
 from semid.model.graph_targets import build_targets
 from semid.model.job import train_tokenizer
 from semid.model.synthetic import synthetic_catalog
@@ -54,6 +54,8 @@ def test_the_threshold_decides_and_the_record_holds_the_measurement():
         "graph_agreement": 0.75,
         "min_gain": 0.3,
         "items": 4,
+        "trained_agreement": None,
+        "plain_agreement": None,
         "gain": 0.25,
     }
     assert decide_graph_targets(start, start, neighbours, min_gain=0.0).reason == "always"
@@ -70,8 +72,9 @@ def test_on_for_a_diffuse_catalog_off_for_tight_clusters_and_deterministic():
     assert measure(catalog(CLUSTERED), min_gain=0.0).use  # graph_min_gain 0 keeps the previous default
 
 
-def _train(x: np.ndarray, out, **train):
-    cfg = tiny_config(epochs=4, graph_neighbours=10, **train).with_overrides("model", input_dim=32, codebook_size=16)
+def _train(x: np.ndarray, out, *, model: dict | None = None, **train):
+    cfg = tiny_config(**{"epochs": 4, "graph_neighbours": 10, **train})
+    cfg = cfg.with_overrides("model", input_dim=32, codebook_size=16, **(model or {}))
     _, metrics = train_tokenizer(x, cfg, out)
     codes = load_checkpoint(out).tokenizer.encode(torch.from_numpy(x)).codes
     return metrics, codes
@@ -89,7 +92,46 @@ def test_off_trains_exactly_as_without_graph_targets_and_the_checkpoint_records_
     assert plain_metrics["graph_targets"] is None  # nothing measured when graph targets are off
 
 
-def test_on_trains_with_the_graph_loss(tmp_path):
-    metrics, _ = _train(catalog(DIFFUSE), tmp_path / "auto")
-    assert metrics["graph_targets"]["use"] is True
+def test_kept_when_the_trained_codes_beat_a_plain_run(tmp_path):
+    # A latent wide enough to learn the labels: below k-means' agreement (unsure), well above the plain run's.
+    metrics, _ = _train(catalog(DIFFUSE), tmp_path / "auto", epochs=8, model={"latent_dim": 16, "hidden_dims": [64]})
+    decision = metrics["graph_targets"]
+    assert decision["use"] is True and decision["reason"] == "beats plain"
+    assert decision["trained_agreement"] - decision["plain_agreement"] >= decision["min_gain"]
     assert any("graph_loss" in row for row in metrics["epochs"])
+
+
+def test_the_trained_codes_must_hold_the_gain():
+    start = np.array([0, 0, 1, 1])
+    refined = np.array([0, 0, 0, 1])
+    neighbours = np.array([[1], [2], [0], [2]])  # k-means keeps 2 of 4 pairs, refined labels 3 of 4
+    chosen = decide_graph_targets(start, refined, neighbours, min_gain=0.25)
+    kept = judge_trained(chosen, refined, neighbours)
+    assert kept.use and kept.reason == "gain" and kept.trained_agreement == 0.75 and kept.plain_agreement is None
+    trained = np.array([0, 1, 1, 1])  # keeps 2 of 4 pairs: no better than k-means, so a plain run is needed
+    unsure = judge_trained(chosen, trained, neighbours)
+    assert unsure.reason == "unsure" and unsure.trained_agreement == 0.5
+    lost = judge_trained(chosen, trained, neighbours, plain=start)  # a plain run that keeps 2 of 4 too
+    assert not lost.use and lost.reason == "not learned" and lost.plain_agreement == 0.5
+    beats = judge_trained(chosen, trained, neighbours, plain=np.array([0, 1, 2, 3]))  # plain keeps none
+    assert beats.use and beats.reason == "beats plain" and beats.plain_agreement == 0.0
+    assert lost.kmeans_agreement == chosen.kmeans_agreement and lost.graph_agreement == chosen.graph_agreement
+    assert GraphDecision.from_record(lost.record()) == lost
+    # targets the user asked for stay, whatever the training kept
+    forced = judge_trained(decide_graph_targets(start, refined, neighbours, min_gain=0.0), start, neighbours)
+    assert forced.use and forced.reason == "always" and forced.trained_agreement == 0.5
+
+
+def test_not_learned_keeps_the_plain_run_exactly(tmp_path):
+    # The tiny latent cannot hold the refined labels: the trained codes keep no more than a plain run's.
+    x = catalog(DIFFUSE)
+    metrics, codes = _train(x, tmp_path / "auto")
+    plain_metrics, plain_codes = _train(x, tmp_path / "plain", graph_targets=False)
+    decision = metrics["graph_targets"]
+    assert decision["use"] is False and decision["reason"] == "not learned"
+    assert decision["gain"] >= decision["min_gain"]  # chosen before training, dropped after
+    assert decision["trained_agreement"] - decision["plain_agreement"] < decision["min_gain"]
+    assert torch.equal(codes, plain_codes)
+    assert metrics["final"] == plain_metrics["final"]
+    assert not any("graph_loss" in row for row in metrics["epochs"])
+    assert not (tmp_path / "auto" / RESUME_STATE).exists()
