@@ -15,11 +15,26 @@ catalog (the weights' values do not matter for speed). Measured:
 
 Target: >= 50 % of the matmul ceiling at batch 8192.
 Writes benchmarks/results/encode_speed.{md,json}.
+
+First-level anchors, before and after a change to model/anchors.py, in one run:
+
+    python benchmarks/encode_speed.py --checkpoint CKPT --anchors-before REV --catalog items.parquet --threads 1
+
+loads ``model/anchors.py`` as it was at git revision REV (``git show``) beside the current one, gives it the
+checkpoint's anchors, and times CheckpointEncoder.encode with the old anchors, the current ones and none
+(nearest centroid), alternating, on the catalog's embeddings ("catalog": every item is an anchor) and on
+seeded noisy copies of them (sigma 0.05: new items, the vote decides): p50 ms of 4-item calls and items/s at
+64, 1,024 and the whole set (best of --rounds). It checks that old and current give the same codes (at
+batch 4 and 1,024) and times the vote's steps on 1,024 new items. Writes encode_speed_anchors.{md,json}.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from semid.model.anchors import top_k as anchors_top_k  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
 from semid.model.rqvae import SemanticTokenizer  # noqa: E402
@@ -121,15 +137,154 @@ def default_checkpoint(workdir: Path) -> Path:
     return out
 
 
+def anchors_module_at(rev: str):
+    """model/anchors.py as it was at git revision ``rev``, imported under another name."""
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "-C", str(root), "show", f"{rev}:model/anchors.py"], check=True, capture_output=True, text=True
+    ).stdout
+    path = Path(tempfile.mkdtemp(prefix="semid-anchors-")) / "anchors_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("anchors_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def compare_anchors(args: argparse.Namespace) -> None:
+    import pyarrow.parquet as pq
+    import torch.nn.functional as F
+
+    encoder = CheckpointEncoder.from_dir(args.checkpoint)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tok = encoder.tokenizer
+    current = tok.anchors
+    if current is None or current.size == 0:
+        raise SystemExit(f"{args.checkpoint} keeps no first-level anchors")
+    old = anchors_module_at(args.anchors_before).FirstLevelAnchors(
+        current.vectors.shape[1], neighbours=current.neighbours, min_share=current.min_share, balance=current.balance
+    )
+    old.load_state_dict(current.state_dict())
+    variants = {"before": old, "after": current, "no anchors": None}
+    column = pq.read_table(args.catalog, columns=["embedding"]).column("embedding")
+    catalog = np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal(catalog.shape).astype(np.float32)
+    inputs = {"catalog": catalog, "new items": catalog + 0.05 * noise}
+    load_start = load_average()
+
+    def encode_with(name: str, x: np.ndarray, batch: int) -> np.ndarray:
+        tok.anchors = variants[name]
+        return np.concatenate([encoder.encode(x[s : s + batch]).base_codes for s in range(0, len(x), batch)])
+
+    same = {}
+    for label, x in inputs.items():
+        for batch in (4, 1024):
+            before, after = encode_with("before", x, batch), encode_with("after", x, batch)
+            same[f"{label}, batch {batch}"] = int((before != after).any(axis=1).sum())
+    rows = []
+    for label, x in inputs.items():
+        small = [x[i : i + 4] for i in range(0, 4 * 200, 4)]
+        latency: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name in variants:
+                tok.anchors = variants[name]
+                for chunk in small:
+                    start = time.perf_counter()
+                    encoder.encode(chunk)
+                    latency[name].append(time.perf_counter() - start)
+        for name, values in latency.items():
+            rows.append(
+                {"input": label, "variant": name, "batch": 4, "p50_ms": round(1000 * statistics.median(values), 3)}
+            )
+        for batch in (64, 1024, len(x)):
+            best: dict[str, float] = {}
+            for _ in range(args.rounds):
+                for name in variants:
+                    tok.anchors = variants[name]
+                    start = time.perf_counter()
+                    for s in range(0, len(x), batch):
+                        encoder.encode(x[s : s + batch])
+                    rate = len(x) / (time.perf_counter() - start)
+                    best[name] = max(best.get(name, 0.0), rate)
+            for name, rate in best.items():
+                rows.append({"input": label, "variant": name, "batch": batch, "items_per_s": int(round(rate))})
+    tok.anchors = current
+    steps = []
+    with torch.inference_mode():
+        target = tok.normalizer(torch.from_numpy(inputs["new items"][:1024]))
+        q = F.normalize(target, dim=1)
+        unit = current.vectors.to(torch.float32)
+        unit_t = unit.T.contiguous()
+        sims = q @ unit_t
+        k = current.neighbours
+        timed = {
+            "sims: q @ unit.T (before: transposed view)": lambda: q @ unit.T,
+            "sims: q @ unit_t (after: [dim, anchors] copy)": lambda: q @ unit_t,
+            "sims.topk(k) (before)": lambda: sims.topk(k, dim=1),
+            "top_k(sims, k) (after)": lambda: anchors_top_k(sims, k),
+            "whole vote, before": lambda: old.vote(target, tok.quantizer.codebooks[0]),
+            "whole vote, after": lambda: current.vote(target, tok.quantizer.codebooks[0]),
+        }
+        for name, fn in timed.items():
+            values = []
+            for _ in range(max(3, args.rounds)):
+                start = time.perf_counter()
+                fn()
+                values.append(time.perf_counter() - start)
+            steps.append({"step (1,024 new items)": name, "best_ms": round(1000 * min(values), 2)})
+    load_end = load_average()
+    data = {
+        "checkpoint": str(args.checkpoint),
+        "catalog": str(args.catalog),
+        "anchors": current.size,
+        "neighbours": current.neighbours,
+        "before_revision": args.anchors_before,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": load_start,
+        "load_average_end": load_end,
+        "items_with_different_codes": same,
+        "rows": rows,
+        "steps": steps,
+    }
+    md = (
+        f"Checkpoint {args.checkpoint} ({current.size:,} anchors, k = {current.neighbours}); inputs: {args.catalog} "
+        f"({len(catalog):,} items) and the same + N(0, 0.05^2) noise (new items). before: model/anchors.py at "
+        f"{args.anchors_before}; after: the working tree; no anchors: nearest centroid. torch threads: "
+        f"{torch.get_num_threads()}. Load average at start {load_start}, at end {load_end} (2 cores shared with "
+        "other engineers' runs: timings are noisy; variants alternate so load hits them alike).\n\n"
+        "Items whose codes differ between before and after: "
+        + ", ".join(f"{k}: {v}" for k, v in same.items())
+        + "\n\n"
+        + markdown_table(rows, ["input", "variant", "batch", "p50_ms", "items_per_s"])
+        + "\n\n"
+        + markdown_table(steps, ["step (1,024 new items)", "best_ms"])
+    )
+    path = write_results("encode_speed_anchors", data, md)
+    print(md)
+    print(f"written to {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="checkpoint directory (default: train a throwaway default model)")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads before measuring (0: leave as is)")
     ap.add_argument("--min-seconds", type=float, default=1.0, help="minimum duration of one measurement")
     ap.add_argument("--rounds", type=int, default=3, help="measurements per figure; the best is kept")
+    ap.add_argument("--anchors-before", help="git revision of model/anchors.py to compare with (anchors mode)")
+    ap.add_argument("--catalog", help="Parquet catalog with an embedding column (anchors mode)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.anchors_before:
+        if not (args.checkpoint and args.catalog):
+            raise SystemExit("--anchors-before needs --checkpoint and --catalog")
+        compare_anchors(args)
+        return
 
     with tempfile.TemporaryDirectory(prefix="semid-encode-speed-") as tmp:
         ckpt_dir = Path(args.checkpoint) if args.checkpoint else default_checkpoint(Path(tmp))

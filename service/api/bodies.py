@@ -6,8 +6,10 @@ Each decoder returns NumPy arrays and Arrow columns ready for the core; every fa
 JSON encode bodies are parsed by msgspec first (typed, strict floats, checked in C); any body it
 refuses goes through pydantic, so every error a client sees, and every body accepted, stays pydantic's.
 The gain is small (benchmarks/results/json_body_speed.md: 1.03x on 1,024 x 384 floats): pydantic's own
-JSON parser is as fast, and most of the time goes into making one Python float per value. Arrow IPC
-bodies skip that entirely.
+JSON parser is as fast. A path that makes no Python float at all (msgspec.Raw for the syntax, NumPy for
+the shape, Arrow's CSV reader for the numbers) was measured too and was slower than both on this
+machine (Arrow's number conversion costs more than msgspec's floats), so it is not shipped; the
+benchmark keeps it as a candidate. Arrow IPC bodies skip parsing entirely.
 """
 
 from __future__ import annotations

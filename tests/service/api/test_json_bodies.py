@@ -9,6 +9,7 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 
 from semid.service.api.bodies import parse_encode_json, parse_json
+from semid.service.api.limits import check_json_size
 from semid.service.api.schemas import EncodeRequest
 from semid.service.errors import BatchTooLargeError
 
@@ -92,3 +93,13 @@ def test_the_amplification_bound_still_comes_before_parsing():
     body = b'{"embeddings": [' + b"[]," * 1000 + b"[]]}"
     with pytest.raises(BatchTooLargeError):
         parse_encode_json(body, 500)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_bound_counts_what_bytes_count_does(seed):
+    rng = np.random.default_rng(seed)
+    raw = bytes(rng.choice(list(b',[{]} "a0\\\n\xff'), size=int(rng.integers(0, 5000))).astype(np.uint8))
+    bound = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1  # the slow, obvious count
+    check_json_size(raw, max_values=bound)  # exactly at the bound: accepted
+    with pytest.raises(BatchTooLargeError):
+        check_json_size(raw, max_values=bound - 1)
