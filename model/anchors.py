@@ -33,6 +33,7 @@ from torch import nn
 EXACT = 0.9999  # cosine at which an input is taken to be the anchor itself (vectors are float16)
 SEARCH_CHUNK = 4096  # query rows per similarity matmul (bounds memory: chunk x anchors floats)
 TOPK_GROUP = 16  # columns per group in top_k: one max per group, then a top-k over k groups' columns
+TOPK_MIN_ROWS = 16  # below this many rows top_k calls topk (measured: its extra steps cost more than they save)
 
 
 class FirstLevelAnchors(nn.Module):
@@ -121,7 +122,7 @@ def top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     they get its tie order too."""
     n, m = sims.shape
     groups = m // TOPK_GROUP
-    if n == 0 or groups <= 2 * k:  # too few groups to leave many out
+    if n < TOPK_MIN_ROWS or groups <= 2 * k:  # few rows: topk is quicker than the extra steps; few groups
         return sims.topk(k, dim=1)
     dealt = groups * TOPK_GROUP
     maxima = sims[:, :dealt].reshape(n, TOPK_GROUP, groups).amax(dim=1)  # [n, groups]; NaN stays NaN
