@@ -3,6 +3,16 @@
 The run is one atomic write: every new item lands in a single segment that the manifest lists
 only once it is complete, so an interrupted run leaves the previous index as it was.
 
+Memory stays bounded by the catalog's row count, not its embeddings: the catalog is read in
+batches (Parquet row groups), each batch is encoded and only compact per-item columns are kept
+(ids, base codes and last-level alternatives in the smallest int type, distances, hashes: about
+60 bytes per item at the default layout). A run that places at least ``VECTOR_FILE_MIN_ROWS``
+items resolves collisions in shards of about ``RESOLVE_SHARD_ROWS`` items
+(``ids.dedup.resolution_shards``: the same IDs as one call, see there) and streams the items'
+vectors, computed from their resolved IDs a chunk at a time, into a vector file of the segment
+(``index.vector_file``), so they are never all in memory, and opening the index does not read them.
+Smaller runs write the vectors inline, as before.
+
 Known items keep their IDs. A known item whose embedding changed is reported; with
 ``recode_changed`` it is re-coded in the same segment (see ``semid.service.placement``).
 """
@@ -21,14 +31,18 @@ from tqdm import tqdm
 
 from semid.model.catalog import CatalogError, iter_parquet_batches, parquet_rows, read_catalog
 from semid.service.encoder import CheckpointEncoder, EncodedBatch
+from semid.service.ids.dedup import resolution_shards, resolve_collisions
 from semid.service.ids.hashing import embedding_hash
 from semid.service.index.handle import SemanticIdIndex
 from semid.service.index.manifest import MANIFEST_NAME
-from semid.service.placement import check_compatible, place_new_items
+from semid.service.placement import check_compatible, place_new_items, recoded_in_place
 
 log = logging.getLogger(__name__)
 
 MAX_LISTED_CHANGED = 20
+VECTOR_FILE_MIN_ROWS = 65_536  # a run placing this many items writes its vectors to a vector file
+RESOLVE_SHARD_ROWS = 1 << 20  # items per collision-resolution call in that case (bounds its temporaries)
+VECTOR_CHUNK_ROWS = 1 << 18  # items whose vectors are computed and written at a time
 
 
 @dataclass
@@ -91,8 +105,12 @@ class AssignSummary:
 
 @dataclass
 class _Pending:
-    """New items gathered over the stream, encoded, waiting for collision resolution."""
+    """New items gathered over the stream, encoded, waiting for collision resolution.
 
+    Codes and alternatives are kept in ``code_dtype`` (int16 at the default layout): at 10M items
+    the int64 alternatives alone would take 1.3 GB."""
+
+    code_dtype: type = np.int64
     ids: list[np.ndarray] = field(default_factory=list)
     codes: list[np.ndarray] = field(default_factory=list)
     dists: list[np.ndarray] = field(default_factory=list)
@@ -104,9 +122,9 @@ class _Pending:
     def add(self, mask: np.ndarray, ids, enc, hashes, columns: pa.Table | None, recodes: np.ndarray) -> None:
         self.ids.append(ids[mask])
         self.recodes.append(recodes[mask])
-        self.codes.append(enc.base_codes[mask])
+        self.codes.append(enc.base_codes[mask].astype(self.code_dtype))
         self.dists.append(enc.distances[mask])
-        self.alts.append(enc.alternatives[mask].astype(np.int32))
+        self.alts.append(enc.alternatives[mask].astype(self.code_dtype))
         self.hashes.append(hashes[mask])
         if columns is not None:
             self.columns.append(columns.filter(pa.array(mask)))
@@ -187,6 +205,7 @@ def assign_catalog(
     batch_rows: int = 65536,
     progress: bool = False,
     recode_changed: bool = False,
+    vector_file_min_rows: int = VECTOR_FILE_MIN_ROWS,
 ) -> AssignSummary:
     start = time.perf_counter()
     checkpoint, catalog, index_dir = Path(checkpoint), Path(catalog), Path(index_dir)
@@ -194,7 +213,7 @@ def assign_catalog(
         raise CatalogError(f"catalog file {catalog} does not exist")
     encoder = CheckpointEncoder.from_dir(checkpoint)
     summary = AssignSummary()
-    pending = _Pending()
+    pending = _Pending(code_dtype=_code_dtype(encoder))
     changed_ids: list = []
     seen: list[np.ndarray] = []
     index: SemanticIdIndex | None = None
@@ -239,9 +258,12 @@ def assign_catalog(
     summary.changed_ids = changed_ids[:MAX_LISTED_CHANGED]
     if changed_ids and not recode_changed:
         log.warning("%d known items have a changed embedding; they keep their published IDs", len(changed_ids))
-    if pending.ids:
+    if pending.ids and sum(len(x) for x in pending.ids) >= vector_file_min_rows:
+        _place_streamed(index, encoder, pending, summary, keep_columns=keep_columns, lock_timeout=lock_timeout)
+        index.refresh()  # load the new segment now that the run's own arrays are freed
+    elif pending.ids:
         item_ids = np.concatenate(pending.ids)
-        base = np.concatenate(pending.codes)
+        base = np.concatenate(pending.codes).astype(np.int64)
         columns = None
         if keep_columns:
             table = pa.concat_tables(pending.columns)
@@ -269,6 +291,90 @@ def assign_catalog(
     summary.add_index_stats(index)
     summary.seconds = round(time.perf_counter() - start, 3)
     return summary
+
+
+def _code_dtype(encoder: CheckpointEncoder) -> type:
+    """The smallest signed int type holding every code (alternatives use -1 as padding)."""
+    largest = max(encoder.layout.codebook_sizes)
+    return (
+        np.int16 if largest <= np.iinfo(np.int16).max else np.int32 if largest <= np.iinfo(np.int32).max else np.int64
+    )
+
+
+def _take_concat(parts: list) -> np.ndarray:
+    """Concatenate and empty the list (its chunks are freed as the copy is made)."""
+    out = np.concatenate(parts)
+    parts.clear()
+    return out
+
+
+def _place_streamed(
+    index: SemanticIdIndex,
+    encoder: CheckpointEncoder,
+    pending: _Pending,
+    summary: AssignSummary,
+    *,
+    keep_columns: Sequence[str],
+    lock_timeout: float,
+) -> None:
+    """``place_new_items`` for a large run: the same IDs, in bounded memory.
+
+    Collisions are resolved per shard of base-code prefixes (``resolution_shards``), every shard
+    against the index's occupancy, which gives the IDs of one call over the whole batch; the vectors
+    of the resolved IDs go to a vector file a chunk at a time. The append does not rebuild the
+    handle's in-memory state (``defer_load``); the caller refreshes once this run's arrays are freed.
+    """
+    layout, levels = encoder.layout, encoder.layout.levels
+    item_ids = _take_concat(pending.ids)
+    codes = _take_concat(pending.codes)
+    dists = _take_concat(pending.dists)
+    alts = _take_concat(pending.alts)
+    hashes = _take_concat(pending.hashes)
+    flags = _take_concat(pending.recodes)
+    columns = None
+    if keep_columns:
+        table = pa.concat_tables(pending.columns)
+        pending.columns.clear()
+        columns = {name: table.column(name) for name in keep_columns}
+    with index.writer(timeout=lock_timeout):
+        sids, fallback, kept_id = recoded_in_place(index, item_ids=item_ids, base_codes=codes, recodes=flags)
+        todo = np.flatnonzero(~kept_id)
+        occupancy = index.snapshot.occupancy()
+        shards = max(1, -(-todo.shape[0] // RESOLVE_SHARD_ROWS))
+        shard_of = resolution_shards(layout, codes[todo], shards) if shards > 1 else np.zeros(todo.shape[0], np.int64)
+        for shard in range(shards):
+            rows = todo[shard_of == shard]
+            if rows.shape[0] == 0:
+                continue
+            result = resolve_collisions(
+                layout=layout,
+                base_codes=codes[rows].astype(np.int64),
+                distances=dists[rows],
+                item_ids=item_ids[rows],
+                alternatives=alts[rows],
+                occupancy=occupancy,
+            )
+            sids[rows], fallback[rows] = result.semantic_ids, result.used_fallback
+        del dists, alts, todo, shard_of
+        with index.stage_vectors() as staged:
+            for s in range(0, sids.shape[0], VECTOR_CHUNK_ROWS):
+                staged.write(encoder.vectors(sids[s : s + VECTOR_CHUNK_ROWS, :levels]))
+            staged.finish()
+            summary.segment = index.append(
+                item_ids=item_ids,
+                base_codes=codes,
+                semantic_ids=sids,
+                fallback=fallback,
+                embedding_hash=hashes,
+                vectors=staged,
+                columns=columns,
+                recodes=flags,
+                defer_load=True,
+            )
+    summary.new_items = int((~flags).sum())
+    summary.recoded_items = int(flags.sum())
+    summary.recoded_new_ids = int((flags & ~kept_id).sum())
+    summary.fallback_items = int(fallback.sum())
 
 
 def _expand(enc, mask: np.ndarray):

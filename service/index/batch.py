@@ -31,11 +31,14 @@ def validate_batch(
     semantic_ids: np.ndarray,
     fallback: np.ndarray,
     embedding_hash: np.ndarray,
-    vectors: np.ndarray,
+    vectors: np.ndarray | None,
     columns: Mapping[str, pa.Array],
     recodes: np.ndarray | None = None,
-) -> tuple[SegmentData, np.ndarray]:
+) -> tuple[SegmentData, np.ndarray | None]:
     """The batch as a ``SegmentData`` plus its float32 vectors, or a domain error.
+
+    ``vectors`` None: the caller checked them already (a staged vector file checks each batch
+    as it is written), and None comes back.
 
     ``recodes`` (bool per row) marks rows that supersede an indexed item's row: the
     item must be in the index, and its new semantic id may be its current one.
@@ -81,8 +84,8 @@ def validate_batch(
     hashes = np.asarray(embedding_hash)
     if hashes.shape != (n,) or hashes.dtype.kind not in "iu":
         raise InvalidInputError(f"embedding_hash must be ints of shape ({n},)", field="embedding_hash")
-    vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vecs.shape != (n, manifest.vector_dim) or not np.isfinite(vecs).all():
+    vecs = None if vectors is None else np.ascontiguousarray(vectors, dtype=np.float32)
+    if vecs is not None and (vecs.shape != (n, manifest.vector_dim) or not np.isfinite(vecs).all()):
         raise InvalidInputError(
             f"vectors must be finite, shape ({n}, {manifest.vector_dim}); got {np.shape(vectors)}",
             field="vectors",

@@ -12,6 +12,7 @@ from semid.service.errors import CorruptIndexError
 from semid.service.index.manifest import FAISS_NAME, MANIFEST_NAME, SEGMENTS_DIR, read_manifest
 from semid.service.index.segments import SegmentData, read_segment, read_vectors, segment_checksum_problem
 from semid.service.index.state import IndexState
+from semid.service.index.vector_file import vectors_file_problem, vectors_name
 from semid.service.index.vectors import vectors_checksum_problem
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ class CheckReport:
 
 
 def check_index(path: str | Path) -> CheckReport:
-    """Every listed segment present, readable and matching its recorded checksum, row
+    """Every listed segment present, readable and matching its recorded checksum (and its vector
+    file, if it has one: size and checksum), row
     counts as in the manifest, every
     item with one active row (a later row only where it says it re-codes the item), no
     semantic id held by two items (reserved ids of re-coded items included), vectors of
@@ -57,11 +59,22 @@ def check_index(path: str | Path) -> CheckReport:
             part = read_segment(
                 seg_path, layout=manifest.layout, id_kind=manifest.id_kind, keep_columns=manifest.keep_columns
             )
-            vectors = read_vectors(seg_path, vector_dim=manifest.vector_dim)
+            if info.vectors_sha256 is not None:  # the whole vector file, against the checksum taken on write
+                vector_rows = info.rows
+                problem = vectors_file_problem(
+                    root / SEGMENTS_DIR / vectors_name(info.name),
+                    rows=info.rows,
+                    dim=manifest.vector_dim,
+                    sha256=info.vectors_sha256,
+                )
+                if problem is not None:
+                    problems.append(problem)
+            else:
+                vector_rows = read_vectors(seg_path, vector_dim=manifest.vector_dim).shape[0]
         except CorruptIndexError as exc:
             problems.append(str(exc))
             continue
-        if part.rows != info.rows or vectors.shape[0] != info.rows:
+        if part.rows != info.rows or vector_rows != info.rows:
             problems.append(f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}")
         parts.append(part)
     state = IndexState.from_segments(layout=manifest.layout, id_kind=manifest.id_kind, parts=parts)
@@ -85,7 +98,10 @@ def check_index(path: str | Path) -> CheckReport:
             f"older semid), so bit rot in them cannot be detected, e.g. {unverified[:3]}"
         )
     faiss_path = root / FAISS_NAME
-    if not faiss_path.exists():
+    if manifest.has_vector_files:
+        if faiss_path.exists():
+            notes.append(f"{FAISS_NAME} is not used (segments keep their vectors in vector files); a write removes it")
+    elif not faiss_path.exists():
         notes.append(f"{FAISS_NAME} is missing; it is rebuilt from the segments on open")
     else:
         if manifest.faiss is None:

@@ -53,7 +53,7 @@ class FoldedRows:
         groups = item_groups(id_kind, item_ids)
         active = group_end(groups, last=True)
         active_rows = np.flatnonzero(active)
-        order = active_rows[np.argsort(packed[active_rows], kind="stable")]
+        order = active_rows[stable_argsort(packed[active_rows])]
         retired_order = _reserved_rows(groups, packed, active_rows)
         id_order, sorted_ids, row_of_item = _item_lookup(id_kind, item_ids, active_rows)
         sorted_packed = packed[order]
@@ -161,24 +161,66 @@ def _item_lookup(
     id_kind: str, item_ids: np.ndarray, active_rows: np.ndarray
 ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, int] | None]:
     if id_kind == "int":
-        id_order = active_rows[np.argsort(item_ids[active_rows], kind="stable")]
+        id_order = active_rows[stable_argsort(item_ids[active_rows])]
         return id_order, item_ids[id_order], None
     return None, None, dict(zip(item_ids[active_rows].tolist(), active_rows.tolist(), strict=True))
 
 
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for int64 keys, several times faster at millions of rows.
+
+    Opening a 10M-item index sorts its packed IDs and item ids; NumPy's stable argsort of 10M random
+    int64 takes about 9 s here, its ``np.sort`` (SIMD) under 1 s. So when key range and row count fit
+    in 63 bits together, the keys are shifted above the row numbers and sorted as values: equal keys
+    then come out in row order, which is what stable means. Already sorted keys (catalogs usually
+    come in id order) are detected in O(n).
+    """
+    arr = np.asarray(keys)
+    n = arr.shape[0]
+    if n < 2 or arr.dtype.kind not in "iu":
+        return np.argsort(arr, kind="stable")
+    arr = arr.astype(np.int64, copy=False)
+    if bool((arr[1:] >= arr[:-1]).all()):
+        return np.arange(n, dtype=np.int64)
+    low = int(arr.min())
+    span = int(arr.max()) - low
+    row_bits = max(1, (n - 1).bit_length())
+    if span.bit_length() + row_bits > 63:
+        return np.argsort(arr, kind="stable")
+    combined = (arr - low) << row_bits  # no overflow: span < 2 ** (63 - row_bits)
+    combined |= np.arange(n, dtype=np.int64)
+    combined.sort()
+    combined &= (1 << row_bits) - 1
+    return combined
+
+
+def _increasing(values: np.ndarray) -> bool:
+    return bool((values[1:] > values[:-1]).all())
+
+
 def item_groups(id_kind: str, item_ids: np.ndarray) -> np.ndarray:
-    """A dense int per distinct item id (equal ids, equal ints)."""
+    """A dense int per distinct item id (equal ids, equal ints; numbered in sorted id order)."""
     keys = item_ids if id_kind == "int" else item_ids.astype(np.str_)
     if keys.shape[0] == 0:
         return NO_ROWS
-    return np.unique(keys, return_inverse=True)[1].reshape(-1)
+    if id_kind != "int":
+        return np.unique(keys, return_inverse=True)[1].reshape(-1)
+    if _increasing(keys):  # distinct and in order: the usual catalog
+        return np.arange(keys.shape[0], dtype=np.int64)
+    order = stable_argsort(keys)
+    ordered = keys[order]
+    ranks = np.empty(keys.shape[0], dtype=np.int64)
+    ranks[order] = np.cumsum(np.r_[False, ordered[1:] != ordered[:-1]])
+    return ranks
 
 
 def group_end(groups: np.ndarray, *, last: bool) -> np.ndarray:
     """bool per row: it is the last (else the first) row, in row order, of its group."""
+    if _increasing(groups):  # one row per group
+        return np.ones(groups.shape[0], dtype=bool)
     out = np.zeros(groups.shape[0], dtype=bool)
     if groups.shape[0]:
-        by_group = np.argsort(groups, kind="stable")
+        by_group = stable_argsort(groups)
         g = groups[by_group]
         change = g[1:] != g[:-1]
         out[by_group[np.r_[change, True] if last else np.r_[True, change]]] = True
@@ -198,7 +240,7 @@ def _reserved_rows(groups: np.ndarray, packed: np.ndarray, active_rows: np.ndarr
     rows = rows[packed[rows] != current[groups[rows]]]
     if rows.shape[0] == 0:
         return NO_ROWS
-    by = np.lexsort((rows, groups[rows], packed[rows]))  # packed, then item, then row
+    by = np.lexsort((rows, groups[rows], packed[rows]))  # packed, then item, then row (few rows: re-codes)
     rows = rows[by]
     last = np.r_[(packed[rows][1:] != packed[rows][:-1]) | (groups[rows][1:] != groups[rows][:-1]), True]
     return rows[last]

@@ -4,7 +4,9 @@ Directory::
 
     manifest.json            which segments form the index (replaced last, atomically)
     segments/seg-NNNNNN.parquet
-    faiss.index              IndexFlatL2 over the vectors in row order (rebuilt if stale)
+    segments/seg-NNNNNN.vectors  raw float32 vectors of a large batch write, memory-mapped (vector_file.py)
+    faiss.index              IndexFlatL2 over the vectors in row order (rebuilt if stale); not used
+                             once a segment has a vector file
     checkpoint/              copy of the tokenizer checkpoint the ids came from
     index.lock               writers' flock
 
@@ -55,6 +57,7 @@ from semid.service.index.segments import build_table, fold_into_tail, read_segme
 from semid.service.index.snapshot import IndexSnapshot
 from semid.service.index.state import IndexState
 from semid.service.index.store import TMP_PREFIX, WriterLock, copy_dir_atomically
+from semid.service.index.vector_file import VECTORS_SUFFIX, StagedVectors, map_vectors, vectors_name
 from semid.service.index.vector_set import VectorSet
 from semid.service.index.vectors import load_vector_index, read_segment_vectors, write_vector_index
 
@@ -217,6 +220,14 @@ class SemanticIdIndex:
 
     # --- writing -------------------------------------------------------------------
 
+    def stage_vectors(self) -> StagedVectors:
+        """A vector file to fill batch by batch, then hand to ``append(vectors=...)`` (under the writer
+        lock, which the caller holds: the next writer removes unlisted files). For large batches:
+        their vectors never need to be in memory at once, and opening the index maps them."""
+        if not self._lock.held:
+            raise RuntimeError("stage_vectors() needs the writer lock: call it inside `with index.writer()`")
+        return StagedVectors(self._path / SEGMENTS_DIR, dim=self.vector_dim)
+
     @contextlib.contextmanager
     def writer(self, *, timeout: float | None = None) -> Iterator[SemanticIdIndex]:
         """Hold the writer lock across several steps (occupancy -> resolve -> append).
@@ -278,10 +289,11 @@ class SemanticIdIndex:
         semantic_ids: np.ndarray,
         fallback: np.ndarray,
         embedding_hash: np.ndarray,
-        vectors: np.ndarray,
+        vectors: np.ndarray | StagedVectors,
         columns: Mapping[str, pa.Array] | None = None,
         recodes: np.ndarray | None = None,
         persist_vectors: bool = True,
+        defer_load: bool = False,
     ) -> str:
         """Write one batch as a new segment, atomically; returns the segment's name.
 
@@ -291,6 +303,14 @@ class SemanticIdIndex:
         ``persist_vectors=False`` skips rewriting ``faiss.index`` (small online writes):
         the vectors are in the segment, and the next open rebuilds the stale FAISS file.
 
+        ``vectors`` as ``StagedVectors`` (from ``stage_vectors``, finished): the segment keeps its
+        vectors in that file (renamed to ``seg-NNNNNN.vectors``), not in the Parquet file, and from
+        then on the index does not use ``faiss.index`` (see ``vector_file.py``).
+
+        ``defer_load``: the handle keeps its current snapshot and the next ``refresh`` (or writer)
+        loads the new segment from disk, so a one-shot batch writer can free its own arrays before
+        the in-memory state of a large batch is built.
+
         Refuses, writing nothing: ``DuplicateItemError`` (item ids repeated or already
         indexed), ``UnknownItemError`` (an item to re-code is not indexed),
         ``DuplicateSemanticIdError`` (semantic ids repeated, taken or reserved),
@@ -299,6 +319,13 @@ class SemanticIdIndex:
         """
         with self.writer():
             snap = self._snapshot
+            staged = vectors if isinstance(vectors, StagedVectors) else None
+            if staged is not None and (staged.rows != len(item_ids) or staged.dim != snap.manifest.vector_dim):
+                raise InvalidInputError(
+                    f"staged vectors hold {staged.rows} rows of dimension {staged.dim}; expected "
+                    f"{len(item_ids)} of {snap.manifest.vector_dim}",
+                    field="vectors",
+                )
             part, vecs = validate_batch(
                 manifest=snap.manifest,
                 state=snap.state,
@@ -307,7 +334,7 @@ class SemanticIdIndex:
                 semantic_ids=semantic_ids,
                 fallback=fallback,
                 embedding_hash=embedding_hash,
-                vectors=vectors,
+                vectors=None if staged is not None else vectors,
                 columns=columns or {},
                 recodes=recodes,
             )
@@ -325,19 +352,34 @@ class SemanticIdIndex:
                 columns={name: part.kept.column(name) for name in manifest.keep_columns},
                 keep_columns=manifest.keep_columns,
             )
-            _remove_leftovers(self._path, manifest)
+            _remove_leftovers(self._path, manifest, keep=staged.path if staged is not None else None)
             name = manifest.next_segment_name()
-            table, kept_segments = fold_into_tail(self._path / SEGMENTS_DIR, manifest.segments, table)
-            new_vectors = snap.vectors.extended(vecs)  # O(batch): no copy of the index's vectors
+            if staged is None:
+                table, kept_segments = fold_into_tail(self._path / SEGMENTS_DIR, manifest.segments, table)
+            else:
+                kept_segments = manifest.segments  # a segment with a vector file is never folded
             target = f"{SEGMENTS_DIR}/{name}"
             try:
-                sha256 = write_segment(table, self._path / SEGMENTS_DIR / name)
+                sha256 = write_segment(table, self._path / SEGMENTS_DIR / name, page_checksums=staged is not None)
                 faiss_info = manifest.faiss  # unchanged file when not persisted: stale, rebuilt on open
-                if persist_vectors:
-                    target = FAISS_NAME
-                    faiss_info = write_vector_index(self._path, new_vectors.as_index())
+                vectors_sha256 = None
+                if staged is not None:
+                    vectors_file = self._path / SEGMENTS_DIR / vectors_name(name)
+                    target = f"{SEGMENTS_DIR}/{vectors_file.name}"
+                    staged.commit(vectors_file)
+                    vectors_sha256, faiss_info = staged.sha256, None
+                    mapped = map_vectors(vectors_file, rows=staged.rows, dim=staged.dim)
+                    new_vectors = snap.vectors.with_mapped(mapped)  # O(1): the file is mapped, not read
+                else:
+                    assert vecs is not None  # validated above
+                    new_vectors = snap.vectors.extended(vecs)  # O(batch): no copy of the index's vectors
+                    if manifest.has_vector_files:
+                        faiss_info = None  # faiss.index is not used any more
+                    elif persist_vectors:
+                        target = FAISS_NAME
+                        faiss_info = write_vector_index(self._path, new_vectors.as_index())
                 new_manifest = replace(manifest, segments=kept_segments, faiss=faiss_info).with_segment(
-                    SegmentInfo(name=name, rows=table.num_rows, sha256=sha256)
+                    SegmentInfo(name=name, rows=table.num_rows, sha256=sha256, vectors_sha256=vectors_sha256)
                 )
                 target = MANIFEST_NAME
                 write_manifest(self._path, new_manifest)
@@ -350,7 +392,12 @@ class SemanticIdIndex:
                         manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
                     )
                 raise _write_error(self._path, exc, target, committed=committed) from exc
-            self._snapshot = IndexSnapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
+            if not defer_load:
+                self._snapshot = IndexSnapshot(
+                    manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
+                )
+            if staged is not None:
+                (self._path / FAISS_NAME).unlink(missing_ok=True)  # not used once a segment has a vector file
         logger.info("index %s: appended %s with %d items", self._path, name, part.rows)
         return name
 
@@ -430,14 +477,22 @@ def _refuse_existing(root: Path) -> None:
             raise IndexExistsError(f"{root} is not empty (holds {', '.join(foreign[:5])}); refusing to create an index")
 
 
-def _remove_leftovers(root: Path, manifest: Manifest) -> None:
-    """Delete temp files and segments the manifest does not list (crashed writes). Under the lock."""
+def _remove_leftovers(root: Path, manifest: Manifest, *, keep: Path | None = None) -> None:
+    """Delete temp files, segments and vector files the manifest does not list (crashed writes), and
+    ``faiss.index`` once segments have vector files (it is not used then). Under the lock; ``keep``
+    is the caller's own staged file."""
     listed = {s.name for s in manifest.segments}
+    listed_vectors = {vectors_name(s.name) for s in manifest.segments if s.has_vector_file}
     for directory in (root, root / SEGMENTS_DIR):
         if not directory.is_dir():
             continue
         for entry in directory.iterdir():
-            orphan = directory.name == SEGMENTS_DIR and entry.name.endswith(".parquet") and entry.name not in listed
+            if keep is not None and entry.name == keep.name:
+                continue
+            in_segments = directory.name == SEGMENTS_DIR
+            orphan = in_segments and entry.name.endswith(".parquet") and entry.name not in listed
+            orphan |= in_segments and entry.name.endswith(VECTORS_SUFFIX) and entry.name not in listed_vectors
+            orphan |= directory == root and entry.name == FAISS_NAME and manifest.has_vector_files
             if entry.name.startswith(TMP_PREFIX) or orphan:
                 logger.info("removing leftover %s", entry)
                 if entry.is_dir():
@@ -455,8 +510,15 @@ def _load_snapshot(root: Path, manifest: Manifest, base: IndexSnapshot | None) -
     known = len(base.manifest.segments) if base is not None else 0
     parts = []
     for info in manifest.segments[known:]:
+        # a segment with a vector file was written with Parquet page checksums: they are verified as the
+        # pages are read, and its SHA-256 (hashing the whole file, too slow at 10M rows) by `semid check`
         part = read_segment(
-            root / SEGMENTS_DIR / info.name, layout=layout, id_kind=id_kind, keep_columns=keep, sha256=info.sha256
+            root / SEGMENTS_DIR / info.name,
+            layout=layout,
+            id_kind=id_kind,
+            keep_columns=keep,
+            sha256=None if info.has_vector_file else info.sha256,
+            page_checksums=info.has_vector_file,
         )
         if part.rows != info.rows:
             raise CorruptIndexError(f"segment {info.name} has {part.rows} rows; the manifest says {info.rows}")
@@ -479,10 +541,14 @@ def _load_snapshot(root: Path, manifest: Manifest, base: IndexSnapshot | None) -
                 raise CorruptIndexError(f"index {root}: segment {info.name}: {problem}")
             state = state.extended(part)
     rebuilt = False
-    if base is not None:
-        vectors = base.vectors
+    if base is not None or manifest.has_vector_files:
+        vectors = base.vectors if base is not None else VectorSet.empty(manifest.vector_dim)
         for info in manifest.segments[known:]:
-            vectors = vectors.extended(read_segment_vectors(root, info, vector_dim=manifest.vector_dim))
+            if info.has_vector_file:  # mapped, not read: opening reads no vector of a large segment
+                path = root / SEGMENTS_DIR / vectors_name(info.name)
+                vectors = vectors.with_mapped(map_vectors(path, rows=info.rows, dim=manifest.vector_dim))
+            else:
+                vectors = vectors.extended(read_segment_vectors(root, info, vector_dim=manifest.vector_dim))
     else:
         index, rebuilt = load_vector_index(root, manifest)
         vectors = VectorSet.from_index(index)

@@ -3,7 +3,9 @@
 Each segment entry records the SHA-256 of the file's bytes (``sha256``), and ``faiss``
 records the row count and SHA-256 of the ``faiss.index`` written with it, so bit rot
 is detected instead of trusted. Both are optional: manifests written before checksums
-existed have neither, and their files are read unverified.
+existed have neither, and their files are read unverified. A segment written with a
+vector file (large batch writes, see ``vector_file.py``) also records that file's SHA-256
+(``vectors_sha256``); an index with such segments does not use ``faiss.index``.
 """
 
 from __future__ import annotations
@@ -36,11 +38,18 @@ class SegmentInfo:
     name: str
     rows: int
     sha256: str | None = None  # None: written before checksums were recorded
+    vectors_sha256: str | None = None  # set: the vectors are in a segment vector file (``vector_file.py``)
+
+    @property
+    def has_vector_file(self) -> bool:
+        return self.vectors_sha256 is not None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "rows": self.rows}
         if self.sha256 is not None:
             out["sha256"] = self.sha256
+        if self.vectors_sha256 is not None:
+            out["vectors_sha256"] = self.vectors_sha256
         return out
 
 
@@ -88,6 +97,11 @@ class Manifest:
     @property
     def item_count(self) -> int:
         return sum(s.rows for s in self.segments)
+
+    @property
+    def has_vector_files(self) -> bool:
+        """Some segment keeps its vectors in a vector file: then ``faiss.index`` is not used."""
+        return any(s.has_vector_file for s in self.segments)
 
     def next_segment_name(self) -> str:
         numbers = [int(m.group(1)) for s in self.segments if (m := SEGMENT_NAME_RE.fullmatch(s.name))]
@@ -187,7 +201,12 @@ def _segment(entry: Any) -> SegmentInfo:
         raise ValueError(f"segment name {name!r} is not seg-NNNNNN.parquet")
     if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
         raise ValueError(f"segment {name} rows is {rows!r}; expected an int >= 0")
-    return SegmentInfo(name=name, rows=rows, sha256=_sha256(entry.get("sha256"), f"segment {name}"))
+    return SegmentInfo(
+        name=name,
+        rows=rows,
+        sha256=_sha256(entry.get("sha256"), f"segment {name}"),
+        vectors_sha256=_sha256(entry.get("vectors_sha256"), f"segment {name} vectors"),
+    )
 
 
 def _vectors(entry: Any) -> VectorsInfo:

@@ -67,11 +67,12 @@ def build_table(
     fallback: np.ndarray,
     embedding_hashes: np.ndarray,
     recodes: np.ndarray,
-    vectors: np.ndarray,
+    vectors: np.ndarray | None,
     columns: Mapping[str, pa.Array],
     keep_columns: Sequence[str],
 ) -> pa.Table:
-    """Arrow table of one segment; inputs are already validated by the index."""
+    """Arrow table of one segment; inputs are already validated by the index. ``vectors`` None:
+    they are in the segment's vector file, and the table has no ``vector`` column."""
     ctype = code_type(layout)
     np_ctype = ctype.to_pandas_dtype()
     ids = pa.array(item_ids, type=pa.int64() if id_kind == "int" else pa.string())
@@ -82,19 +83,23 @@ def build_table(
         "fallback": pa.array(fallback, type=pa.bool_()),
         "embedding_hash": pa.array(embedding_hashes, type=pa.uint64()),
         RECODES_COLUMN: pa.array(recodes, type=pa.bool_()),
-        "vector": _fixed_list(vectors.astype(np.float32), pa.float32(), vectors.shape[1]),
     }
+    if vectors is not None:
+        arrays["vector"] = _fixed_list(vectors.astype(np.float32), pa.float32(), vectors.shape[1])
     for name in keep_columns:
         arrays[name] = columns[name]
     return pa.table(arrays)
 
 
-def write_segment(table: pa.Table, path: Path) -> str:
-    """Write ``table`` to ``path`` atomically (fault steps ``after-segment-*``); returns its SHA-256."""
+def write_segment(table: pa.Table, path: Path, *, page_checksums: bool = False) -> str:
+    """Write ``table`` to ``path`` atomically (fault steps ``after-segment-*``); returns its SHA-256.
+
+    ``page_checksums``: also a CRC per Parquet page, which readers verify as they read (a large
+    segment is opened without hashing the whole file; see ``read_segment``)."""
     sink = pa.BufferOutputStream()
     # float vectors hardly repeat: dictionary-encoding them only costs time (about 40 % of the write)
     dictionary = [name for name in table.column_names if name != "vector"]
-    pq.write_table(table, sink, compression="zstd", use_dictionary=dictionary)
+    pq.write_table(table, sink, compression="zstd", use_dictionary=dictionary, write_page_checksum=page_checksums)
     data = memoryview(sink.getvalue())
     write_bytes_atomically(path, data, kind="segment")
     return sha256_bytes(data)
@@ -169,7 +174,9 @@ def fold_into_tail(
     """
     max_rows = SMALL_SEGMENT_ROWS if max_rows is None else max_rows
     tail = segments[-1] if segments else None
-    if tail is not None and tail.rows + table.num_rows <= max_rows:
+    if "vector" not in table.column_names:  # its vectors are in a vector file: never folded
+        return table, tuple(segments)
+    if tail is not None and not tail.has_vector_file and tail.rows + table.num_rows <= max_rows:
         return _joined(segments_dir, [tail], table), tuple(segments[:-1])
     kept = tuple(segments)
     limit = max_rows
@@ -178,7 +185,7 @@ def fold_into_tail(
             break
         if table.num_rows <= limit:  # else the table belongs to a larger size class
             run = 0
-            while run < len(kept) and kept[len(kept) - 1 - run].rows <= limit:
+            while run < len(kept) and kept[-1 - run].rows <= limit and not kept[-1 - run].has_vector_file:
                 run += 1
             if run < COMPACT_RUN - 1:
                 break
@@ -200,14 +207,20 @@ def _joined(segments_dir: Path, previous: Sequence[SegmentInfo], table: pa.Table
 
 
 def read_segment(
-    path: Path, *, layout: IdLayout, id_kind: str, keep_columns: Sequence[str], sha256: str | None = None
+    path: Path,
+    *,
+    layout: IdLayout,
+    id_kind: str,
+    keep_columns: Sequence[str],
+    sha256: str | None = None,
+    page_checksums: bool = False,
 ) -> SegmentData:
-    """Read and validate one segment (its bytes against ``sha256`` when given); any problem
-    raises ``CorruptIndexError`` naming it."""
+    """Read and validate one segment (its bytes against ``sha256`` when given, its pages against
+    their CRCs with ``page_checksums``); any problem raises ``CorruptIndexError`` naming it."""
     name = path.name
     try:
         source = segment_source(path, sha256)
-        with pq.ParquetFile(source) as parquet:
+        with pq.ParquetFile(source, page_checksum_verification=page_checksums) as parquet:
             has_recodes = RECODES_COLUMN in parquet.schema_arrow.names
             table = parquet.read(columns=[*CORE_COLUMNS, *([RECODES_COLUMN] if has_recodes else []), *keep_columns])
     except FileNotFoundError:
@@ -221,7 +234,7 @@ def read_segment(
         if id_kind == "int":
             if not pa.types.is_integer(item_col.type):
                 raise ValueError(f"item_id is {item_col.type}; the index holds int ids")
-            item_ids = item_col.to_numpy().astype(np.int64, copy=False)
+            item_ids = arrow_to_numpy(item_col).astype(np.int64, copy=False)
         else:
             if not (pa.types.is_string(item_col.type) or pa.types.is_large_string(item_col.type)):
                 raise ValueError(f"item_id is {item_col.type}; the index holds string ids")
@@ -235,13 +248,13 @@ def read_segment(
             recodes_col = table.column(RECODES_COLUMN)
             if recodes_col.null_count or not pa.types.is_boolean(recodes_col.type):
                 raise ValueError(f"{RECODES_COLUMN} must be bool without nulls")
-            recodes = recodes_col.to_numpy().astype(bool, copy=False)
+            recodes = arrow_to_numpy(recodes_col)
         data = SegmentData(
             item_ids=item_ids,
             semantic_ids=list_column_to_numpy(table.column("semantic_id"), layout.width, np.int64),
             base_codes=list_column_to_numpy(table.column("base_code"), layout.levels, np.int64),
-            fallback=fallback_col.to_numpy().astype(bool, copy=False),
-            embedding_hashes=hash_col.to_numpy().astype(np.uint64, copy=False),
+            fallback=arrow_to_numpy(fallback_col),
+            embedding_hashes=arrow_to_numpy(hash_col).astype(np.uint64, copy=False),
             recodes=recodes,
             kept=table.select(list(keep_columns)),
         )
@@ -283,7 +296,24 @@ def list_column_to_numpy(column: pa.ChunkedArray | pa.Array, width: int, dtype: 
     values = array.flatten()
     if values.null_count:
         raise ValueError("list values contain nulls")
-    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(n, width)
+    return arrow_to_numpy(values).astype(dtype, copy=False).reshape(n, width)
+
+
+def arrow_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column without nulls as NumPy, numbers and bools read from Arrow's buffers.
+
+    pyarrow's ``to_numpy`` imports pandas on first use (about 1.5 s on this machine), which would be
+    most of the time it takes to open a small index; strings still go through it.
+    """
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = array.type
+    if pa.types.is_boolean(kind):
+        bits = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+        return np.unpackbits(bits, bitorder="little", count=array.offset + len(array))[array.offset :].astype(bool)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        dtype = np.dtype({"float": "float32", "double": "float64", "halffloat": "float16"}.get(str(kind), str(kind)))
+        return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    return array.to_numpy(zero_copy_only=False)
 
 
 def _fixed_list(values: np.ndarray, value_type: pa.DataType, width: int) -> pa.Array:

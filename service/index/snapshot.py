@@ -70,7 +70,9 @@ class IndexSnapshot:
         state = self.state
         if state.size == 0:
             return {"distinct": 0, "largest_bucket": 0, "collision_rate": 0.0}
-        counts = BucketCounts(self.layout.pack_base(state.base_codes[state.order])).counts
+        keys = self.layout.pack_base(state.base_codes[state.order])
+        keys.sort()  # SIMD sort, then runs: several times faster than np.unique at 10M items
+        counts = BucketCounts.from_sorted_keys(keys).counts
         return {
             "distinct": int(counts.shape[0]),
             "largest_bucket": int(counts.max()),

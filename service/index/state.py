@@ -110,6 +110,8 @@ class IndexState:
         ones. Each re-coded item's old row is retired; its ID becomes reserved unless the
         new row keeps it.
         """
+        if self.rows == 0:  # e.g. the first batch of a new index: build it folded, once
+            return IndexState.from_segments(layout=self.layout, id_kind=self.id_kind, parts=[part])
         recoding = np.flatnonzero(part.recodes)
         old_rows = self.rows_of_items(part.item_ids[recoding]) if recoding.shape[0] else NO_ROWS
         new_columns = {
@@ -403,6 +405,9 @@ def _plain(value: object) -> object:
 
 
 def _concat(arrays: Sequence[np.ndarray], dtype: type, empty_shape: tuple[int, ...]) -> np.ndarray:
+    """One array (not a copy when there is one part: the ``AppendBuffer`` copies it anyway)."""
     if not arrays:
         return np.zeros(empty_shape, dtype=dtype)
+    if len(arrays) == 1:
+        return np.asarray(arrays[0]).astype(dtype, copy=False)
     return np.concatenate([np.asarray(a).astype(dtype, copy=False) for a in arrays])
