@@ -15,7 +15,8 @@ Then every item (trained and held out) is encoded with the checkpoint, and
 (collisions among the subset, per-level perplexity, neighbour prefix share of 2,000 sampled items
 against their exact 10 nearest items in the whole catalog).
 
-The machine is shared: the load average before and after the run is recorded (timings are noisy).
+The machine is shared: the load average before and after the run, and its mean and maximum over the
+run (1-minute figure sampled every 30 s), are recorded (timings are noisy).
 Writes benchmarks/results/train_scale.{md,json} (or under SEMID_BENCH_RESULTS).
 """
 
@@ -29,6 +30,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +53,34 @@ GRAPH_LOG = re.compile(r"graph targets for level 1 built in ([0-9.]+) s")
 
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+class LoadSampler:
+    """The 1-minute load average every ``every`` seconds while a run lasts (the machine is shared)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def _run(self, every: float) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(every):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {"load_mean": round(sum(self.samples) / len(self.samples), 2), "load_max": round(max(self.samples), 2)}
 
 
 def encode_all(checkpoint: Path, embeddings: np.ndarray, batch: int = 65536) -> np.ndarray:
@@ -120,7 +150,8 @@ def main() -> None:
         load_before = load_average()
         start = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout or None)
+            with LoadSampler() as load:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout or None)
         except subprocess.TimeoutExpired as err:
             partial(args, out, err, time.perf_counter() - start, load_before)
             return
@@ -149,21 +180,27 @@ def main() -> None:
         "train_seconds_in_metrics": metrics.get("train_seconds"),
         "graph_build_s": float(graph.group(1)) if graph else None,
         "epochs": len(metrics.get("epochs", [])),
+        "epoch_seconds_total": round(sum(row.get("seconds", 0) for row in metrics.get("epochs", [])), 1),
+        "graph_targets_used": (metrics.get("graph_targets") or {}).get("use"),
         "epoch_samples": config["train"].get("epoch_samples"),
         "peak_rss_mb": round(peak_mb),
         "encode_all_s": round(encode_s, 1),
         "setup_s": round(setup_s, 1),
         "load_before": load_before,
         "load_after": load_after,
+        **load.summary(),
         "bar_s": BAR_SECONDS,
         "met": train_s <= BAR_SECONDS,
     }
-    head = ["items", "wall_s", "graph_build_s", "epochs", "epoch_samples", "peak_rss_mb", "load_before", "load_after"]
+    head = ["items", "wall_s", "graph_build_s", "graph_targets_used", "epochs", "epoch_seconds_total"]
+    head += ["epoch_samples", "peak_rss_mb", "load_before", "load_after", "load_mean", "load_max"]
     markdown = "\n\n".join(
         [
             markdown_table([run], head + ["bar_s", "met"]),
             "Held-out quality (items never trained on) and trained items, neighbours searched in the whole catalog:",
             markdown_table(rows, ["subset", *FIGURES]),
+            "Seconds per epoch: " + ", ".join(str(round(row.get("seconds", 0))) for row in metrics.get("epochs", [])),
+            f"Graph targets decision (semid.model.adaptive): `{json.dumps(metrics.get('graph_targets'))}`",
             f"Final training figures (metrics.json, every trained item): "
             f"`{json.dumps({k: v for k, v in metrics.get('final', {}).items() if not k.startswith('dead')})}`",
             "wall_s: `semid train` with default settings as a subprocess (Parquet read included, catalog "

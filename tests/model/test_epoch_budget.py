@@ -60,3 +60,29 @@ def test_a_capped_run_is_reproducible_and_sees_fresh_items_each_epoch(tiny_catal
     b = load_checkpoint(tmp_path / "b").tokenizer.encode(x).codes
     assert torch.equal(a, b)
     assert metrics["final"]["util_l1"] > 0.5  # still a working tokenizer on the whole catalog
+
+
+def test_per_epoch_work_is_bounded_by_the_budget_not_the_catalog(tiny_catalog, monkeypatch):
+    """What runs after each epoch (health figures, dead-code resets) sees a fixed sample, so a 1M-item
+    epoch costs what a 100k one does (benchmarks/results/train_scale.md)."""
+    import semid.model.train as train
+    from semid.model.quantizer import ResidualQuantizer
+
+    evaluated: list[int] = []
+    reset: list[int] = []
+    real_evaluate, real_reset = train.evaluate, ResidualQuantizer.reset_dead_codes
+
+    def evaluate(tokenizer, x, codebook_size, **kw):
+        evaluated.append(x.shape[0])
+        return real_evaluate(tokenizer, x, codebook_size, **kw)
+
+    def reset_dead_codes(self, residuals, **kw):
+        reset.append(max(r.shape[0] for r in residuals))
+        return real_reset(self, residuals, **kw)
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(ResidualQuantizer, "reset_dead_codes", reset_dead_codes)
+    cfg = tiny_config(epochs=4, epoch_samples=128, eval_sample=100, graph_targets=False)
+    fit_rqvae(build_tokenizer(cfg.model, cfg.train), tiny_catalog.embeddings, cfg)
+    assert evaluated == [100, 100, 100]  # every quantized epoch, on the seeded sample only
+    assert reset and max(reset) <= 4 * 64  # the residuals of the last 4 batches at most
