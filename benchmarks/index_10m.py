@@ -46,7 +46,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import quick_checkpoint, semid_command, write_catalog_chunked  # noqa: E402
-from benchmarks.common import markdown_table, write_results  # noqa: E402
+from benchmarks.common import RESULTS, markdown_table, write_results  # noqa: E402
 
 DEFAULT_DATA = Path("/tmp/h2/data10m")
 DIM = 384
@@ -250,17 +250,22 @@ def run_check(index: Path, env: dict) -> dict:
     }
 
 
-def run(data: Path, items: int, torch_threads: int, index: Path | None, skip_check: bool) -> None:
+def run(data: Path, items: int, torch_threads: int, index: Path | None, skip_check: bool, reuse: bool) -> None:
     catalog, checkpoint = catalog_path(data, items), data / "checkpoint"
     if not catalog.is_file() or not (checkpoint / "config.json").is_file():
         raise SystemExit(f"run `prepare --items {items} --data {data}` first")
     index = index or data / f"index-{items}"
-    if index.exists():
-        subprocess.run(["rm", "-rf", str(index)], check=True)
+    name = "index_10m" if items >= 10_000_000 else f"index_{items}"
     threads = str(torch_threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    assign = run_assign(checkpoint, catalog, index, env)
+    if reuse:  # re-measure open/query/serve on the index of the previous run (its assign figures kept)
+        assign = json.loads((RESULTS / f"{name}.json").read_text())["assign"]
+        assign["reused_from_previous_run"] = True
+    else:
+        if index.exists():
+            subprocess.run(["rm", "-rf", str(index)], check=True)
+        assign = run_assign(checkpoint, catalog, index, env)
     one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
     opens = [open_index(index, "open", one_thread) for _ in range(3)]
     query = open_index(index, "query", one_thread)
@@ -322,7 +327,9 @@ def run(data: Path, items: int, torch_threads: int, index: Path | None, skip_che
         + f"\nuptime before: `{uptime}`; after: `{data_out['uptime_after']}`. The 2 cores are shared with other "
         "engineers' runs, so timings are noisy.\n"
     )
-    path = write_results("index_10m" if items >= 10_000_000 else f"index_{items}", data_out, text)
+    if reuse:
+        text += "\nThe assign figures are those of the previous run (`--reuse-index`); the rest was re-measured.\n"
+    path = write_results(name, data_out, text)
     print(path.read_text())
 
 
@@ -334,11 +341,12 @@ def main() -> None:
     parser.add_argument("--index", type=Path, help="where the index goes (default: under --data)")
     parser.add_argument("--torch-threads", type=int, default=2)
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--reuse-index", action="store_true", help="keep the last run's index and assign figures")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.data, args.items)
     else:
-        run(args.data, args.items, args.torch_threads, args.index, args.skip_check)
+        run(args.data, args.items, args.torch_threads, args.index, args.skip_check, args.reuse_index)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ class Manifest:
 
 RESERVED_COLUMNS = frozenset(
     {"item_id", "semantic_id", "base_code", "fallback", "embedding_hash", "recodes", "vector", "token"}
+    | {"packed_id", "packed_base"}  # the codes of a segment with a vector file (segments.PACKED_COLUMNS)
 )
 
 

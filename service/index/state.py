@@ -75,7 +75,9 @@ class IndexState:
         dtype: type = np.int64 if id_kind == "int" else object
         item_ids = _concat([p.item_ids for p in parts], dtype, (0,))
         semantic_ids = _concat([p.semantic_ids for p in parts], np.int64, (0, layout.width))
-        packed = layout.pack(semantic_ids) if semantic_ids.shape[0] else np.zeros(0, dtype=np.int64)
+        packed = _concat(
+            [p.packed if p.packed is not None else layout.pack(p.semantic_ids) for p in parts], np.int64, (0,)
+        )
         kept_tables = [p.kept for p in parts if p.kept.num_columns]
         columns = {
             "item_ids": item_ids,
@@ -349,6 +351,8 @@ class IndexState:
         """Packed semantic ids held by more than one item (active or reserved)."""
         taken = self.taken_sorted()
         same = taken[1:] == taken[:-1]
+        if not same.any():  # the usual case; np.unique's first call also costs a lazy import
+            return NO_ROWS
         return np.unique(taken[1:][same])
 
     def duplicate_item_ids(self) -> list[object]:
