@@ -1,7 +1,7 @@
 """The first-level k-NN graph: approximate (HNSW, semid.model.knn) vs exact, on MovieLens and at 1M items.
 
     python benchmarks/knn_graph.py                        # MovieLens (if present) + 1M synthetic items
-    python benchmarks/knn_graph.py --items 50000 --seeds 0   # a quick smoke run
+    python benchmarks/knn_graph.py --items 50000 --seeds 0 --no-train   # a quick smoke run
 
 MovieLens (../shared/data, skipped when absent): the whole catalog (9,742 items, below the exact
 threshold) is trained with the defaults twice per seed, once as is (exact graph) and once with
@@ -56,7 +56,7 @@ def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def movielens_rows(seeds: list[int], depths: list[int]) -> tuple[list[dict], dict]:
+def movielens_rows(seeds: list[int], depths: list[int], train: bool) -> tuple[list[dict], dict]:
     emb = read_catalog(MOVIELENS).embeddings
     unit = unit_rows(emb)
     exact = exact_knn(unit, 10)
@@ -70,7 +70,7 @@ def movielens_rows(seeds: list[int], depths: list[int]) -> tuple[list[dict], dic
     t = TrainConfig()
     x = torch.from_numpy(unit)
     targets = {}
-    for seed in seeds or [t.seed]:
+    for seed in seeds:
         for name, threshold in (("exact", t.graph_exact_items), ("approximate", 0)):
             labels = build_targets(
                 x, 256, neighbours=t.graph_neighbours, balance=t.graph_balance, sweeps=t.graph_sweeps, seed=seed,
@@ -81,7 +81,7 @@ def movielens_rows(seeds: list[int], depths: list[int]) -> tuple[list[dict], dic
     graph.update({**sweep, **targets})
     extra = {"graph_min_gain": 0.0} if "graph_min_gain" in TrainConfig.model_fields else {}
     rows = []
-    for seed in seeds:
+    for seed in seeds if train else []:
         for name, threshold in (("exact", None), ("approximate", 0)):
             train = {"seed": seed, **extra, **({} if threshold is None else {"graph_exact_items": threshold})}
             cfg = SemidConfig.from_dict({"train": train})
@@ -144,7 +144,8 @@ def synthetic_run(items: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="MovieLens trainings (none: graph only)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="MovieLens: targets and trainings")
+    ap.add_argument("--no-train", action="store_true", help="MovieLens: the graph and the targets only")
     ap.add_argument("--depths", type=int, nargs="*", default=[16, 32, 128], help="MovieLens: recall at other depths")
     ap.add_argument("--skip-movielens", action="store_true")
     ap.add_argument("--name", default="knn_graph")
@@ -154,7 +155,7 @@ def main() -> None:
     data: dict = {}
     parts = []
     if MOVIELENS.is_file() and not args.skip_movielens:
-        rows, graph = movielens_rows(args.seeds, args.depths)
+        rows, graph = movielens_rows(args.seeds, args.depths, not args.no_train)
         data["movielens"] = {"runs": rows, "graph": graph}
         parts += [
             "## MovieLens: exact graph vs the approximate one forced (train.graph_exact_items = 0)",

@@ -127,7 +127,7 @@ def build_targets(
     if max_items is not None and n > max_items:
         gen = torch.Generator().manual_seed(seed + 17)
         rows = torch.randperm(n, generator=gen)[:max_items].sort().values
-    data = x.detach()[rows].to(torch.float32)
+    data = (x.detach() if rows.shape[0] == n else x.detach()[rows]).to(torch.float32)  # no copy of a whole catalog
     centroids = kmeans(data, codebook_size, iters=kmeans_iters, seed=seed, sample=kmeans_sample)
     start = nearest(data, centroids)[0].numpy()
     graph = knn_graph(data.numpy(), neighbours, exact_max_items=exact_max_items, seed=seed)

@@ -84,7 +84,8 @@ def hnsw_knn(unit: np.ndarray, k: int, *, seed: int, search_depth: int = HNSW_SE
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # a parallel insertion makes the graph depend on thread timing
     try:
-        index.add(unit[order])
+        for start in range(0, n, _SEARCH_CHUNK):  # in chunks: no second copy of the catalog in insertion order
+            index.add(unit[order[start : start + _SEARCH_CHUNK]])
     finally:
         faiss.omp_set_num_threads(threads)
     index.hnsw.efSearch = max(search_depth, k + 1)
