@@ -259,8 +259,11 @@ def assign_catalog(
     if changed_ids and not recode_changed:
         log.warning("%d known items have a changed embedding; they keep their published IDs", len(changed_ids))
     if pending.ids and sum(len(x) for x in pending.ids) >= vector_file_min_rows:
+        log.info("read and encoded %d items in %.1f s", summary.items, time.perf_counter() - start)
         _place_streamed(index, encoder, pending, summary, keep_columns=keep_columns, lock_timeout=lock_timeout)
+        loading = time.perf_counter()
         index.refresh()  # load the new segment now that the run's own arrays are freed
+        log.info("loaded the new segment in %.1f s", time.perf_counter() - loading)
     elif pending.ids:
         item_ids = np.concatenate(pending.ids)
         base = np.concatenate(pending.codes).astype(np.int64)
@@ -324,8 +327,10 @@ def _place_streamed(
     of the resolved IDs go to a vector file a chunk at a time. The append does not rebuild the
     handle's in-memory state (``defer_load``); the caller refreshes once this run's arrays are freed.
     """
+    start = time.perf_counter()
     layout, levels = encoder.layout, encoder.layout.levels
     item_ids = _take_concat(pending.ids)
+    n = item_ids.shape[0]
     codes = _take_concat(pending.codes)
     dists = _take_concat(pending.dists)
     alts = _take_concat(pending.alts)
@@ -356,10 +361,14 @@ def _place_streamed(
             )
             sids[rows], fallback[rows] = result.semantic_ids, result.used_fallback
         del dists, alts, todo, shard_of
+        log.info("resolved collisions of %d items in %d shards in %.1f s", n, shards, time.perf_counter() - start)
+        start = time.perf_counter()
         with index.stage_vectors() as staged:
             for s in range(0, sids.shape[0], VECTOR_CHUNK_ROWS):
                 staged.write(encoder.vectors(sids[s : s + VECTOR_CHUNK_ROWS, :levels]))
             staged.finish()
+            log.info("wrote the vector file in %.1f s", time.perf_counter() - start)
+            start = time.perf_counter()
             summary.segment = index.append(
                 item_ids=item_ids,
                 base_codes=codes,
@@ -371,6 +380,7 @@ def _place_streamed(
                 recodes=flags,
                 defer_load=True,
             )
+    log.info("wrote the segment and the manifest in %.1f s", time.perf_counter() - start)
     summary.new_items = int((~flags).sum())
     summary.recoded_items = int(flags.sum())
     summary.recoded_new_ids = int((flags & ~kept_id).sum())
