@@ -46,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import torch
+from pydantic import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import clustered_chunks, quick_checkpoint, write_catalog_chunked  # noqa: E402
@@ -111,7 +112,7 @@ def arrow_candidate(raw: bytes, max_values: int) -> EncodeRequest:
         fast = _RAW_DECODER.decode(raw)
         head = EncodeRequest.model_validate({"embeddings": [], "item_ids": fast.item_ids, "register": fast.register})
         matrix = _raw_matrix(bytes(fast.embeddings))
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+    except (msgspec.DecodeError, ValidationError, RecursionError):
         matrix = None
     if matrix is None:
         return bodies.parse_json(EncodeRequest, raw, max_values)
