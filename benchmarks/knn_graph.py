@@ -78,6 +78,7 @@ def movielens_rows(seeds: list[int], depths: list[int], train: bool) -> tuple[li
             ).labels.numpy()  # fmt: skip
             targets[f"targets_nn_share_{name}_seed{seed}"] = round(float((labels[exact] == labels[:, None]).mean()), 4)
     graph = {"items": len(emb), "recall_at_10": round(recall(approx, exact), 4), "approx_graph_s": round(approx_s, 1)}
+    graph["load"] = load_average()
     graph.update({**sweep, **targets})
     extra = {"graph_min_gain": 0.0} if "graph_min_gain" in TrainConfig.model_fields else {}
     rows = []
@@ -95,6 +96,7 @@ def movielens_rows(seeds: list[int], depths: list[int], train: bool) -> tuple[li
             used = metrics.get("graph_targets")
             quality = id_quality(emb, codes, cfg.model.codebook_size)
             row = {"seed": seed, "graph": name, "fit_s": round(fit_s, 1), **{k: quality[k] for k in QUALITY}}
+            row["load"] = load_average()
             if isinstance(used, dict) and "use" in used:
                 row["graph_targets_used"] = used["use"]
             rows.append(row)
