@@ -162,9 +162,10 @@ class IndexSnapshot:
                 raise InvalidCursorError("the cursor does not belong to this prefix")
             first = int(after) + 1
         rows, packed = state.page_between(first, hi, int(limit))
-        left = state.count_between(first, hi)
+        total = state.count_between(lo, hi)
+        left = total if first == lo else state.count_between(first, hi)
         more = int(packed[-1]) if left > rows.shape[0] else None
-        return state.count_between(lo, hi), rows, more
+        return total, rows, more
 
     def children(self, prefix: Sequence[int]) -> list[tuple[int, int]]:
         """``(code, count)`` of the next position under a prefix of length 0..L (0 = root)."""

@@ -243,15 +243,23 @@ class IndexState:
         folded, delta = self.folded, self.delta
         bounds = np.array([lo, hi], dtype=np.int64)
         b = np.searchsorted(folded.sorted_packed, bounds)
-        r = np.searchsorted(delta.retired_base_packed, bounds)
-        d = np.searchsorted(delta.sorted_packed, bounds)
-        return int((b[1] - b[0]) - (r[1] - r[0]) + (d[1] - d[0]))
+        count = int(b[1] - b[0])
+        if delta.retired_base_packed.shape[0]:  # an empty delta (just opened, or just folded) costs nothing
+            r = np.searchsorted(delta.retired_base_packed, bounds)
+            count -= int(r[1] - r[0])
+        if delta.sorted_packed.shape[0]:
+            d = np.searchsorted(delta.sorted_packed, bounds)
+            count += int(d[1] - d[0])
+        return count
 
     def page_between(self, lo: int, hi: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``limit`` active rows with packed id in ``[lo, hi)``, in packed order, and their packed ids."""
         folded, delta = self.folded, self.delta
         bounds = np.array([lo, hi], dtype=np.int64)
         b = np.searchsorted(folded.sorted_packed, bounds)
+        if not (delta.retired_base_packed.shape[0] or delta.sorted_packed.shape[0]):  # nothing to combine
+            stop = min(int(b[1]), int(b[0]) + limit)
+            return folded.order[b[0] : stop], folded.sorted_packed[b[0] : stop]
         r = np.searchsorted(delta.retired_base_packed, bounds)
         stop = min(int(b[1]), int(b[0]) + limit + int(r[1] - r[0]))
         rows, packed = folded.order[b[0] : stop], folded.sorted_packed[b[0] : stop]

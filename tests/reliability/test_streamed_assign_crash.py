@@ -33,7 +33,7 @@ def _assign(checkpoint, catalog, index, fault: str | None) -> int:
     if fault:
         env[FAULT_ENV] = fault
     args = [sys.executable, "-c", _ASSIGN, str(checkpoint), str(catalog), str(index)]
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300).returncode
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600).returncode
 
 
 def _ids(index_dir) -> dict:
