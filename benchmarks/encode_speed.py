@@ -264,7 +264,7 @@ def compare_anchors(args: argparse.Namespace) -> None:
         + "\n\n"
         + markdown_table(steps, ["step (1,024 new items)", "best_ms"])
     )
-    path = write_results("encode_speed_anchors", data, md)
+    path = write_results(args.name, data, md)
     print(md)
     print(f"written to {path}")
 
@@ -277,6 +277,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="measurements per figure; the best is kept")
     ap.add_argument("--anchors-before", help="git revision of model/anchors.py to compare with (anchors mode)")
     ap.add_argument("--catalog", help="Parquet catalog with an embedding column (anchors mode)")
+    ap.add_argument("--name", default="encode_speed_anchors", help="results file name (anchors mode)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
