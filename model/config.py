@@ -57,9 +57,7 @@ class ModelConfig(BaseModel):
         "a new item's first code is the weighted majority code of its nearest anchors (larger catalogs keep "
         "none: a sample votes worse than the nearest centroid; 0: off).",
     )
-    anchor_neighbours: StrictInt = _int(
-        8, 1, 1000, "k of the first-level anchors' vote (8 gave the best held-out share on 3 splits of 2 catalogs)."
-    )
+    anchor_neighbours: StrictInt = _int(10, 1, 1000, "k of the first-level anchors' vote (anchor_vote.md).")
     anchor_balance: StrictFloat = _float(
         0.5, 0.0, 4.0, "Each anchor's vote is weighted by 1 / (anchors of its code) ** balance (0: plain majority)."
     )
