@@ -81,7 +81,7 @@ class FirstLevelAnchors(nn.Module):
             return torch.full((n,), -1, dtype=torch.long)
         codebook_size = codebook.shape[0]
         codes, weight = self._votes_for(codebook)
-        if self._unit_t is None:  # [dim, anchors] in rows: the matmul streams it (a transposed view was ~25 % slower)
+        if self._unit_t is None:  # [dim, anchors]: 0-25 % quicker than a transposed view in 3 runs (noisy), same codes
             self._unit_t = self.vectors.to(torch.float32).T.contiguous()
         k = min(self.neighbours, self.size)
         out = torch.empty(n, dtype=torch.long)
