@@ -19,16 +19,42 @@ import numpy as np
 _MIN_CAPACITY = 1024
 
 
+def _is_prefix_with_room(arr: np.ndarray, base: np.ndarray, capacity: int) -> bool:
+    """``arr`` is ``base[:len(arr)]`` (same start, dtype and row shape, both C-contiguous, writable),
+    ``base`` owns its memory and holds exactly ``capacity`` rows: an array from ``with_room``."""
+    return (
+        base.shape[0] == capacity  # exactly what ``with_room`` allocates for these rows
+        and base.base is None
+        and base.shape[1:] == arr.shape[1:]
+        and base.dtype == arr.dtype
+        and base.flags.c_contiguous
+        and base.flags.writeable
+        and arr.flags.c_contiguous
+        and arr.__array_interface__["data"][0] == base.__array_interface__["data"][0]
+    )
+
+
 class AppendBuffer:
     """Backing store of one column; ``append(view, values)`` returns the longer view."""
 
     def __init__(self, initial: np.ndarray) -> None:
         arr = np.asarray(initial)
         capacity = max(_MIN_CAPACITY, arr.shape[0] + arr.shape[0] // 4)  # headroom: no copy at the first writes
-        self._data = np.empty((capacity, *arr.shape[1:]), dtype=arr.dtype)
-        self._data[: arr.shape[0]] = arr
+        base = arr.base
+        if isinstance(base, np.ndarray) and _is_prefix_with_room(arr, base, capacity):
+            self._data = base  # made with room to grow (``with_room``): adopted, not copied (GBs at 10M rows)
+        else:
+            self._data = np.empty((capacity, *arr.shape[1:]), dtype=arr.dtype)
+            self._data[: arr.shape[0]] = arr
         self._size = arr.shape[0]
         self._lock = threading.Lock()
+
+    @staticmethod
+    def with_room(rows: int, tail_shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialised ``[rows, *tail_shape]`` array whose base has the headroom a buffer keeps, so
+        ``AppendBuffer(filled)`` adopts it instead of copying it. Only for an array nothing else writes to."""
+        capacity = max(_MIN_CAPACITY, rows + rows // 4)
+        return np.empty((capacity, *tail_shape), dtype=dtype)[:rows]
 
     def view(self) -> np.ndarray:
         return self._data[: self._size]

@@ -50,12 +50,13 @@ class FoldedRows:
         cls, *, id_kind: str, bits: int, item_ids: np.ndarray, packed: np.ndarray, kept: pa.Table | None
     ) -> FoldedRows:
         """From scratch, O(N log N): the last row of each item is active, earlier ones retired."""
-        groups = item_groups(id_kind, item_ids)
-        active = group_end(groups, last=True)
-        every = bool(active.all())  # no re-codes: skip the gathers (GBs of copies at 10M rows)
+        distinct = id_kind == "int" and _increasing(item_ids)  # the usual catalog: one row per item, in order
+        groups = NO_ROWS if distinct else item_groups(id_kind, item_ids)
+        active = np.ones(item_ids.shape[0], dtype=bool) if distinct else group_end(groups, last=True)
+        every = distinct or bool(active.all())  # no re-codes: skip the gathers (GBs of copies at 10M rows)
         active_rows = np.arange(packed.shape[0], dtype=np.int64) if every else np.flatnonzero(active)
         order = stable_argsort(packed) if every else active_rows[stable_argsort(packed[active_rows])]
-        retired_order = _reserved_rows(groups, packed, active_rows)
+        retired_order = NO_ROWS if every else _reserved_rows(groups, packed, active_rows)
         id_order, sorted_ids, row_of_item = _item_lookup(id_kind, item_ids, active_rows)
         sorted_packed = packed[order]
         retired_packed = packed[retired_order]

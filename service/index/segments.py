@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from semid.service.errors import CorruptIndexError
 from semid.service.ids.layout import IdLayout
+from semid.service.index.buffers import AppendBuffer
 from semid.service.index.manifest import SegmentInfo
 from semid.service.index.store import sha256_bytes, sha256_file, write_bytes_atomically
 
@@ -315,8 +316,10 @@ def _unpacked_codes(table: pa.Table, layout: IdLayout) -> tuple[np.ndarray, np.n
 
 
 def _unpack(packed: np.ndarray, bits: int, width: int) -> np.ndarray:
+    """``layout.unpack`` written into an array the index's ``AppendBuffer`` adopts without a copy."""
     shifts = np.arange(width - 1, -1, -1, dtype=np.int64) * bits
-    out = packed[:, None] >> shifts[None, :]
+    out = AppendBuffer.with_room(packed.shape[0], (width,), np.int64)
+    np.right_shift(packed[:, None], shifts[None, :], out=out)
     out &= np.int64((1 << bits) - 1)
     return out
 

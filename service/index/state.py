@@ -365,9 +365,12 @@ class IndexState:
 
     def duplicate_item_ids(self) -> list[object]:
         """Item ids with a second row that does not say it re-codes the item."""
-        groups = item_groups(self.id_kind, self.item_ids)
-        first = group_end(groups, last=False)
-        bad = np.flatnonzero(first == self.recodes)  # a first row must not re-code; a later row must
+        if self.id_kind == "int" and bool((self.item_ids[1:] > self.item_ids[:-1]).all()):
+            bad = np.flatnonzero(self.recodes)  # every row is its item's first: none may re-code
+        else:
+            groups = item_groups(self.id_kind, self.item_ids)
+            first = group_end(groups, last=False)
+            bad = np.flatnonzero(first == self.recodes)  # a first row must not re-code; a later row must
         return [_plain(x) for x in self.item_ids[bad].tolist()]
 
 

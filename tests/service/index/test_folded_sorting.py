@@ -7,8 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from semid.service.ids.layout import IdLayout
 from semid.service.index.folded import group_end, item_groups, stable_argsort
-from semid.service.index.segments import arrow_to_numpy
+from semid.service.index.segments import SegmentData, arrow_to_numpy
+from semid.service.index.state import IndexState
 
 CASES = {
     "many ties": np.random.default_rng(0).integers(0, 50, 2_000),
@@ -57,3 +59,49 @@ def test_arrow_to_numpy_equals_to_numpy(array):
     expected = array.to_numpy() if isinstance(array, pa.ChunkedArray) else array.to_numpy(zero_copy_only=False)
     assert out.dtype == expected.dtype
     np.testing.assert_array_equal(out, expected)
+
+
+def _part(ids: np.ndarray, recodes: np.ndarray, rng) -> SegmentData:
+    layout = IdLayout.for_tokenizer(levels=3, codebook_size=16)
+    n = ids.shape[0]
+    packed = rng.choice(1 << (layout.bits * layout.width), size=n, replace=False)
+    sids = layout.unpack(packed)
+    return SegmentData(
+        item_ids=ids,
+        semantic_ids=sids,
+        base_codes=sids[:, :3],
+        fallback=np.zeros(n, dtype=bool),
+        embedding_hashes=np.zeros(n, dtype=np.uint64),
+        recodes=recodes,
+        kept=pa.table({}),
+    )
+
+
+def test_ids_in_order_take_the_fast_path_with_the_same_answers():
+    """One row per item in id order (the usual catalog) skips the grouping; the look-ups are those of
+    the general path (the same rows in another order), and a first row flagged as a re-code is reported."""
+    rng = np.random.default_rng(4)
+    layout = IdLayout.for_tokenizer(levels=3, codebook_size=16)
+    ids = np.arange(100, 400, dtype=np.int64) * 3
+    part = _part(ids, np.zeros(300, dtype=bool), rng)
+    fast = IndexState.from_segments(layout=layout, id_kind="int", parts=[part])
+    perm = rng.permutation(300)
+    shuffled = SegmentData(
+        **{
+            **part.__dict__,
+            "packed": None,
+            **{
+                k: getattr(part, k)[perm]
+                for k in ("item_ids", "semantic_ids", "base_codes", "fallback", "embedding_hashes", "recodes")
+            },
+        }
+    )
+    slow = IndexState.from_segments(layout=layout, id_kind="int", parts=[shuffled])
+    assert fast.folded.active.all() and fast.folded.retired_order.shape[0] == 0
+    np.testing.assert_array_equal(fast.packed[fast.order], slow.packed[slow.order])
+    np.testing.assert_array_equal(fast.rows_of_items(ids), np.arange(300))
+    np.testing.assert_array_equal(slow.rows_of_items(ids[perm]), np.arange(300))
+    assert fast.duplicate_item_ids() == [] and slow.duplicate_item_ids() == []
+    flagged = _part(ids, np.arange(300) == 7, rng)
+    state = IndexState.from_segments(layout=layout, id_kind="int", parts=[flagged])
+    assert state.duplicate_item_ids() == [int(ids[7])]
