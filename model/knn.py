@@ -10,8 +10,9 @@ approximate path): IVF recall depends on how clustered the catalog is. With 6 pr
 sqrt(n) it held 0.96 of the true 10 nearest neighbours on 1M clustered synthetic items but 0.69 on
 MovieLens' sentence embeddings (0.91 at 32 probes), and forcing it there lowered the refined
 targets' neighbour share from 0.463 to 0.405. HNSW forced on MovieLens holds 0.991 of them, and the
-targets' neighbour share is 0.4618 vs 0.4634 on the exact graph (a trained first level: 0.458 vs
-0.462, inside the seed-to-seed range; benchmarks/results/knn_graph_movielens_*.md).
+targets' neighbour share is 0.4618 vs 0.4634 on the exact graph; the trained first level's share
+is 0.4576 / 0.4545 vs 0.4621 / 0.4550 for seeds 0 / 1, a smaller gap than the seeds' own
+(benchmarks/results/knn_graph_movielens_*.md).
 
 Where it is weaker: on the synthetic catalog recall falls with size, 0.99 at 100k items but 0.90 at
 1M, and the one-thread build of 1M items took 4,409 s on the shared machine (load 10-15; a one-off
