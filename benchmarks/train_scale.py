@@ -49,6 +49,7 @@ BAR_SECONDS = 30 * 60
 FIGURES = ["items", "nn_share_d1", "nn_lift_d1", "nn_share_d2", "base_collision_rate", "collides_with_catalog"]
 FIGURES += ["perplexity_l1", "perplexity_l2", "perplexity_l3", "util_l1"]
 GRAPH_LOG = re.compile(r"graph targets for level 1 built in ([0-9.]+) s")
+HNSW_LOG = re.compile(r"k-NN graph: \d+ items (inserted|searched) in ([0-9.]+) s")  # semid.model.knn
 
 
 def load_average() -> str:
@@ -105,6 +106,7 @@ def partial(args: argparse.Namespace, out: Path, err: subprocess.TimeoutExpired,
         "completed": False,
         "stopped_after_s": round(seconds, 1),
         "graph_build_s": float(graph.group(1)) if graph else None,
+        **{f"knn_{m.group(1)}_s": float(m.group(2)) for m in HNSW_LOG.finditer(stderr)},
         "epochs_done": len(history),
         "epoch_seconds": [row.get("seconds") for row in history],
         "load_before": load,
@@ -179,6 +181,7 @@ def main() -> None:
         "wall_s": round(train_s, 1),
         "train_seconds_in_metrics": metrics.get("train_seconds"),
         "graph_build_s": float(graph.group(1)) if graph else None,
+        **{f"knn_{m.group(1)}_s": float(m.group(2)) for m in HNSW_LOG.finditer(proc.stderr)},
         "epochs": len(metrics.get("epochs", [])),
         "epoch_seconds_total": round(sum(row.get("seconds", 0) for row in metrics.get("epochs", [])), 1),
         "graph_targets_used": (metrics.get("graph_targets") or {}).get("use"),

@@ -102,7 +102,7 @@ def hnsw_knn(unit: np.ndarray, k: int, *, seed: int, search_depth: int = HNSW_SE
             index.add(unit[order[start : start + _SEARCH_CHUNK]])
     finally:
         faiss.omp_set_num_threads(threads)
-    log.info("k-NN graph: %d items inserted in an HNSW index in %.1f s (one thread)", n, time.perf_counter() - start)
+    log.info("k-NN graph: %d items inserted in %.1f s into an HNSW index (one thread)", n, time.perf_counter() - start)
     start = time.perf_counter()
     index.hnsw.efSearch = max(search_depth, k + 1)
     out = np.empty((n, k), dtype=np.int64)
