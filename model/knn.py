@@ -95,15 +95,15 @@ def hnsw_knn(unit: np.ndarray, k: int, *, seed: int, search_depth: int = HNSW_SE
     index = faiss.IndexHNSWFlat(unit.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = HNSW_BUILD_DEPTH
     threads = faiss.omp_get_max_threads()
-    start = time.perf_counter()
+    began = time.perf_counter()
     faiss.omp_set_num_threads(1)  # a parallel insertion makes the graph depend on thread timing
     try:
         for start in range(0, n, _SEARCH_CHUNK):  # in chunks: no second copy of the catalog in insertion order
             index.add(unit[order[start : start + _SEARCH_CHUNK]])
     finally:
         faiss.omp_set_num_threads(threads)
-    log.info("k-NN graph: %d items inserted in %.1f s into an HNSW index (one thread)", n, time.perf_counter() - start)
-    start = time.perf_counter()
+    log.info("k-NN graph: %d items inserted in %.1f s into an HNSW index (one thread)", n, time.perf_counter() - began)
+    began = time.perf_counter()
     index.hnsw.efSearch = max(search_depth, k + 1)
     out = np.empty((n, k), dtype=np.int64)
     short = []  # rows the search returned fewer than k + 1 hits for
@@ -119,7 +119,7 @@ def hnsw_knn(unit: np.ndarray, k: int, *, seed: int, search_depth: int = HNSW_SE
     log.info(
         "k-NN graph: %d items searched in %.1f s (%d threads, %d exact)",
         n,
-        time.perf_counter() - start,
+        time.perf_counter() - began,
         threads,
         redo.shape[0],
     )
