@@ -22,7 +22,9 @@ from semid.service.errors import CorruptIndexError, InvalidInputError, InvalidLa
 from semid.service.ids.layout import IdLayout
 from semid.service.index.store import write_json_atomically
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what an index without segment vector files is written as (readable by every build)
+VECTOR_FILES_VERSION = 2  # an index with segment vector files: builds before them refuse it instead of misreading
+READABLE_VERSIONS = (FORMAT_VERSION, VECTOR_FILES_VERSION)
 MANIFEST_NAME = "manifest.json"
 SEGMENTS_DIR = "segments"
 FAISS_NAME = "faiss.index"
@@ -75,7 +77,7 @@ class Manifest:
     faiss: VectorsInfo | None = None  # None: not recorded (older manifest)
     created_at: str = field(default_factory=lambda: now_iso())
     updated_at: str = field(default_factory=lambda: now_iso())
-    format_version: int = FORMAT_VERSION
+    format_version: int = FORMAT_VERSION  # as read; written: see ``written_version``
 
     def __post_init__(self) -> None:
         if self.id_kind not in ID_KINDS:
@@ -103,6 +105,10 @@ class Manifest:
         """Some segment keeps its vectors in a vector file: then ``faiss.index`` is not used."""
         return any(s.has_vector_file for s in self.segments)
 
+    @property
+    def written_version(self) -> int:
+        return VECTOR_FILES_VERSION if self.has_vector_files else FORMAT_VERSION
+
     def next_segment_name(self) -> str:
         numbers = [int(m.group(1)) for s in self.segments if (m := SEGMENT_NAME_RE.fullmatch(s.name))]
         return f"seg-{max(numbers, default=0) + 1:06d}.parquet"
@@ -112,7 +118,7 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format_version": self.format_version,
+            "format_version": self.written_version,
             "checkpoint_fingerprint": self.checkpoint_fingerprint,
             "layout": self.layout.to_dict(),
             "id_kind": self.id_kind,
@@ -132,8 +138,8 @@ class Manifest:
             if not isinstance(data, Mapping):
                 raise TypeError("top level is not an object")
             version = data["format_version"]
-            if version != FORMAT_VERSION:
-                raise ValueError(f"format_version is {version!r}; this build reads {FORMAT_VERSION}")
+            if isinstance(version, bool) or version not in READABLE_VERSIONS:
+                raise ValueError(f"format_version is {version!r}; this build reads {list(READABLE_VERSIONS)}")
             segments = tuple(_segment(s) for s in _list(data["segments"], "segments"))
             names = [s.name for s in segments]
             if len(set(names)) != len(names):

@@ -4,6 +4,8 @@ is exact, and indexes written before vector files existed still open and can be 
 
 from __future__ import annotations
 
+import json
+
 import faiss
 import numpy as np
 import pyarrow as pa
@@ -18,7 +20,7 @@ from semid.service.export import export_table
 from semid.service.index import vector_set
 from semid.service.index.check import check_index
 from semid.service.index.handle import SemanticIdIndex
-from semid.service.index.manifest import FAISS_NAME, read_manifest
+from semid.service.index.manifest import FAISS_NAME, MANIFEST_NAME, read_manifest
 
 OLD_PATH = 10**9  # vector_file_min_rows no run reaches: the in-memory path with faiss.index
 
@@ -102,6 +104,9 @@ def test_streamed_run_extends_an_old_format_index(small_shards, colliding, tiny_
         tmp_path / "old", tmp_path / "o.parquet"
     )
     assert not (tmp_path / "new" / FAISS_NAME).exists()  # not used once a segment has a vector file
+    # builds before vector files read format 1 only: an index with one is written as 2 so they refuse it
+    assert json.loads((tmp_path / "old" / MANIFEST_NAME).read_text())["format_version"] == 1
+    assert json.loads((tmp_path / "new" / MANIFEST_NAME).read_text())["format_version"] == 2
     report = check_index(tmp_path / "new")
     assert report.ok and report.notes == [], (report.problems, report.notes)
     # nearest look-ups over the inline first segment and the mapped second one agree with the old index
@@ -195,3 +200,14 @@ def test_streamed_run_with_string_ids_and_kept_column(small_shards, colliding, t
     assert _export_bytes(tmp_path / "new", tmp_path / "n.parquet") == _export_bytes(
         tmp_path / "old", tmp_path / "o.parquet"
     )
+
+
+def test_an_unknown_format_version_is_refused_with_its_number(colliding, tiny_checkpoint, tmp_path):
+    path = write_catalog(colliding, tmp_path / "cat.parquet")
+    _run(tiny_checkpoint, path, tmp_path / "idx", streamed=True)
+    manifest = tmp_path / "idx" / MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    data["format_version"] = 3
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CorruptIndexError, match=r"format_version is 3; this build reads \[1, 2\]"):
+        SemanticIdIndex.open(tmp_path / "idx")
