@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from semid.model.catalog import Catalog
 from semid.model.config import SemidConfig
 from semid.model.synthetic import synthetic_catalog, write_catalog
 
@@ -66,3 +67,14 @@ def movielens() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def colliding_catalog() -> Catalog:
+    """600 items in 4 tight categories plus 3 groups of 20 exact duplicates, shuffled: big buckets (the dedup
+    digit runs out) and so fallback items, for the assignment engines' equality tests."""
+    cat = synthetic_catalog(items=600, dim=16, categories=4, subcategories=3, exact_duplicates=20, seed=1)
+    dups = np.repeat(cat.embeddings[:3], 20, axis=0)
+    ids = np.concatenate([cat.item_ids, np.arange(10_000, 10_060)])
+    embeddings = np.concatenate([cat.embeddings, dups]).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(ids))
+    return Catalog(item_ids=ids[order], embeddings=embeddings[order])

@@ -17,8 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from semid.model.catalog import Catalog
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.synthetic import write_catalog
 from semid.service.cli import main
+from tests.conftest import colliding_catalog
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +37,7 @@ def ray_local():
 def colliding(tmp_path_factory):
     """600 items in 4 tight categories plus 3 groups of 20 exact duplicates: big buckets (dedup digit has 8
     values) and so fallback items."""
-    cat = synthetic_catalog(items=600, dim=16, categories=4, subcategories=3, exact_duplicates=20, seed=1)
-    dups = np.repeat(cat.embeddings[:3], 20, axis=0)
-    ids = np.concatenate([cat.item_ids, np.arange(10_000, 10_060)])
-    embeddings = np.concatenate([cat.embeddings, dups]).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(ids))
-    return Catalog(item_ids=ids[order], embeddings=embeddings[order])
+    return colliding_catalog()
 
 
 def _assign(args: list[str]) -> dict:

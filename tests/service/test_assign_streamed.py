@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from semid.model.catalog import Catalog
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.synthetic import write_catalog
 from semid.service import assign as assign_module
 from semid.service.assign import assign_catalog
 from semid.service.errors import CorruptIndexError
@@ -21,6 +21,7 @@ from semid.service.index import vector_set
 from semid.service.index.check import check_index
 from semid.service.index.handle import SemanticIdIndex
 from semid.service.index.manifest import FAISS_NAME, MANIFEST_NAME, read_manifest
+from tests.conftest import colliding_catalog
 
 OLD_PATH = 10**9  # vector_file_min_rows no run reaches: the in-memory path with faiss.index
 
@@ -28,12 +29,7 @@ OLD_PATH = 10**9  # vector_file_min_rows no run reaches: the in-memory path with
 @pytest.fixture(scope="module")
 def colliding() -> Catalog:
     """600 items in tight categories plus 3 groups of 20 exact duplicates: big buckets and fallback items."""
-    cat = synthetic_catalog(items=600, dim=16, categories=4, subcategories=3, exact_duplicates=20, seed=1)
-    dups = np.repeat(cat.embeddings[:3], 20, axis=0)
-    ids = np.concatenate([cat.item_ids, np.arange(10_000, 10_060)])
-    embeddings = np.concatenate([cat.embeddings, dups]).astype(np.float32)
-    order = np.random.default_rng(0).permutation(len(ids))
-    return Catalog(item_ids=ids[order], embeddings=embeddings[order])
+    return colliding_catalog()
 
 
 @pytest.fixture
