@@ -26,12 +26,11 @@ from types import TracebackType
 import numpy as np
 
 from semid.service.errors import CorruptIndexError, IndexWriteError, InvalidInputError
-from semid.service.index.store import TMP_PREFIX, fault_point, fsync_path, temp_path_for
+from semid.service.index.store import TMP_PREFIX, fault_point, fsync_path, sha256_file, temp_path_for
 
 logger = logging.getLogger(__name__)
 
 VECTORS_SUFFIX = ".vectors"
-_HASH_BLOCK = 1 << 24  # bytes per read when verifying a file
 
 
 def vectors_name(segment_name: str) -> str:
@@ -65,15 +64,11 @@ def vectors_file_problem(path: Path, *, rows: int, dim: int, sha256: str) -> str
     """Why the vector file is not the one the manifest recorded (None if it is): reads it whole."""
     try:
         map_vectors(path, rows=rows, dim=dim)
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(_HASH_BLOCK):
-                digest.update(block)
+        actual = sha256_file(path)
     except CorruptIndexError as exc:
         return str(exc)
     except OSError as exc:
         return f"vector file {path.name} is unreadable: {exc}"
-    actual = digest.hexdigest()
     if actual != sha256:
         return (
             f"vector file {path.name} does not match its checksum (manifest sha256 {sha256[:16]}..., file "
