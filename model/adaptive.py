@@ -20,6 +20,16 @@ threshold are in benchmarks/results/adaptive_defaults.md. The decision is a pure
 labels and the graph, which are deterministic given the embeddings and the seed, so a resumed
 run takes the same decision.
 
+Above ``graph_exact_items`` the full graph is approximate and costs minutes to build (HNSW,
+semid.model.knn; 1,080 s of a 1,441 s training at 1M items, benchmarks/results/train_scale_1m_hnsw.md),
+and on clustered catalogs the answer was "not used" after paying for it. So a larger catalog is
+measured first on the exact graph of a seeded sample of ``graph_exact_items`` rows (the graph the
+catalogs of that size use anyway; semid.model.train), and the full graph is built only when the
+targets will be used. The record says so (``decided_on_sample``: the sample's size, ``items`` is the
+same); :func:`judge_trained` then measures the trained codes on that sample's graph too, so every
+agreement in the record is taken on one graph. Targets the user asked for ("always", "interactions")
+need no measurement before the build: they are built on the full graph directly.
+
 The gain measures the labels, not whether the encoder can learn them. A catalog of a few large
 isotropic blobs (synthetic, 32 clusters for 256 codes) shows the largest gain of all (0.23 -> 0.39),
 yet the tokenizer trained on those targets kept almost none of it (0.24) and lost to the plain one
@@ -52,13 +62,19 @@ class GraphDecision:
     items: int  # items in the graph the shares are measured on
     trained_agreement: float | None = None  # the same under the trained first codes (judge_trained)
     plain_agreement: float | None = None  # ... and under a run's without targets, when one was needed
+    decided_on_sample: int | None = None  # set when measured on the exact graph of a sample of a larger graph
 
     @property
     def gain(self) -> float:
         return self.graph_agreement - self.kmeans_agreement
 
     def record(self) -> dict[str, Any]:
-        return {**asdict(self), "gain": round(self.gain, 5)}
+        """The fields (``decided_on_sample`` only when set: the records of catalogs that need no sample
+        stay as they were) and the gain."""
+        record = asdict(self)
+        if self.decided_on_sample is None:
+            del record["decided_on_sample"]
+        return {**record, "gain": round(self.gain, 5)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> GraphDecision:

@@ -111,9 +111,9 @@ def _judge_graph_targets(
 
     When the plain run is kept, the metrics' epochs are its own; train_seconds counts both runs. The plain
     run writes no resume state: an interruption during it starts the job over."""
-    targets = state.targets
-    x = torch.from_numpy(embeddings)[targets.rows]
-    neighbours = targets.neighbours.numpy()
+    measured = state.measured or state.targets  # the graph the decision was measured on (a sample's, when large)
+    x = torch.from_numpy(embeddings)[measured.rows]
+    neighbours = measured.neighbours.numpy()
     chosen = GraphDecision.from_record(state.graph_decision)
     trained = _first_codes(tokenizer, x).numpy()
     decision = judge_trained(chosen, trained, neighbours)

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semid.model.adaptive import decide_graph_targets
+from semid.model.adaptive import GraphDecision, decide_graph_targets
 from semid.model.coliked import ColikedGraph, check_trainable
 from semid.model.config import SemidConfig
 from semid.model.graph_targets import GraphTargets, build_targets
@@ -36,6 +36,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     graph_decision: dict[str, Any] | None = None  # filled by fit_rqvae: semid.model.adaptive's record
     targets: GraphTargets | None = None  # the graph targets trained with (in memory only: rebuilt on resume)
+    measured: GraphTargets | None = None  # the graph the decision was measured on: the targets', or a sample's
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -148,18 +149,11 @@ def fit_rqvae(
         tokenizer.normalizer.fit(x)
     if coliked is not None:
         check_trainable(cfg)
-    targets = _graph_targets(tokenizer, x, cfg, coliked) if t.graph_targets else None
-    if targets is not None:  # the catalog decides whether they are worth their cost (semid.model.adaptive)
-        decision = decide_graph_targets(
-            targets.start.numpy(),
-            targets.labels.numpy(),
-            targets.neighbours.numpy(),
-            min_gain=t.graph_min_gain,
-            interactions=coliked is not None,
-        )
+    targets = None
+    if t.graph_targets:  # the catalog decides whether they are worth their cost (semid.model.adaptive)
+        targets, state.measured, decision = _decided_graph_targets(tokenizer, x, cfg, coliked)
         state.graph_decision = decision.record()
         log.info("graph targets %s: %s", "used" if decision.use else "not used", state.graph_decision)
-        targets = targets if decision.use else None
         state.targets = targets
     history = list(state.history)
     # Per-epoch health on a fixed seeded sample (the whole set is evaluated once, at the end).
@@ -256,9 +250,47 @@ def _init_codebooks(
     )
 
 
+def _decided_graph_targets(
+    tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig, coliked: ColikedGraph | None
+) -> tuple[GraphTargets | None, GraphTargets, GraphDecision]:
+    """(the targets to train with, None if not used; the targets the decision was measured on; the decision).
+
+    A graph of more than ``graph_exact_items`` rows is approximate and slow to build, so its catalog is
+    measured first on the exact graph of a seeded sample of that many rows, and the full graph is built
+    only if the targets will be used (semid.model.adaptive). Targets the user asked for (interactions,
+    ``graph_min_gain`` 0) need no measurement first. Smaller graphs are built and measured whole, as before."""
+    t = cfg.train
+    sample = None
+    if coliked is None and t.graph_min_gain > 0 and 0 < t.graph_exact_items < min(x.shape[0], t.graph_max_items):
+        sample = _graph_targets(tokenizer, x, cfg, max_items=t.graph_exact_items)
+        decision = decide_graph_targets(
+            sample.start.numpy(), sample.labels.numpy(), sample.neighbours.numpy(), min_gain=t.graph_min_gain
+        )
+        decision = replace(decision, decided_on_sample=int(sample.rows.shape[0]))
+        if not decision.use:
+            log.info("graph targets not used (measured on a sample of %d): full graph not built", len(sample.rows))
+            return None, sample, decision
+    targets = _graph_targets(tokenizer, x, cfg, coliked)
+    if sample is None:
+        decision = decide_graph_targets(
+            targets.start.numpy(),
+            targets.labels.numpy(),
+            targets.neighbours.numpy(),
+            min_gain=t.graph_min_gain,
+            interactions=coliked is not None,
+        )
+    return (targets if decision.use else None), (targets if sample is None else sample), decision
+
+
 def _graph_targets(
-    tokenizer: SemanticTokenizer, x: torch.Tensor, cfg: SemidConfig, coliked: ColikedGraph | None = None
+    tokenizer: SemanticTokenizer,
+    x: torch.Tensor,
+    cfg: SemidConfig,
+    coliked: ColikedGraph | None = None,
+    *,
+    max_items: int | None = None,
 ) -> GraphTargets:
+    """The first-level targets on the graph of ``max_items`` seeded rows (default ``graph_max_items``)."""
     t = cfg.train
     start = time.perf_counter()
     with torch.no_grad():
@@ -272,7 +304,7 @@ def _graph_targets(
         seed=t.seed,
         kmeans_iters=min(t.kmeans_iters, 10),  # a start for the refinement: more iterations change nothing
         kmeans_sample=t.kmeans_sample,
-        max_items=t.graph_max_items,
+        max_items=t.graph_max_items if max_items is None else max_items,
         exact_max_items=t.graph_exact_items,
         coliked=coliked,
     )

@@ -135,3 +135,82 @@ def test_not_learned_keeps_the_plain_run_exactly(tmp_path):
     assert metrics["final"] == plain_metrics["final"]
     assert not any("graph_loss" in row for row in metrics["epochs"])
     assert not (tmp_path / "auto" / RESUME_STATE).exists()
+
+
+class GraphSpy:
+    """Records the row count and threshold of every k-NN graph build_targets asks for."""
+
+    def __init__(self, monkeypatch):
+        import semid.model.graph_targets as graph_targets
+
+        self.calls: list[tuple[int, int]] = []
+        real = graph_targets.knn_graph
+
+        def spy(x, k, *, exact_max_items, seed):
+            self.calls.append((x.shape[0], exact_max_items))
+            return real(x, k, exact_max_items=exact_max_items, seed=seed)
+
+        monkeypatch.setattr(graph_targets, "knn_graph", spy)
+
+
+def test_a_catalog_within_the_exact_threshold_is_measured_on_its_whole_graph(tmp_path, monkeypatch):
+    spy = GraphSpy(monkeypatch)
+    metrics, _ = _train(catalog(CLUSTERED), tmp_path / "auto", graph_exact_items=1500)
+    assert spy.calls == [(1500, 1500)]  # one exact graph of every item, no sample first
+    assert "decided_on_sample" not in metrics["graph_targets"] and metrics["graph_targets"]["items"] == 1500
+
+
+def test_above_the_threshold_off_is_decided_on_a_sample_and_the_full_graph_is_not_built(tmp_path, monkeypatch):
+    x = catalog(CLUSTERED)
+    spy = GraphSpy(monkeypatch)
+    metrics, codes = _train(x, tmp_path / "auto", graph_exact_items=500)
+    assert spy.calls == [(500, 500)]  # the exact graph of the sample only
+    decision = metrics["graph_targets"]
+    assert decision["use"] is False and decision["reason"] == "small gain"
+    assert decision["decided_on_sample"] == 500 and decision["items"] == 500
+    again, again_codes = _train(x, tmp_path / "again", graph_exact_items=500)
+    assert again["graph_targets"] == decision and torch.equal(again_codes, codes)  # data + seed decide
+    plain, plain_codes = _train(x, tmp_path / "plain", graph_targets=False)
+    assert torch.equal(codes, plain_codes) and metrics["final"] == plain["final"]
+
+
+def test_above_the_threshold_on_builds_the_full_approximate_graph_and_judges_on_the_sample(tmp_path, monkeypatch):
+    x = catalog(DIFFUSE)
+    spy = GraphSpy(monkeypatch)
+    model = {"latent_dim": 16, "hidden_dims": [64]}
+    metrics, _ = _train(x, tmp_path / "auto", epochs=8, model=model, graph_exact_items=500)
+    assert spy.calls[:2] == [(500, 500), (1500, 500)]  # the sample's exact graph, then the full approximate one
+    decision = metrics["graph_targets"]
+    assert decision["decided_on_sample"] == 500 and decision["items"] == 500
+    assert decision["gain"] >= decision["min_gain"] and decision["trained_agreement"] is not None
+    assert decision["use"] is True and any("graph_loss" in row for row in metrics["epochs"])
+
+
+def test_targets_asked_for_skip_the_sample(tmp_path, monkeypatch):
+    spy = GraphSpy(monkeypatch)
+    metrics, _ = _train(catalog(CLUSTERED), tmp_path / "auto", graph_exact_items=500, graph_min_gain=0.0)
+    assert spy.calls == [(1500, 500)]
+    assert metrics["graph_targets"]["reason"] == "always" and "decided_on_sample" not in metrics["graph_targets"]
+
+
+def test_a_resumed_run_takes_the_same_sampled_decision_and_weights(tmp_path, monkeypatch):
+    from semid.model import job
+
+    x = catalog(DIFFUSE)
+    cfg = tiny_config(epochs=6, graph_neighbours=10, graph_exact_items=500, graph_min_gain=0.05)
+    cfg = cfg.with_overrides("model", input_dim=32, codebook_size=16, latent_dim=16, hidden_dims=[64])
+    full_fp, full = train_tokenizer(x, cfg, tmp_path / "full")
+    real_save = job.save_resume_state
+
+    def save_then_stop(out, tok, opt, epoch, hist, config):
+        real_save(out, tok, opt, epoch, hist, config)
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(job, "save_resume_state", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(x, cfg, tmp_path / "cut")
+    monkeypatch.setattr(job, "save_resume_state", real_save)
+    resumed_fp, resumed = train_tokenizer(x, cfg, tmp_path / "cut", resume=True)
+    assert full["graph_targets"]["decided_on_sample"] == 500
+    assert resumed["graph_targets"] == full["graph_targets"] and resumed_fp == full_fp
