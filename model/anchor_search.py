@@ -1,0 +1,190 @@
+"""The anchors' exact k-nearest search, found through a bfloat16 pre-filter (semid.model.anchors).
+
+The first-level vote needs each input's k nearest anchors by float32 cosine. One float32 matmul of
+1,024 inputs against 5,000 anchors takes ~43 ms on this machine's CPU; the same matmul in bfloat16 (AMX /
+AVX512-BF16) takes ~4-9 ms but is only accurate to ~1e-2. :class:`Bf16Prefilter` uses the bf16 sims to
+pick a few candidate anchors per row that provably hold the float32 top k, recomputes the candidates'
+sims in float32, and takes the top k there. A row the bound cannot settle (flat similarity rows, where
+many anchors are within ~1e-2 of the k-th; duplicate anchors; near-ties) is reported ``unsure`` and the
+caller searches it the plain way (float32 sims to every anchor), so the answer never depends on the
+pre-filter and its worst case is the plain cost plus the pre-filter's. (Random vectors are not that case:
+the best sims of a random row lie in the tail, spread wider than the bound; ~95 % of them are settled.)
+
+Error bound (per row; the proof that the candidates hold the top k)
+-------------------------------------------------------------------
+Let q be an input row (float32, unit length), a an anchor column (float32, exact copy of the stored
+float16 unit vector), s = q.a the exact real dot product, d the dimension and u = 2^-8 the unit roundoff of
+bfloat16 (8 significant bits, round to nearest even). The bf16 sim b is computed as
+
+* q_b = bf16(q), a_b = bf16(a): rounding of both operands;
+* x = the products q_b,i * a_b,i (exact in float32: 8 x 8 significant bits) summed in float32;
+* b = bf16(x): the result rounded to bfloat16 (torch on CPU returns bf16; checked to be round-to-nearest).
+
+Then, with the rounding error vectors split as q.a - q_b.a_b = (q - q_b).a + q_b.(a - a_b) and Cauchy-
+Schwarz on each term,
+
+    |x - s| <= |q - q_b| |a| + |q_b| |a - a_b| + g |q_b| |a_b|,   g = d 2^-24 / (1 - d 2^-24)
+
+(the last term: float32 summation of d terms in any order, with |q_b.a_b| <= |q_b| |a_b|), and
+|b - x| <= u |x| <= u' |b| with u' = u / (1 - u) (round to nearest). The norms are measured: |q - q_b|
+and |q_b| per row, max |a|, max |a_b| and max |a - a_b| over the anchors once. So
+
+    s <= hi(b) = b + u'|b| + e     and     s >= lo(b) = b - u'|b| - e,
+
+e = the row's input + summation bound, times ``SAFETY`` (1.25: covers the float32 rounding of the measured
+norms and of these few additions). The caller compares float32 sims f, not s: |f - s| <= g |q| |a| for
+the same reason, and that is added to e too.
+
+The candidates: the C columns with the largest b among the groups whose bf16 maximum is largest
+(below). Let b_k be the k-th largest candidate b and b_out the largest b of any column left out. hi and lo
+are increasing in b (u' < 1), so if ``hi(b_out) < lo(b_k)``, every column left out has
+f <= hi(b_out) < lo(b_k) <= the f of each of the k candidates with b >= b_k: at least k candidates beat
+every column left out, so the float32 top k lies among the candidates (strictly: no tie with a column
+left out). The NaN of a bad row makes the comparison false: that row is unsure.
+
+The float32 sims of the candidates are recomputed (a small batched matmul; its summation order may differ
+from the big matmul's, |difference| <= 2 g |q| |a| < ``delta``). The row is decided only where that cannot
+change the answer: the k-th and (k+1)-th recomputed sims differ by at least ``delta`` (the same k anchors as
+the plain search, no tie at the boundary), and, where the best sim is within ``delta`` of the caller's
+``firm_above`` threshold or above it, the threshold side is certain and the best anchor is ``delta`` ahead
+of the second (the vote keeps that anchor's code: it must be the same one). The k anchors come in
+descending order of the recomputed sims, which equal the big matmul's bit for bit in every test here.
+
+Candidate selection without a top-C over every column: the padded anchor columns are dealt into 16 groups'
+worth of slots (group j holds columns j, j + G, j + 2G, ...; G = columns / 16), one max per group, the
+``KEPT_GROUPS`` groups with the largest maxima, then the top ``CANDIDATES`` of their 16 * KEPT_GROUPS columns.
+A column left out is either in a kept group below the C-th candidate, or in a group whose maximum is at most
+the (KEPT_GROUPS + 1)-th largest: b_out is the larger of those two.
+"""
+
+from __future__ import annotations
+
+import torch
+
+UNIT = 2.0**-8  # bfloat16 unit roundoff (8 significant bits, round to nearest)
+SAFETY = 1.01  # e is multiplied by this: the float32 rounding of the measured norms (~1e-5 relative), a margin
+TINY = 2.0**-60  # added to e: products below float32's normal range may be flushed to zero (AMX does)
+GROUP_SLOTS = 16  # columns per group: one max per group, then the groups with the largest maxima
+KEPT_GROUPS = 32  # groups whose columns are searched for candidates
+CANDIDATES = 32  # candidate columns per row whose float32 sims are recomputed (C)
+MIN_ROWS = 16  # below this many rows the plain float32 search is quicker (measured: bf16 has a fixed cost)
+RECOMPUTE_ROWS = 32  # rows per batched recompute: a gathered [rows, C, d] block stays in cache
+
+
+def native_bf16() -> bool:
+    """True where torch's CPU matmul has bfloat16 instructions (AMX or AVX512-BF16); elsewhere a bf16 matmul
+    is emulated and slower than float32, so the pre-filter is off."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def half_spacing(b: torch.Tensor) -> torch.Tensor:
+    """Half the gap between |b| and the next larger bfloat16 (b: bf16 values as float32): a bound on how far
+    the float32 value rounded to b was from it (round to nearest: it lay in b's binade or just below it)."""
+    _, exponent = torch.frexp(b)  # |b| = m 2^E, m in [0.5, 1): the gap above |b| is 2^(E - 8)
+    return torch.ldexp(torch.ones_like(b), exponent - 9)
+
+
+class Bf16Prefilter:
+    """The exact top k of ``q @ unit_t`` for most rows of a batch, the rest reported unsure (see the module).
+
+    ``unit_t``: float32 [d, anchors], the anchors as columns. ``rows_decided`` / ``rows_unsure`` count the
+    rows of every call (the tests check the pre-filter is used, not silently bypassed)."""
+
+    enabled = native_bf16()
+
+    def __init__(self, unit_t: torch.Tensor):
+        d, m = unit_t.shape
+        self.anchors = m
+        self.groups = -(-m // GROUP_SLOTS)
+        self.rows = unit_t.T.contiguous()  # [m, d] float32: candidates' vectors for the recompute
+        padded = torch.zeros(d, self.groups * GROUP_SLOTS, dtype=torch.bfloat16)
+        padded[:, :m] = unit_t.to(torch.bfloat16)
+        self.unit_t_bf16 = padded  # pad columns give 0 and are set to -inf after the matmul
+        rounded = padded[:, :m].to(torch.float32)
+        self.max_norm = float(torch.linalg.vector_norm(unit_t, dim=0).max()) if m else 0.0
+        self.max_norm_bf16 = float(torch.linalg.vector_norm(rounded, dim=0).max()) if m else 0.0
+        self.max_rounding = float(torch.linalg.vector_norm(unit_t - rounded, dim=0).max()) if m else 0.0
+        self.summation = d * 2.0**-24 / (1 - d * 2.0**-24)  # g of the module docstring
+        self.delta = 4 * self.summation  # > 2 g |q| |a|: recomputed vs big-matmul float32 sims
+        self.rows_decided = 0
+        self.rows_unsure = 0
+
+    def usable(self, n: int, k: int) -> bool:
+        return (
+            self.enabled
+            and n >= MIN_ROWS
+            and k < CANDIDATES
+            and self.groups > KEPT_GROUPS
+            and GROUP_SLOTS * KEPT_GROUPS >= CANDIDATES
+        )
+
+    @torch.no_grad()
+    def search(self, q: torch.Tensor, k: int, *, firm_above: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sims float32 [n, k], columns long [n, k], unsure long [r]) for unit rows ``q`` float32 [n, d]:
+        the k nearest columns best first for every row not in ``unsure``; unsure rows hold garbage and must
+        be searched the plain way. ``firm_above``: a threshold on the best sim the caller acts on (EXACT)."""
+        n = q.shape[0]
+        sims = torch.zeros(n, k)
+        columns = torch.zeros(n, k, dtype=torch.long)
+        if not self.usable(n, k):
+            self.rows_unsure += n
+            return sims, columns, torch.arange(n)
+        candidates, ok = self._candidates(q, k)
+        rows = ok.nonzero().flatten()
+        exact = self._recompute(q, candidates, rows)  # [r, C] float32
+        best, at = exact.topk(k + 1, dim=1)
+        top = best[:, 0]
+        near_threshold = top >= firm_above - self.delta
+        firm = (best[:, k - 1] - best[:, k] >= self.delta) & (~near_threshold | (top - best[:, 1] >= self.delta))
+        decided = rows[firm]
+        sims[decided] = best[firm, :k]
+        columns[decided] = candidates[decided].gather(1, at[firm, :k])
+        undecided = torch.ones(n, dtype=torch.bool)
+        undecided[decided] = False
+        unsure = undecided.nonzero().flatten()
+        self.rows_decided += int(decided.numel())
+        self.rows_unsure += int(unsure.numel())
+        return sims, columns, unsure
+
+    def _candidates(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(candidate columns long [n, C], bool [n]: the bound proves the top k lies among them)."""
+        n = q.shape[0]
+        q_bf16 = q.to(torch.bfloat16)
+        b = q_bf16 @ self.unit_t_bf16  # bf16 [n, groups * GROUP_SLOTS], kept in bf16 (a float32 copy costs more)
+        b[:, self.anchors :] = float("-inf")
+        maxima = b.view(n, GROUP_SLOTS, self.groups).amax(dim=1).to(torch.float32)  # NaN stays NaN
+        group_max, kept = maxima.topk(KEPT_GROUPS + 1, dim=1)
+        slots = self.groups * torch.arange(GROUP_SLOTS)
+        pool = (kept[:, :KEPT_GROUPS, None] + slots).reshape(n, -1)
+        values, at = b.gather(1, pool).to(torch.float32).topk(CANDIDATES, dim=1)
+        candidates = pool.gather(1, at)
+        b_k = values[:, k - 1]
+        b_out = torch.maximum(values[:, -1], group_max[:, -1])
+        e = self.row_bound(q)
+        ok = b_out + half_spacing(b_out) + e < b_k - half_spacing(b_k) - e  # NaN: False
+        return candidates, ok
+
+    def row_bound(self, q: torch.Tensor) -> torch.Tensor:
+        """float32 [n]: e of the module docstring for each row (input rounding and both summations)."""
+        rounded = q.to(torch.bfloat16).to(torch.float32)
+        rounding = torch.linalg.vector_norm(q - rounded, dim=1)
+        norm = torch.linalg.vector_norm(rounded, dim=1)
+        q_norm = torch.linalg.vector_norm(q, dim=1)
+        return TINY + SAFETY * (
+            rounding * self.max_norm
+            + norm * self.max_rounding
+            + self.summation * (norm * self.max_norm_bf16 + q_norm * self.max_norm)
+        )
+
+    def _recompute(self, q: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 [r, C]: the candidates' sims of these rows, recomputed in float32 (one gathered block of
+        candidate vectors at a time, reused: it stays in cache)."""
+        out = torch.empty(rows.numel(), CANDIDATES)
+        block = torch.empty(RECOMPUTE_ROWS * CANDIDATES, self.rows.shape[1])
+        for s in range(0, rows.numel(), RECOMPUTE_ROWS):
+            r = rows[s : s + RECOMPUTE_ROWS]
+            vectors = torch.index_select(self.rows, 0, candidates[r].flatten(), out=block[: r.numel() * CANDIDATES])
+            torch.bmm(vectors.view(r.numel(), CANDIDATES, -1), q[r, :, None], out=out[s : s + r.numel(), :, None])
+        return out
