@@ -47,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from semid.model.anchors import EXACT as anchors_exact  # noqa: E402
 from semid.model.anchors import top_k as anchors_top_k  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
 from semid.model.job import train_tokenizer  # noqa: E402
@@ -222,11 +223,20 @@ def compare_anchors(args: argparse.Namespace) -> None:
         unit_t = unit.T.contiguous()
         sims = q @ unit_t
         k = current.neighbours
+        current.vote(target, tok.quantizer.codebooks[0])  # builds the bf16 pre-filter
+        prefilter = current._prefilter
+        decided = {}
+        for label, x in inputs.items():  # share of rows the pre-filter settles (the rest: float32 search)
+            prefilter.rows_decided = prefilter.rows_unsure = 0
+            for s in range(0, len(x), 1024):
+                current.vote(tok.normalizer(torch.from_numpy(x[s : s + 1024])), tok.quantizer.codebooks[0])
+            decided[label] = round(prefilter.rows_decided / len(x), 3)
         timed = {
-            "sims: q @ unit.T (before: transposed view)": lambda: q @ unit.T,
-            "sims: q @ unit_t (after: [dim, anchors] copy)": lambda: q @ unit_t,
-            "sims.topk(k) (before)": lambda: sims.topk(k, dim=1),
-            "top_k(sims, k) (after)": lambda: anchors_top_k(sims, k),
+            "sims: q @ unit_t (float32, every anchor)": lambda: q @ unit_t,
+            "top_k(sims, k) (float32 search: the two steps above)": lambda: anchors_top_k(sims, k),
+            "bf16 pre-filter: Bf16Prefilter.search (after; unsure rows not searched)": lambda: prefilter.search(
+                q, k, firm_above=anchors_exact
+            ),
             "whole vote, before": lambda: old.vote(target, tok.quantizer.codebooks[0]),
             "whole vote, after": lambda: current.vote(target, tok.quantizer.codebooks[0]),
         }
@@ -248,6 +258,8 @@ def compare_anchors(args: argparse.Namespace) -> None:
         "load_average_start": load_start,
         "load_average_end": load_end,
         "items_with_different_codes": same,
+        "prefilter_decided_share": decided,
+        "prefilter_enabled": prefilter.enabled,
         "rows": rows,
         "steps": steps,
     }
@@ -259,6 +271,9 @@ def compare_anchors(args: argparse.Namespace) -> None:
         "other engineers' runs: timings are noisy; variants alternate so load hits them alike).\n\n"
         "Items whose codes differ between before and after: "
         + ", ".join(f"{k}: {v}" for k, v in same.items())
+        + f". bf16 pre-filter (model/anchor_search.py) enabled: {prefilter.enabled}; share of rows it settles "
+        + "(the rest take the float32 search): "
+        + ", ".join(f"{k}: {v}" for k, v in decided.items())
         + "\n\n"
         + markdown_table(rows, ["input", "variant", "batch", "p50_ms", "items_per_s"])
         + "\n\n"

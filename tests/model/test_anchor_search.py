@@ -18,8 +18,10 @@ from tests.model.test_anchors_top_k import plain_vote
 
 @pytest.fixture(autouse=True)
 def prefilter_on(monkeypatch):
-    """On everywhere (a CPU without bf16 instructions emulates them: slower, same answers)."""
+    """On everywhere (a CPU without bf16 instructions emulates them: slower, same answers), for batches of
+    any size (the small ones here would otherwise take the float32 search)."""
     monkeypatch.setattr(Bf16Prefilter, "enabled", True)
+    monkeypatch.setattr(anchor_search, "MIN_ROWS", 2)
 
 
 def _anchors(x: np.ndarray, codes: np.ndarray, codebook_size: int, **kw) -> tuple[FirstLevelAnchors, torch.Tensor]:
@@ -35,7 +37,7 @@ def _codes(x: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 def _decided_share(anchors: FirstLevelAnchors, queries: torch.Tensor, codebook: torch.Tensor) -> float:
     """Vote once with fresh counters; the share of rows the pre-filter settled."""
-    anchors.vote(queries[:1], codebook)  # builds the pre-filter (1 row: below MIN_ROWS, not counted below)
+    anchors.vote(queries[:1], codebook)  # builds the pre-filter (1 row: below MIN_ROWS)
     pf = anchors._prefilter
     assert pf is not None
     pf.rows_decided = pf.rows_unsure = 0
@@ -140,3 +142,12 @@ def test_nan_and_zero_rows_are_left_to_the_plain_search():
     q[5] = 0.0
     _, _, unsure = pf.search(q, 10, firm_above=EXACT)
     assert {3, 5} <= set(unsure.tolist())
+
+
+def test_small_batches_take_the_float32_search(monkeypatch):
+    monkeypatch.setattr(anchor_search, "MIN_ROWS", 256)
+    cat = synthetic_catalog(items=2500, dim=64, seed=3).embeddings
+    anchors, codebook = _anchors(cat, _codes(cat, 32, seed=4), 32)
+    queries = torch.from_numpy(cat[:255] + 0.05 * np.random.default_rng(5).standard_normal((255, 64)).astype("f4"))
+    assert _decided_share(anchors, queries, codebook) == 0.0
+    assert _decided_share(anchors, torch.cat([queries, queries[:1]]), codebook) > 0.5
