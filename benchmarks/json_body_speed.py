@@ -1,14 +1,20 @@
-"""JSON bodies of `POST /v1/encode`: the parsers side by side, the whole route in-process, and a real server.
+"""JSON bodies of `POST /v1/encode`: the parsers side by side, the anchors' search before and after, the
+request's steps one by one, the whole route in-process, and a real server with one and two clients.
 
     python benchmarks/json_body_speed.py                   # 1,024 x 384 bodies, 30 repetitions per phase
     python benchmarks/json_body_speed.py --repeat 5        # a quick smoke run
 
 Set-up (not timed): a default-architecture RQ-VAE trained briefly on 5,000 seeded clustered
 embeddings (benchmarks.assign_speed.quick_checkpoint; the 5,000 items are its first-level anchors) and an
-index of those items. The body is a seeded 1,024 x 384 float32 batch serialised once with json.dumps
-(8.6 MB, up to 17 significant digits per number).
+index of those items. Two seeded 1,024 x 384 float32 batches, each serialised once with json.dumps
+(~8.6 MB, up to 17 significant digits per number):
 
-Phases, the paths alternating within each repetition so load on the shared machine hits them alike
+* *unrelated*: clustered rows with other category centres than the index's (seed 7): to the anchors they
+  are unrelated vectors (the body this benchmark always sent);
+* *like the index*: new items drawn like the index's own (seed 0, a chunk the catalog does not hold), as
+  real new items are. The anchors' bf16 pre-filter (semid.model.anchor_search) settles most rows of both.
+
+Phases, the variants alternating within each repetition so load on the shared machine hits them alike
 (median and best of --repeat each):
 
 * bound: the amplification bound before parsing (``limits.check_json_size``), as it was (three
@@ -18,14 +24,17 @@ Phases, the paths alternating within each repetition so load on the shared machi
   candidate that makes no Python float at all (not shipped; see ``arrow_candidate``: msgspec checks the
   syntax and hands the embeddings over as raw bytes, NumPy checks the brackets and commas, Arrow's CSV
   reader converts the numbers).
-* route: the whole `POST /v1/encode` through FastAPI in-process (Starlette's TestClient, no socket),
-  ``bodies.parse_encode_json`` swapped for each path in turn: decoding in the worker thread, encoding
-  (with the anchors' vote), response validation and rendering.
+* route: the whole `POST /v1/encode` through FastAPI in-process (Starlette's TestClient, no socket):
+  ``bodies.parse_encode_json`` swapped for each parser in turn (unrelated body), then the shipped parser
+  with the anchors' float32 search of every row (before) and the bf16 pre-filter (shipped), both bodies.
+* stages: the route's steps one by one in-process (bound, msgspec decode, list -> NumPy, the whole body
+  decode, the anchors' vote and encode_items with either search, the response's dicts + validation + JSON).
 * server: the shipped path in a real ``semid serve`` on 127.0.0.1 (a subprocess; --workers-threads 1,
-  then 2), one keep-alive httpx client sending the pre-serialised body --repeat times after a warm-up.
+  then 2); per body one keep-alive httpx client sending the pre-serialised body --repeat times after a
+  warm-up, then two such clients at once (items/s: both clients' items over the wall time).
 
-items/s = 1,024 / the median seconds. The bar of issue 12 (>= 20,000 items/s) is for the real server.
-The machine is shared (2 cores): the load average is recorded and the timings are noisy.
+items/s = 1,024 / the median seconds (one client). The bar of issue 12 (>= 20,000 items/s) is for the
+real server. The machine is shared (2 cores): the load average is recorded and the timings are noisy.
 Writes benchmarks/results/json_body_speed.{md,json} (or under SEMID_BENCH_RESULTS).
 """
 
@@ -37,8 +46,10 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -51,6 +62,7 @@ from pydantic import ValidationError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import clustered_chunks, quick_checkpoint, write_catalog_chunked  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from semid.model.anchor_search import Bf16Prefilter  # noqa: E402
 from semid.service.api import bodies  # noqa: E402
 from semid.service.api.limits import check_json_size  # noqa: E402
 from semid.service.api.schemas import EncodeRequest  # noqa: E402
@@ -58,6 +70,8 @@ from semid.service.api.schemas import EncodeRequest  # noqa: E402
 BATCH = 1024
 DIM = 384
 INDEX_ITEMS = 5000
+UNRELATED = "unrelated (seed 7)"
+LIKE_INDEX = "like the index (seed 0, new)"
 
 
 # --- the candidate without Python floats (measured, not shipped) ------------------------------------------------
@@ -154,6 +168,13 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def make_bodies() -> dict[str, np.ndarray]:
+    """The two 1,024 x 384 batches sent (both unit-length rows; see the module docstring)."""
+    _, unrelated = next(clustered_chunks(BATCH, DIM, seed=7, chunk_rows=BATCH))
+    *_, (_, like_index) = clustered_chunks(2 * BATCH, DIM, seed=0, chunk_rows=BATCH)  # chunk 1: not in the catalog
+    return {UNRELATED: unrelated, LIKE_INDEX: like_index}
+
+
 def build_index(workdir: Path) -> Path:
     from semid.service.assign import assign_catalog
 
@@ -173,10 +194,89 @@ def in_process_client(index_dir: Path):
     return TestClient(create_app(ServiceSettings(index_dir=index_dir)))
 
 
-def server_rows(index_dir: Path, raw: bytes, repeat: int, workdir: Path) -> list[dict]:
-    """The shipped path in a real `semid serve` on loopback, --workers-threads 1 then 2."""
-    import httpx
+@contextmanager
+def anchors_search(prefilter: bool) -> Iterator[None]:
+    """The anchors' vote with the bf16 pre-filter (shipped) or the float32 search of every row (before)."""
+    saved = Bf16Prefilter.enabled
+    Bf16Prefilter.enabled = prefilter and saved
+    try:
+        yield
+    finally:
+        Bf16Prefilter.enabled = saved
 
+
+SEARCHES = {"float32 search (before)": False, "bf16 pre-filter (shipped)": True}
+
+
+def stage_rows(index_dir: Path, raws: dict[str, bytes], repeat: int) -> list[dict]:
+    """The request's steps one by one, in-process, as the server runs them (1 torch thread)."""
+    from pydantic import TypeAdapter
+
+    from semid.service.api.limits import json_value_cap
+    from semid.service.api.schemas import EncodeResponse
+    from semid.service.api.settings import ServiceSettings
+    from semid.service.api.state import ServiceState
+    from semid.service.placement import encode_items
+
+    state = ServiceState.load(ServiceSettings(index_dir=index_dir))
+    cap = json_value_cap(state)
+    tok = state.encoder.tokenizer
+    codebook = tok.quantizer.codebooks[0]
+    response = TypeAdapter(EncodeResponse)  # FastAPI 0.1xx: validate the returned dict, then pydantic's dump_json
+    samples: dict[tuple[str, str], list[float]] = {}
+    decided = {}
+    for label, raw in raws.items():
+        x = bodies.decode_encode_body(state, raw, False, False).embeddings
+        target = tok.normalizer(torch.from_numpy(x))
+        out = encode_items(state.index, state.encoder, x)
+        token = state.index.layout.token
+
+        def respond(out=out, token=token) -> bytes:  # the route's result dicts, then what FastAPI does with them
+            results = [
+                {"base_code": b, "semantic_id": s, "token": token(s) if s else None, "item_id": None, "existing": e}
+                for b, s, e in zip(out.base_codes.tolist(), out.semantic_ids, out.existing, strict=True)
+            ]
+            return response.dump_json(response.validate_python({"results": results, "segment": out.segment}))
+
+        steps: dict[str, Callable[[], object]] = {
+            "bound (check_json_size)": lambda raw=raw: check_json_size(raw, max_values=cap),
+            "msgspec decode": lambda raw=raw: bodies._ENCODE_JSON.decode(raw),
+            "rows -> float32 matrix (np.asarray)": lambda rows=bodies._ENCODE_JSON.decode(raw).embeddings: (
+                bodies._as_matrix(rows, "embeddings")
+            ),
+            "decode_encode_body (bound + parse + matrix + checks)": lambda raw=raw: bodies.decode_encode_body(
+                state, raw, False, False
+            ),
+            "response: result dicts + EncodeResponse validation + dump_json": respond,
+        }
+        for search, on in SEARCHES.items():
+            steps[f"anchors' vote, {search}"] = lambda on=on, target=target: _with(
+                on, tok.anchors.vote, target, codebook
+            )
+            steps[f"encode_items, {search}"] = lambda on=on, x=x: _with(on, encode_items, state.index, state.encoder, x)
+        for _ in range(repeat):
+            for name, fn in steps.items():
+                samples.setdefault((label, name), []).append(timed(fn))
+        prefilter = tok.anchors._prefilter
+        prefilter.rows_decided = prefilter.rows_unsure = 0
+        tok.anchors.vote(target, codebook)
+        decided[label] = round(prefilter.rows_decided / BATCH, 3)
+    rows = []
+    for (label, name), values in samples.items():
+        rows.append({**summary("stages (in-process)", name, values), "body": label})
+        if name.startswith("anchors' vote, bf16"):
+            rows[-1]["note"] = f"pre-filter settled {decided[label]:.1%} of rows"
+    return rows
+
+
+def _with(prefilter: bool, fn: Callable, *args: object) -> object:
+    with anchors_search(prefilter):
+        return fn(*args)
+
+
+def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: Path) -> list[dict]:
+    """The shipped path in a real `semid serve` on loopback: --workers-threads 1 then 2, each with one
+    keep-alive client, then two concurrent ones (each its own connection), for each body."""
     from benchmarks.service_speed import Server
 
     rows = []
@@ -184,22 +284,50 @@ def server_rows(index_dir: Path, raw: bytes, repeat: int, workdir: Path) -> list
         server = Server(index_dir, workdir / f"serve-{threads}.log", threads)
         server.start()
         try:
-            with httpx.Client(base_url=server.base, timeout=120.0) as client:
-                headers = {"content-type": "application/json"}
-                for _ in range(2):  # warm-up
-                    assert client.post("/v1/encode", content=raw, headers=headers).status_code == 200
-                load = load_average()
-                seconds = []
-                for _ in range(repeat):
+            for label, raw in raws.items():
+                for clients in (1, 2):
+                    seconds: list[list[float]] = [[] for _ in range(clients)]
+
+                    barrier = threading.Barrier(clients + 1)
+                    workers = [
+                        threading.Thread(target=client_loop, args=(server.base, raw, repeat, barrier, seconds[i]))
+                        for i in range(clients)
+                    ]
+                    for w in workers:
+                        w.start()
+                    barrier.wait(timeout=600)
+                    load = load_average()
                     start = time.perf_counter()
-                    response = client.post("/v1/encode", content=raw, headers=headers)
-                    seconds.append(time.perf_counter() - start)
-                    assert response.status_code == 200, response.text[:300]
+                    for w in workers:
+                        w.join()
+                    wall = time.perf_counter() - start
+                    assert all(len(s) == repeat for s in seconds), "a client failed (see above)"
+                    path = f"msgspec + bf16 pre-filter (shipped), --workers-threads {threads}, {clients} client(s)"
+                    row = summary("server (loopback)", path, [v for s in seconds for v in s])
+                    row.update(body=label, load_average=load)
+                    if clients > 1:  # throughput of the clients together: all their items over the wall time
+                        row["items_per_s"] = round(clients * repeat * BATCH / wall)
+                        row["note"] = "items_per_s: both clients' items / wall time; ms: per request"
+                    rows.append(row)
         finally:
             server.stop()
-        rows.append(summary("server (loopback)", f"msgspec (shipped), --workers-threads {threads}", seconds))
-        rows[-1]["load_average"] = load
     return rows
+
+
+def client_loop(base: str, raw: bytes, repeat: int, barrier: threading.Barrier, seconds: list[float]) -> None:
+    """One keep-alive client: a warm-up, then (once every client is warm) ``repeat`` timed posts."""
+    import httpx
+
+    headers = {"content-type": "application/json"}
+    with httpx.Client(base_url=base, timeout=120.0) as client:
+        for _ in range(2):
+            assert client.post("/v1/encode", content=raw, headers=headers).status_code == 200
+        barrier.wait(timeout=600)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            response = client.post("/v1/encode", content=raw, headers=headers)
+            seconds.append(time.perf_counter() - start)
+            assert response.status_code == 200, response.text[:300]
 
 
 def summary(phase: str, path: str, values: list[float]) -> dict:
@@ -222,67 +350,99 @@ def main() -> None:
     ap.add_argument("--name", default="json_body_speed")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    _, emb = next(clustered_chunks(BATCH, DIM, seed=7, chunk_rows=BATCH))
-    raw = json.dumps({"embeddings": emb.tolist()}).encode()
+    embeddings = make_bodies()
+    raws = {label: json.dumps({"embeddings": emb.tolist()}).encode() for label, emb in embeddings.items()}
+    raw = raws[UNRELATED]
     cap = BATCH * (DIM + 16) + 1024
     for name, parse in PATHS.items():  # every path gives the same matrix
-        assert np.array_equal(bodies._as_matrix(parse(raw, cap).embeddings, "embeddings"), emb), name
+        assert np.array_equal(bodies._as_matrix(parse(raw, cap).embeddings, "embeddings"), embeddings[UNRELATED]), name
     load_before = load_average()
-    samples: dict[tuple[str, str], list[float]] = {}
+    samples: dict[tuple[str, str, str], list[float]] = {}
     for _ in range(args.repeat):
         for name, bound in BOUNDS.items():
-            samples.setdefault(("bound", name), []).append(timed(lambda b=bound: b(raw, cap)))
+            samples.setdefault(("bound", name, UNRELATED), []).append(timed(lambda b=bound: b(raw, cap)))
         for name, parse in PATHS.items():
             seconds = timed(lambda p=parse: bodies._as_matrix(p(raw, cap).embeddings, "embeddings"))
-            samples.setdefault(("parse", name), []).append(seconds)
+            samples.setdefault(("parse", name, UNRELATED), []).append(seconds)
     original = bodies.parse_encode_json
     with tempfile.TemporaryDirectory(prefix="semid-json-body-") as tmp:
         index_dir = build_index(Path(tmp))
         with in_process_client(index_dir) as client:
             headers = {"content-type": "application/json"}
-            assert client.post("/v1/encode", content=raw, headers=headers).status_code == 200  # warm-up
+            for body in raws.values():  # warm-up
+                assert client.post("/v1/encode", content=body, headers=headers).status_code == 200
+            response = None
+
+            def post(body: bytes) -> None:
+                nonlocal response
+                response = client.post("/v1/encode", content=body, headers=headers)
+
             try:
                 for _ in range(args.repeat):
                     for name, parse in PATHS.items():
                         bodies.parse_encode_json = parse
-                        response = None
-
-                        def post() -> None:
-                            nonlocal response
-                            response = client.post("/v1/encode", content=raw, headers=headers)
-
-                        samples.setdefault(("route (in-process)", name), []).append(timed(post))
+                        samples.setdefault(("route (in-process)", name, UNRELATED), []).append(timed(lambda: post(raw)))
                         assert response is not None and response.status_code == 200, response
+                    bodies.parse_encode_json = original
+                    for label, body in raws.items():
+                        for search, on in SEARCHES.items():
+                            with anchors_search(on):
+                                seconds = timed(lambda body=body: post(body))
+                            samples.setdefault(("route (in-process)", f"msgspec, {search}", label), []).append(seconds)
+                            assert response is not None and response.status_code == 200, response
             finally:
                 bodies.parse_encode_json = original
+        rows = []
+        for (phase, name, label), values in samples.items():
+            rows.append({**summary(phase, name, values), "body": label})
+        rows += stage_rows(index_dir, raws, args.repeat)
         load_mid = load_average()
-        rows = [summary(phase, name, values) for (phase, name), values in samples.items()]
-        rows += server_rows(index_dir, raw, args.repeat, Path(tmp))
+        rows += server_rows(index_dir, raws, args.repeat, Path(tmp))
     load_after = load_average()
-    for phase in ("bound", "parse", "route (in-process)"):
+    for phase in ("bound", "parse"):
         first, *others = (r for r in rows if r["phase"] == phase)
         for row in others:
             row["speedup"] = round(first["median_ms"] / row["median_ms"], 2)
     data = {
-        "body_bytes": len(raw),
+        "body_bytes": {label: len(body) for label, body in raws.items()},
+        "prefilter_enabled": Bf16Prefilter.enabled,
         "load_before": load_before,
         "load_after_in_process": load_mid,
         "load_after": load_after,
         "rows": rows,
     }
+    sizes = ", ".join(f"{label}: {len(body):,} bytes" for label, body in raws.items())
     markdown = "\n\n".join(
         [
-            f"Body: {BATCH} x {DIM} float32 as JSON, {len(raw):,} bytes. Load average before: {load_before}; "
-            f"after the in-process phases: {load_mid}; at the end: {load_after} (2 cores shared with other "
-            "engineers' runs: timings are noisy).",
+            f"Bodies: {BATCH} x {DIM} float32 as JSON ({sizes}). bf16 pre-filter enabled on this CPU: "
+            f"{Bf16Prefilter.enabled}. Load average before: {load_before}; after the in-process phases: "
+            f"{load_mid}; at the end: {load_after} (2 cores shared with other engineers' runs: timings are noisy).",
             markdown_table(
-                rows, ["phase", "path", "repeats", "median_ms", "best_ms", "p99_ms", "items_per_s", "speedup"]
+                rows,
+                [
+                    "phase",
+                    "body",
+                    "path",
+                    "repeats",
+                    "median_ms",
+                    "best_ms",
+                    "p99_ms",
+                    "items_per_s",
+                    "speedup",
+                    "note",
+                ],
             ),
+            "Bodies: *unrelated* = the seeded clustered batch this benchmark always sent (seed 7: other category "
+            "centres than the index's, so to the anchors they are unrelated vectors); *like the index* = new items "
+            "drawn like the index's own (seed 0, a chunk the catalog does not hold), as real new items are. "
             "bound: the amplification bound alone. parse: body -> float32 matrix (bound, parser, list -> NumPy). "
             "route: the whole POST /v1/encode in-process (TestClient, no socket), 1 torch thread, the index's "
-            "checkpoint keeps its 5,000 training items as first-level anchors. server: `semid serve` on "
-            "127.0.0.1 with the shipped path, one keep-alive client, body serialised before timing. speedup: "
-            "the first row of the phase / this row.",
+            "checkpoint keeps its 5,000 training items as first-level anchors; the parsers on the unrelated body, "
+            "then the shipped parser with the anchors' float32 search of every row (before) and with the bf16 "
+            "pre-filter (shipped) on both bodies. stages: the route's steps one by one in-process (1 torch thread). "
+            "server: `semid serve` on 127.0.0.1 with the shipped path, keep-alive clients, bodies serialised before "
+            "timing; with 2 clients items_per_s counts both clients' items over the wall time. speedup: the first "
+            "row of the phase / this row.",
         ]
     )
     path = write_results(args.name, data, markdown)
