@@ -68,7 +68,7 @@ GROUP_SLOTS = 16  # columns per group: one max per group, then the groups with t
 KEPT_GROUPS = 32  # groups whose columns are searched for candidates
 CANDIDATES = 32  # candidate columns per row whose float32 sims are recomputed (C)
 MIN_ROWS = 256  # below this many rows the plain float32 search is as quick (measured: break-even ~256 rows)
-RECOMPUTE_ROWS = 32  # rows per batched recompute: a gathered [rows, C, d] block stays in cache
+RECOMPUTE_ROWS = 64  # rows per batched recompute: one gathered [rows, C, d] block (~3 MB), reused
 
 
 def native_bf16() -> bool:
