@@ -18,8 +18,10 @@ Where it is weaker: on the synthetic catalog recall falls with size, 0.99 at 100
 1M, and the one-thread build of 1M items took 4,409 s on the shared machine (load 10-15; a one-off
 run of these settings, not yet repeated with benchmarks/knn_graph.py). A likely reason is the
 catalog's isotropic noise around tight centres (an item's 10 nearest are barely nearer than its
-100th). The graph targets of such catalogs are switched off by semid.model.adaptive, but the build
-is paid before that decision.
+100th). The graph targets of such catalogs are switched off by semid.model.adaptive, and since that
+decision is measured first on the exact graph of a seeded sample of ``exact_max_items`` rows
+(semid.model.train), this graph is built only for catalogs whose targets will be used: the 1M
+synthetic training no longer builds it (1,080 s of its 1,441 s before).
 
 Settings: 32 links per node (``HNSW_LINKS``), a build search depth of 80 (``HNSW_BUILD_DEPTH``,
 efConstruction) and a query depth of 64 (``HNSW_SEARCH_DEPTH``, efSearch; MovieLens recall 0.969

@@ -47,6 +47,8 @@ def test_the_approximate_graph_is_a_function_of_the_data_and_the_seed_whatever_t
         a = knn_graph(clustered, 10, exact_max_items=0, seed=5)
         assert np.array_equal(a, knn_graph(clustered, 10, exact_max_items=0, seed=5))
         assert faiss.omp_get_max_threads() == 2  # the one-thread build restores the caller's setting
+        faiss.omp_set_num_threads(1)
+        assert np.array_equal(a, knn_graph(clustered, 10, exact_max_items=0, seed=5))  # one thread, same graph
     finally:
         faiss.omp_set_num_threads(threads)
     b = knn_graph(clustered, 10, exact_max_items=0, seed=6)
