@@ -107,7 +107,7 @@ class Bf16Prefilter:
         self.max_norm_bf16 = float(torch.linalg.vector_norm(rounded, dim=0).max()) if m else 0.0
         self.max_rounding = float(torch.linalg.vector_norm(unit_t - rounded, dim=0).max()) if m else 0.0
         self.summation = d * 2.0**-24 / (1 - d * 2.0**-24)  # g of the module docstring
-        self.delta = 4 * self.summation  # > 2 g |q| |a|: recomputed vs big-matmul float32 sims
+        self.delta = 2.05 * self.summation  # > 2 g |q| |a| (|q| |a| <= 1.0005): two float32 sums of one sim
         self.rows_decided = 0
         self.rows_unsure = 0
 
@@ -121,10 +121,21 @@ class Bf16Prefilter:
         )
 
     @torch.no_grad()
-    def search(self, q: torch.Tensor, k: int, *, firm_above: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def search(
+        self,
+        q: torch.Tensor,
+        k: int,
+        *,
+        labels: torch.Tensor | None = None,
+        ordered: bool = True,
+        firm_above: float = float("inf"),
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sims float32 [n, k], columns long [n, k], unsure long [r]) for unit rows ``q`` float32 [n, d]:
-        the k nearest columns best first for every row not in ``unsure``; unsure rows hold garbage and must
-        be searched the plain way. ``firm_above``: a threshold on the best sim the caller acts on (EXACT)."""
+        the k nearest columns best first for every row not in ``unsure``; unsure rows hold zeros and must be
+        searched the plain way. ``labels`` (long [anchors], optional): the caller only reads the labels of the
+        k nearest, so two neighbours with one label may come in either order. ``ordered``: the caller reads
+        them in rank order (else only which k, and the first where its sim reaches ``firm_above``, the
+        threshold the caller acts on: EXACT)."""
         n = q.shape[0]
         sims = torch.zeros(n, k)
         columns = torch.zeros(n, k, dtype=torch.long)
@@ -134,19 +145,48 @@ class Bf16Prefilter:
         candidates, ok = self._candidates(q, k)
         rows = ok.nonzero().flatten()
         exact = self._recompute(q, candidates, rows)  # [r, C] float32
-        best, at = exact.topk(k + 1, dim=1)
-        top = best[:, 0]
-        near_threshold = top >= firm_above - self.delta
-        firm = (best[:, k - 1] - best[:, k] >= self.delta) & (~near_threshold | (top - best[:, 1] >= self.delta))
+        best, at = exact.sort(dim=1, descending=True)  # [r, C]
+        ranked = candidates[rows].gather(1, at)  # columns, best first
+        firm = self._firm(best, labels[ranked] if labels is not None else None, k, ordered, firm_above)
+        best, ranked = best[:, :k], ranked[:, :k]
         decided = rows[firm]
-        sims[decided] = best[firm, :k]
-        columns[decided] = candidates[decided].gather(1, at[firm, :k])
+        sims[decided] = best[firm]
+        columns[decided] = ranked[firm]
         undecided = torch.ones(n, dtype=torch.bool)
         undecided[decided] = False
         unsure = undecided.nonzero().flatten()
         self.rows_decided += int(decided.numel())
         self.rows_unsure += int(unsure.numel())
         return sims, columns, unsure
+
+    def _firm(
+        self, best: torch.Tensor, labels: torch.Tensor | None, k: int, ordered: bool, firm_above: float
+    ) -> torch.Tensor:
+        """bool [r]: the float32 search would read the same labels of the k nearest (see ``search``).
+
+        ``best``: each row's recomputed candidate sims, descending. Neighbours closer than ``delta`` may come in
+        either order in the float32 search (a *run*: a chain of such pairs), so a run the caller reads must
+        hold one label: every run meeting the first k ranks when ``ordered``, else the run across the k-th /
+        (k+1)-th boundary (which of its members make the k is open) and, where the best sim is near
+        ``firm_above``, the run of the best (which one is first is open). Runs apart by ``delta`` keep their
+        order in both searches; the float32 search's k nearest are all candidates (the bound)."""
+        close = best[:, :-1] - best[:, 1:] < self.delta  # [r, C - 1]: pair j = ranks j, j + 1
+        if labels is None:
+            mixed = close
+        else:
+            mixed = close & (labels[:, :-1] != labels[:, 1:])
+        # pairs chained to the boundary pair k - 1 by close pairs, on either side
+        right = close[:, k - 1 :].to(torch.int8).cumprod(dim=1).bool()
+        left = close[:, : k - 1].flip(1).to(torch.int8).cumprod(dim=1).flip(1).bool() & right[:, :1]
+        boundary = torch.cat([left, right], dim=1)
+        if ordered:
+            read = boundary.clone()
+            read[:, : k - 1] = True
+        else:
+            read = boundary
+            near = best[:, 0] >= firm_above - self.delta
+            read = read | (close.to(torch.int8).cumprod(dim=1).bool() & near[:, None])  # the run of the best
+        return ~(mixed & read).any(dim=1) & ((best[:, 0] - firm_above).abs() >= self.delta)
 
     def _candidates(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(candidate columns long [n, C], bool [n]: the bound proves the top k lies among them)."""

@@ -95,7 +95,10 @@ class FirstLevelAnchors(nn.Module):
         out = torch.empty(n, dtype=torch.long)
         for s in range(0, n, SEARCH_CHUNK):
             q = F.normalize(target[s : s + SEARCH_CHUNK].to(torch.float32), dim=1)
-            sims, idx, unsure = self._prefilter.search(q, k, firm_above=EXACT)  # type: ignore[union-attr]
+            ordered = self.rank_scale > 0 or self.min_share > 0  # rank weights, or a sum of w in rank order
+            sims, idx, unsure = self._prefilter.search(  # type: ignore[union-attr]
+                q, k, labels=codes, ordered=ordered, firm_above=EXACT
+            )
             if unsure.numel():  # rows the bf16 bound cannot settle: float32 sims to every anchor
                 sims[unsure], idx[unsure] = top_k(q[unsure] @ self._unit_t, k)
             near = codes[idx]

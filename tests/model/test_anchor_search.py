@@ -16,6 +16,16 @@ from semid.model.synthetic import synthetic_catalog
 from tests.model.test_anchors_top_k import plain_vote
 
 
+def float32_vote(anchors: FirstLevelAnchors, queries: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The vote with the float32 search of every row (the pre-filter off): the reference, rank weights included."""
+    saved = Bf16Prefilter.enabled
+    Bf16Prefilter.enabled = False
+    try:
+        return anchors.vote(queries, codebook)
+    finally:
+        Bf16Prefilter.enabled = saved
+
+
 @pytest.fixture(autouse=True)
 def prefilter_on(monkeypatch):
     """On everywhere (a CPU without bf16 instructions emulates them: slower, same answers), for batches of
@@ -67,7 +77,17 @@ def test_half_spacing_is_half_the_gap_to_the_next_bfloat16():
     assert torch.equal(half_spacing(b.to(torch.float32)), gap / 2)
 
 
-@pytest.mark.parametrize("kw", [{}, {"balance": 0.5}, {"balance": 0.5, "min_share": 0.4}, {"neighbours": 3}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"balance": 0.5},
+        {"balance": 0.5, "min_share": 0.4},
+        {"neighbours": 3},
+        {"balance": 0.5, "rank_scale": 8.0},  # rank weights: the order of the k nearest counts too
+        {"balance": 0.5, "rank_scale": 8.0, "min_share": 0.4},
+    ],
+)
 def test_prefiltered_vote_gives_the_plain_codes_on_a_clustered_catalog_and_is_used(kw):
     cat = synthetic_catalog(items=3500, dim=64, seed=4).embeddings
     anchors_x, held_out = cat[:3000], cat[3000:]
@@ -75,7 +95,9 @@ def test_prefiltered_vote_gives_the_plain_codes_on_a_clustered_catalog_and_is_us
     noisy = anchors_x[:400] + 0.05 * rng.standard_normal((400, 64)).astype(np.float32)
     queries = torch.from_numpy(np.concatenate([held_out, noisy, anchors_x[:300]]))  # anchors_x[:300]: exact hits
     anchors, codebook = _anchors(anchors_x, _codes(anchors_x, 64, seed=5), 64, **kw)
-    expected = plain_vote(anchors, queries, codebook)
+    expected = float32_vote(anchors, queries, codebook)
+    if not kw.get("rank_scale"):
+        assert torch.equal(expected, plain_vote(anchors, queries, codebook))
     for batch in (7, 100, queries.shape[0]):
         got = torch.cat([anchors.vote(queries[s : s + batch], codebook) for s in range(0, len(queries), batch)])
         assert torch.equal(got, expected), batch
@@ -89,9 +111,10 @@ def test_prefiltered_vote_gives_the_plain_codes_on_movielens(movielens):
     anchors_x, held_out = x[:n_anchors], x[n_anchors:]
     noisy = anchors_x[:500] + 0.05 * np.random.default_rng(8).standard_normal((500, x.shape[1])).astype(np.float32)
     queries = torch.from_numpy(np.concatenate([held_out, noisy, anchors_x[:300]]))
-    anchors, codebook = _anchors(anchors_x, _codes(anchors_x, 256, seed=7), 256, balance=0.5)
-    assert torch.equal(anchors.vote(queries, codebook), plain_vote(anchors, queries, codebook))
-    assert _decided_share(anchors, queries, codebook) > 0.8
+    for rank_scale in (0.0, 8.0):
+        anchors, codebook = _anchors(anchors_x, _codes(anchors_x, 256, seed=7), 256, balance=0.5, rank_scale=rank_scale)
+        assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
+        assert _decided_share(anchors, queries, codebook) > 0.8
 
 
 def test_random_vectors_against_random_anchors_agree():
@@ -101,7 +124,7 @@ def test_random_vectors_against_random_anchors_agree():
     x = F.normalize(torch.randn(2000, 384, generator=g), dim=1).numpy()
     anchors, codebook = _anchors(x, _codes(x, 32, seed=2), 32)
     queries = torch.randn(300, 384, generator=g)
-    assert torch.equal(anchors.vote(queries, codebook), plain_vote(anchors, queries, codebook))
+    assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
     assert _decided_share(anchors, queries, codebook) > 0.5
 
 
@@ -111,17 +134,18 @@ def test_flat_similarity_rows_fall_back_and_agree():
     x = F.normalize(centre + 1e-3 * torch.randn(2000, 64, generator=g), dim=1).numpy()  # sims within ~1e-3
     anchors, codebook = _anchors(x, _codes(x, 32, seed=3), 32)
     queries = centre + 0.5 * torch.randn(200, 64, generator=g)
-    assert torch.equal(anchors.vote(queries, codebook), plain_vote(anchors, queries, codebook))
+    assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
     assert _decided_share(anchors, queries, codebook) == 0.0
 
 
-def test_duplicate_anchors_fall_back_and_agree():
+@pytest.mark.parametrize("rank_scale", [0.0, 8.0])
+def test_duplicate_anchors_fall_back_and_agree(rank_scale):
     cat = synthetic_catalog(items=1200, dim=64, seed=2).embeddings
     x = np.repeat(cat, 2, axis=0)  # every anchor twice, with different codes: ties at every boundary
     codes = np.arange(len(x)) % 16
-    anchors, codebook = _anchors(x, codes, 16, neighbours=3)  # odd k: the k-th and (k+1)-th are twins
+    anchors, codebook = _anchors(x, codes, 16, neighbours=3, rank_scale=rank_scale)  # odd k: twins at the boundary
     queries = torch.from_numpy(cat[:400] + 0.05 * np.random.default_rng(3).standard_normal((400, 64)).astype("f4"))
-    assert torch.equal(anchors.vote(queries, codebook), plain_vote(anchors, queries, codebook))
+    assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
     assert _decided_share(anchors, queries, codebook) == 0.0
 
 
@@ -129,7 +153,7 @@ def test_k_at_least_the_candidates_falls_back_and_agrees():
     cat = synthetic_catalog(items=2500, dim=64, seed=3).embeddings
     anchors, codebook = _anchors(cat, _codes(cat, 32, seed=4), 32, neighbours=anchor_search.CANDIDATES)
     queries = torch.from_numpy(cat[:300] + 0.05 * np.random.default_rng(5).standard_normal((300, 64)).astype("f4"))
-    assert torch.equal(anchors.vote(queries, codebook), plain_vote(anchors, queries, codebook))
+    assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
     assert _decided_share(anchors, queries, codebook) == 0.0
 
 
