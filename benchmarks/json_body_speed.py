@@ -265,7 +265,11 @@ def stage_rows(index_dir: Path, raws: dict[str, bytes], repeat: int) -> list[dic
     for (label, name), values in samples.items():
         rows.append({**summary("stages (in-process)", name, values), "body": label})
         if name.startswith("anchors' vote, bf16"):
-            rows[-1]["note"] = f"pre-filter settled {decided[label]:.1%} of rows"
+            anchors = tok.anchors
+            rows[-1]["note"] = (
+                f"pre-filter settled {decided[label]:.1%} of rows ({anchors.size:,} anchors, k {anchors.neighbours}, "
+                f"rank_scale {getattr(anchors, 'rank_scale', 0.0)})"
+            )
     return rows
 
 
