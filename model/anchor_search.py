@@ -1,60 +1,64 @@
 """The anchors' exact k-nearest search, found through a bfloat16 pre-filter (semid.model.anchors).
 
-The first-level vote needs each input's k nearest anchors by float32 cosine. One float32 matmul of
-1,024 inputs against 5,000 anchors takes ~43 ms on this machine's CPU; the same matmul in bfloat16 (AMX /
-AVX512-BF16) takes ~4-9 ms but is only accurate to ~1e-2. :class:`Bf16Prefilter` uses the bf16 sims to
-pick a few candidate anchors per row that provably hold the float32 top k, recomputes the candidates'
-sims in float32, and takes the top k there. A row the bound cannot settle (flat similarity rows, where
-many anchors are within ~1e-2 of the k-th; duplicate anchors; near-ties) is reported ``unsure`` and the
-caller searches it the plain way (float32 sims to every anchor), so the answer never depends on the
-pre-filter and its worst case is the plain cost plus the pre-filter's. (Random vectors are not that case:
-the best sims of a random row lie in the tail, spread wider than the bound; ~95 % of them are settled.)
+The first-level vote needs each input's k nearest anchors by float32 cosine. The float32 matmul of 1,024
+inputs against 5,000 anchors takes ~43 ms on this machine's CPU (one thread, quiet); the same matmul in
+bfloat16 (AMX / AVX512-BF16) takes ~3-9 ms but is only accurate to ~1e-2. :class:`Bf16Prefilter` uses the
+bf16 sims to pick 32 candidate anchors per row that provably hold the float32 top k, recomputes the
+candidates' sims in float32 and ranks them. A row it cannot settle (flat similarity rows, where many
+anchors lie within ~1e-2 of the k-th; duplicate anchors with different codes; near-ties the vote reads) is
+reported ``unsure`` and the caller searches it the plain way (float32 sims to every anchor), so the codes
+never depend on the pre-filter and the worst case is the plain cost plus the pre-filter's (~25 ms per
+1,024 rows). Random vectors are not that case: the best sims of a random row lie in the tail, spread wider
+than the bound (~95 % of 384-d random rows are settled). Below ``MIN_ROWS`` rows, or on a CPU without
+bf16 instructions (emulated bf16 is slower than float32), every row takes the plain search.
 
-Error bound (per row; the proof that the candidates hold the top k)
--------------------------------------------------------------------
-Let q be an input row (float32, unit length), a an anchor column (float32, exact copy of the stored
+Error bound (per row; why the candidates hold the float32 top k)
+----------------------------------------------------------------
+Let q be an input row (float32, unit length), a an anchor column (float32, the exact value of the stored
 float16 unit vector), s = q.a the exact real dot product, d the dimension and u = 2^-8 the unit roundoff of
 bfloat16 (8 significant bits, round to nearest even). The bf16 sim b is computed as
 
-* q_b = bf16(q), a_b = bf16(a): rounding of both operands;
+* q_b = bf16(q), a_b = bf16(a): both operands rounded;
 * x = the products q_b,i * a_b,i (exact in float32: 8 x 8 significant bits) summed in float32;
-* b = bf16(x): the result rounded to bfloat16 (torch on CPU returns bf16; checked to be round-to-nearest).
+* b = bf16(x): the result rounded to bfloat16 (torch on CPU returns bf16; checked: round to nearest).
 
-Then, with the rounding error vectors split as q.a - q_b.a_b = (q - q_b).a + q_b.(a - a_b) and Cauchy-
-Schwarz on each term,
+Splitting the rounding errors as q.a - q_b.a_b = (q - q_b).a + q_b.(a - a_b), Cauchy-Schwarz on each term
+and the float32 summation bound (d terms in any order, FMA or not) give
 
-    |x - s| <= |q - q_b| |a| + |q_b| |a - a_b| + g |q_b| |a_b|,   g = d 2^-24 / (1 - d 2^-24)
+    |x - s| <= |q - q_b| |a| + |q_b| |a - a_b| + g |q_b| |a_b|,     g = d 2^-24 / (1 - d 2^-24),
 
-(the last term: float32 summation of d terms in any order, with |q_b.a_b| <= |q_b| |a_b|), and
-|b - x| <= u |x| <= u' |b| with u' = u / (1 - u) (round to nearest). The norms are measured: |q - q_b|
-and |q_b| per row, max |a|, max |a_b| and max |a - a_b| over the anchors once. So
+and |b - x| <= h(b), half the gap from |b| to the next larger bfloat16 (:func:`half_spacing`: x rounded
+to b lay in b's binade or just below it). The norms are measured: |q - q_b|, |q_b| and |q| per row; max |a|,
+max |a_b| and max |a - a_b| over the anchors, once. The vote compares float32 sims f (the big matmul), not
+s: |f - s| <= g |q| |a|. With e = TINY + SAFETY * (those three terms + g |q| |a|) (SAFETY 1.01 covers the
+float32 rounding of the measured norms; TINY, products flushed to zero below float32's normal range):
 
-    s <= hi(b) = b + u'|b| + e     and     s >= lo(b) = b - u'|b| - e,
+    f <= hi(b) = b + h(b) + e     and     f >= lo(b) = b - h(b) - e.
 
-e = the row's input + summation bound, times ``SAFETY`` (1.25: covers the float32 rounding of the measured
-norms and of these few additions). The caller compares float32 sims f, not s: |f - s| <= g |q| |a| for
-the same reason, and that is added to e too.
+hi and lo never decrease as b grows (h at most doubles between neighbouring bf16 values, which are a full
+gap apart). On this CPU e is ~0.004 and h ~0.002 for sims in [0.5, 1).
 
-The candidates: the C columns with the largest b among the groups whose bf16 maximum is largest
-(below). Let b_k be the k-th largest candidate b and b_out the largest b of any column left out. hi and lo
-are increasing in b (u' < 1), so if ``hi(b_out) < lo(b_k)``, every column left out has
-f <= hi(b_out) < lo(b_k) <= the f of each of the k candidates with b >= b_k: at least k candidates beat
-every column left out, so the float32 top k lies among the candidates (strictly: no tie with a column
-left out). The NaN of a bad row makes the comparison false: that row is unsure.
+The candidates: the C = ``CANDIDATES`` columns with the largest b (see the selection below). Let b_k be the
+k-th largest candidate b and b_out the largest b of a column left out. If ``hi(b_out) < lo(b_k)``, every
+column left out has f <= hi(b_out) < lo(b_k) <= the f of each of the k candidates with b >= b_k: k
+candidates beat every column left out, so the float32 top k are all candidates, with no tie against a
+column left out. A NaN row fails the comparison: it is unsure.
 
-The float32 sims of the candidates are recomputed (a small batched matmul; its summation order may differ
-from the big matmul's, |difference| <= 2 g |q| |a| < ``delta``). The row is decided only where that cannot
-change the answer: the k-th and (k+1)-th recomputed sims differ by at least ``delta`` (the same k anchors as
-the plain search, no tie at the boundary), and, where the best sim is within ``delta`` of the caller's
-``firm_above`` threshold or above it, the threshold side is certain and the best anchor is ``delta`` ahead
-of the second (the vote keeps that anchor's code: it must be the same one). The k anchors come in
-descending order of the recomputed sims, which equal the big matmul's bit for bit in every test here.
+The candidates' float32 sims are then recomputed (a small batched matmul). Its summation order may differ
+from the big matmul's: the two float32 values of one sim differ by at most 2 g |q| |a| < ``delta``. Sims of
+a row closer than ``delta`` (a *run* of such neighbours) may therefore come in any order in the plain search,
+while runs ``delta`` apart keep their order. The vote reads only the codes of the k nearest: in rank order
+when ranks weigh the votes (``rank_scale``) or ``min_share`` sums them in order, else only which k are in
+and, near EXACT, which is first. A row is decided only where every run the vote reads holds one code
+(``labels``), so the plain search would give the same codes in the same order and the same vote. (The
+recomputed sims equalled the big matmul's bit for bit in every test here; the rule does not rely on it.)
+The best sim is compared with EXACT by the caller; a row whose best sim is within ``delta`` of it is unsure.
 
-Candidate selection without a top-C over every column: the padded anchor columns are dealt into 16 groups'
-worth of slots (group j holds columns j, j + G, j + 2G, ...; G = columns / 16), one max per group, the
-``KEPT_GROUPS`` groups with the largest maxima, then the top ``CANDIDATES`` of their 16 * KEPT_GROUPS columns.
-A column left out is either in a kept group below the C-th candidate, or in a group whose maximum is at most
-the (KEPT_GROUPS + 1)-th largest: b_out is the larger of those two.
+Candidate selection without a top-C over every column: the padded anchor columns are dealt into
+``GROUP_SLOTS`` slots of G groups (group j holds columns j, j + G, j + 2G, ...), one max per group, the
+``KEPT_GROUPS`` groups with the largest maxima, then the top C of their columns. A column left out is in a
+kept group below the C-th candidate or in a group whose maximum is at most the (KEPT_GROUPS + 1)-th
+largest: b_out is the larger of those two.
 """
 
 from __future__ import annotations
