@@ -45,14 +45,18 @@ candidates beat every column left out, so the float32 top k are all candidates, 
 column left out. A NaN row fails the comparison: it is unsure.
 
 The candidates' float32 sims are then recomputed (a small batched matmul). Its summation order may differ
-from the big matmul's: the two float32 values of one sim differ by at most 2 g |q| |a| < ``delta``. Sims of
-a row closer than ``delta`` (a *run* of such neighbours) may therefore come in any order in the plain search,
-while runs ``delta`` apart keep their order. The vote reads only the codes of the k nearest: in rank order
-when ranks weigh the votes (``rank_scale``) or ``min_share`` sums them in order, else only which k are in
-and, near EXACT, which is first. A row is decided only where every run the vote reads holds one code
+from the big matmul's: the two float32 values of one sim differ by at most 2 g |q| |a| < ``bound_delta``.
+At start-up the pre-filter checks on a probe (``PROBE_ROWS`` rows against every anchor) whether the recompute
+gives the big matmul's bits; where it does (every run here: MKL accumulates both the same way), ``delta``
+is 0 and only equal sims are ambiguous, else ``delta`` is that bound. Sims of a row at most ``delta``
+apart (equal ones, at least: a *run*) may come in any order in the plain search, while runs further apart
+keep theirs. The vote reads only the codes of the k nearest: in rank order when ranks weigh the votes
+(``rank_scale``) or ``min_share`` sums them in order, else only which k are in and, near EXACT, which is
+first. A row is decided only where every run the vote reads holds one code
 (``labels``), so the plain search would give the same codes in the same order and the same vote. (The
-recomputed sims equalled the big matmul's bit for bit in every test here; the rule does not rely on it.)
-The best sim is compared with EXACT by the caller; a row whose best sim is within ``delta`` of it is unsure.
+probe is a check, not a proof: with ``delta`` 0 a sim within 1e-5 of another could in principle come out
+the other way round in a matmul of another shape, as it could in the plain search itself between batch
+sizes.) The best sim is compared with EXACT by the caller; one within ``delta`` of it is unsure.
 
 Candidate selection without a top-C over every column: the padded anchor columns are dealt into
 ``GROUP_SLOTS`` slots of G groups (group j holds columns j, j + G, j + 2G, ...), one max per group, the
@@ -72,6 +76,7 @@ GROUP_SLOTS = 16  # columns per group: one max per group, then the groups with t
 KEPT_GROUPS = 32  # groups whose columns are searched for candidates
 CANDIDATES = 32  # candidate columns per row whose float32 sims are recomputed (C)
 MIN_ROWS = 256  # below this many rows the plain float32 search is as quick (measured: break-even ~256 rows)
+PROBE_ROWS = 256  # rows of the start-up check that the recompute gives the big matmul's bits
 RECOMPUTE_ROWS = 64  # rows per batched recompute: one gathered [rows, C, d] block (~3 MB), reused
 
 
@@ -111,9 +116,25 @@ class Bf16Prefilter:
         self.max_norm_bf16 = float(torch.linalg.vector_norm(rounded, dim=0).max()) if m else 0.0
         self.max_rounding = float(torch.linalg.vector_norm(unit_t - rounded, dim=0).max()) if m else 0.0
         self.summation = d * 2.0**-24 / (1 - d * 2.0**-24)  # g of the module docstring
-        self.delta = 2.05 * self.summation  # > 2 g |q| |a| (|q| |a| <= 1.0005): two float32 sums of one sim
+        self.bound_delta = 2.05 * self.summation  # > 2 g |q| |a| (|q| |a| <= 1.0005): two float32 sums of one sim
         self.rows_decided = 0
         self.rows_unsure = 0
+        self.same_bits = m > 0 and self._recompute_matches_matmul(unit_t)
+        self.delta = 0.0 if self.same_bits else self.bound_delta  # 0: only equal sims form runs
+
+    def _recompute_matches_matmul(self, unit_t: torch.Tensor) -> bool:
+        """Whether the candidates' recompute gives the big matmul's float32 sims bit for bit, on a probe of
+        ``PROBE_ROWS`` deterministic rows (a blend of anchors) against every anchor, candidates being each
+        row's best C."""
+        rows = min(PROBE_ROWS, self.anchors)
+        blend = unit_t[:, :rows].T + 0.5 * unit_t[:, torch.arange(rows).flip(0)].T
+        q = torch.nn.functional.normalize(blend, dim=1)
+        sims = q @ unit_t
+        c = min(CANDIDATES, self.anchors)
+        columns = sims.topk(c, dim=1).indices
+        if c < CANDIDATES:
+            return False
+        return bool(torch.equal(self._recompute(q, columns, torch.arange(rows)), sims.gather(1, columns)))
 
     def usable(self, n: int, k: int) -> bool:
         return (
@@ -168,13 +189,13 @@ class Bf16Prefilter:
     ) -> torch.Tensor:
         """bool [r]: the float32 search would read the same labels of the k nearest (see ``search``).
 
-        ``best``: each row's recomputed candidate sims, descending. Neighbours closer than ``delta`` may come in
+        ``best``: each row's recomputed candidate sims, descending. Neighbours at most ``delta`` apart may come in
         either order in the float32 search (a *run*: a chain of such pairs), so a run the caller reads must
         hold one label: every run meeting the first k ranks when ``ordered``, else the run across the k-th /
         (k+1)-th boundary (which of its members make the k is open) and, where the best sim is near
         ``firm_above``, the run of the best (which one is first is open). Runs apart by ``delta`` keep their
         order in both searches; the float32 search's k nearest are all candidates (the bound)."""
-        close = best[:, :-1] - best[:, 1:] < self.delta  # [r, C - 1]: pair j = ranks j, j + 1
+        close = best[:, :-1] - best[:, 1:] <= self.delta  # [r, C - 1]: pair j = ranks j, j + 1
         if labels is None:
             mixed = close
         else:

@@ -175,3 +175,15 @@ def test_small_batches_take_the_float32_search(monkeypatch):
     queries = torch.from_numpy(cat[:255] + 0.05 * np.random.default_rng(5).standard_normal((255, 64)).astype("f4"))
     assert _decided_share(anchors, queries, codebook) == 0.0
     assert _decided_share(anchors, torch.cat([queries, queries[:1]]), codebook) > 0.5
+
+
+def test_probe_sets_delta_and_the_bound_mode_agrees_too():
+    cat = synthetic_catalog(items=3000, dim=64, seed=4).embeddings
+    anchors, codebook = _anchors(cat[:2500], _codes(cat[:2500], 64, seed=5), 64, balance=0.5, rank_scale=8.0)
+    queries = torch.from_numpy(cat[2500:])
+    anchors.vote(queries, codebook)
+    pf = anchors._prefilter
+    assert pf is not None and pf.bound_delta > 0
+    assert pf.delta == (0.0 if pf.same_bits else pf.bound_delta)
+    pf.delta = pf.bound_delta  # as on a machine whose recompute does not give the big matmul's bits
+    assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
