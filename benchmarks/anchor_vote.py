@@ -1,6 +1,10 @@
-"""How many anchors should vote? The first-level anchors' k and balance on held-out items, per catalog and split.
+"""How should the anchors vote? The first-level anchors' k, balance and rank scale on held-out items, per catalog
+and split.
 
-    python benchmarks/anchor_vote.py --run CATALOG SPLIT CHECKPOINT_DIR [--run ...] [--votes 8:0.5 10:0.5 ...]
+    python benchmarks/anchor_vote.py --run CATALOG SPLIT CHECKPOINT_DIR [--run ...] [--votes 10:0.5:0 10:0.5:8 ...]
+
+A vote is ``k:balance[:rank_scale]`` (``model.anchor_neighbours``, ``anchor_balance``, ``anchor_rank_scale``;
+rank scale 0 when left out: equal votes).
 
 The anchors' settings act at encoding time only (training never reads them), so one default training
 on the seeded 80 % of the catalog (``holdout.split_rows(n, 0.2, split)``, training seed = split) is
@@ -37,8 +41,9 @@ SHARE = 0.2
 
 
 def vote(text: str) -> tuple[int, float]:
-    k, _, balance = text.partition(":")
-    return int(k), float(balance or 0.5)
+    k, _, rest = text.partition(":")
+    balance, _, rank_scale = rest.partition(":")
+    return int(k), float(balance or 0.5), float(rank_scale or 0.0)
 
 
 def main() -> None:
@@ -46,7 +51,9 @@ def main() -> None:
     ap.add_argument(
         "--run", nargs=3, action="append", metavar=("CATALOG", "SPLIT", "CHECKPOINT"), help="catalog, split, checkpoint"
     )
-    ap.add_argument("--votes", nargs="+", type=vote, default=[(8, 0.5), (10, 0.5)], help="k:balance pairs")
+    ap.add_argument(
+        "--votes", nargs="+", type=vote, default=[(10, 0.5, 0.0), (10, 0.5, 8.0)], help="k:balance[:rank_scale]"
+    )
     ap.add_argument("--name", default="anchor_vote")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -56,10 +63,19 @@ def main() -> None:
         run_rows, note = run(catalog, int(split), Path(checkpoint), args.votes)
         rows += run_rows
         notes.append(note)
-    columns = ["catalog", "split", "k", "balance", *[f"heldout_{f}" for f in FIGURES], *[f"train_{f}" for f in FIGURES]]
+    columns = [
+        "catalog",
+        "split",
+        "k",
+        "balance",
+        "rank_scale",
+        *[f"heldout_{f}" for f in FIGURES],
+        *[f"train_{f}" for f in FIGURES],
+    ]
     md = [
         "Per catalog and split: one default training on the seeded 80 % (`split_rows(n, 0.2, seed=split)`, training "
-        "seed = split); every item encoded with each vote (the anchors' k and balance act at encoding time only). "
+        "seed = split); every item encoded with each vote (the anchors' k, balance and rank scale act at encoding "
+        "time only). "
         "Figures of the held-out and the trained items: neighbours k=10 searched in the whole catalog, up to 2000 "
         "items per subset (as `compare_tokenizers.py --holdout-share`).",
         "",
@@ -81,7 +97,7 @@ def _label(catalog: str) -> str:
     return path.parent.name if path.stem == "items" else path.stem
 
 
-def run(catalog: str, split: int, ckpt: Path, votes: list[tuple[int, float]]) -> tuple[list[dict], str]:
+def run(catalog: str, split: int, ckpt: Path, votes: list[tuple[int, float, float]]) -> tuple[list[dict], str]:
     raw = np.ascontiguousarray(read_catalog(catalog).embeddings, dtype=np.float32)
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     fit, held = split_rows(len(raw), SHARE, split)
@@ -101,11 +117,11 @@ def run(catalog: str, split: int, ckpt: Path, votes: list[tuple[int, float]]) ->
         raise SystemExit(f"{ckpt} keeps no first-level anchors (catalog above first_level_anchors?)")
     sizes = (loaded.config.model.codebook_size,) * loaded.config.model.levels
     rows = []
-    for k, balance in votes:
-        anchors.neighbours, anchors.balance = k, balance
+    for k, balance, rank_scale in votes:
+        anchors.neighbours, anchors.balance, anchors.rank_scale = k, balance, rank_scale
         with torch.inference_mode():
             codes = torch.cat([tok.encode(torch.from_numpy(raw[s : s + 4096])).codes for s in range(0, len(raw), 4096)])
-        row: dict = {"catalog": _label(catalog), "split": split, "k": k, "balance": balance}
+        row: dict = {"catalog": _label(catalog), "split": split, "k": k, "balance": balance, "rank_scale": rank_scale}
         for name, subset in (("heldout", held), ("train", fit)):
             summary = subset_figures(x, codes.numpy(), subset, sizes, k=10, sample=2000, seed=split)["summary"]
             row.update({f"{name}_{f}": summary[f] for f in FIGURES})

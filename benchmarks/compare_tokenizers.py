@@ -246,6 +246,10 @@ TOKENIZERS: dict[str, tuple[str, Runner]] = {
         "semid rqvae, anchors' vote over 8 neighbours (tried as the default; lost downstream)",
         _semid("rqvae", {"anchor_neighbours": 8}),
     ),
+    "semid-rqvae-equal-votes": (
+        "semid rqvae, every anchor's vote counting the same (the default before 0.6)",
+        _semid("rqvae", {"anchor_rank_scale": 0.0}),
+    ),
     "semid-rqkmeans": ("semid rqkmeans", _semid("rqkmeans")),
     "faiss-rq": ("faiss ResidualQuantizer 3x8", _faiss_rq),
     "sid-rqkmeans": ("semantic-id RQKMeans", _sid_rqkmeans("kmeans")),
@@ -253,7 +257,12 @@ TOKENIZERS: dict[str, tuple[str, Runner]] = {
     "sid-rqvae": ("semantic-id RQVAE", _sid_rqvae(verbose=False)),
     "sid-rqvae-best": ("semantic-id RQVAE verbose (best-collision epoch)", _sid_rqvae(verbose=True)),
 }
-VARIANTS = ("semid-rqvae-plain", "semid-rqvae-noanchors", "semid-rqvae-anchors-k8")  # run only when asked for
+VARIANTS = (
+    "semid-rqvae-plain",
+    "semid-rqvae-noanchors",
+    "semid-rqvae-anchors-k8",
+    "semid-rqvae-equal-votes",
+)  # run only when asked for
 DEFAULT = [key for key in TOKENIZERS if key not in VARIANTS]
 
 
@@ -530,7 +539,7 @@ def main() -> None:
 
 
 # the rows judged against the best of the others ("anchors")
-CANDIDATES = ("semid-rqvae", "semid-rqvae-noanchors", "semid-rqvae-anchors-k8")
+CANDIDATES = ("semid-rqvae", "semid-rqvae-noanchors", "semid-rqvae-anchors-k8", "semid-rqvae-equal-votes")
 HOLDOUT_FIGURES = [
     "nn_share_d1",
     "nn_lift_d1",

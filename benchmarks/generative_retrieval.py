@@ -78,6 +78,7 @@ SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
     "semid-rqvae-noanchors": "semid-rqvae-noanchors",
     "semid-rqvae-anchors-k8": "semid-rqvae-anchors-k8",
+    "semid-rqvae-equal-votes": "semid-rqvae-equal-votes",
     "semid-rqvae-plain": "semid-rqvae-plain",
     "semid-rqkmeans": "semid-rqkmeans",
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only

@@ -117,6 +117,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
         model_section = dict(cfg.get("model", {}))
         # written before first-level anchors existed: keep encoding with the nearest centroid, as then
         model_section.setdefault("first_level_anchors", 0)
+        # written before rank-weighted votes: every anchor's vote counts the same, as then
+        model_section.setdefault("anchor_rank_scale", 0.0)
         config = SemidConfig.from_dict({"model": model_section, "train": cfg.get("train", {})})
     except ValueError as err:
         raise CheckpointError(f"checkpoint {path}: invalid config ({err})") from err

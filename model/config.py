@@ -61,6 +61,12 @@ class ModelConfig(BaseModel):
     anchor_balance: StrictFloat = _float(
         0.5, 0.0, 4.0, "Each anchor's vote is weighted by 1 / (anchors of its code) ** balance (0: plain majority)."
     )
+    anchor_rank_scale: StrictFloat = _float(
+        8.0,
+        0.0,
+        1000.0,
+        "The r-th nearest anchor's vote (r = 0 .. k-1) counts 1 / (1 + r / scale) (0: equal votes; anchor_vote.md).",
+    )
     anchor_min_share: StrictFloat = _float(
         0.0, 0.0, 1.0, "Share of the k votes the winning code needs; below it the nearest centroid is kept."
     )

@@ -129,6 +129,7 @@ def build_tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig | None = None
             neighbours=model_cfg.anchor_neighbours,
             min_share=model_cfg.anchor_min_share,
             balance=model_cfg.anchor_balance,
+            rank_scale=model_cfg.anchor_rank_scale,
         )
     return SemanticTokenizer(
         normalizer=normalizer, encoder=encoder, quantizer=quantizer, decoder=decoder, anchors=anchors

@@ -8,12 +8,12 @@ import shutil
 import numpy as np
 import torch
 
-from semid.model.anchors import FirstLevelAnchors, anchor_rows
+from semid.model.anchors import FirstLevelAnchors, anchor_rows, rank_weights
 from semid.model.checkpoint import CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE, fingerprint_of, load_checkpoint
 from semid.model.job import train_tokenizer
 from tests.conftest import tiny_config
 
-ANCHOR_FIELDS = ("first_level_anchors", "anchor_neighbours", "anchor_balance", "anchor_min_share")
+ANCHOR_FIELDS = ("first_level_anchors", "anchor_neighbours", "anchor_balance", "anchor_rank_scale", "anchor_min_share")
 
 
 def _anchors(k: int = 3, min_share: float = 0.0) -> tuple[FirstLevelAnchors, torch.Tensor]:
@@ -63,6 +63,48 @@ def test_balance_discounts_votes_for_crowded_codes():
     assert anchors.vote(query, torch.eye(2)).tolist() == [1]
 
 
+def test_rank_weights_fall_off_gently_and_zero_means_equal_votes():
+    assert rank_weights(4, 0.0).tolist() == [1.0, 1.0, 1.0, 1.0]
+    w = rank_weights(10, 8.0)
+    assert torch.allclose(w, 1.0 / (1.0 + torch.arange(10) / 8.0))
+    assert bool((w[1:] < w[:-1]).all()) and 0.47 < float(w[-1]) < 0.48
+
+
+def test_rank_weights_let_the_nearest_anchors_outvote_a_farther_majority():
+    # nearest two anchors hold code 1, the next three code 0: equal votes 3 vs 2 for code 0
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.3], [1.0, 0.35], [1.0, 0.4]])
+    anchors = FirstLevelAnchors(2, neighbours=5)
+    anchors.set(vectors, torch.tensor([1, 1, 0, 0, 0]), torch.eye(2))
+    query = torch.tensor([[1.0, 0.02]])
+    assert anchors.vote(query, torch.eye(2)).tolist() == [0]
+    anchors.rank_scale = 1.0  # code 1: 1 + 1/2 = 1.5; code 0: 1/3 + 1/4 + 1/5 = 0.78
+    assert anchors.vote(query, torch.eye(2)).tolist() == [1]
+    anchors.rank_scale = 8.0  # code 1: 1 + 0.89 = 1.89; code 0: 0.8 + 0.73 + 0.67 = 2.2
+    assert anchors.vote(query, torch.eye(2)).tolist() == [0]
+
+
+def test_checkpoint_written_before_rank_weights_keeps_equal_votes(tmp_path, tiny_catalog):
+    """A config.json without anchor_rank_scale (written by 0.5 and older) votes as it did then: equal votes."""
+    x = tiny_catalog.embeddings
+    cfg = tiny_config().with_overrides("model", first_level_anchors=16384, anchor_rank_scale=1.0)
+    train_tokenizer(x[:400], cfg, tmp_path / "new")
+    new = load_checkpoint(tmp_path / "new").tokenizer
+    assert new.anchors is not None and new.anchors.rank_scale == 1.0
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "new", old)
+    raw = json.loads((old / CONFIG_FILE).read_text())
+    raw["model"].pop("anchor_rank_scale")
+    (old / CONFIG_FILE).write_text(json.dumps(raw))
+    (old / FINGERPRINT_FILE).write_text(fingerprint_of(raw, old / WEIGHTS_FILE) + "\n")
+    loaded = load_checkpoint(old)
+    assert loaded.config.model.anchor_rank_scale == 0.0 and loaded.tokenizer.anchors.rank_scale == 0.0
+    held = torch.from_numpy(x[400:])
+    weighted = new.encode(held).codes
+    new.anchors.rank_scale = 0.0
+    assert torch.equal(loaded.tokenizer.encode(held).codes, new.encode(held).codes)
+    assert not torch.equal(weighted, new.encode(held).codes)  # the setting matters on these items
+
+
 def test_an_input_equal_to_an_anchor_keeps_its_code():
     vectors = torch.tensor([[1.0, 0.0], [1.0, 0.05], [1.0, 0.1]])
     anchors = FirstLevelAnchors(2, neighbours=3)
@@ -104,7 +146,7 @@ def test_anchors_are_on_by_default_for_a_small_catalog(tmp_path, tiny_catalog):
 def test_checkpoint_stores_the_anchors_and_encodes_new_items_by_their_vote(tmp_path, tiny_catalog):
     x = tiny_catalog.embeddings
     train, new = x[:400], x[400:]
-    cfg = tiny_config().with_overrides("model", first_level_anchors=16384, anchor_balance=0.0)
+    cfg = tiny_config().with_overrides("model", first_level_anchors=16384, anchor_balance=0.0, anchor_rank_scale=0.0)
     train_tokenizer(train, cfg, tmp_path / "ckpt")
     loaded = load_checkpoint(tmp_path / "ckpt")
     tok = loaded.tokenizer
