@@ -47,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from semid.model.anchor_search import Bf16Prefilter  # noqa: E402
 from semid.model.anchors import EXACT as anchors_exact  # noqa: E402
 from semid.model.anchors import top_k as anchors_top_k  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
@@ -171,7 +172,13 @@ def compare_anchors(args: argparse.Namespace) -> None:
         current.vectors.shape[1], neighbours=current.neighbours, min_share=current.min_share, balance=current.balance
     )
     old.load_state_dict(current.state_dict())
-    variants = {"before": old, "after": current, "no anchors": None}
+    variants = {"before": old, "after": current, "after, pre-filter always": current, "no anchors": None}
+    policies = {"after, pre-filter always": "always"}  # "after": the shipped choice (the quicker search, timed)
+
+    def use(name: str) -> None:
+        tok.anchors = variants[name]
+        Bf16Prefilter.policy = policies.get(name, "timed")
+
     column = pq.read_table(args.catalog, columns=["embedding"]).column("embedding")
     catalog = np.stack(column.to_numpy(zero_copy_only=False)).astype(np.float32)
     noise = np.random.default_rng(0).standard_normal(catalog.shape).astype(np.float32)
@@ -179,21 +186,23 @@ def compare_anchors(args: argparse.Namespace) -> None:
     load_start = load_average()
 
     def encode_with(name: str, x: np.ndarray, batch: int) -> np.ndarray:
-        tok.anchors = variants[name]
+        use(name)
         return np.concatenate([encoder.encode(x[s : s + batch]).base_codes for s in range(0, len(x), batch)])
 
     same = {}
     for label, x in inputs.items():
         for batch in (4, 1024):
-            before, after = encode_with("before", x, batch), encode_with("after", x, batch)
-            same[f"{label}, batch {batch}"] = int((before != after).any(axis=1).sum())
+            before = encode_with("before", x, batch)
+            for name in ("after", "after, pre-filter always"):
+                after = encode_with(name, x, batch)
+                same[f"{label}, batch {batch}, {name}"] = int((before != after).any(axis=1).sum())
     rows = []
     for label, x in inputs.items():
         small = [x[i : i + 4] for i in range(0, 4 * 200, 4)]
         latency: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name in variants:
-                tok.anchors = variants[name]
+                use(name)
                 for chunk in small:
                     start = time.perf_counter()
                     encoder.encode(chunk)
@@ -206,7 +215,7 @@ def compare_anchors(args: argparse.Namespace) -> None:
             best: dict[str, float] = {}
             for _ in range(args.rounds):
                 for name in variants:
-                    tok.anchors = variants[name]
+                    use(name)
                     start = time.perf_counter()
                     for s in range(0, len(x), batch):
                         encoder.encode(x[s : s + batch])
@@ -214,7 +223,7 @@ def compare_anchors(args: argparse.Namespace) -> None:
                     best[name] = max(best.get(name, 0.0), rate)
             for name, rate in best.items():
                 rows.append({"input": label, "variant": name, "batch": batch, "items_per_s": int(round(rate))})
-    tok.anchors = current
+    use("after, pre-filter always")
     steps = []
     with torch.inference_mode():
         target = tok.normalizer(torch.from_numpy(inputs["new items"][:1024]))
@@ -238,7 +247,9 @@ def compare_anchors(args: argparse.Namespace) -> None:
                 q, k, firm_above=anchors_exact
             ),
             "whole vote, before": lambda: old.vote(target, tok.quantizer.codebooks[0]),
-            "whole vote, after": lambda: current.vote(target, tok.quantizer.codebooks[0]),
+            "whole vote, after (pre-filter on every large call)": lambda: current.vote(
+                target, tok.quantizer.codebooks[0]
+            ),
         }
         for name, fn in timed.items():
             values = []
@@ -266,7 +277,9 @@ def compare_anchors(args: argparse.Namespace) -> None:
     md = (
         f"Checkpoint {args.checkpoint} ({current.size:,} anchors, k = {current.neighbours}); inputs: {args.catalog} "
         f"({len(catalog):,} items) and the same + N(0, 0.05^2) noise (new items). before: model/anchors.py at "
-        f"{args.anchors_before}; after: the working tree; no anchors: nearest centroid. torch threads: "
+        f"{args.anchors_before}; after: the working tree (the quicker of the float32 search and the bf16 "
+        "pre-filter, as timed on its own calls); after, pre-filter always: the pre-filter on every call of "
+        f"256+ rows; no anchors: nearest centroid. torch threads: "
         f"{torch.get_num_threads()}. Load average at start {load_start}, at end {load_end} (2 cores shared with "
         "other engineers' runs: timings are noisy; variants alternate so load hits them alike).\n\n"
         "Items whose codes differ between before and after: "

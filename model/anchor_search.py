@@ -67,6 +67,9 @@ largest: b_out is the larger of those two.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import torch
 
 UNIT = 2.0**-8  # bfloat16 unit roundoff (8 significant bits, round to nearest)
@@ -76,6 +79,7 @@ GROUP_SLOTS = 16  # columns per group: one max per group, then the groups with t
 KEPT_GROUPS = 32  # groups whose columns are searched for candidates
 CANDIDATES = 32  # candidate columns per row whose float32 sims are recomputed (C)
 MIN_ROWS = 256  # below this many rows the plain float32 search is as quick (measured: break-even ~256 rows)
+REPROBE_EVERY = 50  # large calls between re-measurements of the slower search (load changes)
 PROBE_ROWS = 256  # rows of the start-up check that the recompute gives the big matmul's bits
 RECOMPUTE_ROWS = 64  # rows per batched recompute: one gathered [rows, C, d] block (~3 MB), reused
 
@@ -98,13 +102,23 @@ def half_spacing(b: torch.Tensor) -> torch.Tensor:
 class Bf16Prefilter:
     """The exact top k of ``q @ unit_t`` for most rows of a batch, the rest reported unsure (see the module).
 
-    ``unit_t``: float32 [d, anchors], the anchors as columns. ``rows_decided`` / ``rows_unsure`` count the
-    rows of every call (the tests check the pre-filter is used, not silently bypassed)."""
+    ``unit_t``: float32 [d, anchors], the anchors as columns; ``exact_top_k(sims, k)``: the plain search's
+    top k of a float32 sims matrix (semid.model.anchors.top_k). ``rows_decided`` counts the rows the
+    pre-filter settled, ``rows_unsure`` all others (the tests check it is used, not silently bypassed).
+
+    :meth:`nearest` times both searches on this process's own large calls and uses the quicker (they give
+    the same answer, so the choice changes only the speed): on this shared machine the pre-filter was
+    quicker for some catalogs and loads and slower for others (benchmarks/results/json_body_speed.md)."""
 
     enabled = native_bf16()
+    policy = "timed"  # "timed": the quicker search as measured; "always": the pre-filter whenever usable
 
-    def __init__(self, unit_t: torch.Tensor):
+    def __init__(self, unit_t: torch.Tensor, exact_top_k: Callable[[torch.Tensor, int], tuple[torch.Tensor, ...]]):
         d, m = unit_t.shape
+        self.unit_t = unit_t
+        self.exact_top_k = exact_top_k
+        self.cost: dict[str, float | None] = {"plain": None, "prefilter": None}  # seconds per row, averaged
+        self.calls = 0
         self.anchors = m
         self.groups = -(-m // GROUP_SLOTS)
         self.rows = unit_t.T.contiguous()  # [m, d] float32: candidates' vectors for the recompute
@@ -144,6 +158,49 @@ class Bf16Prefilter:
             and self.groups > KEPT_GROUPS
             and GROUP_SLOTS * KEPT_GROUPS >= CANDIDATES
         )
+
+    @torch.no_grad()
+    def nearest(
+        self,
+        q: torch.Tensor,
+        k: int,
+        *,
+        labels: torch.Tensor | None = None,
+        ordered: bool = True,
+        firm_above: float = float("inf"),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sims float32 [n, k], columns long [n, k]): every row's k nearest columns, best first, read as the
+        plain search reads them (see :meth:`search` for ``labels``, ``ordered`` and ``firm_above``)."""
+        n = q.shape[0]
+        if not self.usable(n, k):
+            self.rows_unsure += n
+            return self.exact_top_k(q @ self.unit_t, k)  # type: ignore[return-value]
+        way = self._pick()
+        start = time.perf_counter()
+        if way == "plain":
+            self.rows_unsure += n
+            sims, columns = self.exact_top_k(q @ self.unit_t, k)
+        else:
+            sims, columns, unsure = self.search(q, k, labels=labels, ordered=ordered, firm_above=firm_above)
+            if unsure.numel():  # rows the pre-filter cannot settle: float32 sims to every anchor
+                sims[unsure], columns[unsure] = self.exact_top_k(q[unsure] @ self.unit_t, k)
+        seconds = (time.perf_counter() - start) / n
+        before = self.cost[way]
+        self.cost[way] = seconds if before is None else 0.5 * (before + seconds)
+        return sims, columns
+
+    def _pick(self) -> str:
+        """The search for this call: each one once, then the cheaper, the other again every REPROBE_EVERY."""
+        self.calls += 1
+        if self.policy == "always":
+            return "prefilter"
+        plain, prefilter = self.cost["plain"], self.cost["prefilter"]
+        if plain is None:
+            return "plain"
+        if prefilter is None:
+            return "prefilter"
+        quicker, slower = ("plain", "prefilter") if plain <= prefilter else ("prefilter", "plain")
+        return slower if self.calls % REPROBE_EVERY == 0 else quicker
 
     @torch.no_grad()
     def search(

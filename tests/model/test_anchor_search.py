@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from semid.model import anchor_search
 from semid.model.anchor_search import Bf16Prefilter, half_spacing
-from semid.model.anchors import EXACT, FirstLevelAnchors
+from semid.model.anchors import EXACT, FirstLevelAnchors, top_k
 from semid.model.synthetic import synthetic_catalog
 from tests.model.test_anchors_top_k import plain_vote
 
@@ -31,6 +31,7 @@ def prefilter_on(monkeypatch):
     """On everywhere (a CPU without bf16 instructions emulates them: slower, same answers), for batches of
     any size (the small ones here would otherwise take the float32 search)."""
     monkeypatch.setattr(Bf16Prefilter, "enabled", True)
+    monkeypatch.setattr(Bf16Prefilter, "policy", "always")  # not the quicker of the two as timed
     monkeypatch.setattr(anchor_search, "MIN_ROWS", 2)
 
 
@@ -62,7 +63,7 @@ def test_bf16_sims_stay_within_the_bound():
     centres = anchors[:50].to(torch.float32)
     q = F.normalize(torch.cat([torch.randn(200, 96, generator=g), centres + 0.1 * torch.randn(50, 96, generator=g)]))
     unit_t = anchors.to(torch.float32).T.contiguous()
-    pf = Bf16Prefilter(unit_t)
+    pf = Bf16Prefilter(unit_t, top_k)
     b = (q.to(torch.bfloat16) @ pf.unit_t_bf16[:, : pf.anchors]).to(torch.float32)
     f = (q.double() @ unit_t.double()).float()  # (nearly) the exact real sims
     e = pf.row_bound(q)[:, None]
@@ -160,7 +161,7 @@ def test_k_at_least_the_candidates_falls_back_and_agrees():
 def test_nan_and_zero_rows_are_left_to_the_plain_search():
     cat = synthetic_catalog(items=2500, dim=64, seed=3).embeddings
     unit_t = torch.from_numpy(cat).to(torch.float16).to(torch.float32).T.contiguous()
-    pf = Bf16Prefilter(unit_t)
+    pf = Bf16Prefilter(unit_t, top_k)
     q = F.normalize(torch.from_numpy(cat[:40].copy()), dim=1)
     q[3] = float("nan")
     q[5] = 0.0
@@ -187,3 +188,25 @@ def test_probe_sets_delta_and_the_bound_mode_agrees_too():
     assert pf.delta == (0.0 if pf.same_bits else pf.bound_delta)
     pf.delta = pf.bound_delta  # as on a machine whose recompute does not give the big matmul's bits
     assert torch.equal(anchors.vote(queries, codebook), float32_vote(anchors, queries, codebook))
+
+
+def test_timed_policy_uses_each_search_then_the_quicker(monkeypatch):
+    monkeypatch.setattr(Bf16Prefilter, "policy", "timed")
+    cat = synthetic_catalog(items=3000, dim=64, seed=4).embeddings
+    anchors, codebook = _anchors(cat[:2500], _codes(cat[:2500], 64, seed=5), 64, balance=0.5, rank_scale=8.0)
+    queries = torch.from_numpy(cat[2500:])
+    expected = float32_vote(anchors, queries, codebook)
+    decided = []
+    for _ in range(4):
+        assert torch.equal(anchors.vote(queries, codebook), expected)
+        decided.append(anchors._prefilter.rows_decided)
+    pf = anchors._prefilter
+    assert decided[0] == 0 and decided[1] > 0  # the plain search first, then the pre-filter, each timed
+    assert pf.cost["plain"] is not None and pf.cost["prefilter"] is not None
+    pf.cost = {"plain": 1.0, "prefilter": 2.0}  # as if the pre-filter were slower here
+    pf.calls = 1
+    anchors.vote(queries, codebook)
+    assert pf.rows_decided == decided[-1]  # not used
+    pf.cost = {"plain": 2.0, "prefilter": 1.0}
+    anchors.vote(queries, codebook)
+    assert pf.rows_decided > decided[-1]
