@@ -316,7 +316,7 @@ def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: P
                         w.join()
                     wall = time.perf_counter() - start
                     assert all(len(s) == repeat for s in seconds), "a client failed (see above)"
-                    path = f"msgspec + bf16 pre-filter (shipped), --workers-threads {threads}, {clients} client(s)"
+                    path = f"shipped, --workers-threads {threads}, {clients} client(s)"
                     row = summary("server (loopback)", path, [v for s in seconds for v in s])
                     row.update(body=label, load_average=load)
                     if clients > 1:  # throughput of the clients together: all their items over the wall time
@@ -452,11 +452,12 @@ def main() -> None:
             "bound: the amplification bound alone. parse: body -> float32 matrix (bound, parser, list -> NumPy). "
             "route: the whole POST /v1/encode in-process (TestClient, no socket), 1 torch thread, the index's "
             "checkpoint keeps its 5,000 training items as first-level anchors; the parsers on the unrelated body, "
-            "then the shipped parser with the anchors' float32 search of every row (before) and with the bf16 "
-            "pre-filter (shipped) on both bodies. stages: the route's steps one by one in-process (1 torch thread). "
-            "server: `semid serve` on 127.0.0.1 with the shipped path, keep-alive clients, bodies serialised before "
-            "timing; with 2 clients items_per_s counts both clients' items over the wall time. speedup: the first "
-            "row of the phase / this row.",
+            "then the shipped parser with the anchors' float32 search of every row (before), the bf16 pre-filter "
+            "on every call (always) and the shipped choice (the quicker of the two as timed on its own calls; same "
+            "codes either way), both bodies. stages: the route's steps one by one in-process (1 torch thread). "
+            "server: `semid serve` on 127.0.0.1 with the shipped path (msgspec; the anchors' timed choice), "
+            "keep-alive clients, bodies serialised before timing; with 2 clients items_per_s counts both clients' "
+            "items over the wall time. speedup: the first row of the phase / this row.",
         ]
     )
     path = write_results(args.name, data, markdown)
