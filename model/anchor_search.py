@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import cached_property
 
 import torch
 
@@ -133,8 +134,23 @@ class Bf16Prefilter:
         self.bound_delta = 2.05 * self.summation  # > 2 g |q| |a| (|q| |a| <= 1.0005): two float32 sums of one sim
         self.rows_decided = 0
         self.rows_unsure = 0
-        self.same_bits = m > 0 and self._recompute_matches_matmul(unit_t)
-        self.delta = 0.0 if self.same_bits else self.bound_delta  # 0: only equal sims form runs
+        self._delta: float | None = None  # made by the first search (the probe costs a 256-row matmul)
+
+    @property
+    def delta(self) -> float:
+        """0 where the probe found the recompute gives the big matmul's bits (only equal sims form runs),
+        else ``bound_delta``."""
+        if self._delta is None:
+            self._delta = 0.0 if self.same_bits else self.bound_delta
+        return self._delta
+
+    @delta.setter
+    def delta(self, value: float) -> None:
+        self._delta = value
+
+    @cached_property
+    def same_bits(self) -> bool:
+        return self.anchors > 0 and self._recompute_matches_matmul(self.unit_t)
 
     def _recompute_matches_matmul(self, unit_t: torch.Tensor) -> bool:
         """Whether the candidates' recompute gives the big matmul's float32 sims bit for bit, on a probe of
