@@ -12,8 +12,8 @@ never depend on the pre-filter and the worst case is the plain cost plus the pre
 quicker: MovieLens' 7,794 anchors, vote 60 ms against 96 ms; 5,000 synthetic anchors, within noise;
 benchmarks/results/encode_speed_anchors_bf16.md, json_body_speed.md). Random vectors are not that case:
 the best sims of a random row lie in the tail, spread wider than the bound (~95 % of 384-d random rows
-are settled). Below ``MIN_ROWS`` rows, or on a CPU without
-bf16 instructions (emulated bf16 is slower than float32), every row takes the plain search.
+are settled). Below ``MIN_ROWS`` rows, or on a CPU without bf16 instructions (emulated bf16 is slower
+than float32), every row takes the plain search.
 
 Error bound (per row; why the candidates hold the float32 top k)
 ----------------------------------------------------------------
