@@ -328,7 +328,7 @@ def _place_streamed(
     handle's in-memory state (``defer_load``); the caller refreshes once this run's arrays are freed.
     """
     start = time.perf_counter()
-    layout, levels = encoder.layout, encoder.layout.levels
+    layout = encoder.layout
     item_ids = _take_concat(pending.ids)
     n = item_ids.shape[0]
     codes = _take_concat(pending.codes)
@@ -362,29 +362,39 @@ def _place_streamed(
             sids[rows], fallback[rows] = result.semantic_ids, result.used_fallback
         del dists, alts, todo, shard_of
         log.info("resolved collisions of %d items in %d shards in %.1f s", n, shards, time.perf_counter() - start)
-        start = time.perf_counter()
-        with index.stage_vectors() as staged:
-            for s in range(0, sids.shape[0], VECTOR_CHUNK_ROWS):
-                staged.write(encoder.vectors(sids[s : s + VECTOR_CHUNK_ROWS, :levels]))
-            staged.finish()
-            log.info("wrote the vector file in %.1f s", time.perf_counter() - start)
-            start = time.perf_counter()
-            summary.segment = index.append(
-                item_ids=item_ids,
-                base_codes=codes,
-                semantic_ids=sids,
-                fallback=fallback,
-                embedding_hash=hashes,
-                vectors=staged,
-                columns=columns,
-                recodes=flags,
-                defer_load=True,
-            )
-    log.info("wrote the segment and the manifest in %.1f s", time.perf_counter() - start)
+        summary.segment = append_streamed(
+            index,
+            encoder,
+            item_ids=item_ids,
+            base_codes=codes,
+            semantic_ids=sids,
+            fallback=fallback,
+            embedding_hash=hashes,
+            columns=columns,
+            recodes=flags,
+        )
     summary.new_items = int((~flags).sum())
     summary.recoded_items = int(flags.sum())
     summary.recoded_new_ids = int((flags & ~kept_id).sum())
     summary.fallback_items = int(fallback.sum())
+
+
+def append_streamed(index: SemanticIdIndex, encoder: CheckpointEncoder, *, semantic_ids: np.ndarray, **rows) -> str:
+    """Append a large run's placed rows (``index.append``'s keywords), their vectors decoded from the IDs a
+    chunk at a time into a segment vector file; call under the writer lock. The handle's in-memory state is
+    not rebuilt (``defer_load``): the caller refreshes once its own arrays are freed. Shared by both engines,
+    so a run writes the same index whichever engine placed it."""
+    start = time.perf_counter()
+    levels = encoder.layout.levels
+    with index.stage_vectors() as staged:
+        for s in range(0, semantic_ids.shape[0], VECTOR_CHUNK_ROWS):
+            staged.write(encoder.vectors(semantic_ids[s : s + VECTOR_CHUNK_ROWS, :levels]))
+        staged.finish()
+        log.info("wrote the vector file in %.1f s", time.perf_counter() - start)
+        start = time.perf_counter()
+        segment = index.append(semantic_ids=semantic_ids, vectors=staged, defer_load=True, **rows)
+    log.info("wrote the segment and the manifest in %.1f s", time.perf_counter() - start)
+    return segment
 
 
 def _expand(enc, mask: np.ndarray):

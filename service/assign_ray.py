@@ -14,13 +14,17 @@ split into three steps:
    (the single-machine rule itself) on each shard against the index's occupancy read under the lock;
    re-coded items whose base code did not move keep their ID first (``placement.recoded_in_place``).
    Items in different prefixes never interact, so the shards' IDs are exactly the IDs of one call.
-3. write (same lock): the driver puts the IDs back in catalog order, computes the vectors and calls
-   ``SemanticIdIndex.append`` with the arguments ``placement.place_new_items`` would pass: one
-   segment and one manifest replacement, so the run is atomic and known items keep their IDs.
+3. write (same lock): the driver puts the IDs back in catalog order and appends them as the
+   single-machine engine would: a run placing at least ``VECTOR_FILE_MIN_ROWS`` items decodes the
+   vectors from the IDs a chunk at a time into a segment vector file (``assign.append_streamed``, the
+   same function that engine calls), a smaller one computes them at once and calls
+   ``SemanticIdIndex.append`` with the arguments ``placement.place_new_items`` would pass. Either way
+   one segment and one manifest replacement, so the run is atomic and known items keep their IDs, and
+   both engines write the same index format for the same run.
 
 The driver holds what ``append`` needs for the new items (item ids, base codes, IDs, hashes, kept
-columns, vectors) plus the index itself; embeddings and alternatives stay in the workers and the
-object store. Ray is an optional extra (``semid[ray]``) imported only here, only when this engine runs.
+columns; vectors only for runs below the vector-file threshold, else one chunk at a time) plus the
+index itself; embeddings and alternatives stay in the workers and the object store. Ray is an optional extra (``semid[ray]``) imported only here, only when this engine runs.
 """
 
 from __future__ import annotations
@@ -38,7 +42,13 @@ import numpy as np
 import pyarrow as pa
 
 from semid.model.catalog import CatalogError, _ids_to_numpy, check_unique_ids, embeddings_to_numpy
-from semid.service.assign import MAX_LISTED_CHANGED, AssignSummary, open_or_create_index
+from semid.service.assign import (
+    MAX_LISTED_CHANGED,
+    VECTOR_FILE_MIN_ROWS,
+    AssignSummary,
+    append_streamed,
+    open_or_create_index,
+)
 from semid.service.encoder import CheckpointEncoder
 from semid.service.errors import InvalidInputError, MissingExtraError, SemidError
 from semid.service.ids.dedup import BucketCounts, resolution_shards, resolve_collisions
@@ -184,6 +194,7 @@ def assign_catalog_ray(
     ray_address: str | None = None,
     progress: bool = False,
     recode_changed: bool = False,
+    vector_file_min_rows: int = VECTOR_FILE_MIN_ROWS,
 ) -> AssignSummary:
     """``assign.assign_catalog`` on Ray: same IDs, same index; see the module docstring for the steps.
 
@@ -204,7 +215,16 @@ def assign_catalog_ray(
         pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         try:
             run = _Run(
-                encoder, index, str(catalog), checkpoint, columns, lock_timeout, batch_rows, pool, recode_changed
+                encoder,
+                index,
+                str(catalog),
+                checkpoint,
+                columns,
+                lock_timeout,
+                batch_rows,
+                pool,
+                recode_changed,
+                vector_file_min_rows,
             )
             return _run(ray, run, start)
         except Exception as err:  # a worker's domain error surfaces wrapped; raise the error itself
@@ -222,6 +242,7 @@ class _Run:
     batch_rows: int
     workers: int
     recode: bool
+    vector_file_min_rows: int
 
 
 def _run(ray: Any, run: _Run, start: float) -> AssignSummary:
@@ -269,16 +290,22 @@ def _run(ray: Any, run: _Run, start: float) -> AssignSummary:
         todo = np.flatnonzero(~kept_id)
         if todo.shape[0]:
             sids[todo], fallback[todo] = _in_catalog_order(resolved, new.item_ids[todo], layout.width)
-        summary.segment = index.append(
-            item_ids=new.item_ids,
-            base_codes=new.base_codes,
-            semantic_ids=sids,
-            fallback=fallback,
-            embedding_hash=new.hashes,
-            vectors=encoder.vectors(sids[:, : layout.levels]),
-            columns=new.columns,
-            recodes=new.recodes,
-        )
+        rows = {
+            "item_ids": new.item_ids,
+            "base_codes": new.base_codes,
+            "fallback": fallback,
+            "embedding_hash": new.hashes,
+            "columns": new.columns,
+            "recodes": new.recodes,
+        }
+        streamed = new.item_ids.shape[0] >= run.vector_file_min_rows  # the single-machine engine's rule
+        if streamed:  # vectors decoded a chunk at a time into a segment vector file, as that engine writes them
+            summary.segment = append_streamed(index, encoder, semantic_ids=sids, **rows)
+        else:
+            summary.segment = index.append(semantic_ids=sids, vectors=encoder.vectors(sids[:, : layout.levels]), **rows)
+    if streamed:
+        del rows
+        index.refresh()  # load the new segment (mapped vectors), as the single-machine engine does
     summary.new_items = int((~new.recodes).sum())
     summary.recoded_items = int(new.recodes.sum())
     summary.recoded_new_ids = int((new.recodes & ~kept_id).sum())

@@ -139,3 +139,41 @@ def test_ray_flags_need_the_ray_engine(tiny_checkpoint, tiny_catalog_file, tmp_p
     args = ["assign", "--checkpoint", str(tiny_checkpoint), "--catalog", str(tiny_catalog_file)]
     result = CliRunner().invoke(main, [*args, "--index", str(tmp_path / "idx"), "--workers", "2"])
     assert result.exit_code == 2 and "need --engine ray" in result.output
+
+
+@pytest.mark.parametrize("first_half_streamed", [False, True])
+def test_large_run_streams_its_vectors_as_the_local_engine(
+    ray_local, colliding, tiny_checkpoint, tmp_path, monkeypatch, first_half_streamed
+):
+    """A run above the vector-file threshold (lowered here; 65,536 items by default): the Ray engine writes
+    a segment vector file like the single-machine engine (several chunks, onto an index that already holds
+    items written either way), the same export byte for byte, same vectors, and `semid check` passes."""
+    from semid.service import assign as assign_module
+    from semid.service.assign import assign_catalog
+    from semid.service.assign_ray import assign_catalog_ray
+    from semid.service.index.check import check_index
+    from semid.service.index.handle import SemanticIdIndex
+
+    monkeypatch.setattr(assign_module, "VECTOR_CHUNK_ROWS", 100)
+    half = len(colliding) // 2
+    first = write_catalog(
+        Catalog(item_ids=colliding.item_ids[:half], embeddings=colliding.embeddings[:half]), tmp_path / "first.parquet"
+    )
+    full = write_catalog(colliding, tmp_path / "full.parquet")
+    kw = {"checkpoint": tiny_checkpoint, "batch_rows": 128}
+    first_rows = 1 if first_half_streamed else 10**9
+    for name in ("local", "ray"):
+        assign_catalog(catalog=first, index_dir=tmp_path / name, vector_file_min_rows=first_rows, **kw)
+    assign_catalog(catalog=full, index_dir=tmp_path / "local", vector_file_min_rows=1, **kw)
+    assign_catalog_ray(catalog=full, index_dir=tmp_path / "ray", vector_file_min_rows=1, workers=2, **kw)
+    assert _export(tmp_path / "ray", tmp_path / "ray.parquet") == _export(tmp_path / "local", tmp_path / "l.parquet")
+    for name in ("local", "ray"):
+        files = sorted(p.name for p in (tmp_path / name / "segments").glob("*.vectors"))
+        assert files == (["seg-000001.vectors"] if first_half_streamed else []) + ["seg-000002.vectors"]
+        assert check_index(tmp_path / name).ok
+    ray_file = (tmp_path / "ray" / "segments" / "seg-000002.vectors").read_bytes()
+    assert ray_file == (tmp_path / "local" / "segments" / "seg-000002.vectors").read_bytes()
+    local, ray = SemanticIdIndex.open(tmp_path / "local"), SemanticIdIndex.open(tmp_path / "ray")
+    assert len(ray) == len(colliding)
+    probe = np.asarray(local.snapshot.state.semantic_ids[:5])
+    assert np.array_equal(np.asarray(ray.snapshot.state.semantic_ids[:5]), probe)
