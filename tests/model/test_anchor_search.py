@@ -210,3 +210,36 @@ def test_timed_policy_uses_each_search_then_the_quicker(monkeypatch):
     pf.cost = {"plain": 2.0, "prefilter": 1.0}
     anchors.vote(queries, codebook)
     assert pf.rows_decided > decided[-1]
+
+
+def test_concurrent_first_votes_never_see_half_built_anchors(monkeypatch):
+    """The server votes from several threads; one building the search must not expose it half made."""
+    import threading
+    import time
+
+    built = Bf16Prefilter.__init__
+
+    def slow_init(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        time.sleep(0.3)  # widen the window between the first thread's build and its assignment
+
+    monkeypatch.setattr(Bf16Prefilter, "__init__", slow_init)
+    cat = synthetic_catalog(items=600, dim=16, seed=1).embeddings
+    anchors, codebook = _anchors(cat, _codes(cat, 8, seed=2), 8)
+    queries = torch.from_numpy(cat[:4])
+    errors: list[BaseException] = []
+
+    def vote() -> None:
+        try:
+            anchors.vote(queries, codebook)
+        except BaseException as err:  # noqa: BLE001 - any failure in the thread fails the test
+            errors.append(err)
+
+    first = threading.Thread(target=vote)
+    first.start()
+    time.sleep(0.1)
+    second = threading.Thread(target=vote)
+    second.start()
+    first.join()
+    second.join()
+    assert errors == []
