@@ -30,12 +30,12 @@ the 10 nearest at 8 probes of 1,000 cells and 0.98 at 16 on 1M synthetic items, 
 uneven (the largest holds 8,007 items) and its scan at 16 probes was estimated at 4,514 s on one
 thread, 4x the two-shard HNSW search below in the same run; on MovieLens it needs 48 probes of 99
 cells (half the catalog) for 0.98 (0.915 at 16). Two HNSW shards built at once on two threads (each
-on one OpenMP thread, so still a function of the data and the seed; every row searched in both)
-keep MovieLens' recall (0.992) but at 1M hold 0.90 at depth 64 (0.94 at 128), as one index does;
-their build took 544 s at load ~5 (one index: 542 s on one thread, in another run). None met the
-bar (recall >= 0.95 at 1M and >= 0.98 on MovieLens in a few minutes), so the graph stays one HNSW
-index; since the decision is taken on a sample first, it is built only for catalogs whose targets
-are used.
+on one OpenMP thread, so still a function of the data and the seed; every row searched in both) keep
+MovieLens' recall (0.992) but at 1M hold 0.90 at depth 64 (0.94 at 128), as one index does; their
+build took 544 s at load ~5 (one index: 542 s on one thread, in another run). A cheaper index (16
+links, build depth 40: 404 s) holds only 0.41 at depth 64 at 1M. None met the bar (recall >= 0.95 at
+1M and >= 0.98 on MovieLens in a few minutes), so the graph stays one HNSW index; since the decision
+is taken on a sample first, it is built only for catalogs whose targets are used.
 
 Settings: 32 links per node (``HNSW_LINKS``), a build search depth of 80 (``HNSW_BUILD_DEPTH``,
 efConstruction) and a query depth of 64 (``HNSW_SEARCH_DEPTH``, efSearch; MovieLens recall 0.969
