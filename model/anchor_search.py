@@ -7,13 +7,14 @@ bf16 sims to pick 32 candidate anchors per row that provably hold the float32 to
 candidates' sims in float32 and ranks them. A row it cannot settle (flat similarity rows, where many
 anchors lie within ~1e-2 of the k-th; duplicate anchors with different codes; near-ties the vote reads) is
 reported ``unsure`` and the caller searches it the plain way (float32 sims to every anchor), so the codes
-never depend on the pre-filter and the worst case is the plain cost plus the pre-filter's (30-60 ms per
-1,024 rows at load ~5; :meth:`Bf16Prefilter.nearest` therefore uses whichever search its own calls measure
-quicker: MovieLens' 7,794 anchors, vote 60 ms against 96 ms; 5,000 synthetic anchors, within noise;
-benchmarks/results/encode_speed_anchors_bf16.md, json_body_speed.md). Random vectors are not that case:
-the best sims of a random row lie in the tail, spread wider than the bound (~95 % of 384-d random rows
-are settled). Below ``MIN_ROWS`` rows, or on a CPU without bf16 instructions (emulated bf16 is slower
-than float32), every row takes the plain search.
+never depend on the pre-filter and the worst case is the plain cost plus the pre-filter's (~44 ms per
+1,024 rows against 7,794 anchors at load 2-4: about the float32 matmul's own cost, its many small steps
+eating the bf16 gain). :meth:`Bf16Prefilter.nearest` therefore uses whichever search its own calls measure
+quicker: MovieLens' 7,794 anchors, vote 47 ms against 58 ms (60 vs 96 ms at load 5); 5,000 synthetic
+anchors, within noise (benchmarks/results/encode_speed_anchors_bf16.md, json_body_speed.md). Random
+vectors are not that case: the best sims of a random row lie in the tail, spread wider than the bound
+(~95 % of 384-d random rows are settled). Below ``MIN_ROWS`` rows, or on a CPU without bf16 instructions
+(emulated bf16 is slower than float32), every row takes the plain search.
 
 Error bound (per row; why the candidates hold the float32 top k)
 ----------------------------------------------------------------

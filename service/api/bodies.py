@@ -11,12 +11,12 @@ the shape, Arrow's CSV reader for the numbers) was measured too and was slower t
 machine (Arrow's number conversion costs more than msgspec's floats), so it is not shipped; the
 benchmark keeps it as a candidate. Arrow IPC bodies skip parsing entirely.
 
-Where a 1,024 x 384 JSON request's time goes (json_body_speed.md, stages, one torch thread, load ~5 on 2
-cores): the bound ~10 ms, msgspec's decode ~43 ms (every number a Python float, holding the GIL), list ->
-float32 matrix ~14 ms (through float64: the same values, quicker than a direct float32 asarray), encoding
-~70-80 ms of which the anchors' vote ~57-60 ms (5,000 anchors), the response ~2-4 ms. Decoding alone (~66-74 ms
-there, ~48 ms on a quiet machine) caps one client near 14-21k items/s, so issue 12's bar (>= 20,000 items/s
-for JSON) is out of reach on this machine; Arrow IPC bodies are the fast path.
+Where a 1,024 x 384 JSON request's time goes (json_body_speed.md, stages, one torch thread, load 0.7-1.9
+on 2 cores): the bound ~7 ms, msgspec's decode ~31 ms (every number a Python float, holding the GIL), list ->
+float32 matrix ~10 ms (through float64: the same values, quicker than a direct float32 asarray), ~50 ms for
+the whole decode; encoding ~53 ms, of which the anchors' vote ~42-47 ms (5,000 anchors); the response ~3 ms.
+The real server took 110-150 ms per batch. Decoding alone caps one client near 20k items/s, so issue 12's
+bar (>= 20,000 items/s for JSON) is out of reach on this machine; Arrow IPC bodies are the fast path.
 """
 
 from __future__ import annotations
