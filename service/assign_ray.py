@@ -24,7 +24,8 @@ split into three steps:
 
 The driver holds what ``append`` needs for the new items (item ids, base codes, IDs, hashes, kept
 columns; vectors only for runs below the vector-file threshold, else one chunk at a time) plus the
-index itself; embeddings and alternatives stay in the workers and the object store. Ray is an optional extra (``semid[ray]``) imported only here, only when this engine runs.
+index itself; embeddings and alternatives stay in the workers and the object store. Ray is an optional
+extra (``semid[ray]``) imported only here, only when this engine runs.
 """
 
 from __future__ import annotations
