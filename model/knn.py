@@ -21,7 +21,8 @@ catalog's isotropic noise around tight centres (an item's 10 nearest are barely 
 100th). The graph targets of such catalogs are switched off by semid.model.adaptive, and since that
 decision is measured first on the exact graph of a seeded sample of ``exact_max_items`` rows
 (semid.model.train), this graph is built only for catalogs whose targets will be used: the 1M
-synthetic training no longer builds it (1,080 s of its 1,441 s before).
+synthetic training no longer builds it (1,080 s of its 1,441 s before; 431 s in all now,
+benchmarks/results/train_scale_1m_sampled_decision.md).
 
 Faster builds measured and not kept (benchmarks/knn_graph_options.py, knn_graph_options_*.md; load
 4-7 on the 2 shared cores, so the times are rough). IVF-Flat with seeded k-means cells (one-thread
