@@ -22,7 +22,8 @@ run takes the same decision.
 
 Above ``graph_exact_items`` the full graph is approximate and costs minutes to build (HNSW,
 semid.model.knn; 1,080 s of a 1,441 s training at 1M items, benchmarks/results/train_scale_1m_hnsw.md),
-and on clustered catalogs the answer was "not used" after paying for it. So a larger catalog is
+and on clustered catalogs the answer was "not used" after paying for it (with this, that training
+takes 431 s: benchmarks/results/train_scale_1m_sampled_decision.md). So a larger catalog is
 measured first on the exact graph of a seeded sample of ``graph_exact_items`` rows (the graph the
 catalogs of that size use anyway; semid.model.train), and the full graph is built only when the
 targets will be used. The record says so (``decided_on_sample``: the sample's size, ``items`` is the
