@@ -95,15 +95,16 @@ class FirstLevelAnchors(nn.Module):
             self._prefilter = Bf16Prefilter(unit_t, top_k)  # before _unit_t: a concurrent vote sees both or neither
             self._unit_t = unit_t
         k = min(self.neighbours, self.size)
+        ordered = self.rank_scale > 0 or self.min_share > 0  # rank weights, or a sum of w in rank order
+        ranks = rank_weights(k, self.rank_scale)
         out = torch.empty(n, dtype=torch.long)
         for s in range(0, n, SEARCH_CHUNK):
             q = F.normalize(target[s : s + SEARCH_CHUNK].to(torch.float32), dim=1)
-            ordered = self.rank_scale > 0 or self.min_share > 0  # rank weights, or a sum of w in rank order
             sims, idx = self._prefilter.nearest(  # type: ignore[union-attr]
                 q, k, labels=codes, ordered=ordered, firm_above=EXACT
             )  # the float32 search's answer; large batches may find it through the bf16 pre-filter
             near = codes[idx]
-            w = weight[near] * rank_weights(k, self.rank_scale)
+            w = weight[near] * ranks
             votes = torch.zeros(q.shape[0], codebook_size).scatter_add_(1, near, w)
             top, code = votes.max(dim=1)  # ties: the lowest code
             code = torch.where(top >= self.min_share * w.sum(dim=1), code, -1)
