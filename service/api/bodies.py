@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from semid.model.catalog import CatalogError, embeddings_to_numpy
 from semid.service.api.arrow_body import read_arrow_body
+from semid.service.api.json_matrix import JsonEncodeBody, read_encode_body
 from semid.service.api.limits import arrow_byte_cap, check_batch, check_json_size, check_string_id, json_value_cap
 from semid.service.api.schemas import AssignRequest, EncodeRequest
 from semid.service.api.state import ServiceState
@@ -119,13 +120,17 @@ def parse_json(model: type[M], raw: bytes, max_values: int) -> M:
 
 
 def parse_encode_json(raw: bytes, max_values: int) -> EncodeRequest:
-    """An encode body, bounded before parsing, parsed by msgspec; pydantic parses whatever msgspec
-    refuses (or whose ids or flag pydantic refuses), so its errors are the ones raised."""
-    check_json_size(raw, max_values=max_values)
+    """An encode body, bounded before parsing, then parsed by the first of: simdjson straight to a float32
+    matrix (``embeddings`` is then an array), msgspec, pydantic. Each fast path takes only bodies pydantic
+    accepts with the same values, and pydantic validates their ids and flag, so pydantic's errors are the
+    ones raised."""
+    open_brackets = check_json_size(raw, max_values=max_values)
+    fast: JsonEncodeBody | _EncodeJson | None = read_encode_body(raw, open_brackets)
     try:
-        fast = _ENCODE_JSON.decode(raw)
+        if fast is None:
+            fast = _ENCODE_JSON.decode(raw)
         head = EncodeRequest.model_validate({"embeddings": [], "item_ids": fast.item_ids, "register": fast.register})
-    except (msgspec.DecodeError, ValidationError):
+    except (msgspec.DecodeError, UnicodeDecodeError, ValidationError):  # msgspec: invalid UTF-8 in a key
         return parse_json(EncodeRequest, raw, max_values)
     return EncodeRequest.model_construct(
         embeddings=fast.embeddings, item_ids=head.item_ids, register_items=head.register_items
@@ -147,7 +152,9 @@ def ids_array(state: ServiceState, ids: list[Any], field: str = "item_ids") -> n
     return np.asarray(ids, dtype=object)
 
 
-def _as_matrix(rows: list[list[float]], field: str) -> np.ndarray:
+def _as_matrix(rows: list[list[float]] | np.ndarray, field: str) -> np.ndarray:
+    if isinstance(rows, np.ndarray):  # the simdjson path's matrix: already float32 and rectangular
+        return rows
     widths = {len(r) for r in rows}
     if len(widths) > 1:
         raise InvalidInputError(f"{field} must all have the same dimension, got {sorted(widths)[:5]}", field=field)

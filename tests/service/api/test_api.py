@@ -300,6 +300,18 @@ def test_encode_body_not_json(api):
     assert_error(r, 422, "body")
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"emb\xffeddings": [[0.25]]}',  # invalid UTF-8 in a key: msgspec raised UnicodeDecodeError, a 500
+        b'{"embeddings": [[0.25]], "item_ids": ["\xff"]}',
+        b'\xff\xfe{"embeddings": [[0.25]]}',
+    ],
+)
+def test_encode_body_with_invalid_utf8_is_a_422(api, raw):
+    assert api.post("/v1/encode", content=raw, headers={"content-type": "application/json"}).status_code == 422
+
+
 def test_encode_register_duplicate_ids_changes_nothing(writable, catalog):
     index = state_of(writable).index
     count, segments = len(index), index.segments

@@ -1,4 +1,5 @@
-"""The msgspec fast path of JSON encode bodies against pydantic (the slow, obvious one): same result, same errors."""
+"""The fast paths of JSON encode bodies (simdjson, then msgspec) against pydantic (the slow, obvious one): same
+result, same errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 from fastapi.exceptions import RequestValidationError
 
+from semid.service.api import json_matrix
 from semid.service.api.bodies import parse_encode_json, parse_json
+from semid.service.api.json_matrix import read_encode_body
 from semid.service.api.limits import check_json_size
 from semid.service.api.schemas import EncodeRequest
 from semid.service.errors import BatchTooLargeError
@@ -58,6 +61,19 @@ BODIES = [
     b'{"embeddings": [[1]]',
     b"",
     b'{"embeddings": ' + b"[" * 2000 + b"]" * 2000 + b"}",
+    # bodies simdjson parses but must hand over: nesting that keeps the row lengths or the total, odd ids
+    b'{"embeddings": [[[1.0], 2.0]]}',
+    b'{"embeddings": [[[], 1.0, 2.0]]}',
+    b'{"embeddings": [[1, 2], [3], [4, 5, 6]]}',
+    b'{"embeddings": [[1, 2]], "item_ids": ["[x"]}',
+    b'{"embeddings": [[1, 2]], "item_ids": [true]}',
+    b'{"embeddings": [[1, 2]], "item_ids": []}',
+    b'{"embeddings": [[1, 2]], "item_ids": [[1]]}',
+    b'{"embeddings": [[18446744073709551615, -9223372036854775808, -0, -0.0, 1e-400, 3.4028235677973366e38]]}',
+    b'{"embeddings": [[1, {"a": 2}]]}',
+    b'{"embeddings": [{"a": [1]}]}',
+    b'{"register": false, "embeddings": [[1]], "item_ids": null}',
+    b'{"embeddings": [[1]], "item_ids": ["a\\u0000"]}',
 ]
 
 
@@ -69,13 +85,26 @@ def outcome(parse, raw: bytes):
     return "ok", (req.embeddings, req.item_ids, req.register_items)
 
 
+def as_float32(rows) -> np.ndarray:
+    """The matrix the route encodes (the simdjson path hands over float32 already; lists are rounded once)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(rows, dtype=np.float64).astype(np.float32)
+
+
+def same_matrix(fast, slow) -> bool:
+    """The same float32 matrix for the route to encode (ragged lists: the same lists, which the route refuses)."""
+    if len({len(r) for r in slow}) > 1:
+        return not isinstance(fast, np.ndarray) and fast == slow
+    return np.array_equal(as_float32(fast), as_float32(slow), equal_nan=True)
+
+
 @pytest.mark.parametrize("raw", BODIES, ids=range(len(BODIES)))
 def test_the_fast_path_accepts_and_refuses_exactly_what_pydantic_does(raw):
     fast, slow = outcome(parse_encode_json, raw), outcome(lambda r, cap: parse_json(EncodeRequest, r, cap), raw)
     assert fast[0] == slow[0]
     if fast[0] == "ok":
         embeddings, ids, register = fast[1]
-        assert np.array_equal(np.asarray(embeddings, float), np.asarray(slow[1][0], float), equal_nan=True)
+        assert same_matrix(embeddings, slow[1][0])
         assert (ids, register) == slow[1][1:]
     else:
         assert fast[1] == slow[1]  # the same locations (embeddings.i.j), types and messages
@@ -103,3 +132,81 @@ def test_the_bound_counts_what_bytes_count_does(seed):
     check_json_size(raw, max_values=bound)  # exactly at the bound: accepted
     with pytest.raises(BatchTooLargeError):
         check_json_size(raw, max_values=bound - 1)
+
+
+SIMDJSON_TAKES = [
+    b'{"embeddings": [[1, 1.5, -0.0, 2e-3, 1E+2]]}',
+    b'{"embeddings": [[0.1, 0.2], [0.3, 0.4]], "item_ids": [1, "b"], "register": true}',
+    b' \n{"register": false, "embeddings": [[1]], "item_ids": null}\t ',
+]
+SIMDJSON_REFUSES = [
+    b'\xef\xbb\xbf{"embeddings": [[1]]}',  # msgspec refuses a byte-order mark
+    b'{"embeddings": [[1]], "embeddings": [[2]]}',
+    b'{"embeddings": [[[1.0], 2.0]]}',
+    b'{"embeddings": [[1, 2], [3], [4, 5, 6]]}',
+    b'{"embeddings": [[1, 2]], "item_ids": ["[x"]}',
+    b'{"embeddings": [[1, 2]], "item_ids": [true]}',
+    b'{"embeddings": [[1, 2]], "item_ids": [1.0]}',
+    b'{"embeddings": [[1, 2]], "register": 1}',
+    b'{"embeddings": [[1, 2]], "extra": 1}',
+    b'{"embeddings": [[true, 2]]}',
+    b'{"embeddings": [[123456789012345678901234567890]]}',
+    b'{"embeddings": [[1e400]]}',
+    b'{"embeddings": []}',
+    b'{"embeddings": [[]]}',
+    b"[[1]]",
+]
+
+
+@pytest.mark.parametrize("raw", SIMDJSON_TAKES, ids=range(len(SIMDJSON_TAKES)))
+def test_simdjson_takes_plain_bodies_as_a_float32_matrix(raw):
+    body = read_encode_body(raw, raw.count(b"["))
+    assert body is not None and body.embeddings.dtype == np.float32
+    expected = json.loads(raw)
+    assert np.array_equal(body.embeddings, np.asarray(expected["embeddings"], dtype=np.float32))
+    assert (body.item_ids, body.register) == (expected.get("item_ids"), expected.get("register", False))
+
+
+@pytest.mark.parametrize("raw", SIMDJSON_REFUSES, ids=range(len(SIMDJSON_REFUSES)))
+def test_simdjson_hands_doubtful_bodies_to_msgspec(raw):
+    assert read_encode_body(raw, raw.count(b"[")) is None
+
+
+def test_the_parser_pool_stays_small_and_parsers_are_reused_safely():
+    x = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    raw = json.dumps({"embeddings": x.tolist()}).encode()
+    bodies = [read_encode_body(raw, raw.count(b"[")) for _ in range(2 * json_matrix.POOL_SIZE + 3)]
+    assert all(b is not None and np.array_equal(b.embeddings, x) for b in bodies)
+    assert json_matrix._pool.qsize() <= json_matrix.POOL_SIZE
+
+
+TOKENS = [b"[", b"]", b"{", b"}", b",", b":", b'"', b"1", b"-", b".", b"e", b"true", b"null", b" ", b"\\", b"\xff"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mutated_bodies_get_pydantics_outcome(seed):
+    """Seeded mutations of valid bodies (a token inserted, a byte dropped or replaced) through the shipped path
+    and through pydantic alone: accepted alike with the same float32 values, or refused with the same errors."""
+    rng = np.random.default_rng(seed)
+    base = json.dumps(
+        {"embeddings": np.round(rng.standard_normal((3, 4)), 3).tolist(), "item_ids": [1, 2, 3], "register": True}
+    ).encode()
+    for _ in range(150):
+        raw = bytearray(base)
+        for _ in range(int(rng.integers(1, 3))):
+            at = int(rng.integers(0, len(raw)))
+            action = rng.integers(0, 3)
+            if action == 0:
+                raw[at:at] = TOKENS[int(rng.integers(0, len(TOKENS)))]
+            elif action == 1:
+                del raw[at]
+            else:
+                raw[at : at + 1] = TOKENS[int(rng.integers(0, len(TOKENS)))]
+        raw = bytes(raw)
+        fast, slow = outcome(parse_encode_json, raw), outcome(lambda r, cap: parse_json(EncodeRequest, r, cap), raw)
+        assert fast[0] == slow[0], raw
+        if fast[0] == "error":
+            assert fast[1] == slow[1], raw
+            continue
+        assert fast[1][1:] == slow[1][1:], raw
+        assert same_matrix(fast[1][0], slow[1][0]), raw
