@@ -115,13 +115,16 @@ def write_catalog_chunked(path: Path, items: int, dim: int, *, seed: int = 0, ke
     return np.concatenate(kept) if kept else np.zeros((0, dim), dtype=np.float32)
 
 
-def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_EPOCHS) -> Path:
-    """Train a default-architecture RQ-VAE briefly (weights' quality is irrelevant to speed)."""
+def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_EPOCHS, anchors: bool = True) -> Path:
+    """Train a default-architecture RQ-VAE briefly (weights' quality is irrelevant to speed). ``anchors``
+    False: no first-level anchors (as a catalog of more than ``first_level_anchors`` items gets)."""
     from semid.model.config import SemidConfig
     from semid.model.job import train_tokenizer
 
     data = SemidConfig().to_dict()
     data["model"]["input_dim"] = int(embeddings.shape[1])
+    if not anchors:
+        data["model"]["first_level_anchors"] = 0
     t = data["train"]
     t.update(
         epochs=epochs,

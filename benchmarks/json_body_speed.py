@@ -5,8 +5,10 @@ request's steps one by one, the whole route in-process, and a real server with o
     python benchmarks/json_body_speed.py --repeat 5        # a quick smoke run
 
 Set-up (not timed): a default-architecture RQ-VAE trained briefly on 5,000 seeded clustered
-embeddings (benchmarks.assign_speed.quick_checkpoint; the 5,000 items are its first-level anchors) and an
-index of those items. Two seeded 1,024 x 384 float32 batches, each serialised once with json.dumps
+embeddings (benchmarks.assign_speed.quick_checkpoint; the 5,000 items are its first-level anchors, as
+every catalog of at most 16,384 items keeps by default) and an index of those items; for the server
+phase also the same training without anchors (what a larger catalog gets: new items take the nearest
+centroid, ~6x cheaper to encode). Two seeded 1,024 x 384 float32 batches, each serialised once with json.dumps
 (~8.6 MB, up to 17 significant digits per number):
 
 * *unrelated*: clustered rows with other category centres than the index's (seed 7): to the anchors they
@@ -20,7 +22,8 @@ Phases, the variants alternating within each repetition so load on the shared ma
 * bound: the amplification bound before parsing (``limits.check_json_size``), as it was (three
   ``bytes.count``) and as it is (NumPy compares).
 * parse: the body -> float32 matrix step of the server, each with the bound: pydantic
-  (``parse_json(EncodeRequest)``), msgspec (``bodies.parse_encode_json``: the shipped path) and a
+  (``parse_json(EncodeRequest)``), msgspec (the shipped path before simdjson), simdjson straight to a
+  float32 matrix (``bodies.parse_encode_json``: shipped, see ``semid.service.api.json_matrix``) and a
   candidate that makes no Python float at all (not shipped; see ``arrow_candidate``: msgspec checks the
   syntax and hands the embeddings over as raw bytes, NumPy checks the brackets and commas, Arrow's CSV
   reader converts the numbers).
@@ -29,9 +32,11 @@ Phases, the variants alternating within each repetition so load on the shared ma
   with the anchors' float32 search of every row (before) and the bf16 pre-filter (shipped), both bodies.
 * stages: the route's steps one by one in-process (bound, msgspec decode, list -> NumPy, the whole body
   decode, the anchors' vote and encode_items with either search, the response's dicts + validation + JSON).
-* server: the shipped path in a real ``semid serve`` on 127.0.0.1 (a subprocess; --workers-threads 1,
-  then 2); per body one keep-alive httpx client sending the pre-serialised body --repeat times after a
-  warm-up, then two such clients at once (items/s: both clients' items over the wall time).
+* server: a real ``semid serve`` on 127.0.0.1 (a subprocess; --workers-threads 1, then 2), with the
+  simdjson path switched off in the server process (before: msgspec) and as shipped; per body one
+  keep-alive httpx client sending the pre-serialised body --repeat times after a warm-up, then two such
+  clients at once (items/s: both clients' items over the wall time); with the 5,000-anchor checkpoint,
+  then the one without anchors.
 
 items/s = 1,024 / the median seconds (one client). The bar of issue 12 (>= 20,000 items/s) is for the
 real server. The machine is shared (2 cores): the load average is recorded and the timings are noisy.
@@ -64,12 +69,15 @@ from benchmarks.assign_speed import clustered_chunks, quick_checkpoint, write_ca
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from semid.model.anchor_search import Bf16Prefilter  # noqa: E402
 from semid.service.api import bodies  # noqa: E402
+from semid.service.api.json_matrix import read_encode_body  # noqa: E402
 from semid.service.api.limits import check_json_size  # noqa: E402
 from semid.service.api.schemas import EncodeRequest  # noqa: E402
 
 BATCH = 1024
 DIM = 384
 INDEX_ITEMS = 5000
+ANCHORS = "5,000 anchors"
+NO_ANCHORS = "no anchors"
 UNRELATED = "unrelated (seed 7)"
 LIKE_INDEX = "like the index (seed 0, new)"
 
@@ -140,9 +148,23 @@ def pydantic_path(raw: bytes, max_values: int) -> EncodeRequest:
     return bodies.parse_json(EncodeRequest, raw, max_values)
 
 
+def msgspec_path(raw: bytes, max_values: int) -> EncodeRequest:
+    """The shipped path as it was before simdjson: msgspec, then pydantic for whatever it refuses."""
+    check_json_size(raw, max_values=max_values)
+    try:
+        fast = bodies._ENCODE_JSON.decode(raw)
+        head = EncodeRequest.model_validate({"embeddings": [], "item_ids": fast.item_ids, "register": fast.register})
+    except (msgspec.DecodeError, UnicodeDecodeError, ValidationError):
+        return bodies.parse_json(EncodeRequest, raw, max_values)
+    return EncodeRequest.model_construct(
+        embeddings=fast.embeddings, item_ids=head.item_ids, register_items=head.register_items
+    )
+
+
 PATHS: dict[str, Callable[[bytes, int], EncodeRequest]] = {
     "pydantic": pydantic_path,
-    "msgspec (shipped)": bodies.parse_encode_json,
+    "msgspec (before)": msgspec_path,
+    "simdjson straight to float32 (shipped)": bodies.parse_encode_json,
     "no Python floats: msgspec.Raw + NumPy + Arrow CSV (candidate, not shipped)": arrow_candidate,
 }
 
@@ -175,14 +197,17 @@ def make_bodies() -> dict[str, np.ndarray]:
     return {UNRELATED: unrelated, LIKE_INDEX: like_index}
 
 
-def build_index(workdir: Path) -> Path:
+def build_index(workdir: Path, *, anchors: bool = True) -> Path:
+    """An index of the 5,000 seeded items, its checkpoint keeping them as first-level anchors (the default for
+    a catalog of at most 16,384 items) or keeping none (the default for a larger one)."""
     from semid.service.assign import assign_catalog
 
+    name = "anchors" if anchors else "plain"
     catalog = workdir / "catalog.parquet"
     train = write_catalog_chunked(catalog, INDEX_ITEMS, DIM, seed=0, keep_rows=INDEX_ITEMS)
-    checkpoint = quick_checkpoint(train, workdir / "checkpoint")
-    assign_catalog(checkpoint=checkpoint, catalog=catalog, index_dir=workdir / "index")
-    return workdir / "index"
+    checkpoint = quick_checkpoint(train, workdir / f"checkpoint-{name}", anchors=anchors)
+    assign_catalog(checkpoint=checkpoint, catalog=catalog, index_dir=workdir / f"index-{name}")
+    return workdir / f"index-{name}"
 
 
 def in_process_client(index_dir: Path):
@@ -247,8 +272,11 @@ def stage_rows(index_dir: Path, raws: dict[str, bytes], repeat: int) -> list[dic
 
         steps: dict[str, Callable[[], object]] = {
             "bound (check_json_size)": lambda raw=raw: check_json_size(raw, max_values=cap),
-            "msgspec decode": lambda raw=raw: bodies._ENCODE_JSON.decode(raw),
-            "rows -> float32 matrix (np.asarray)": lambda rows=bodies._ENCODE_JSON.decode(raw).embeddings: (
+            "simdjson read_encode_body (body -> float32 matrix)": lambda raw=raw: read_encode_body(
+                raw, raw.count(b"[")
+            ),
+            "msgspec decode (before)": lambda raw=raw: bodies._ENCODE_JSON.decode(raw),
+            "rows -> float32 matrix (np.asarray, before)": lambda rows=bodies._ENCODE_JSON.decode(raw).embeddings: (
                 bodies._as_matrix(rows, "embeddings")
             ),
             "decode_encode_body (bound + parse + matrix + checks)": lambda raw=raw: bodies.decode_encode_body(
@@ -272,7 +300,7 @@ def stage_rows(index_dir: Path, raws: dict[str, bytes], repeat: int) -> list[dic
         timed_costs[label] = {way: None if c is None else round(1e6 * c, 2) for way, c in prefilter.cost.items()}
     rows = []
     for (label, name), values in samples.items():
-        rows.append({**summary("stages (in-process)", name, values), "body": label})
+        rows.append({**summary("stages (in-process)", name, values), "body": label, "checkpoint": ANCHORS})
         if name.startswith("anchors' vote, bf16 pre-filter always"):
             anchors = tok.anchors
             rows[-1]["note"] = (
@@ -288,14 +316,23 @@ def _with(search: tuple[bool, str], fn: Callable, *args: object) -> object:
         return fn(*args)
 
 
-def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: Path) -> list[dict]:
-    """The shipped path in a real `semid serve` on loopback: --workers-threads 1 then 2, each with one
-    keep-alive client, then two concurrent ones (each its own connection), for each body."""
+# `semid serve` with the simdjson path switched off: what the server did before it
+_SERVE_BEFORE = (
+    "import semid.service.api.bodies as b; b.read_encode_body = lambda raw, brackets: None; "
+    "from semid.service.cli import main; main()"
+)
+
+
+def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: Path, checkpoint: str) -> list[dict]:
+    """A real `semid serve` on loopback, before (msgspec) and shipped (simdjson): --workers-threads 1 then 2,
+    each with one keep-alive client, then two concurrent ones (each its own connection), for each body."""
     from benchmarks.service_speed import Server
 
     rows = []
-    for threads in (1, 2):
-        server = Server(index_dir, workdir / f"serve-{threads}.log", threads)
+    for threads, parser in [(t, p) for t in (1, 2) for p in ("msgspec (before)", "simdjson (shipped)")]:
+        server = Server(index_dir, workdir / f"serve-{index_dir.name}-{threads}-{parser[:4]}.log", threads)
+        if parser.startswith("msgspec"):
+            server.cmd = [sys.executable, "-c", _SERVE_BEFORE, *server.cmd[server.cmd.index("serve") :]]
         server.start()
         try:
             for label, raw in raws.items():
@@ -316,9 +353,9 @@ def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: P
                         w.join()
                     wall = time.perf_counter() - start
                     assert all(len(s) == repeat for s in seconds), "a client failed (see above)"
-                    path = f"shipped, --workers-threads {threads}, {clients} client(s)"
+                    path = f"{parser}, --workers-threads {threads}, {clients} client(s)"
                     row = summary("server (loopback)", path, [v for s in seconds for v in s])
-                    row.update(body=label, load_average=load)
+                    row.update(body=label, load_average=load, checkpoint=checkpoint)
                     if clients > 1:  # throughput of the clients together: all their items over the wall time
                         row["items_per_s"] = round(clients * repeat * BATCH / wall)
                         row["note"] = "items_per_s: both clients' items / wall time; ms: per request"
@@ -402,16 +439,18 @@ def main() -> None:
                         for search, on in SEARCHES.items():
                             with anchors_search(*on):
                                 seconds = timed(lambda body=body: post(body))
-                            samples.setdefault(("route (in-process)", f"msgspec, {search}", label), []).append(seconds)
+                            key = ("route (in-process)", f"shipped parser, {search}", label)
+                            samples.setdefault(key, []).append(seconds)
                             assert response is not None and response.status_code == 200, response
             finally:
                 bodies.parse_encode_json = original
         rows = []
         for (phase, name, label), values in samples.items():
-            rows.append({**summary(phase, name, values), "body": label})
+            rows.append({**summary(phase, name, values), "body": label, "checkpoint": ANCHORS})
         rows += stage_rows(index_dir, raws, args.repeat)
         load_mid = load_average()
-        rows += server_rows(index_dir, raws, args.repeat, Path(tmp))
+        rows += server_rows(index_dir, raws, args.repeat, Path(tmp), ANCHORS)
+        rows += server_rows(build_index(Path(tmp), anchors=False), raws, args.repeat, Path(tmp), NO_ANCHORS)
     load_after = load_average()
     for phase in ("bound", "parse"):
         first, *others = (r for r in rows if r["phase"] == phase)
@@ -435,6 +474,7 @@ def main() -> None:
                 rows,
                 [
                     "phase",
+                    "checkpoint",
                     "body",
                     "path",
                     "repeats",
@@ -455,7 +495,8 @@ def main() -> None:
             "then the shipped parser with the anchors' float32 search of every row (before), the bf16 pre-filter "
             "on every call (always) and the shipped choice (the quicker of the two as timed on its own calls; same "
             "codes either way), both bodies. stages: the route's steps one by one in-process (1 torch thread). "
-            "server: `semid serve` on 127.0.0.1 with the shipped path (msgspec; the anchors' timed choice), "
+            "server: `semid serve` on 127.0.0.1, the anchors' timed choice, JSON parsed by msgspec (before: the "
+            "simdjson path switched off in the server process) or simdjson (shipped), "
             "keep-alive clients, bodies serialised before timing; with 2 clients items_per_s counts both clients' "
             "items over the wall time. speedup: the first row of the phase / this row.",
         ]

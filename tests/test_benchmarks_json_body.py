@@ -12,28 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from benchmarks.json_body_speed import arrow_candidate
 from semid.service.api.bodies import parse_json
 from semid.service.api.schemas import EncodeRequest
-from tests.service.api.test_json_bodies import BODIES, CAP
-
-HOSTILE = [
-    b'{"embeddings": [[1, 2], [3]]}',  # rows of different widths
-    b'{"embeddings": [[1, 2], 3, [4]]}',  # a number between rows
-    b'{"embeddings": [3, [1, 2]]}',
-    b'{"embeddings": [[1, 2], []]}',  # an empty row
-    b'{"embeddings": [[], []]}',
-    b'{"embeddings": [[[1, 2]], [[3, 4]]]}',  # one level too deep
-    b'{"embeddings": [[1, [2]], [3, 4]]}',
-    b'{"embeddings": [[-0, 0], [-0.0, 0.0]]}',  # the integer -0 is 0.0 for pydantic
-    b'{"embeddings": [[1e39, -1e39, 3.5e38]]}',  # beyond float32, within float64
-    b'{"embeddings": [[1' + b"0" * 400 + b", 2]]}",  # a huge integer
-    b'{"embeddings": [[0.' + b"0" * 400 + b"1, 2]]}",  # a long decimal
-    b'{"embeddings": [[4.9e-324, 2.2250738585072014e-308, 1.7976931348623157e308]]}',
-    b'{"embeddings": [[1.5, "2"]], "item_ids": [1]}',
-    b'{"embeddings": [[1, 2]], "item_ids": ["a]", "b["]}',  # brackets inside strings elsewhere
-    b'{\n  "embeddings": [\n    [1.5, 2],\n    [3, 4e-1]\n  ],\n  "register": false\n}\n',  # pretty-printed
-    b'{"embeddings":[[1,2],[3,4]]}',
-    b'{"embeddings": [[1, 2]], "embeddings": [[3, 4], [5, 6]]}',
-    b'{"embeddings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-]
+from tests.service.api.test_json_bodies import BODIES, CAP, HOSTILE
 
 
 def outcome(parse, raw: bytes):

@@ -85,6 +85,28 @@ def outcome(parse, raw: bytes):
     return "ok", (req.embeddings, req.item_ids, req.register_items)
 
 
+HOSTILE = [
+    b'{"embeddings": [[1, 2], [3]]}',  # rows of different widths
+    b'{"embeddings": [[1, 2], 3, [4]]}',  # a number between rows
+    b'{"embeddings": [3, [1, 2]]}',
+    b'{"embeddings": [[1, 2], []]}',  # an empty row
+    b'{"embeddings": [[], []]}',
+    b'{"embeddings": [[[1, 2]], [[3, 4]]]}',  # one level too deep
+    b'{"embeddings": [[1, [2]], [3, 4]]}',
+    b'{"embeddings": [[-0, 0], [-0.0, 0.0]]}',  # the integer -0 is 0.0 for pydantic
+    b'{"embeddings": [[1e39, -1e39, 3.5e38]]}',  # beyond float32, within float64
+    b'{"embeddings": [[1' + b"0" * 400 + b", 2]]}",  # a huge integer
+    b'{"embeddings": [[0.' + b"0" * 400 + b"1, 2]]}",  # a long decimal
+    b'{"embeddings": [[4.9e-324, 2.2250738585072014e-308, 1.7976931348623157e308]]}',
+    b'{"embeddings": [[1.5, "2"]], "item_ids": [1]}',
+    b'{"embeddings": [[1, 2]], "item_ids": ["a]", "b["]}',  # brackets inside strings elsewhere
+    b'{\n  "embeddings": [\n    [1.5, 2],\n    [3, 4e-1]\n  ],\n  "register": false\n}\n',  # pretty-printed
+    b'{"embeddings":[[1,2],[3,4]]}',
+    b'{"embeddings": [[1, 2]], "embeddings": [[3, 4], [5, 6]]}',
+    b'{"embeddings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+]
+
+
 def as_float32(rows) -> np.ndarray:
     """The matrix the route encodes (the simdjson path hands over float32 already; lists are rounded once)."""
     with np.errstate(over="ignore"):
@@ -98,7 +120,7 @@ def same_matrix(fast, slow) -> bool:
     return np.array_equal(as_float32(fast), as_float32(slow), equal_nan=True)
 
 
-@pytest.mark.parametrize("raw", BODIES, ids=range(len(BODIES)))
+@pytest.mark.parametrize("raw", BODIES + HOSTILE, ids=range(len(BODIES) + len(HOSTILE)))
 def test_the_fast_path_accepts_and_refuses_exactly_what_pydantic_does(raw):
     fast, slow = outcome(parse_encode_json, raw), outcome(lambda r, cap: parse_json(EncodeRequest, r, cap), raw)
     assert fast[0] == slow[0]
