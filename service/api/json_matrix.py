@@ -22,8 +22,10 @@ Numbers: simdjson and msgspec both round each decimal to the nearest float64 (in
 values beyond float64 are refused by simdjson, so they fall back); the float64 matrix is then rounded to
 float32 once, as the slow path's list -> array step does.
 
-A parser keeps buffers sized to the largest body it parsed, so at most ``POOL_SIZE`` are kept between
-requests (a fresh parser costs ~10 ms more on an 8 MB body); worker threads beyond that make their own.
+A parser keeps buffers sized to the largest body it parsed (~17 MB after an 8 MB body), so at most
+``POOL_SIZE`` parsers are kept between requests, and only ones that never parsed more than
+``POOL_MAX_BYTES`` (a fresh parser costs ~10 ms more on an 8 MB body): requests beyond that, or larger
+bodies, use a parser of their own that is freed with the request.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import simdjson
 FIELDS = frozenset({"embeddings", "item_ids", "register"})
 BOM = b"\xef\xbb\xbf"
 POOL_SIZE = 2
+POOL_MAX_BYTES = 16 << 20  # a 1,024 x 384 body is ~8.6 MB; a parser kept after it holds ~17 MB
 # what simdjson raises on a body it refuses (UnicodeDecodeError is a ValueError); RuntimeError also covers a
 # parser still referenced by a live document
 _REFUSED = (ValueError, TypeError, RuntimeError, KeyError)
@@ -55,16 +58,20 @@ def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
     ``open_brackets``: the number of ``[`` bytes in ``raw``."""
     if raw.startswith(BOM):
         return None
-    try:
-        parser = _pool.get_nowait()
-    except queue.Empty:
+    parser = None
+    if len(raw) <= POOL_MAX_BYTES:
+        try:
+            parser = _pool.get_nowait()
+        except queue.Empty:
+            pass
+    if parser is None:
         parser = simdjson.Parser()
     try:
         return _read(parser, raw, open_brackets)  # the document's proxies die with _read's frame
     except _REFUSED:
         return None
     finally:
-        if _pool.qsize() < POOL_SIZE:
+        if len(raw) <= POOL_MAX_BYTES and _pool.qsize() < POOL_SIZE:
             _pool.put(parser)
 
 

@@ -202,6 +202,14 @@ def test_the_parser_pool_stays_small_and_parsers_are_reused_safely():
     assert json_matrix._pool.qsize() <= json_matrix.POOL_SIZE
 
 
+def test_a_parser_that_read_a_large_body_is_not_kept(monkeypatch):
+    monkeypatch.setattr(json_matrix, "POOL_MAX_BYTES", 64)
+    monkeypatch.setattr(json_matrix, "_pool", type(json_matrix._pool)())
+    small, large = b'{"embeddings": [[1.5]]}', b'{"embeddings": [[' + b"1.5, " * 40 + b"2.5]]}"
+    assert read_encode_body(large, 2) is not None and json_matrix._pool.qsize() == 0
+    assert read_encode_body(small, 2) is not None and json_matrix._pool.qsize() == 1
+
+
 TOKENS = [b"[", b"]", b"{", b"}", b",", b":", b'"', b"1", b"-", b".", b"e", b"true", b"null", b" ", b"\\", b"\xff"]
 
 
