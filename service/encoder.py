@@ -66,7 +66,17 @@ class CheckpointEncoder:
             raise EmbeddingError(f"{field}[{first_row + row}] contains NaN or Inf", field=field, row=row)
         if self.unit_length_input:
             # the checkpoint scales rows to unit length: a zero row has no direction to encode
-            norms = np.linalg.norm(x, axis=1)
+            with np.errstate(over="ignore"):
+                norms = np.linalg.norm(x, axis=1)
+            huge = np.isinf(norms)
+            if huge.any():  # its sum of squares overflows float32: the model would divide by inf and encode zeros
+                row = int(np.flatnonzero(huge)[0])
+                raise EmbeddingError(
+                    f"{field}[{first_row + row}] is too long to normalise: its squared length overflows float32 "
+                    "(values beyond ~1e19); scale the embedding down",
+                    field=field,
+                    row=row,
+                )
             tiny = ~(norms > 1e-12)
             if tiny.any():
                 row = int(np.flatnonzero(tiny)[0])

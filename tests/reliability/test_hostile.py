@@ -214,6 +214,16 @@ def test_zero_vector_is_422(client):
     assert "embeddings[1]" in err["message"] and "zero vector" in err["message"]
 
 
+def test_a_row_too_long_to_normalise_is_422_not_a_zero_vector(client):
+    """3e38 fits float32 but a row of them has an infinite length: l2 normalisation would make it all zeros
+    (it did, silently, for any row with values beyond ~1e19)."""
+    big = [3e38] * DIM
+    err = _error(client.post("/v1/encode", json={"embeddings": [[0.5] * DIM, big]}), 422)
+    assert err["field"] == "embeddings"
+    assert "embeddings[1]" in err["message"] and "overflows" in err["message"]
+    assert client.post("/v1/encode", json={"embeddings": [[1e15] * DIM]}).status_code == 200  # long but finite
+
+
 def test_register_query_with_json_body_is_422(client):
     body = {"embeddings": [[0.5] * DIM], "item_ids": ["new-1"]}
     err = _error(client.post("/v1/encode?register=true", json=body, headers={"X-API-Key": API_KEY}), 422)
