@@ -311,6 +311,22 @@ def stage_rows(index_dir: Path, raws: dict[str, bytes], repeat: int) -> list[dic
     return rows
 
 
+def plain_encode_rows(index_dir: Path, raws: dict[str, bytes], repeat: int) -> list[dict]:
+    """encode_items with the checkpoint that keeps no anchors (1 torch thread), each body."""
+    from semid.service.api.settings import ServiceSettings
+    from semid.service.api.state import ServiceState
+    from semid.service.placement import encode_items
+
+    state = ServiceState.load(ServiceSettings(index_dir=index_dir))
+    rows = []
+    for label, raw in raws.items():
+        x = bodies.decode_encode_body(state, raw, False, False).embeddings
+        encode_items(state.index, state.encoder, x)  # warm-up
+        values = [timed(lambda x=x: encode_items(state.index, state.encoder, x)) for _ in range(repeat)]
+        rows.append({**summary("stages (in-process)", "encode_items", values), "body": label, "checkpoint": NO_ANCHORS})
+    return rows
+
+
 def _with(search: tuple[bool, str], fn: Callable, *args: object) -> object:
     with anchors_search(*search):
         return fn(*args)
@@ -450,7 +466,9 @@ def main() -> None:
         rows += stage_rows(index_dir, raws, args.repeat)
         load_mid = load_average()
         rows += server_rows(index_dir, raws, args.repeat, Path(tmp), ANCHORS)
-        rows += server_rows(build_index(Path(tmp), anchors=False), raws, args.repeat, Path(tmp), NO_ANCHORS)
+        plain_index = build_index(Path(tmp), anchors=False)
+        rows += plain_encode_rows(plain_index, raws, args.repeat)
+        rows += server_rows(plain_index, raws, args.repeat, Path(tmp), NO_ANCHORS)
     load_after = load_average()
     for phase in ("bound", "parse"):
         first, *others = (r for r in rows if r["phase"] == phase)

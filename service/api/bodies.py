@@ -3,20 +3,18 @@
 Each decoder returns NumPy arrays and Arrow columns ready for the core; every failure is a
 :class:`~semid.service.errors.SemidError` naming the field (or FastAPI's validation error for JSON).
 
-JSON encode bodies are parsed by msgspec first (typed, strict floats, checked in C); any body it
-refuses goes through pydantic, so every error a client sees, and every body accepted, stays pydantic's.
-The gain is small (benchmarks/results/json_body_speed.md: 1.03x on 1,024 x 384 floats): pydantic's own
-JSON parser is as fast. A path that makes no Python float at all (msgspec.Raw for the syntax, NumPy for
-the shape, Arrow's CSV reader for the numbers) was measured too and was slower than both on this
-machine (Arrow's number conversion costs more than msgspec's floats), so it is not shipped; the
-benchmark keeps it as a candidate. Arrow IPC bodies skip parsing entirely.
+JSON encode bodies are parsed by the first of three paths that takes them. simdjson
+(:mod:`semid.service.api.json_matrix`) turns a plain body straight into a float32 matrix without a Python float
+per number; msgspec (typed, strict floats, checked in C) takes what simdjson hands over; pydantic parses
+whatever msgspec refuses. Each fast path takes only bodies pydantic accepts with the same values (tested on
+fixed hostile bodies and seeded mutations), so every error a client sees, and every body accepted, stays
+pydantic's. Arrow IPC bodies skip parsing entirely.
 
-Where a 1,024 x 384 JSON request's time goes (json_body_speed.md, stages, one torch thread, load 0.7-1.9
-on 2 cores): the bound ~7 ms, msgspec's decode ~31 ms (every number a Python float, holding the GIL), list ->
-float32 matrix ~10 ms (through float64: the same values, quicker than a direct float32 asarray), ~50 ms for
-the whole decode; encoding ~53 ms, of which the anchors' vote ~42-47 ms (5,000 anchors); the response ~3 ms.
-The real server took 110-150 ms per batch. Decoding alone caps one client near 20k items/s, so issue 12's
-bar (>= 20,000 items/s for JSON) is out of reach on this machine; Arrow IPC bodies are the fast path.
+Where a 1,024 x 384 JSON request's time goes (benchmarks/results/json_body_speed.md, stages, one torch thread):
+the amplification bound ~5-8 ms, simdjson's parse and copy into float32 ~20-25 ms (msgspec's decode ~31-46 ms plus
+~10-15 ms to turn its lists into an array, before); encoding ~15 ms without first-level anchors, ~62 ms with a
+5,000-anchor vote; the response ~3 ms. A path that makes no Python float through msgspec.Raw, NumPy and Arrow's
+CSV reader was slower than msgspec (0.7x) and is kept in the benchmark only.
 """
 
 from __future__ import annotations
