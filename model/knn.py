@@ -1,52 +1,41 @@
-"""The k-nearest-neighbour graph of a catalog (cosine similarity): exact when small, HNSW when large.
+"""The k-nearest-neighbour graph of a catalog (cosine similarity): exact when small, a cell join when large.
 
 The exact graph (one FAISS flat search of every item against every item) costs O(n^2 d): a
-minute at 50k items, hours at 1M. Above ``exact_max_items`` the graph is approximate: every item
-is searched in a FAISS HNSW index (``IndexHNSWFlat``, inner product on unit rows) built over the
-whole catalog, at O(n log n) cost.
+minute at 50k items, hours at 1M. Above ``exact_max_items`` the graph is approximate: a cell join
+(semid.model.knn_cells): seeded k-means cells of ~2,000 first-choice items, every item a member of
+its 3 nearest cells, and inside each cell one exact all-pairs block (float32 matmuls, one BLAS
+thread per worker, the cells shared by a pool of threads), each item keeping the best 10 over its
+cells. Two items are found exactly when they share a cell.
 
-Why HNSW and not IVF cells (each cell searched exactly against its nearest cells, the previous
-approximate path): IVF recall depends on how clustered the catalog is. With 6 probed cells of
-sqrt(n) it held 0.96 of the true 10 nearest neighbours on 1M clustered synthetic items but 0.69 on
-MovieLens' sentence embeddings (0.91 at 32 probes), and forcing it there lowered the refined
-targets' neighbour share from 0.463 to 0.405. HNSW forced on MovieLens holds 0.991 of them, and the
-targets' neighbour share is 0.4618 vs 0.4634 on the exact graph; the trained first level's share
-is 0.4576 / 0.4545 vs 0.4621 / 0.4550 for seeds 0 / 1, a smaller gap than the seeds' own
-(benchmarks/results/knn_graph_movielens_*.md).
+Why: all of the work is BLAS, so it runs at the machine's matmul speed. On the 1M synthetic catalog
+(benchmarks/knn_graph.py, knn_graph_1m_cells.md) it holds 0.989 of the true 10 nearest in 162 s on
+the 2 shared cores (2.3e10 products over 500 cells; load ~2.3, a prototype run), where the HNSW
+index it replaces held 0.90-0.96 after 540-1,100 s of one-thread insertion plus a search of
+420-1,160 s. On MovieLens (9,742 items) forced approximate it is 4 cells, so each item sees 3/4 of
+the catalog and the recall is 1.0 (HNSW: 0.991).
 
-Where it is weaker: on the synthetic catalog recall falls with size, 0.99 at 100k items but 0.90 at
-1M, and the one-thread build of 1M items took 4,409 s on the shared machine (load 10-15; a one-off
-run of these settings, not yet repeated with benchmarks/knn_graph.py). A likely reason is the
-catalog's isotropic noise around tight centres (an item's 10 nearest are barely nearer than its
-100th). The graph targets of such catalogs are switched off by semid.model.adaptive, and since that
-decision is measured first on the exact graph of a seeded sample of ``exact_max_items`` rows
-(semid.model.train), this graph is built only for catalogs whose targets will be used: the 1M
-synthetic training no longer builds it (1,080 s of its 1,441 s before; 431 s in all now,
-benchmarks/results/train_scale_1m_sampled_decision.md).
+Where it is weaker: its recall depends on how much of the catalog a cell's members cover, and
+embeddings less clustered than the synthetic ones need more of it. On MovieLens with cells forced
+smaller (cell_items 500 / 200 / 100: 19 / 48 / 97 cells) the recall is 0.949 / 0.900 / 0.839 with
+3 memberships, 0.983 / 0.949 / 0.898 with 4; so a 1M catalog of sentence embeddings like
+MovieLens' (500 cells) may get well below 0.95, and that case has not been measured. One round of
+neighbours-of-neighbours refinement on top added only 0.02-0.035 there for about as much time as
+the join, so it is not done.
 
-Faster builds measured and not kept (benchmarks/knn_graph_options.py, knn_graph_options_*.md; load
-4-7 on the 2 shared cores, so the times are rough). IVF-Flat with seeded k-means cells (one-thread
-centroids and assignment, per-query scans that stay deterministic on any thread count) holds 0.94 of
-the 10 nearest at 8 probes of 1,000 cells and 0.98 at 16 on 1M synthetic items, but the cells are
-uneven (the largest holds 8,007 items) and its scan at 16 probes was estimated at 4,514 s on one
-thread, 4x the two-shard HNSW search below in the same run; on MovieLens it needs 48 probes of 99
-cells (half the catalog) for 0.98 (0.915 at 16). Two HNSW shards built at once on two threads (each
-on one OpenMP thread, so still a function of the data and the seed; every row searched in both) keep
-MovieLens' recall (0.992) but at 1M hold 0.90 at depth 64 (0.94 at 128), as one index does; their
-build took 544 s at load ~5 (one index: 542 s on one thread, in another run). A cheaper index (16
-links, build depth 40: 404 s) holds only 0.41 at depth 64 at 1M. None met the bar (recall >= 0.95 at
-1M and >= 0.98 on MovieLens in a few minutes), so the graph stays one HNSW index; since the decision
-is taken on a sample first, it is built only for catalogs whose targets are used.
+Tried before and not kept (benchmarks/knn_graph_options.py, knn_graph_options_*.md; load 4-7,
+rough times): IVF-Flat with seeded k-means cells and per-query scans: 0.98 at 16 probes of 1,000
+cells on 1M synthetic items but ~4,500 s of scanning (FAISS' per-query scans are not BLAS), and
+48 probes of 99 cells (half the catalog) for 0.98 on MovieLens. HNSW (32 links, build depth 80,
+search depth 64; ``hnsw_knn``, kept for comparison: ``knn_graph(..., approximate="hnsw")``):
+0.991 on MovieLens, but at 1M 0.90-0.96 and a one-thread seeded insertion of 540-1,100 s (a
+parallel insertion makes the graph depend on thread timing); two HNSW shards built at once: the
+same recall in the same time; a cheaper index (16 links, depth 40): 0.41 at 1M.
 
-Settings: 32 links per node (``HNSW_LINKS``), a build search depth of 80 (``HNSW_BUILD_DEPTH``,
-efConstruction) and a query depth of 64 (``HNSW_SEARCH_DEPTH``, efSearch; MovieLens recall 0.969
-at 16, 0.983 at 32, 0.995 at 128).
-
-Determinism: items are inserted in a seeded random order on one thread (FAISS inserts in parallel
-otherwise, and then the graph depends on thread timing); queries are independent and run on every
-thread. So the graph is a pure function of the embeddings and the seed, and a resumed training run
-rebuilds the same one. A query that comes back with fewer than k hits (possible in tiny or
-degenerate catalogs) is answered by an exact search instead.
+Determinism: the cells' centroids are fitted on one thread and every cell's products run on one
+BLAS thread, each (item, cell) result written once, ties by row index; so the graph is a pure
+function of the embeddings and the seed on any number of threads, and a resumed training run
+rebuilds the same one. A row that ends with fewer than k candidates (tiny or degenerate
+catalogs, cells cut by the size cap) is answered by an exact search instead.
 """
 
 from __future__ import annotations
@@ -57,9 +46,12 @@ import time
 import faiss
 import numpy as np
 
+from semid.model.knn_cells import cell_knn
+
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 50_000  # up to this size the graph is exact (the graph every release before this one built)
+APPROXIMATE = ("cells", "hnsw")  # above it: the cell join (semid.model.knn_cells), or the HNSW index of 0.5-0.6
 HNSW_LINKS = 32  # M: links per node (64 on the bottom layer)
 HNSW_BUILD_DEPTH = 80  # efConstruction
 HNSW_SEARCH_DEPTH = 64  # efSearch (raised to k + 1 when k is larger)
@@ -73,15 +65,21 @@ def knn_graph(
     exact_max_items: int = EXACT_MAX_ITEMS,
     seed: int = 0,
     search_depth: int = HNSW_SEARCH_DEPTH,
+    approximate: str = "cells",
 ) -> np.ndarray:
     """int64 ``[n, min(k, n - 1)]``: each item's k nearest neighbours by cosine similarity, itself excluded.
 
-    Exact for ``n <= exact_max_items``, approximate (HNSW, see the module docstring) above."""
+    Exact for ``n <= exact_max_items``, approximate above: the cell join (see the module docstring),
+    or with ``approximate="hnsw"`` the HNSW index searched at ``search_depth`` (kept for comparison)."""
+    if approximate not in APPROXIMATE:
+        raise ValueError(f"approximate must be one of {APPROXIMATE}, got {approximate!r}")
     unit = unit_rows(x)
     k_eff = min(k, unit.shape[0] - 1)
     if unit.shape[0] <= exact_max_items:
         return exact_knn(unit, k_eff)
-    return hnsw_knn(unit, k_eff, seed=seed, search_depth=search_depth)
+    if approximate == "hnsw":
+        return hnsw_knn(unit, k_eff, seed=seed, search_depth=search_depth)
+    return cells_knn(unit, k_eff, seed=seed)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -102,6 +100,16 @@ def exact_knn(unit: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.nd
         part = rows[start : start + _SEARCH_CHUNK]
         _, found = index.search(unit[part], k + 1)
         out[start : start + part.shape[0]] = drop_self(found, part, k)
+    return out
+
+
+def cells_knn(unit: np.ndarray, k: int, *, seed: int, workers: int | None = None) -> np.ndarray:
+    """Approximate k nearest neighbours of unit rows by the cell join; rows it leaves short get an exact search."""
+    out = cell_knn(unit, k, seed=seed, workers=workers)
+    redo = np.flatnonzero(out[:, 0] < 0) if k else np.empty(0, dtype=np.int64)
+    if redo.shape[0]:
+        out[redo] = exact_knn(unit, k, rows=redo)
+        log.info("k-NN graph: %d rows short of %d candidates searched exactly", redo.shape[0], k)
     return out
 
 

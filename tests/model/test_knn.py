@@ -1,4 +1,5 @@
-"""The k-NN graph: exact below the threshold, HNSW above, checked against brute force."""
+"""The k-NN graph: exact below the threshold, checked against brute force; the HNSW index of 0.5-0.6, kept for
+comparison (the cell join is in test_knn_cells.py)."""
 
 from __future__ import annotations
 
@@ -30,28 +31,30 @@ def test_below_the_threshold_the_graph_is_the_exact_one(clustered):
 
 
 def test_above_the_threshold_the_graph_is_hnsw_close_and_never_the_item_itself(clustered):
-    graph = knn_graph(clustered, 10, exact_max_items=1000, seed=0)
+    graph = knn_graph(clustered, 10, exact_max_items=1000, seed=0, approximate="hnsw")
     truth = brute_force(clustered, 10)
     assert graph.shape == (3000, 10) and graph.dtype == np.int64
     assert not (graph == np.arange(3000)[:, None]).any()
     assert np.array_equal(graph, hnsw_knn(unit_rows(clustered), 10, seed=0))  # the approximate path ran
     assert recall(graph, truth) > 0.95
-    shallow = recall(knn_graph(clustered, 10, exact_max_items=0, seed=0, search_depth=1), truth)
+    shallow = recall(knn_graph(clustered, 10, exact_max_items=0, seed=0, search_depth=1, approximate="hnsw"), truth)
     assert shallow < recall(graph, truth)  # the search depth is what buys the recall
 
 
-def test_the_approximate_graph_is_a_function_of_the_data_and_the_seed_whatever_the_threads(clustered):
+def test_the_hnsw_graph_is_a_function_of_the_data_and_the_seed_whatever_the_threads(clustered):
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(2)
     try:
-        a = knn_graph(clustered, 10, exact_max_items=0, seed=5)
-        assert np.array_equal(a, knn_graph(clustered, 10, exact_max_items=0, seed=5))
+        a = knn_graph(clustered, 10, exact_max_items=0, seed=5, approximate="hnsw")
+        assert np.array_equal(a, knn_graph(clustered, 10, exact_max_items=0, seed=5, approximate="hnsw"))
         assert faiss.omp_get_max_threads() == 2  # the one-thread build restores the caller's setting
         faiss.omp_set_num_threads(1)
-        assert np.array_equal(a, knn_graph(clustered, 10, exact_max_items=0, seed=5))  # one thread, same graph
+        assert np.array_equal(
+            a, knn_graph(clustered, 10, exact_max_items=0, seed=5, approximate="hnsw")
+        )  # one thread, same graph
     finally:
         faiss.omp_set_num_threads(threads)
-    b = knn_graph(clustered, 10, exact_max_items=0, seed=6)
+    b = knn_graph(clustered, 10, exact_max_items=0, seed=6, approximate="hnsw")
     assert recall(a, b) > 0.9  # another insertion order, much the same neighbours
 
 
@@ -85,12 +88,12 @@ def test_exact_knn_of_some_rows_is_those_rows_of_the_whole_graph(clustered):
     assert np.array_equal(exact_knn(unit, 5, rows=rows), exact_knn(unit, 5)[rows])
 
 
-def test_tiny_catalogs_and_exact_duplicates_on_the_approximate_path():
+def test_tiny_catalogs_and_exact_duplicates_on_hnsw():
     x = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)  # every point has two exact copies
-    graph = knn_graph(x, 2, exact_max_items=0, seed=0)
+    graph = knn_graph(x, 2, exact_max_items=0, seed=0, approximate="hnsw")
     assert not (graph == np.arange(12)[:, None]).any()
     assert (graph // 3 == (np.arange(12) // 3)[:, None]).all()  # its two copies
-    assert knn_graph(x[:4], 10, exact_max_items=0).shape == (4, 3)  # k capped at n - 1
+    assert knn_graph(x[:4], 10, exact_max_items=0, approximate="hnsw").shape == (4, 3)  # k capped at n - 1
 
 
 def test_build_targets_on_the_approximate_graph_keep_the_neighbour_share(clustered):
