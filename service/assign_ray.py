@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 NEW, KNOWN, CHANGED = 0, 1, 2  # the ``status`` column written by EncodeBatches
 SHARDS_PER_WORKER = 4  # resolution shards per worker: a few calls each, none holding a big share
+CONNECT_TIMEOUT_S = 10.0  # --ray-address: how long the probe of host:port waits for an answer
 
 
 def import_ray() -> Any:
@@ -207,23 +209,25 @@ def assign_catalog_ray(
         raise InvalidInputError(f"workers is {workers}; expected an int >= 1", field="workers")
     start = time.perf_counter()
     ray = import_ray()
-    checkpoint, index_dir = Path(checkpoint), Path(index_dir)
+    # Workers open these paths themselves, and on a cluster they do not run in this process's directory.
+    checkpoint, catalog, index_dir = Path(checkpoint).absolute(), _worker_path(str(catalog)), Path(index_dir)
     columns = CatalogColumns(id_column, embedding_column, tuple(keep_columns))
-    id_kind = _catalog_id_kind(str(catalog), columns)
+    id_kind = _catalog_id_kind(catalog, columns)
     encoder = CheckpointEncoder.from_dir(checkpoint)
-    index = open_or_create_index(index_dir, encoder, id_kind, columns.keep_columns, checkpoint)
-    with _ray_session(ray, ray_address, progress):
-        pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    with _ray_session(ray, ray_address, progress):  # joined first: a cluster that is not there creates no index
+        index = open_or_create_index(index_dir, encoder, id_kind, columns.keep_columns, checkpoint)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         try:
             run = _Run(
                 encoder,
                 index,
-                str(catalog),
+                catalog,
                 checkpoint,
                 columns,
                 lock_timeout,
                 batch_rows,
-                pool,
+                workers or cpus,
+                cpus,
                 recode_changed,
                 vector_file_min_rows,
             )
@@ -242,6 +246,7 @@ class _Run:
     lock_timeout: float
     batch_rows: int
     workers: int
+    cpus: int  # the cluster's CPUs
     recode: bool
     vector_file_min_rows: int
 
@@ -261,7 +266,7 @@ def _run(ray: Any, run: _Run, start: float) -> AssignSummary:
         },
         batch_size=run.batch_rows,
         batch_format="pyarrow",
-        compute=_actor_pool(ray, workers),
+        compute=_actor_pool(ray, workers, run.cpus),
         num_cpus=1,
     ).materialize()
     summary = AssignSummary()
@@ -284,7 +289,7 @@ def _run(ray: Any, run: _Run, start: float) -> AssignSummary:
                 ResolveShard,
                 fn_constructor_kwargs={"layout": layout, "occupancy": ray.put(index.snapshot.occupancy())},
                 batch_format="pyarrow",
-                compute=_actor_pool(ray, workers),
+                compute=_actor_pool(ray, workers, run.cpus),
                 num_cpus=1,
             )
         )
@@ -410,19 +415,52 @@ def _ray_session(ray: Any, address: str | None, progress: bool) -> Iterator[None
         yield
         return
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        _join(ray, address)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        # "local": a new Ray on this machine even where RAY_ADDRESS or `ray start` names a cluster (ray.init()
+        # would join that one and refuse num_cpus); --ray-address auto joins it.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
     try:
         yield
     finally:
         ray.shutdown()
 
 
-def _actor_pool(ray: Any, workers: int) -> Any:
-    """Up to ``workers`` actors of one CPU each. Not a fixed size: a pool holding every CPU would leave
-    none to the tasks that read the catalog (or shuffle it) and the run would wait forever."""
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=workers)
+def _join(ray: Any, address: str) -> None:
+    """Connects to the cluster at ``address``, or a one-line ``InvalidInputError``. A ``host:port`` (or
+    ``ray://host:port``) is probed first: with nothing listening there, ``ray.init`` retries for many
+    minutes (still retrying after 5 with Ray 2.60), logging a warning every few seconds."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if sep and port.isdigit():  # else 'auto' or a form Ray resolves itself
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as err:
+            reason = err.strerror or str(err) or type(err).__name__
+            raise InvalidInputError(
+                f"no Ray cluster answers at {address} ({reason}): start one with `ray start --head`, "
+                "or check --ray-address",
+                field="ray_address",
+            ) from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InvalidInputError(f"could not join the Ray cluster at {address}: {first}", field="ray_address") from None
+
+
+def _actor_pool(ray: Any, workers: int, cpus: int) -> Any:
+    """Up to ``workers`` actors of one CPU each. All started at once when the cluster (``cpus``) keeps a CPU
+    beside them, so that every node encodes from the start (Ray Data spreads actors over the nodes; a pool
+    that grows from one stayed at one actor on one node of a 2-node cluster for a small catalog). Else it
+    starts at one and grows: a pool holding every CPU leaves none to the tasks that read the catalog (or
+    shuffle it) and the run waits forever (seen on a cluster of two 1-CPU nodes)."""
+    initial = workers if workers < cpus else 1
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=workers, initial_size=initial)
+
+
+def _worker_path(path: str) -> str:
+    """A catalog path as the workers must be given it: local paths absolute, URIs (``s3://...``) as they are."""
+    return path if "://" in path else str(Path(path).absolute())
 
 
 def _catalog_id_kind(catalog: str, columns: CatalogColumns) -> str:
