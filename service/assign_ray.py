@@ -409,24 +409,31 @@ def _ray_session(ray: Any, address: str | None, progress: bool) -> Iterator[None
     context.execution_options.preserve_order = True  # the segment lists new items in catalog order
     context.raise_original_map_exception = True  # a worker's CatalogError reaches the CLI as itself
     context.enable_progress_bars = progress
-    if not logging.getLogger().isEnabledFor(logging.INFO):  # -v shows Ray Data's plans, timings and failures
-        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # else the CLI's one-line error says it all
+    verbose = logging.getLogger().isEnabledFor(logging.INFO)  # -v shows Ray Data's plans, timings and failures
+    if not verbose:  # and the workers' own log lines; else the CLI's one-line error says it all
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if ray.is_initialized():
         yield
         return
     if address:
-        _join(ray, address)
+        _join(ray, address, log_to_driver=verbose)
     else:
         # "local": a new Ray on this machine even where RAY_ADDRESS or `ray start` names a cluster (ray.init()
         # would join that one and refuse num_cpus); --ray-address auto joins it.
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=verbose,
+        )
     try:
         yield
     finally:
         ray.shutdown()
 
 
-def _join(ray: Any, address: str) -> None:
+def _join(ray: Any, address: str, *, log_to_driver: bool) -> None:
     """Connects to the cluster at ``address``, or a one-line ``InvalidInputError``. A ``host:port`` (or
     ``ray://host:port``) is probed first: with nothing listening there, ``ray.init`` retries for many
     minutes (still retrying after 5 with Ray 2.60), logging a warning every few seconds."""
@@ -442,7 +449,7 @@ def _join(ray: Any, address: str) -> None:
                 field="ray_address",
             ) from None
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise InvalidInputError(f"could not join the Ray cluster at {address}: {first}", field="ray_address") from None
