@@ -60,32 +60,27 @@ class CheckpointEncoder:
             )
         if not x.flags.writeable:  # e.g. zero-copy from Arrow; torch wants writable memory
             x = x.copy()
-        finite = np.isfinite(x).all(axis=1)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            raise EmbeddingError(f"{field}[{first_row + row}] contains NaN or Inf", field=field, row=row)
-        if self.unit_length_input:
-            # the checkpoint scales rows to unit length: a zero row has no direction to encode
+        problems = [(~np.isfinite(x).all(axis=1), "contains NaN or Inf")]
+        if self.unit_length_input:  # the checkpoint scales rows to unit length
             with np.errstate(over="ignore"):
                 norms = np.linalg.norm(x, axis=1)
-            huge = np.isinf(norms)
-            if huge.any():  # its sum of squares overflows float32: the model would divide by inf and encode zeros
-                row = int(np.flatnonzero(huge)[0])
-                raise EmbeddingError(
-                    f"{field}[{first_row + row}] is too long to normalise: its squared length overflows float32 "
-                    "(values beyond ~1e19); scale the embedding down",
-                    field=field,
-                    row=row,
-                )
-            tiny = ~(norms > 1e-12)
-            if tiny.any():
-                row = int(np.flatnonzero(tiny)[0])
-                raise EmbeddingError(
-                    f"{field}[{first_row + row}] is a zero vector; the checkpoint normalises rows to unit length, "
-                    "which is undefined for it",
-                    field=field,
-                    row=row,
-                )
+            problems += [
+                # its sum of squares overflows float32: the model would divide by inf and encode zeros
+                (
+                    np.isinf(norms),
+                    "is too long to normalise: its squared length overflows float32 (values beyond "
+                    "~1e19); scale the embedding down",
+                ),
+                # a zero row has no direction to encode
+                (
+                    ~(norms > 1e-12),
+                    "is a zero vector; the checkpoint normalises rows to unit length, which is undefined for it",
+                ),
+            ]
+        for bad, what in problems:
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise EmbeddingError(f"{field}[{first_row + row}] {what}", field=field, row=row)
         return x
 
     def encode(self, embeddings: np.ndarray, *, alternatives: int | None = None) -> EncodedBatch:
