@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -184,3 +185,33 @@ def test_nothing_at_the_address_is_one_line_error(tiny_checkpoint, tiny_catalog_
     assert run.stderr.startswith(f"error: no Ray cluster answers at {address} (Connection refused)")
     assert run.stderr.count("\n") == 1, run.stderr
     assert not (tmp_path / "idx").exists()
+
+
+class _RecordingRay:
+    """Stands in for the `ray` module where `_ray_session` calls it: records `init`'s arguments."""
+
+    def __init__(self) -> None:
+        self.inits: list[dict] = []
+        context = SimpleNamespace(execution_options=SimpleNamespace())
+        self.data = SimpleNamespace(DataContext=SimpleNamespace(get_current=lambda: context))
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs) -> None:
+        self.inits.append(kwargs)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_without_an_address_the_driver_starts_a_local_ray(monkeypatch):
+    """No --ray-address: a new local Ray even where RAY_ADDRESS (or `ray start`'s address file) names a
+    cluster; a plain ray.init() would join that cluster, then refuse the CPU count."""
+    from semid.service.assign_ray import _ray_session
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    ray = _RecordingRay()
+    with _ray_session(ray, None, progress=False):
+        pass
+    assert len(ray.inits) == 1 and ray.inits[0]["address"] == "local" and ray.inits[0]["num_cpus"] >= 1
