@@ -36,7 +36,7 @@ from semid.service.cli import main
 from tests.conftest import colliding_catalog
 
 SEMID = [sys.executable, "-m", "semid.service.cli"]
-ENCODER = "MapWorker(MapBatches(EncodeBatches))"  # Ray Data's name for the EncodeBatches actors and their tasks
+ENCODER = "MapWorker(MapBatches(EncodeBatches))"  # Ray Data's class name for the EncodeBatches actors
 READ_UNIT_BYTES = "16384"  # a read unit per ~200 catalog rows
 RAY_SETTINGS = {  # Ray's own settings, for the cluster's workers and for the driver
     "RAY_DATA_PARQUET_BIN_PACKING_BYTES": READ_UNIT_BYTES,
@@ -205,12 +205,11 @@ class _RecordingRay:
         pass
 
 
-def test_without_an_address_the_driver_starts_a_local_ray(monkeypatch):
+def test_without_an_address_the_driver_starts_a_local_ray():
     """No --ray-address: a new local Ray even where RAY_ADDRESS (or `ray start`'s address file) names a
     cluster; a plain ray.init() would join that cluster, then refuse the CPU count."""
     from semid.service.assign_ray import _ray_session
 
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     ray = _RecordingRay()
     with _ray_session(ray, None, progress=False):
         pass
