@@ -66,7 +66,7 @@ QUALITY += ["base_collision_rate"]
 QUERIES = 2000
 PHASES = {  # the log lines of semid.model.knn / knn_cells: (build, search) seconds
     "hnsw": (re.compile(r"inserted in ([0-9.]+) s"), re.compile(r"searched in ([0-9.]+) s")),
-    "cells": (re.compile(r"cells ([0-9.]+) s"), re.compile(r"join ([0-9.]+) s, merge ([0-9.]+) s")),
+    "cells": (re.compile(r"items assigned in ([0-9.]+) s"), re.compile(r"items joined in ([0-9.]+) s")),
 }
 
 

@@ -49,7 +49,7 @@ BAR_SECONDS = 30 * 60
 FIGURES = ["items", "nn_share_d1", "nn_lift_d1", "nn_share_d2", "base_collision_rate", "collides_with_catalog"]
 FIGURES += ["perplexity_l1", "perplexity_l2", "perplexity_l3", "util_l1"]
 GRAPH_LOG = re.compile(r"graph targets for level 1 built in ([0-9.]+) s")
-HNSW_LOG = re.compile(r"k-NN graph: \d+ items (inserted|searched) in ([0-9.]+) s")  # semid.model.knn
+HNSW_LOG = re.compile(r"k-NN graph: \d+ items (inserted|searched|assigned|joined) in ([0-9.]+) s")  # knn, knn_cells
 
 
 def load_average() -> str:

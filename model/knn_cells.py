@@ -84,10 +84,13 @@ def cell_knn(
         torch.set_num_threads(threads)
     sizes = np.array([g[0].shape[0] for g in groups], dtype=np.int64)
     log.info(
-        "k-NN graph: %d items in %d cells (%d members each on average, largest %d, %.2g products): "
-        "cells %.1f s, join %.1f s, merge %.1f s (%d workers)",
-        n, len(groups), int(sizes.mean()), int(sizes.max()), float((sizes.astype(float) ** 2).sum()),
-        assigned_s, joined_s, time.perf_counter() - began, workers,
+        "k-NN graph: %d items assigned in %.1f s to %d cells (%d members each on average, largest %d)",
+        n, assigned_s, len(groups), int(sizes.mean()), int(sizes.max()),
+    )  # fmt: skip
+    log.info(
+        "k-NN graph: %d items joined in %.1f s (%.2g products, merge %.1f s, %d workers)",
+        n, joined_s + time.perf_counter() - began, float((sizes.astype(float) ** 2).sum()),
+        time.perf_counter() - began, workers,
     )  # fmt: skip
     return out
 
