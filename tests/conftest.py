@@ -78,3 +78,20 @@ def colliding_catalog() -> Catalog:
     embeddings = np.concatenate([cat.embeddings, dups]).astype(np.float32)
     order = np.random.default_rng(0).permutation(len(ids))
     return Catalog(item_ids=ids[order], embeddings=embeddings[order])
+
+
+def cli_export(index: Path, out: Path) -> bytes:
+    """`semid export` of an index, its bytes (the engines' tests compare them)."""
+    from click.testing import CliRunner
+
+    from semid.service.cli import main
+
+    result = CliRunner().invoke(main, ["export", "--index", str(index), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out.read_bytes()
+
+
+def assert_same_run(local: dict, other: dict) -> None:
+    """Two `semid assign --json` summaries agree on everything but the time taken and the segment's name."""
+    drop = ("seconds", "segment")
+    assert {k: v for k, v in other.items() if k not in drop} == {k: v for k, v in local.items() if k not in drop}

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from semid.model.catalog import Catalog
 from semid.model.synthetic import write_catalog
 from semid.service.cli import main
-from tests.conftest import colliding_catalog
+from tests.conftest import assert_same_run, cli_export, colliding_catalog
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +47,8 @@ def _assign(args: list[str]) -> dict:
     return json.loads([line for line in result.output.splitlines() if line.startswith("{")][-1])
 
 
-def _export(index, out) -> bytes:
-    result = CliRunner().invoke(main, ["export", "--index", str(index), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out.read_bytes()
-
-
-def _same_run(local: dict, ray: dict) -> None:
-    drop = ("seconds", "segment")
-    assert {k: v for k, v in ray.items() if k not in drop} == {k: v for k, v in local.items() if k not in drop}
-
-
 @pytest.mark.parametrize("recode", [False, True])
-def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_checkpoint, tmp_path, recode):
+def test_index_that_already_holds_items_samecli_export(ray_local, colliding, tiny_checkpoint, tmp_path, recode):
     """Half the catalog is indexed first; the full catalog then adds the rest, with two known items'
     embeddings changed: without --recode-changed they are reported and keep their IDs; with it they are
     re-coded (one nudged, one moved onto another item's embedding). Same result from both engines."""
@@ -80,9 +69,9 @@ def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_c
     ray = _assign([*ckpt, *flag, "--catalog", str(path), "--index", str(tmp_path / "ray"), "--engine", "ray"])
     assert local["existing_items"] == half and local["changed_items"] == 2 and local["fallback_items"] > 0
     assert local["recoded_items"] == (2 if recode else 0) and local["recoded_new_ids"] == (1 if recode else 0)
-    _same_run(local, ray)
-    exported = _export(tmp_path / "ray", tmp_path / "ray.parquet")
-    assert exported == _export(tmp_path / "local", tmp_path / "local.parquet")
+    assert_same_run(local, ray)
+    exported = cli_export(tmp_path / "ray", tmp_path / "ray.parquet")
+    assert exported == cli_export(tmp_path / "local", tmp_path / "local.parquet")
     table = pq.read_table(tmp_path / "ray.parquet").to_pydict()
     ids = dict(zip(table["item_id"], table["semantic_id"], strict=True))
     moved = {int(colliding.item_ids[1])} if recode else set()
@@ -90,7 +79,7 @@ def test_index_that_already_holds_items_same_export(ray_local, colliding, tiny_c
         assert (ids[item] != sid) if item in moved else (ids[item] == sid)
 
 
-def test_collisions_and_fallback_same_export(ray_local, colliding, tiny_checkpoint, tmp_path):
+def test_collisions_and_fallback_samecli_export(ray_local, colliding, tiny_checkpoint, tmp_path):
     """String ids and a kept column; Ray reads the rows as a directory of Parquet files (hive partitions),
     the single-machine engine as one file: same summary, byte-identical export, columns kept in order."""
     n = len(colliding)
@@ -107,8 +96,9 @@ def test_collisions_and_fallback_same_export(ray_local, colliding, tiny_checkpoi
     parts = ["--catalog", str(tmp_path / "parts"), "--engine", "ray", "--workers", "2"]
     ray = _assign([*common, *parts, "--index", str(tmp_path / "ray")])
     assert local["fallback_items"] > 0 and local["largest_bucket"] > 8  # the dedup digit has 8 values
-    _same_run(local, ray)
-    assert _export(tmp_path / "ray", tmp_path / "ray.parquet") == _export(tmp_path / "local", tmp_path / "l.parquet")
+    assert_same_run(local, ray)
+    ray_bytes = cli_export(tmp_path / "ray", tmp_path / "ray.parquet")
+    assert ray_bytes == cli_export(tmp_path / "local", tmp_path / "l.parquet")
     kept = pq.read_table(tmp_path / "ray" / "segments" / "seg-000001.parquet", columns=["item_id", "title"])
     assert kept.column("title").to_pylist() == title.to_pylist()
 
@@ -167,7 +157,8 @@ def test_large_run_streams_its_vectors_as_the_local_engine(
         assign_catalog(catalog=first, index_dir=tmp_path / name, vector_file_min_rows=first_rows, **kw)
     assign_catalog(catalog=full, index_dir=tmp_path / "local", vector_file_min_rows=1, **kw)
     assign_catalog_ray(catalog=full, index_dir=tmp_path / "ray", vector_file_min_rows=1, workers=2, **kw)
-    assert _export(tmp_path / "ray", tmp_path / "ray.parquet") == _export(tmp_path / "local", tmp_path / "l.parquet")
+    ray_bytes = cli_export(tmp_path / "ray", tmp_path / "ray.parquet")
+    assert ray_bytes == cli_export(tmp_path / "local", tmp_path / "l.parquet")
     for name in ("local", "ray"):
         files = sorted(p.name for p in (tmp_path / name / "segments").glob("*.vectors"))
         assert files == (["seg-000001.vectors"] if first_half_streamed else []) + ["seg-000002.vectors"]

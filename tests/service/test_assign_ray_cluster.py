@@ -33,7 +33,7 @@ from click.testing import CliRunner
 from semid.model.catalog import Catalog
 from semid.model.synthetic import write_catalog
 from semid.service.cli import main
-from tests.conftest import colliding_catalog
+from tests.conftest import assert_same_run, cli_export, colliding_catalog
 
 SEMID = [sys.executable, "-m", "semid.service.cli"]
 ENCODER = "MapWorker(MapBatches(EncodeBatches))"  # Ray Data's class name for the EncodeBatches actors
@@ -122,18 +122,7 @@ def _local(args: list[str]) -> dict:
     return json.loads(result.output.strip().splitlines()[-1])
 
 
-def _export(index: Path, out: Path) -> bytes:
-    result = CliRunner().invoke(main, ["export", "--index", str(index), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out.read_bytes()
-
-
-def _same_run(local: dict, ray: dict) -> None:
-    drop = ("seconds", "segment")
-    assert {k: v for k, v in ray.items() if k not in drop} == {k: v for k, v in local.items() if k not in drop}
-
-
-def test_cluster_run_gives_the_local_engines_export(cluster, tiny_checkpoint, tmp_path):
+def test_cluster_run_gives_the_local_enginescli_export(cluster, tiny_checkpoint, tmp_path):
     """Half the colliding catalog onto an empty index, then the whole catalog onto that index (which now
     holds items), each time by a driver process joining the 2-node cluster and by the single-machine engine:
     same summary, byte-identical export; each run had an encoding actor process on each node (which batches
@@ -159,9 +148,9 @@ def test_cluster_run_gives_the_local_engines_export(cluster, tiny_checkpoint, tm
         catalog = ["--catalog", str(tmp_path / f"{name}.parquet")]
         local = _local(["--checkpoint", str(tiny_checkpoint), *catalog, "--index", str(tmp_path / "local"), *flags])
         assert local["existing_items"] == (half if step else 0) and local["fallback_items"] > 0
-        _same_run(local, json.loads(run.stdout.strip().splitlines()[-1]))
-        exported = _export(tmp_path / "ray", tmp_path / f"ray-{step}.parquet")
-        assert exported == _export(tmp_path / "local", tmp_path / f"local-{step}.parquet")
+        assert_same_run(local, json.loads(run.stdout.strip().splitlines()[-1]))
+        exported = cli_export(tmp_path / "ray", tmp_path / f"ray-{step}.parquet")
+        assert exported == cli_export(tmp_path / "local", tmp_path / f"local-{step}.parquet")
         actors = {aid: where for aid, where in _encoder_actors().items() if aid not in seen}
         seen.update(actors)
         assert {node for node, pid in actors.values() if pid} == nodes, actors  # a process on each node
