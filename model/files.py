@@ -3,7 +3,11 @@ and the fault-injection hook of the write path. Used by checkpoints (model) and 
 
 A file is written under a temporary name in its final directory, fsynced, renamed
 over the final name with ``os.replace`` and the directory is fsynced, so readers see
-either the old or the new file, never a partial one.
+either the old or the new file, never a partial one. The temporary name is random and the
+file is created exclusively (``O_EXCL | O_NOFOLLOW``, ``create_temp_file``), so a file or
+symlink planted at a predictable name is never written through; a symlink at the final name
+is replaced, its target left alone. Every writer of ``semid.model`` and ``semid.service``
+goes through these helpers.
 
 Fault injection (tests only): ``SEMID_FAULT=<step>`` makes the process SIGKILL itself
 when the write path reaches ``<step>``; ``SEMID_FAULT=<step>:<n>`` at the n-th time it
@@ -28,7 +32,7 @@ import signal
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +85,47 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def create_temp_file(final: Path) -> tuple[Path, BinaryIO]:
+    """A new, empty temporary file next to ``final`` (same directory, so rename is atomic), open for
+    writing. Created exclusively and without following symlinks: an existing file or a symlink
+    planted at the name makes this fail instead of being written through."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    tmp = temp_path_for(final)
+    fd = os.open(tmp, flags, 0o666)
+    return tmp, os.fdopen(fd, "wb")
+
+
+def write_stream_atomically(final: Path, write: Callable[[BinaryIO], None], *, kind: str | None = None) -> None:
+    """Call ``write(f)`` on a fresh temporary file (``create_temp_file``), fsync it, then rename it to
+    ``final``. ``kind`` (``segment``, ``vectors``, ``manifest``) names the file's fault-injection steps."""
+    tmp, f = create_temp_file(final)
+    try:
+        with f:
+            write(f)
+            f.flush()
+            if kind is not None:
+                fault_point(f"after-{kind}-write", tmp)
+            os.fsync(f.fileno())
+            if kind is not None:
+                fault_point(f"after-{kind}-fsync", tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if kind is not None:
+        fault_point(f"after-{kind}-rename", final)
+    fsync_path(final.parent)
+
+
 def replace_atomically(final: Path, write: Callable[[Path], None], *, kind: str | None = None) -> None:
-    """Call ``write(tmp)`` to produce the file, fsync it, then rename it to ``final``.
+    """Call ``write(tmp)`` to produce the file by path (for libraries that only write to a path), fsync
+    it, then rename it to ``final``. ``tmp`` is created first, exclusively (``create_temp_file``).
 
     ``kind`` (``segment``, ``vectors``, ``manifest``) names the file's fault-injection steps.
     """
-    tmp = temp_path_for(final)
+    tmp, f = create_temp_file(final)
+    f.close()
     try:
         write(tmp)
         if kind is not None:
@@ -105,7 +144,11 @@ def replace_atomically(final: Path, write: Callable[[Path], None], *, kind: str 
 
 
 def write_bytes_atomically(final: Path, data: bytes | memoryview, *, kind: str | None = None) -> None:
-    replace_atomically(final, lambda tmp: _write_all(tmp, data), kind=kind)
+    write_stream_atomically(final, lambda f: f.write(data), kind=kind)
+
+
+def write_text_atomically(final: Path, text: str) -> None:
+    write_bytes_atomically(final, text.encode("utf-8"))
 
 
 def write_json_atomically(final: Path, payload: Any, *, kind: str | None = None) -> None:
@@ -113,9 +156,11 @@ def write_json_atomically(final: Path, payload: Any, *, kind: str | None = None)
     write_bytes_atomically(final, text.encode("utf-8"), kind=kind)
 
 
-def _write_all(path: Path, data: bytes | memoryview) -> None:
-    with path.open("wb") as f:
-        f.write(data)
+def write_parquet_atomically(final: Path, table: Any, **options: Any) -> None:
+    """``pq.write_table(table, ...)`` through ``write_stream_atomically`` (``options`` go to it)."""
+    import pyarrow.parquet as pq
+
+    write_stream_atomically(final, lambda f: pq.write_table(table, f, **options))
 
 
 def copy_dir_atomically(source: Path, final: Path, *, only: list[str] | None = None) -> None:
@@ -143,5 +188,3 @@ def copy_dir_atomically(source: Path, final: Path, *, only: list[str] | None = N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(final.parent)
-
-

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from semid.model.catalog import Catalog
+from semid.model.files import write_parquet_atomically
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -70,7 +70,5 @@ def write_catalog(catalog: Catalog, path: str | Path) -> Path:
     if catalog.columns is not None:
         for name in catalog.columns.column_names:
             table = table.append_column(name, catalog.columns.column(name))
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_parquet_atomically(path, table)
     return path

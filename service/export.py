@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from semid.model.files import write_parquet_atomically
 from semid.service.generation.trie import SemanticIdTrie
 from semid.service.generation.vocab import SemanticIdVocab
 from semid.service.index.handle import SemanticIdIndex
@@ -57,7 +57,5 @@ def export_index(
         SemanticIdTrie.from_snapshot(snapshot).save(trie)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    write_parquet_atomically(out, table)
     return table.num_rows

@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from semid.model.alignment import agreement, fit_alignment, write_aligned_checkpoint
 from semid.model.catalog import read_catalog
 from semid.model.checkpoint import CONFIG_FILE, load_checkpoint
-from semid.model.files import write_json_atomically
+from semid.model.files import write_json_atomically, write_parquet_atomically
 from semid.service.encoder import CheckpointEncoder
 from semid.service.ids.layout import IdLayout
 from semid.service.index.handle import SemanticIdIndex
@@ -193,9 +192,7 @@ def write_migration(
     table, report = migration_map(IndexIds.open(old_index), IndexIds.open(new_index))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    write_parquet_atomically(out, table)
     if report_path is not None:
         write_json_atomically(Path(report_path), report.to_dict())
     return report

@@ -23,6 +23,7 @@ import torch
 from semid.model.catalog import CatalogError, read_catalog
 from semid.model.checkpoint import load_checkpoint
 from semid.model.config import SemidConfig
+from semid.model.files import write_text_atomically
 from semid.model.job import train_tokenizer
 from semid.model.metrics import flat_levels
 from semid.service.evaluation.code_health import prefix_shares, search_neighbours
@@ -154,7 +155,5 @@ def evaluate_holdout(
         figures["summary"]["recon_mse"] = round(rec["recon_mse"], 4)
         metrics[name] = figures
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "metrics.json")
+    write_text_atomically(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -19,6 +19,7 @@ import torch
 
 from semid.model.catalog import Catalog, CatalogError, read_catalog
 from semid.model.checkpoint import LoadedCheckpoint, load_checkpoint
+from semid.model.files import write_text_atomically
 from semid.model.metrics import flat_levels, levels_from_flat
 from semid.service.evaluation.figures import (
     collision_figures,
@@ -307,6 +308,4 @@ def _plain(value: object) -> object:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, text)

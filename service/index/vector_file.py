@@ -26,7 +26,7 @@ from types import TracebackType
 import numpy as np
 
 from semid.service.errors import CorruptIndexError, IndexWriteError, InvalidInputError
-from semid.service.index.store import TMP_PREFIX, fault_point, fsync_path, sha256_file, temp_path_for
+from semid.service.index.store import TMP_PREFIX, create_temp_file, fault_point, fsync_path, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,11 @@ class StagedVectors:
     def __init__(self, directory: Path, *, dim: int) -> None:
         self.dim = dim
         self.rows = 0
-        self.path = temp_path_for(directory / f"staged{VECTORS_SUFFIX}")
+        self.path = directory / f"staged{VECTORS_SUFFIX}"  # named for errors until the file exists
         self._digest = hashlib.sha256()
         self._sha256: str | None = None
         try:
-            self._file = self.path.open("wb")
+            self.path, self._file = create_temp_file(self.path)
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
 
