@@ -13,14 +13,20 @@ Batched look-ups pack each prefix once and find its node with one ``searchsorted
 queries). A depth whose packed bit rows of allowed codes fit ``BIT_ROWS_BUDGET`` keeps one per node
 (``np.unpackbits`` gives the mask); a depth with more nodes scatters its CSR instead.
 
-Only the leaf keys (the packed full IDs), the sizes and the items go to disk (``.save``, an ``.npz``
-read with ``allow_pickle=False``); every other array is derived on load, after validation.
+Only the leaf keys (the packed full IDs), the sizes and the items go to disk (``.save``, an ``.npz``);
+every other array is derived on load, after validation. A trie file comes from a server or a file, so
+reading it is bounded before anything is allocated: at most ``MAX_WIDTH`` positions (as ``IdLayout``) of
+at most ``MAX_SIZE`` codes, string items of at most ``MAX_ITEM_CHARS`` characters, and each member's
+``.npy`` header (dtype, shape) must account for exactly the zip entry's declared size, which is
+bounded by its stored size (``MAX_INFLATION``) and read no further than declared.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,13 @@ FORMAT = "semid-trie"
 VERSION = 1
 BIT_ROWS_BUDGET = 32 << 20  # bytes of packed bit rows a depth may keep (else it scatters the CSR)
 _MAX_KEY = (1 << 63) - 1
+MAX_WIDTH = 26  # positions of an ID: IdLayout's limit (one letter per position in token strings)
+MAX_SIZE = 1 << 20  # codes per position: a vocabulary's limit (semid.service.generation.vocab.MAX_TOKENS)
+MAX_ITEM_CHARS = 1024  # characters of a string item id
+MAX_INFLATION = 32  # a compressed member may declare at most this many times its stored bytes (+ 1 MiB)
+_MEMBERS = ("format", "version", "sizes", "keys", "items")
+_SMALL_MEMBER = 1 << 12  # format, version and sizes are a few bytes each
+_HEADER_BYTES = 1 << 14  # an .npy header is at most this long here (numpy itself allows 10,000 bytes)
 
 
 class InvalidTrieError(InvalidInputError):
@@ -298,34 +311,57 @@ class SemanticIdTrie:
     @classmethod
     def _from_npz(cls, source: Any, name: str) -> SemanticIdTrie:
         try:
-            with np.load(source, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in ("format", "version", "sizes", "keys", "items") if key in npz}
-        except (OSError, ValueError, EOFError, KeyError) as err:  # not a zip, a pickled array, truncated...
-            raise InvalidTrieError(f"{name} is not a trie file: {err}") from None
-        except Exception as err:  # zipfile.BadZipFile and friends
+            with zipfile.ZipFile(source) as zf:
+                return cls._from_zip(zf, name)
+        except InvalidTrieError:
+            raise
+        except Exception as err:  # not a zip, truncated, a bad CRC, an unsupported compression...
             raise InvalidTrieError(f"{name} is not a trie file: {type(err).__name__}: {err}") from None
-        missing = {"format", "version", "sizes", "keys", "items"} - set(arrays)
+
+    @classmethod
+    def _from_zip(cls, zf: zipfile.ZipFile, name: str) -> SemanticIdTrie:
+        """Each member's header is checked (and the small ones read) before a large one is read."""
+        listed = set(zf.namelist())
+        missing = [key for key in _MEMBERS if f"{key}.npy" not in listed]
         if missing:
-            raise InvalidTrieError(f"{name} lacks {sorted(missing)}")
-        if arrays["format"].shape != () or str(arrays["format"]) != FORMAT:
+            raise InvalidTrieError(f"{name} lacks {missing}")
+        members = {key: _Member(zf, key, name) for key in _MEMBERS}
+        positions = math.prod(members["sizes"].shape)
+        if positions > MAX_WIDTH:
+            raise InvalidTrieError(f"{name}: sizes has {positions} positions; expected at most {MAX_WIDTH}")
+        for key in ("format", "version", "sizes"):
+            if members[key].nbytes > _SMALL_MEMBER:
+                raise InvalidTrieError(f"{name}: {key} holds {members[key].nbytes} bytes; expected a few")
+        fmt = members["format"].read()
+        if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
             raise InvalidTrieError(f"{name} is not a {FORMAT} file")
-        version = arrays["version"]
+        version = members["version"].read()
         if version.shape != () or version.dtype.kind not in "iu" or int(version) != VERSION:
             raise InvalidTrieError(f"{name} has format version {version!r}; expected {VERSION}")
-        sizes_arr = arrays["sizes"]
+        sizes_arr = members["sizes"].read()
         if sizes_arr.ndim != 1 or sizes_arr.dtype.kind not in "iu":
             raise InvalidTrieError(f"{name}: sizes must be a list of ints")
         sizes = _check_sizes(sizes_arr.tolist())
-        keys, items = arrays["keys"], arrays["items"]
-        if keys.ndim != 1 or keys.dtype != np.int64:
-            raise InvalidTrieError(f"{name}: keys must be int64 [N], got {keys.dtype} {keys.shape}")
-        if items.shape != keys.shape or items.dtype.kind not in "iuU":
+        keys_m, items_m = members["keys"], members["items"]
+        if len(keys_m.shape) != 1 or keys_m.dtype != np.int64:
+            raise InvalidTrieError(f"{name}: keys must be int64 [N], got {keys_m.dtype} {keys_m.shape}")
+        count = keys_m.shape[0]
+        if count > _capacity(sizes):
+            raise InvalidTrieError(f"{name}: {count} keys, more than the sizes {sizes} hold")
+        kind, width = items_m.dtype.kind, items_m.dtype.itemsize
+        if items_m.shape != (count,) or kind not in "iuU" or (kind in "iu" and width > 8):
             raise InvalidTrieError(
-                f"{name}: items must be ints or strings [{keys.shape[0]}], got {items.dtype} {items.shape}"
+                f"{name}: items must be ints or strings [{count}], got {items_m.dtype} {items_m.shape}"
             )
-        if keys.shape[0] and (int(keys[0]) < 0 or int(keys[-1]) >= _capacity(sizes) or (np.diff(keys) <= 0).any()):
+        if kind == "U" and width // 4 > MAX_ITEM_CHARS:
+            raise InvalidTrieError(
+                f"{name}: items are strings of up to {width // 4} characters; expected at most {MAX_ITEM_CHARS}"
+            )
+        keys = keys_m.read()
+        if count and (int(keys[0]) < 0 or int(keys[-1]) >= _capacity(sizes) or (np.diff(keys) <= 0).any()):
             raise InvalidTrieError(f"{name}: keys must be distinct, sorted and within the sizes")
-        if items.dtype.kind in "iu":
+        items = items_m.read()
+        if kind in "iu":
             items = items.astype(np.int64, copy=False)
         return cls(sizes, keys, items)
 
@@ -405,13 +441,63 @@ class SemanticIdTrie:
 # --- helpers -------------------------------------------------------------------------
 
 
+class _Member:
+    """One ``.npy`` member of a trie file: its header read and checked against the zip entry, its data not
+    yet read. The entry must declare exactly the header's bytes plus ``shape x itemsize``, and at most
+    ``MAX_INFLATION`` times its stored bytes (+ 1 MiB); ``read`` reads no more than that."""
+
+    def __init__(self, zf: zipfile.ZipFile, key: str, name: str) -> None:
+        info = zf.getinfo(f"{key}.npy")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise InvalidTrieError(f"{name}: {key} uses zip compression {info.compress_type}; expected none or deflate")
+        if info.file_size > info.compress_size * MAX_INFLATION + (1 << 20):
+            raise InvalidTrieError(
+                f"{name}: {key} declares {info.file_size} bytes from {info.compress_size} stored; "
+                f"expected at most {MAX_INFLATION}x"
+            )
+        with zf.open(info) as f:
+            head = io.BytesIO(f.read(min(info.file_size, _HEADER_BYTES)))
+        try:
+            major, _minor = np.lib.format.read_magic(head)
+            read_header = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}[major]
+            shape, _fortran, dtype = read_header(head, max_header_size=_HEADER_BYTES)
+        except (KeyError, ValueError, EOFError) as err:
+            raise InvalidTrieError(f"{name}: {key} is not a .npy array: {err}") from None
+        if dtype.hasobject or len(shape) > 1:
+            raise InvalidTrieError(f"{name}: {key} is {dtype} {shape}; expected a plain array of at most one axis")
+        self.dtype, self.shape, self._info, self._zf = dtype, tuple(shape), info, zf
+        self._offset = head.tell()
+        self.nbytes = math.prod(self.shape) * dtype.itemsize
+        if info.file_size != self._offset + self.nbytes:
+            raise InvalidTrieError(
+                f"{name}: {key} declares {dtype} {self.shape} ({self.nbytes} bytes) in a zip entry of "
+                f"{info.file_size - self._offset} bytes"
+            )
+
+    def read(self) -> np.ndarray:
+        buf = bytearray(self.nbytes)
+        with self._zf.open(self._info) as f:
+            f.read(self._offset)
+            view, done = memoryview(buf), 0
+            while done < self.nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise EOFError(f"{self._info.filename} ends after {done} of {self.nbytes} bytes")
+                done += got
+        return np.frombuffer(buf, dtype=self.dtype).reshape(self.shape)
+
+
 def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     try:
         out = tuple(int(s) for s in sizes)
     except (TypeError, ValueError):
         raise InvalidTrieError(f"sizes must be ints, got {sizes!r}", field="sizes") from None
     if not out or any(s < 1 for s in out) or any(isinstance(s, bool) for s in sizes):
-        raise InvalidTrieError(f"sizes must be one or more ints >= 1, got {sizes!r}", field="sizes")
+        raise InvalidTrieError(f"sizes must be one or more ints >= 1, got {sizes!r}"[:300], field="sizes")
+    if len(out) > MAX_WIDTH:
+        raise InvalidTrieError(f"sizes has {len(out)} positions; expected at most {MAX_WIDTH}", field="sizes")
+    if max(out) > MAX_SIZE:
+        raise InvalidTrieError(f"sizes {out} has a position of more than {MAX_SIZE} codes", field="sizes")
     if _capacity(out) > _MAX_KEY:
         raise InvalidTrieError(f"sizes {out} have more than 2**63 IDs; a packed ID must fit int64", field="sizes")
     return out
@@ -445,10 +531,17 @@ def _item_array(item_ids: Any) -> np.ndarray:
     arr = np.asarray(item_ids)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64, copy=False)
-    if arr.dtype.kind == "U":
-        return arr
     if arr.dtype.kind == "O" and all(isinstance(x, str) for x in arr.reshape(-1).tolist()):
-        return arr.astype(np.str_) if arr.size else np.zeros(arr.shape, dtype="U1")
+        arr = arr.astype(np.str_) if arr.size else np.zeros(arr.shape, dtype="U1")
+    if arr.dtype.kind == "U":
+        if arr.dtype.itemsize // 4 > MAX_ITEM_CHARS:
+            longest = max(len(x) for x in arr.reshape(-1).tolist())
+            if longest > MAX_ITEM_CHARS:
+                raise InvalidTrieError(
+                    f"an item id has {longest} characters; expected at most {MAX_ITEM_CHARS}", field="item_ids"
+                )
+            return arr.astype(f"U{max(longest, 1)}")
+        return arr
     if arr.dtype.kind == "O" and arr.size == 0:
         return np.zeros(arr.shape, dtype=np.int64)
     raise InvalidTrieError(f"item_ids must be ints or strings, got {arr.dtype}", field="item_ids")

@@ -7,7 +7,10 @@ sizes (``p * K`` when every position has K codes). Optional special tokens (pad,
 codes. ``offset`` appends the whole block to an existing LLM vocabulary (its size).
 
 The JSON form lists every token with its flat id; ``from_json`` refuses a file whose list disagrees
-with its layout, offset and special tokens.
+with its layout, offset and special tokens. A vocabulary holds at most ``MAX_TOKENS`` tokens and its
+flat ids stay below ``MAX_FLAT_ID`` (int32, as token ids are); a file's counts are compared with its
+layout's before any token is built, and ``load`` refuses a file larger than a vocabulary of
+``MAX_TOKENS`` can be, before reading it, so a small file cannot declare a huge table.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from semid.service.ids.layout import IdLayout
 FORMAT = "semid-vocab"
 VERSION = 1
 SPECIALS = ("pad", "bos", "eos")
+MAX_TOKENS = 1 << 20  # code tokens of one vocabulary: every one is an embedding row of the model
+MAX_FLAT_ID = (1 << 31) - 1  # flat ids are token ids: int32
+_FILE_BYTES_PER_TOKEN = 128  # '{"code": 1048575, "id": 2147483647, "level": 25, "token": "<z_1048575>"}' and indent
+MAX_FILE_BYTES = MAX_TOKENS * _FILE_BYTES_PER_TOKEN + (1 << 16)
 _TOKEN_RE = re.compile(r"<([a-z])_([0-9]{1,19})>")
 
 
@@ -57,6 +64,17 @@ class SemanticIdVocab:
             raise InvalidVocabError(f"offset is {self.offset!r}; expected an int >= 0", field="offset")
         object.__setattr__(self, "offset", int(self.offset))
         object.__setattr__(self, "special_tokens", bool(self.special_tokens))
+        if self.code_tokens > MAX_TOKENS:
+            raise InvalidVocabError(
+                f"layout {self.layout.sizes} has {self.code_tokens} code tokens; a vocabulary holds at most "
+                f"{MAX_TOKENS}",
+                field="layout",
+            )
+        if self.end - 1 > MAX_FLAT_ID:
+            raise InvalidVocabError(
+                f"offset {self.offset} + {len(self)} tokens passes the largest flat id {MAX_FLAT_ID} (int32)",
+                field="offset",
+            )
 
     @classmethod
     def for_layout(cls, layout: IdLayout, *, offset: int = 0, special_tokens: bool = False) -> SemanticIdVocab:
@@ -240,6 +258,14 @@ class SemanticIdVocab:
         if not isinstance(specials, Mapping) or set(specials) not in (set(), set(SPECIALS)):
             raise InvalidVocabError(f"special_tokens must be {{}} or name all of {SPECIALS}")
         vocab = cls(layout=IdLayout.from_dict(data.get("layout")), offset=data.get("offset"), special_tokens=specials)
+        tokens, size = data.get("tokens"), data.get("size")
+        if not isinstance(tokens, list) or len(tokens) != len(vocab) or size != len(vocab):
+            # compared before the full table is built: its cost is then bounded by the file's own length
+            listed = len(tokens) if isinstance(tokens, list) else type(tokens).__name__
+            raise InvalidVocabError(
+                f"the vocab lists {listed} tokens (size {size!r}); its layout, offset and special tokens make "
+                f"{len(vocab)}"
+            )
         if vocab.to_json() != dict(data):
             raise InvalidVocabError("the vocab's token list disagrees with its layout, offset or special tokens")
         return vocab
@@ -249,8 +275,14 @@ class SemanticIdVocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SemanticIdVocab:
+        with open(path, "rb") as f:  # a missing file raises FileNotFoundError, as before
+            if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:  # checked first: read(n) allocates n bytes
+                raise InvalidVocabError(f"{path} is larger than {MAX_FILE_BYTES} bytes, a vocab of {MAX_TOKENS} tokens")
+            raw = f.read()  # sized from the file (readall), not from the bound
+        if len(raw) > MAX_FILE_BYTES:  # it grew while read
+            raise InvalidVocabError(f"{path} is larger than {MAX_FILE_BYTES} bytes, a vocab of {MAX_TOKENS} tokens")
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise InvalidVocabError(f"{path} is not JSON: {err}") from None
         return cls.from_json(data)

@@ -3,10 +3,14 @@ index readers bounding what a crafted file may cost before it is refused."""
 
 from __future__ import annotations
 
+import io
 import json
+import tracemalloc
 import uuid
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -14,6 +18,10 @@ from click.testing import CliRunner
 from semid.model import files
 from semid.model.synthetic import synthetic_catalog, write_catalog
 from semid.service.cli import main
+from semid.service.generation import vocab as vocab_module
+from semid.service.generation.trie import InvalidTrieError, SemanticIdTrie
+from semid.service.generation.vocab import InvalidVocabError, SemanticIdVocab
+from semid.service.ids.layout import IdLayout
 
 VICTIM_TEXT = b"precious: must never be overwritten\n"
 
@@ -95,3 +103,152 @@ def test_the_temporary_file_is_created_exclusively(tmp_path, monkeypatch):
         files.write_bytes_atomically(final, b"data")
     assert victim.read_bytes() == VICTIM_TEXT
     assert not final.exists()
+
+
+# --- trie files (item 3) ---------------------------------------------------------------------------------
+
+
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _trie_zip(path: Path, *, sizes, keys=None, items=None, big: dict | None = None) -> Path:
+    """A trie file with the given members; ``big`` = {member: (dtype, n)}: a deflated member of n zero values."""
+    small = {"format": np.array("semid-trie"), "version": np.array(1), "sizes": np.asarray(sizes, dtype=np.int64)}
+    if keys is not None:
+        small["keys"] = np.asarray(keys, dtype=np.int64)
+    if items is not None:
+        small["items"] = np.asarray(items)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in small.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+        for key, (dtype, n) in (big or {}).items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                f.write(_npy_header(dtype, (n,)))
+                left, chunk = n * np.dtype(dtype).itemsize, bytes(1 << 20)
+                while left:
+                    f.write(chunk[: min(left, len(chunk))])
+                    left -= min(left, len(chunk))
+    return path
+
+
+def _peak_bytes(fn) -> tuple[int, BaseException | None]:
+    """Peak traced allocation (NumPy's arrays included) while ``fn`` runs, and what it raised."""
+    tracemalloc.start()
+    try:
+        fn()
+        raised = None
+    except Exception as exc:  # noqa: BLE001 - returned for the caller to assert on
+        raised = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, raised
+
+
+def test_a_trie_of_thousands_of_positions_is_refused(tmp_path):
+    """0.7.0 derived a radix table per depth: quadratic in positions (16,000 positions: 32 s, 2 GB)."""
+    path = _trie_zip(tmp_path / "wide.npz", sizes=[1] * 4000, keys=[0], items=[7])
+    with pytest.raises(InvalidTrieError, match="4000 positions; expected at most 26"):
+        SemanticIdTrie.load(path)
+    with pytest.raises(InvalidTrieError, match="positions"):
+        SemanticIdTrie.from_bytes(path.read_bytes())
+
+
+def test_a_trie_with_codes_beyond_int32_is_refused(tmp_path):
+    """0.7.0 accepted sizes >= 2**31 and stored the codes as int32 (wrapped)."""
+    size = (1 << 31) + 5
+    path = _trie_zip(tmp_path / "big.npz", sizes=[size], keys=[size - 1], items=[0])
+    with pytest.raises(InvalidTrieError, match="more than 1048576 codes"):
+        SemanticIdTrie.load(path)
+
+
+def test_a_trie_declaring_huge_string_items_is_refused_before_reading_them(tmp_path):
+    """A few hundred KB of deflated zeros declaring 3 items of 10M characters (120 MB) each."""
+    path = _trie_zip(tmp_path / "items.npz", sizes=[4, 4], keys=[0, 1, 2], big={"items": ("<U10000000", 3)})
+    assert path.stat().st_size < 1 << 20
+    peak, raised = _peak_bytes(lambda: SemanticIdTrie.load(path))
+    assert isinstance(raised, InvalidTrieError), raised
+    assert "declares" in str(raised) or "characters" in str(raised)
+    assert peak < 8 << 20, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_a_deflated_keys_bomb_is_refused_before_it_is_inflated(tmp_path):
+    """16M zero keys (128 MB) deflated to ~128 KB: refused from the zip entry's sizes, never decompressed."""
+    path = _trie_zip(tmp_path / "keys.npz", sizes=[1 << 20, 1 << 20], items=[], big={"keys": ("<i8", 1 << 24)})
+    peak, raised = _peak_bytes(lambda: SemanticIdTrie.load(path))
+    assert isinstance(raised, InvalidTrieError) and "expected at most 32x" in str(raised), raised
+    assert peak < 8 << 20, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_a_trie_member_whose_header_disagrees_with_its_entry_is_refused(tmp_path):
+    path = tmp_path / "lying.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, arr in {"format": np.array("semid-trie"), "version": np.array(1), "sizes": np.array([4, 4])}.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr)
+            zf.writestr(f"{key}.npy", buf.getvalue())
+        zf.writestr("keys.npy", _npy_header("<i8", (1 << 40,)) + bytes(64))  # declares 8 TB, holds 64 bytes
+        zf.writestr("items.npy", _npy_header("<i8", (8,)) + bytes(64))
+    with pytest.raises(InvalidTrieError, match="in a zip entry of 64 bytes"):
+        SemanticIdTrie.load(path)
+
+
+def test_long_string_items_are_refused_when_building_and_saved_tries_still_load(tmp_path):
+    sids = np.array([[0, 1], [1, 0]])
+    with pytest.raises(InvalidTrieError, match="1025 characters"):
+        SemanticIdTrie.from_semantic_ids(sids, ["a", "b" * 1025], sizes=(2, 2))
+    trie = SemanticIdTrie.from_semantic_ids(sids, ["a", "b" * 1024], sizes=(2, 2))
+    trie.save(tmp_path / "t.npz")
+    assert SemanticIdTrie.load(tmp_path / "t.npz").item_of([1, 0]) == "b" * 1024
+
+
+# --- vocab files (item 4) --------------------------------------------------------------------------------
+
+
+def _vocab_file(path: Path, sizes: list[int], tokens: list | None = None) -> Path:
+    data = {
+        "format": "semid-vocab",
+        "version": 1,
+        "layout": {"codebook_sizes": sizes, "dedup_size": 1},
+        "offset": 0,
+        "size": sum(sizes) + 1,
+        "special_tokens": {},
+        "tokens": tokens or [],
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_tiny_vocab_declaring_four_million_codes_is_refused_at_once(tmp_path):
+    """0.7.0 built the 4M-token table before comparing (9.3 s, 2.9 GB) for a 150-byte file."""
+    path = _vocab_file(tmp_path / "v.json", [4194304])
+    peak, raised = _peak_bytes(lambda: SemanticIdVocab.load(path))
+    assert isinstance(raised, InvalidVocabError) and "at most 1048576" in str(raised), raised
+    assert peak < 1 << 20, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_a_vocab_listing_fewer_tokens_than_its_layout_is_refused_before_building_them(tmp_path):
+    path = _vocab_file(tmp_path / "v.json", [300_000], tokens=[{"id": 0, "token": "<a_0>", "level": 0, "code": 0}])
+    peak, raised = _peak_bytes(lambda: SemanticIdVocab.load(path))
+    assert isinstance(raised, InvalidVocabError) and "lists 1 tokens" in str(raised), raised
+    assert peak < 1 << 20, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_a_vocab_file_larger_than_any_vocab_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(vocab_module, "MAX_FILE_BYTES", 1000)
+    path = tmp_path / "v.json"
+    path.write_text(" " * 5000 + "{}")
+    with pytest.raises(InvalidVocabError, match="larger than 1000 bytes"):
+        SemanticIdVocab.load(path)
+
+
+def test_a_vocab_with_flat_ids_beyond_int32_is_refused():
+    layout = IdLayout(codebook_sizes=(4,), dedup_size=2)
+    with pytest.raises(InvalidVocabError, match="int32"):
+        SemanticIdVocab.for_layout(layout, offset=(1 << 31) - 3)
+    assert SemanticIdVocab.for_layout(layout, offset=(1 << 31) - 7).end == (1 << 31) - 1
