@@ -508,6 +508,16 @@ def _load_snapshot(root: Path, manifest: Manifest, base: IndexSnapshot | None) -
     """
     layout, id_kind, keep = manifest.layout, manifest.id_kind, manifest.keep_columns
     known = len(base.manifest.segments) if base is not None else 0
+    unverified = [info.name for info in manifest.segments[known:] if info.sha256 is None]
+    if unverified:  # manifests written before checksums existed: kept openable, but said so
+        logger.warning(
+            "index %s: %d segments have no recorded checksum (written by an older semid), so a corrupt or "
+            "tampered file cannot be told from a good one, e.g. %s; their decoded size is still bounded. "
+            "`semid check` lists them",
+            root,
+            len(unverified),
+            unverified[:3],
+        )
     parts = []
     for info in manifest.segments[known:]:
         # a segment with a vector file was written with Parquet page checksums: they are verified as the

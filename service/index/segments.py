@@ -11,6 +11,13 @@ by row.
 
 A segment is written as one buffer whose SHA-256 the manifest records; readers given
 that checksum verify the bytes before parsing them (``CorruptIndexError`` on mismatch).
+
+The kept columns are what a tampered file (or one whose checksum is not recorded) can inflate most:
+a dictionary-encoded column of one long string decodes to rows x its length from a few bytes. So they
+are read dictionary-encoded and their decoded size is counted from the dictionary and the indices
+before they are decoded; together with the column chunks' declared uncompressed sizes it must stay
+within ``kept_budget(file bytes)``: ``KEPT_BYTES_PER_FILE_BYTE`` times the file, at least
+``KEPT_MIN_BUDGET``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ RECODES_COLUMN = "recodes"
 # flat one, most of the time it took to open a 10M-row segment, and the packed ID is what the index
 # sorts on anyway.
 PACKED_COLUMNS = {"semantic_id": "packed_id", "base_code": "packed_base"}
+KEPT_BYTES_PER_FILE_BYTE = 64  # decoded kept columns per byte of the segment file ...
+KEPT_MIN_BUDGET = 64 << 20  # ... but never less than this
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,12 +246,26 @@ def read_segment(
     name = path.name
     try:
         source = segment_source(path, sha256)
-        with pq.ParquetFile(source, page_checksum_verification=page_checksums) as parquet:
-            names = parquet.schema_arrow.names
+        file_bytes = source.size() if isinstance(source, pa.BufferReader) else path.stat().st_size
+        with pq.ParquetFile(source) as plain:  # the stored Arrow types (read_dictionary changes them)
+            stored = plain.schema_arrow
+        as_dictionary = [
+            c
+            for c in keep_columns
+            if c in stored.names and _is_bytes(stored.field(c).type)  # a plain string column, read encoded
+        ]
+        with pq.ParquetFile(
+            source, page_checksum_verification=page_checksums, read_dictionary=as_dictionary
+        ) as parquet:
+            names = stored.names
             has_recodes = RECODES_COLUMN in names
             is_packed = PACKED_COLUMNS["semantic_id"] in names
             core = [PACKED_COLUMNS.get(c, c) if is_packed else c for c in CORE_COLUMNS]
+            _check_declared_kept(parquet.metadata, keep_columns, kept_budget(file_bytes), name)
             table = parquet.read(columns=[*core, *([RECODES_COLUMN] if has_recodes else []), *keep_columns])
+        table = _decoded_kept(table, stored, as_dictionary, keep_columns, kept_budget(file_bytes), name)
+    except CorruptIndexError:
+        raise
     except FileNotFoundError:
         raise CorruptIndexError(f"segment {name} is listed in the manifest but missing") from None
     except (OSError, pa.ArrowException) as exc:
@@ -289,6 +312,65 @@ def read_segment(
     except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
         raise CorruptIndexError(f"segment {name} is malformed: {exc}") from None
     return data
+
+
+def kept_budget(file_bytes: int) -> int:
+    """Most bytes a segment file of ``file_bytes`` may decode its kept columns to."""
+    return max(KEPT_MIN_BUDGET, KEPT_BYTES_PER_FILE_BYTE * file_bytes)
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    return any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary))
+
+
+def _check_declared_kept(metadata: pq.FileMetaData, keep_columns: Sequence[str], budget: int, name: str) -> None:
+    """The kept column chunks' declared uncompressed sizes (what their pages inflate to) within ``budget``."""
+    keep = set(keep_columns)
+    declared = 0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for i in range(group.num_columns):
+            chunk = group.column(i)
+            if chunk.path_in_schema.split(".")[0] in keep:
+                declared += chunk.total_uncompressed_size
+    if declared > budget:
+        raise CorruptIndexError(
+            f"segment {name}: its kept columns declare {declared} uncompressed bytes, more than {budget} for a "
+            "file of its size; the file is corrupt or was not written by semid"
+        )
+
+
+def _decoded_kept(
+    table: pa.Table,
+    stored: pa.Schema,
+    as_dictionary: Sequence[str],
+    keep_columns: Sequence[str],
+    budget: int,
+    name: str,
+) -> pa.Table:
+    """``table`` with the columns read dictionary-encoded decoded to their stored types, once the kept
+    columns' decoded size (counted from each dictionary's value lengths taken by the indices) is within
+    ``budget``."""
+    total = 0
+    for column in keep_columns:
+        chunks = table.column(column).chunks if column in table.column_names else []
+        for chunk in chunks:
+            if column in as_dictionary and pa.types.is_dictionary(chunk.type):
+                lengths = pc.binary_length(chunk.dictionary)
+                total += (pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0) + 8 * len(chunk)
+            else:
+                total += chunk.nbytes
+        if total > budget:
+            raise CorruptIndexError(
+                f"segment {name}: its kept columns decode to more than {budget} bytes (from a file whose size "
+                "allows at most that); the file is corrupt or was not written by semid"
+            )
+    for column in as_dictionary:
+        if column in table.column_names:
+            at = table.column_names.index(column)
+            decoded = table.column(column).cast(stored.field(column).type)
+            table = table.set_column(at, stored.field(column), decoded)
+    return table
 
 
 def _unpacked_codes(table: pa.Table, layout: IdLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

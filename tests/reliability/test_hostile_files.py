@@ -252,3 +252,73 @@ def test_a_vocab_with_flat_ids_beyond_int32_is_refused():
     with pytest.raises(InvalidVocabError, match="int32"):
         SemanticIdVocab.for_layout(layout, offset=(1 << 31) - 3)
     assert SemanticIdVocab.for_layout(layout, offset=(1 << 31) - 7).end == (1 << 31) - 1
+
+
+# --- index segments (item 6) -----------------------------------------------------------------------------
+
+_OPEN_AND_MEASURE = """
+import json, sys
+import pyarrow as pa
+from semid.service.index.handle import SemanticIdIndex
+try:
+    SemanticIdIndex.open(sys.argv[1])
+    error = None
+except Exception as exc:
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"arrow_peak": pa.default_memory_pool().max_memory(), "error": error}))
+"""
+
+
+def _unchecked_index(tmp_path: Path) -> tuple[Path, Path]:
+    """A 40-item index with a kept ``title`` column whose manifest no longer records the segment's sha256
+    (as an index written before checksums existed); returns (index dir, its one segment)."""
+    from tests.service.index.test_handle import filled_index
+
+    index_dir = tmp_path / "idx"
+    filled_index(index_dir, np.random.default_rng(0))
+    manifest_path = index_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["segments"]:
+        entry.pop("sha256", None)
+    manifest_path.write_text(json.dumps(manifest))
+    (segment,) = [index_dir / "segments" / s["name"] for s in manifest["segments"]]
+    return index_dir, segment
+
+
+def _open_in_subprocess(index_dir: Path) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _OPEN_AND_MEASURE, str(index_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_tampered_kept_column_is_refused_before_it_is_decoded(tmp_path):
+    """The kept column rewritten as one 4 MB string, dictionary-encoded (a file of a few KB), the Arrow schema
+    saying plain strings and the checksum dropped: 0.7.0 decoded all 40 x 4 MB."""
+    import pyarrow as pa
+
+    index_dir, segment = _unchecked_index(tmp_path)
+    table = pq.read_table(segment)
+    huge = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int32)), pa.array(["x" * (4 << 20)]))
+    table = table.set_column(table.column_names.index("title"), "title", huge)
+    pq.write_table(table, segment, compression="zstd", store_schema=False)  # read back as plain strings
+    assert segment.stat().st_size < 1 << 20
+    result = _open_in_subprocess(index_dir)
+    assert result["error"] is not None and "kept columns decode to more than" in result["error"], result
+    assert result["arrow_peak"] < 32 << 20, result
+
+
+def test_an_index_without_segment_checksums_opens_with_a_warning(tmp_path, caplog):
+    from semid.service.index.check import check_index
+    from semid.service.index.handle import SemanticIdIndex
+
+    index_dir, _ = _unchecked_index(tmp_path)
+    with caplog.at_level("WARNING", logger="semid.service.index.handle"):
+        assert len(SemanticIdIndex.open(index_dir)) == 40
+    assert any("no recorded checksum" in r.getMessage() for r in caplog.records), caplog.text
+    report = check_index(index_dir)
+    assert report.ok and any("no recorded checksum" in note for note in report.notes)
