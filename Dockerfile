@@ -10,11 +10,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MALLOC_ARENA_MAX=2
 
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt requirements-runtime.lock README.md ./
 COPY model ./model
 COPY service ./service
-# The CPU wheel of torch comes from PyTorch's CPU index; constraints.txt pins the version.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt . \
+# Every runtime dependency hash-pinned (requirements-runtime.lock, refreshed by `bash .ci/lock`); the CPU wheel of
+# torch comes from PyTorch's CPU index. Then semid itself, without dependencies.
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu --require-hashes -r requirements-runtime.lock \
+    && pip install --no-deps --no-build-isolation . \
     && useradd --create-home --uid 10001 semid \
     && mkdir -p /data && chown semid:semid /data
 

@@ -45,7 +45,8 @@ def test_dockerfile_is_cpu_only_non_root_with_healthcheck_and_serves():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER (?!root)\S+", text, re.M)
     assert "HEALTHCHECK" in text and "/healthz" in text
-    assert "-c constraints.txt" in text and "whl/cpu" in text
+    assert "--require-hashes -r requirements-runtime.lock" in text and "whl/cpu" in text
+    assert "pip install --no-deps" in text  # the project itself: its dependencies all come from the lock
     cmd = re.search(r"^CMD \[(.*)\]", text, re.M).group(1)
     _check_command([part.strip().strip('"') for part in cmd.split(",")])
     for copied in re.findall(r"^COPY (\S+)", text, re.M):
