@@ -322,3 +322,10 @@ def test_an_index_without_segment_checksums_opens_with_a_warning(tmp_path, caplo
     assert any("no recorded checksum" in r.getMessage() for r in caplog.records), caplog.text
     report = check_index(index_dir)
     assert report.ok and any("no recorded checksum" in note for note in report.notes)
+
+
+def test_trie_string_items_wider_than_the_cap_are_refused_from_the_header(tmp_path):
+    items = np.array(["a", "b", "c"], "U2000")
+    path = _trie_zip(tmp_path / "wide-items.npz", sizes=[4, 4], keys=[0, 1, 2], items=items)
+    with pytest.raises(InvalidTrieError, match="strings of up to 2000 characters; expected at most 1024"):
+        SemanticIdTrie.load(path)
