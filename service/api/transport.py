@@ -145,6 +145,8 @@ def transport_protocol(
                 else:  # body bytes; a next request may start inside this piece (at most one cap uncounted)
                     piece, data = data[:max_header_bytes], data[max_header_bytes:]
                 super().data_received(piece)
+                if self.transport.get_protocol() is not self:  # upgraded: the rest is the new protocol's
+                    return
 
         def on_message_begin(self) -> None:
             self._head_open = True

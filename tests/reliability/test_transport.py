@@ -242,13 +242,15 @@ def test_reads_are_not_limited_by_default():
 # --- item 7: clients going away -------------------------------------------------------------------------------
 
 
+ENCODE_HEAD = b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n"
+
+
 def test_clients_going_away_do_not_flood_the_log(server):
     before = _log_lines(server)
     gone = 0
     for i in range(20):  # mid-body on a JSON route: the app sees the disconnect while reading the body
         with _connect(server, f"127.0.2.{i + 1}") as sock:
-            head = b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n"
-            sock.sendall(head + b'{"embeddings": [[0.1, ')
+            sock.sendall(ENCODE_HEAD + b'{"embeddings": [[0.1, ')
             time.sleep(0.05)
             if i % 2:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
