@@ -151,6 +151,7 @@ def transport_protocol(
         def on_message_begin(self) -> None:
             self._head_open = True
             self._head_bytes = 0
+            self._close_when_delivered = False  # the client is active again: not idle any more
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
@@ -171,19 +172,30 @@ def transport_protocol(
         # --- send deadline --------------------------------------------------------------------
 
         def _arm_send_deadline(self) -> None:
-            if self._send_deadline is None and not self._lost:
-                self._send_deadline = self.loop.call_later(send_timeout, self._send_timed_out)
+            """At a response's start: its deadline, unless an earlier response is still on its way (pipelined
+            requests), whose deadline then stands for both."""
+            if self._lost:
+                return
+            if self._send_deadline is not None:
+                if self._bytes_in_flight():
+                    return
+                self._send_deadline.cancel()
+            self._send_deadline = self.loop.call_later(send_timeout, self._send_timed_out)
 
         def _cancel_send_deadline(self) -> None:
             if self._send_deadline is not None:
                 self._send_deadline.cancel()
                 self._send_deadline = None
 
+        def _bytes_in_flight(self) -> bool:
+            return self.transport.get_write_buffer_size() > 0 or _kernel_unsent(self.transport) > 0
+
         def _delivered(self) -> bool:
-            """The response is complete and the client has acknowledged every byte of it."""
+            """No response is half sent, and the client has acknowledged every byte written to it (a request
+            still being worked on, its response not started, does not count)."""
             cycle = self.cycle
-            done = cycle is None or cycle.response_complete
-            return done and self.transport.get_write_buffer_size() == 0 and _kernel_unsent(self.transport) == 0
+            sending = cycle is not None and cycle.response_started and not cycle.response_complete
+            return not sending and not self._bytes_in_flight()
 
         def _holding(self) -> bool:
             """A response is still on its way: closing now would leave it to the kernel, past any deadline."""

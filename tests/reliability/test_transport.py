@@ -140,6 +140,18 @@ def test_slow_readers_are_cut_after_the_send_deadline(server):
     _alive(server)
 
 
+def test_a_keep_alive_client_that_reads_is_never_cut(server):
+    # requests back to back on one connection for three send deadlines: each response's deadline is its own
+    with _client(server, "127.0.0.12") as c:
+        end = time.monotonic() + 3 * SEND_TIMEOUT
+        served = 0
+        while time.monotonic() < end:
+            assert c.get("/v1/stats").status_code == 200
+            served += 1
+            time.sleep(0.05)
+    assert served > 10
+
+
 def test_connections_beyond_the_per_client_cap_get_503(server):
     held = [_connect(server, "127.0.0.3") for _ in range(PER_CLIENT)]
     try:
