@@ -163,7 +163,13 @@ def transport_protocol(
                 original = cycle.send
 
                 async def send(message: Any) -> None:
-                    if message["type"] == "http.response.start":
+                    if self.flow.write_paused and not cycle.disconnected:
+                        await self.flow.drain()  # here, so that nothing awaits between the check below and the write
+                    if self.transport.is_closing():
+                        # the connection is going away (reset, cut, refused): drop the response as uvicorn does
+                        # once it knows; writing to a closed uvloop transport raises a RuntimeError per message
+                        cycle.disconnected = True
+                    elif message["type"] == "http.response.start":
                         self._arm_send_deadline()
                     await original(message)
 
@@ -238,6 +244,7 @@ class QuietDisconnects(logging.Filter):
     (uvicorn and the app's own 500 handler each logged one for every client that left mid-body)."""
 
     GONE = (ClientDisconnect, ConnectionResetError, BrokenPipeError)
+    CLOSED = "the handler is closed"  # uvloop's RuntimeError for a write to a transport already closed
 
     def __init__(self, *, drop: bool = False) -> None:
         super().__init__()
@@ -245,7 +252,8 @@ class QuietDisconnects(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, self.GONE):
+        gone = isinstance(exc, self.GONE) or isinstance(exc, RuntimeError) and self.CLOSED in str(exc)
+        if not gone:
             return True
         if self.drop:
             return False

@@ -274,6 +274,15 @@ def test_clients_going_away_do_not_flood_the_log(server):
             if i % 2:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         gone += 1
+    readers = []
+    for i in range(20):  # pipelined responses still to write when the client leaves
+        sock = _connect(server, f"127.0.4.{i + 1}", rcvbuf=4096)
+        sock.sendall(b"GET /v1/trie HTTP/1.1\r\nHost: x\r\n\r\n" * 4)
+        readers.append(sock)
+    time.sleep(0.3)
+    for sock in readers:
+        sock.close()  # unread data: the kernel resets the connection
+        gone += 1
     time.sleep(1.0)
     _alive(server)
     new = _log_lines(server)[len(before):]
