@@ -116,6 +116,7 @@ def head_phase(server: Server, megabytes: int) -> dict:
         except ConnectionResetError:
             reply = b""
         seconds = time.perf_counter() - start
+        time.sleep(0.5)  # a few /healthz and RSS samples after the refusal
     status = reply.split(b" ")[1].decode() if reply.startswith(b"HTTP/") else "none"
     return {"phase": f"{megabytes} MB If-None-Match", "status": status, "header_mb_sent": round(sent / (1 << 20), 1),
             "seconds": round(seconds, 3), **watch.row()}
