@@ -36,6 +36,7 @@ from semid.service.api.http_guard import guarded_http_protocol
 from semid.service.api.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+LINGER_SECONDS = 1.0  # a refused client's bytes are read and dropped this long before the connection closes
 
 
 def _raw_response(status: bytes, code: str, message: str, extra: bytes = b"") -> bytes:
@@ -102,6 +103,7 @@ def transport_protocol(
         _send_deadline: asyncio.TimerHandle | None = None
         _close_when_delivered = False
         _lost = False
+        _discarding = False  # answered and closing: what the client still sends is dropped
 
         # --- open connections -----------------------------------------------------------------
 
@@ -126,13 +128,27 @@ def transport_protocol(
             super().connection_lost(exc)
 
         def _finish(self, response: bytes) -> None:
+            """Answer and close, reading (and dropping) what the client still sends for up to a second, so that
+            it gets the answer rather than a reset for the bytes left unread."""
+            if self.transport.is_closing() or self._discarding:
+                return
+            self._discarding = True
+            self.transport.write(response)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_SECONDS, self._close_now)
+            else:
+                self.transport.close()
+
+        def _close_now(self) -> None:
             if not self.transport.is_closing():
-                self.transport.write(response)
                 self.transport.close()
 
         # --- head size ------------------------------------------------------------------------
 
         def data_received(self, data: bytes) -> None:
+            if self._discarding:
+                return
             while data and not self.transport.is_closing():
                 if self._head_open:
                     room = max_header_bytes - self._head_bytes
