@@ -9,10 +9,13 @@ sees a request only once its head is parsed and cannot see the socket's write bu
   ``2 x max_header_bytes`` of a head is ever fed to the parser.
 - **Send deadline.** A response must be written out within ``send_timeout`` seconds of its first
   byte. A client that reads slowly (or not at all) would otherwise hold the connection, and the
-  response's bytes in memory, for as long as it likes; past the deadline the connection is aborted
-  and its buffered bytes dropped.
+  response's bytes in memory, for as long as it likes; past the deadline the connection is reset
+  and its bytes dropped, those the kernel holds included.
 - **Open connections.** At most ``max_connections`` in all and ``max_connections_per_client`` from one
-  client address; a connection beyond either gets 503 with ``Retry-After`` and is closed at once.
+  client address; a connection beyond either gets 503 with ``Retry-After`` and is closed.
+
+A refused client (431, 503) is answered, then what it still sends is read and dropped for
+``LINGER_SECONDS`` before the connection closes, so that it reads the answer rather than a reset.
 
 A client going away is normal: it, and every connection cut here, logs one debug line at most.
 """
