@@ -443,6 +443,13 @@ SERVE_FLAGS = {
     "--header-timeout": "header_timeout",
     "--body-idle-timeout": "body_idle_timeout",
     "--body-timeout": "body_timeout",
+    "--max-header-bytes": "max_header_bytes",
+    "--send-timeout": "send_timeout",
+    "--max-connections": "max_connections",
+    "--max-connections-per-client": "max_connections_per_client",
+    "--write-rate-limit": "write_rate_limit",
+    "--read-rate-limit": "read_rate_limit",
+    "--rate-limit-window": "rate_limit_window",
     "--report-dir": "report_dir",
 }
 
@@ -489,13 +496,14 @@ def serve(log_level, **flags) -> None:
     import uvicorn
 
     from semid.service.api.app import create_app
-    from semid.service.api.http_guard import guarded_http_protocol
     from semid.service.api.state import ServiceState
+    from semid.service.api.transport import quiet_disconnects, serve_protocol
 
     _cap_malloc_arenas()
     settings = _serve_settings(flags)
     state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
     logging.getLogger().setLevel(log_level.upper())
+    quiet_disconnects()
     where = f"http://{settings.host}:{settings.port}"
     click.echo(f"serving {len(state.index)} items from {settings.index_dir} on {where} (docs: /docs)", err=True)
     uvicorn.run(
@@ -504,7 +512,7 @@ def serve(log_level, **flags) -> None:
         port=settings.port,
         log_level=log_level,
         access_log=False,
-        http=guarded_http_protocol(settings.header_timeout),
+        http=serve_protocol(settings),
         timeout_keep_alive=5,
     )
 

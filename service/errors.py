@@ -235,6 +235,17 @@ class ApiKeyError(SemidError, PermissionError):
         self.status = 401 if missing else 403
 
 
+class RateLimitedError(SemidError, RuntimeError):
+    """A client sent more requests of one kind than its rate limit allows; retry after ``retry_after`` s."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotReadyError(SemidError, RuntimeError):
     """The index is not loaded (yet)."""
 

@@ -16,6 +16,7 @@ from semid.service.api.error_handlers import add_error_handlers
 from semid.service.api.http_guard import BodyGuardMiddleware
 from semid.service.api.limits import default_body_limit
 from semid.service.api.observability import MetricsMiddleware, ServiceMetrics
+from semid.service.api.ratelimit import RateLimitMiddleware, RateLimits
 from semid.service.api.routes import router
 from semid.service.api.settings import ServiceSettings
 from semid.service.api.state import ServiceState
@@ -62,6 +63,7 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     add_error_handlers(app)
+    app.add_middleware(RateLimitMiddleware, limits=RateLimits(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def body_limit() -> int:

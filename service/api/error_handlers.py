@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from semid.service.errors import SemidError
+from semid.service.errors import RateLimitedError, SemidError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 async def semid_error(request: Request, err: Exception) -> JSONResponse:
     assert isinstance(err, SemidError)
     if err.public_message is None:
-        return error_response(err.status, err.code, str(err), err.field)
+        response = error_response(err.status, err.code, str(err), err.field)
+        if isinstance(err, RateLimitedError):
+            response.headers["Retry-After"] = str(err.retry_after)
+        return response
     log.warning("%s on %s %s: %s", err.code, request.method, request.url.path, err)
     response = error_response(err.status, err.code, err.public_message)
     if err.status == 503:

@@ -27,6 +27,25 @@ class ServiceSettings(BaseSettings):
     header_timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds to receive a request's headers.")
     body_idle_timeout: float = Field(default=30.0, gt=0, le=3600, description="Most seconds between body chunks.")
     body_timeout: float = Field(default=120.0, gt=0, le=86400, description="Most seconds to receive a whole body.")
+    max_header_bytes: int = Field(
+        default=65536, ge=1024, le=16 << 20, description="Largest request line + headers (431 and closed beyond)."
+    )
+    send_timeout: float = Field(
+        default=30.0, gt=0, le=86400, description="Most seconds to write a response out; a slower reader is cut off."
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Most open connections (503 and closed beyond)."
+    )
+    max_connections_per_client: int = Field(
+        default=128, ge=1, le=1_000_000, description="Most open connections from one client address."
+    )
+    write_rate_limit: int = Field(
+        default=1000, ge=0, description="Most write requests per API key or client address per window (0: off)."
+    )
+    read_rate_limit: int = Field(
+        default=0, ge=0, description="Most /v1/resolve and /v1/trie requests per client per window (0: off)."
+    )
+    rate_limit_window: float = Field(default=10.0, gt=0, le=86400, description="Seconds of a rate limit window.")
     report_dir: Path | None = Field(
         default=None, description="A `semid evaluate` output (report.html, metrics.json), linked from /ui if it fits."
     )
