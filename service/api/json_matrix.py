@@ -31,6 +31,8 @@ bodies, use a parser of their own that is freed with the request.
 from __future__ import annotations
 
 import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +44,7 @@ POOL_SIZE = 2
 POOL_MAX_BYTES = 16 << 20  # a 1,024 x 384 body is ~8.6 MB; a parser kept after it holds ~17 MB
 # what simdjson raises on a body it refuses (UnicodeDecodeError is a ValueError); RuntimeError also covers a
 # parser still referenced by a live document
-_REFUSED = (ValueError, TypeError, RuntimeError, KeyError)
+REFUSED = (ValueError, TypeError, RuntimeError, KeyError)
 _pool: queue.SimpleQueue[simdjson.Parser] = queue.SimpleQueue()
 
 
@@ -53,11 +55,10 @@ class JsonEncodeBody:
     register: bool
 
 
-def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
-    """The body as a matrix, or None when the msgspec/pydantic path must decide (see the module docstring).
-    ``open_brackets``: the number of ``[`` bytes in ``raw``."""
-    if raw.startswith(BOM):
-        return None
+@contextmanager
+def parser_for(raw: bytes) -> Iterator[simdjson.Parser]:
+    """A parser for ``raw``: one from the pool when the body is small enough, put back afterwards (the caller
+    must let every proxy into its document die inside the block)."""
     parser = None
     if len(raw) <= POOL_MAX_BYTES:
         try:
@@ -67,12 +68,22 @@ def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
     if parser is None:
         parser = simdjson.Parser()
     try:
-        return _read(parser, raw, open_brackets)  # the document's proxies die with _read's frame
-    except _REFUSED:
-        return None
+        yield parser
     finally:
         if len(raw) <= POOL_MAX_BYTES and _pool.qsize() < POOL_SIZE:
             _pool.put(parser)
+
+
+def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
+    """The body as a matrix, or None when the msgspec/pydantic path must decide (see the module docstring).
+    ``open_brackets``: the number of ``[`` bytes in ``raw``."""
+    if raw.startswith(BOM):
+        return None
+    with parser_for(raw) as parser:
+        try:
+            return _read(parser, raw, open_brackets)  # the document's proxies die with _read's frame
+        except REFUSED:
+            return None
 
 
 def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncodeBody | None:

@@ -1,0 +1,79 @@
+"""Bounds on a JSON body's structure, read from simdjson's tape before pydantic builds anything.
+
+The value bound (:func:`semid.service.api.limits.check_json_size`) caps how many values a body holds; within
+it, a body can still be a million of the wrong thing: keys an object does not allow, entries beyond the
+batch limit. pydantic would build a Python object, and an error, for each. simdjson parses the body into its
+own tape (C++, no Python object per value) and the checks here read counts only: the keys of the top-level
+object, the length of each batch array, and the keys of each batch entry (at most ``max_batch`` of them, so
+the Python loop is bounded by the largest legal batch). What passes holds at most the route's own fields
+(plus :data:`SPARE_KEYS`) and at most ``max_batch`` entries per batch; pydantic then stops at the first bad
+entry of a list (:data:`semid.service.api.schemas.FIRST_ERROR`).
+
+A body simdjson cannot parse (invalid JSON, nesting beyond its depth limit, a byte-order mark) is left to
+pydantic, which explains it and stops at the first error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import simdjson
+
+from semid.service.api.json_matrix import BOM, REFUSED, parser_for
+from semid.service.errors import BatchTooLargeError, InvalidInputError
+
+SPARE_KEYS = 64  # keys an object may hold beyond its fields (pydantic names each unknown one, so few)
+
+
+@dataclass(frozen=True)
+class BodyShape:
+    """What a route's JSON body may hold: its top-level ``fields``; ``arrays``, the most entries of each
+    top-level array field (413 beyond); ``entries_of``, an array of objects whose entries hold at most
+    ``entry_keys`` keys."""
+
+    fields: frozenset[str]
+    arrays: Mapping[str, int] = field(default_factory=dict)
+    entries_of: str | None = None
+    entry_keys: int = 0
+
+
+def check_shape(raw: bytes, shape: BodyShape) -> None:
+    """413 for an array beyond its bound, 422 for an object with too many keys; else nothing."""
+    if raw.startswith(BOM):
+        return  # simdjson skips one, pydantic refuses it: let pydantic say so
+    with parser_for(raw) as parser:
+        _check(parser, raw, shape)  # the document's proxies die with _check's frame
+
+
+def _check(parser: simdjson.Parser, raw: bytes, shape: BodyShape) -> None:
+    try:
+        doc = parser.parse(raw)
+    except REFUSED:
+        return
+    if not isinstance(doc, simdjson.Object):
+        return
+    _check_keys(doc, shape.fields, len(shape.fields) + SPARE_KEYS, "body")
+    for name, most in shape.arrays.items():
+        value = doc.get(name)
+        if isinstance(value, simdjson.Array) and len(value) > most:
+            raise BatchTooLargeError(f"{name} has {len(value)} entries; at most {most} per request", field=name)
+    entries = doc.get(shape.entries_of) if shape.entries_of else None
+    if isinstance(entries, simdjson.Array):
+        for i, entry in enumerate(entries):
+            if isinstance(entry, simdjson.Object):
+                _check_keys(entry, None, shape.entry_keys, f"{shape.entries_of}.{i}")
+
+
+def _check_keys(obj: simdjson.Object, fields: frozenset[str] | None, most: int, where: str) -> None:
+    n = len(obj)
+    if n <= most:
+        return
+    message = f"{where} has {n} fields; at most {most}"
+    if fields is not None:
+        looked_at = itertools.islice(obj.keys(), most + 1)  # an unknown key is among the first most + 1
+        unknown = next((k for k in looked_at if k not in fields), None)
+        message += f" (expected {', '.join(sorted(fields))}"
+        message += f"; {unknown[:64]!r} is not one of them)" if unknown is not None else ")"
+    raise InvalidInputError(message, field=where)
