@@ -157,7 +157,8 @@ def parse_json(model: type[M], raw: bytes, max_values: int, shape: BodyShape | N
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
-        raise RequestValidationError(err.errors(include_url=False), body=None) from err
+        # without each error's input: the handler does not show it, and a refused value may be megabytes
+        raise RequestValidationError(err.errors(include_url=False, include_input=False), body=None) from err
 
 
 def parse_encode_json(raw: bytes, max_values: int, shape: BodyShape | None = None) -> EncodeRequest:

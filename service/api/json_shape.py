@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import simdjson
 
 from semid.service.api.json_matrix import BOM, REFUSED, parser_for
-from semid.service.errors import BatchTooLargeError, InvalidInputError
+from semid.service.errors import BatchTooLargeError, InvalidInputError, SemidError
 
 SPARE_KEYS = 64  # keys an object may hold beyond its fields (pydantic names each unknown one, so few)
 
@@ -44,36 +44,48 @@ def check_shape(raw: bytes, shape: BodyShape) -> None:
     if raw.startswith(BOM):
         return  # simdjson skips one, pydantic refuses it: let pydantic say so
     with parser_for(raw) as parser:
-        _check(parser, raw, shape)  # the document's proxies die with _check's frame
+        # returned, not raised, so no traceback keeps the document (and so the pooled parser) alive
+        problem = _problem(parser, raw, shape)
+    if problem is not None:
+        raise problem
 
 
-def _check(parser: simdjson.Parser, raw: bytes, shape: BodyShape) -> None:
+def _problem(parser: simdjson.Parser, raw: bytes, shape: BodyShape) -> SemidError | None:
     try:
         doc = parser.parse(raw)
+    except RuntimeError:  # a parser still held by a live document: never skip the checks, use a fresh one
+        parser = simdjson.Parser()
+        try:
+            doc = parser.parse(raw)
+        except REFUSED:
+            return None
     except REFUSED:
-        return
+        return None
     if not isinstance(doc, simdjson.Object):
-        return
-    _check_keys(doc, shape.fields, len(shape.fields) + SPARE_KEYS, "body")
+        return None
+    problem = _keys_problem(doc, shape.fields, len(shape.fields) + SPARE_KEYS, "body")
     for name, most in shape.arrays.items():
         value = doc.get(name)
-        if isinstance(value, simdjson.Array) and len(value) > most:
-            raise BatchTooLargeError(f"{name} has {len(value)} entries; at most {most} per request", field=name)
+        if problem is None and isinstance(value, simdjson.Array) and len(value) > most:
+            problem = BatchTooLargeError(f"{name} has {len(value)} entries; at most {most} per request", field=name)
     entries = doc.get(shape.entries_of) if shape.entries_of else None
-    if isinstance(entries, simdjson.Array):
+    if problem is None and isinstance(entries, simdjson.Array):
         for i, entry in enumerate(entries):
             if isinstance(entry, simdjson.Object):
-                _check_keys(entry, None, shape.entry_keys, f"{shape.entries_of}.{i}")
+                problem = _keys_problem(entry, None, shape.entry_keys, f"{shape.entries_of}.{i}")
+                if problem is not None:
+                    break
+    return problem
 
 
-def _check_keys(obj: simdjson.Object, fields: frozenset[str] | None, most: int, where: str) -> None:
+def _keys_problem(obj: simdjson.Object, fields: frozenset[str] | None, most: int, where: str) -> SemidError | None:
     n = len(obj)
     if n <= most:
-        return
+        return None
     message = f"{where} has {n} fields; at most {most}"
     if fields is not None:
-        looked_at = itertools.islice(obj.keys(), most + 1)  # an unknown key is among the first most + 1
-        unknown = next((k for k in looked_at if k not in fields), None)
+        first = itertools.islice(obj.keys(), most + 1)  # without repeated keys, an unknown one is among these
+        unknown = next((k for k in first if k not in fields), None)
         message += f" (expected {', '.join(sorted(fields))}"
         message += f"; {unknown[:64]!r} is not one of them)" if unknown is not None else ")"
-    raise InvalidInputError(message, field=where)
+    return InvalidInputError(message, field=where)

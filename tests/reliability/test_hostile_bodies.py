@@ -125,6 +125,18 @@ def test_resolve_refuses_a_body_of_empty_lists_without_stalling(client, server):
     assert err["field"] == "body"
 
 
+def test_resolve_refuses_a_chunked_body_over_its_cap(client):
+    def chunks():  # no Content-Length: the cap applies while the body streams in
+        yield b'{"semantic_id":['
+        for _ in range(100):
+            yield b"0," * 1000
+        yield b'0],"k":1}'
+
+    response = client.post("/v1/resolve", content=chunks(), headers=JSON)
+    assert response.status_code == 413, response.text[:500]
+    assert response.json()["error"]["field"] == "body"
+
+
 def test_resolve_bounds_values_under_its_byte_cap(client, server):
     body = b'{"semantic_id":[1,2],"k":1,' + _extra_keys(4000) + b"}"  # ~40 KB of unknown keys
     assert len(body) < 64 << 10
