@@ -11,8 +11,9 @@ with ``PYTHONPATH`` pointing at a temporary ``semid`` namespace made of that ``s
 Set-up (not measured): the MovieLens catalog (384-d, ``../shared/data``; a seeded synthetic 384-d catalog of the
 same size when it is absent), a default-architecture RQ-VAE trained for 4 epochs
 (``assign_speed.quick_checkpoint``), ``assign_catalog`` keeping ``title``. Each server runs with its defaults
-(``max_batch`` 8,192: the JSON value bound is 8,192 x (384 + 64) + 1,024 values) and an API key. After a warm-up
-(one legal request per route, one small refused body per route), each case is sent once and measured:
+(``max_batch`` 8,192: the JSON value bound is 8,192 x (384 + 64) + 1,024 values) and an API key. Each case gets a
+fresh server over a fresh copy of the index, warmed up (one legal request and one small refused body per route),
+and is sent once and measured:
 
 - ``s``: seconds from sending the body to the response (client side, loopback);
 - ``healthz_max_ms``: the slowest of the ``/healthz`` requests another thread sent every 10 ms meanwhile
@@ -68,15 +69,15 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, bytes, int | None]]:
     objects_row = b"[" + b",".join([b"{}"] * DIM) + b"]"
     row = json.dumps(_row(rng)).encode()
     return [
-        ("resolve: 700k [] (2 MB)", "/v1/resolve", b'{"semantic_id":[' + b"[]," * 700_000 + b'[]],"k":1}', 413),
-        ("encode: 1.05M {} (3 MB)", "/v1/encode", b'{"embeddings":' + _items(1_050_000) + b"}", 413),
-        ("encode: 1.75M {} (5 MB)", "/v1/encode", b'{"embeddings":' + _items(1_750_000) + b"}", 413),
-        ("encode: 4,700 rows of 384 {} (7 MB)", "/v1/encode",
+        ("resolve: 700,000 []", "/v1/resolve", b'{"semantic_id":[' + b"[]," * 700_000 + b'[]],"k":1}', 413),
+        ("encode: 1,050,000 {}", "/v1/encode", b'{"embeddings":' + _items(1_050_000) + b"}", 413),
+        ("encode: 1,750,000 {}", "/v1/encode", b'{"embeddings":' + _items(1_750_000) + b"}", 413),
+        ("encode: 4,700 rows of 384 {}", "/v1/encode",
          b'{"embeddings":[' + b",".join([objects_row] * 4700) + b"]}", 422),
-        ("encode: 1M unknown keys (12 MB)", "/v1/encode", b'{"embeddings":[' + row + b"]," + _keys(1_000_000) + b"}",
+        ("encode: 1M unknown keys", "/v1/encode", b'{"embeddings":[' + row + b"]," + _keys(1_000_000) + b"}",
          422),
-        ("assign: 1.75M {} (5 MB)", "/v1/assign", b'{"items":' + _items(1_750_000) + b"}", 413),
-        ("assign: one item of 1M keys (12 MB)", "/v1/assign",
+        ("assign: 1,750,000 {}", "/v1/assign", b'{"items":' + _items(1_750_000) + b"}", 413),
+        ("assign: one item of 1M keys", "/v1/assign",
          b'{"items":[{"item_id":-1,"embedding":' + row + b"," + _keys(1_000_000) + b"}]}", 422),
         ("legal encode: 8,192 x 384", "/v1/encode", json.dumps({"embeddings": legal_rows}).encode(), None),
         ("legal assign: 8,192 x 384", "/v1/assign",
@@ -154,7 +155,7 @@ def measure(server: Server, name: str, path: str, body: bytes, expected: int | N
     }
 
 
-def run_server(index: Path, workdir: Path, label: str, before_code: Path | None, bodies: list) -> dict:
+def start_server(index: Path, workdir: Path, label: str, before_code: Path | None) -> Server:
     server = Server(index, workdir / f"server-{label}.log", threads=1)
     server.env.update(SEMID_API_KEY=API_KEY)
     if before_code is not None:
@@ -166,19 +167,27 @@ def run_server(index: Path, workdir: Path, label: str, before_code: Path | None,
         server.env["PYTHONPATH"] = str(shim.parent)
         server.cmd = [sys.executable, "-m", "semid.service.cli", *server.cmd[server.cmd.index("serve") :]]
     server.start()
+    with httpx.Client(base_url=server.base, timeout=120.0) as c:  # warm-up: every route, legal and refused
+        c.post("/v1/encode", json={"embeddings": [[0.5] * DIM]})
+        c.post("/v1/encode", content=b'{"embeddings":' + _items(100) + b"}")
+        c.post("/v1/assign", content=b'{"items":' + _items(100) + b"}", headers={"X-API-Key": API_KEY})
+        c.post("/v1/resolve", json={"semantic_id": [0], "k": 2})
+        c.post("/v1/resolve", json={"semantic_id": [[]], "k": 2})
+    return server
+
+
+def run_case(index: Path, workdir: Path, label: str, before_code: Path | None, case: tuple) -> dict:
+    """One case on a fresh server over a fresh copy of the index (figures of one case never carry another's)."""
+    import shutil
+
+    copy = workdir / f"index-{label}"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(index, copy)
+    server = start_server(copy, workdir, label, before_code)
     try:
-        with httpx.Client(base_url=server.base, timeout=120.0) as c:  # warm-up
-            c.post("/v1/encode", json={"embeddings": [[0.5] * DIM]})
-            c.post("/v1/encode", content=b'{"embeddings":' + _items(100) + b"}")
-            c.post("/v1/assign", content=b'{"items":' + _items(100) + b"}", headers={"X-API-Key": API_KEY})
-            c.post("/v1/resolve", json={"semantic_id": [0], "k": 2})
-            c.post("/v1/resolve", json={"semantic_id": [[]], "k": 2})
-        start_rss = _rss(server.proc.pid)
-        rows = []
-        for name, path, body, expected in bodies:
-            rows.append(measure(server, name, path, body, expected))
-            print(label, json.dumps(rows[-1]), flush=True)
-        return {"rows": rows, "start_rss_mb": start_rss / 2**20, "end_rss_mb": _rss(server.proc.pid) / 2**20}
+        row = measure(server, *case)
+        row["server_rss_mb"] = _rss(server.proc.pid) / 2**20
+        return row
     finally:
         server.stop()
 
@@ -213,13 +222,12 @@ def main() -> None:
         workdir = Path(tmp)
         index, source = build_index(workdir)
         bodies = cases(np.random.default_rng(args.seed))
-        if args.before is not None:
-            import shutil
-
-            before_index = workdir / "index-before"
-            shutil.copytree(index, before_index)  # the legal assign writes: each server gets its own copy
-            runs["before"] = run_server(before_index, workdir, "before", args.before, bodies)
-        runs["after"] = run_server(index, workdir, "after", None, bodies)
+        labels = {"before": args.before, "after": None} if args.before is not None else {"after": None}
+        runs = {label: {"rows": []} for label in labels}
+        for case in bodies:
+            for label, code in labels.items():
+                runs[label]["rows"].append(run_case(index, workdir, label, code, case))
+                print(label, json.dumps(runs[label]["rows"][-1]), flush=True)
     load_end = os.getloadavg()
     write(runs, source, args, load_start, load_end)
 
@@ -246,8 +254,8 @@ def write(runs: dict, source: str, args: argparse.Namespace, load_start: tuple, 
         "s: seconds to the response; healthz max ms: slowest /healthz answered meanwhile (polled every 10 ms); "
         "peak MB: RSS high-water mark during the request minus RSS before it; kept MB: RSS 0.5 s after minus "
         "RSS before.",
-        "RSS across the run (MB, after warm-up -> end): "
-        + ", ".join(f"{k} {v['start_rss_mb']:.0f} -> {v['end_rss_mb']:.0f}" for k, v in runs.items()),
+        "Each case runs on a fresh server (warmed up: one legal and one small refused body per route) over a "
+        "fresh copy of the index.",
     ]
     messages = "\n".join(
         f"- {r['case']}: {r['status']} `{r['field']}`: {r['message']}" for r in runs[labels[-1]]["rows"]
