@@ -23,7 +23,8 @@ and is sent once and measured:
 - ``kept_mb``: RSS 0.5 s after the response minus RSS before the request.
 
 The last two rows are the largest legal batch of each route (8,192 x 384), the yardstick a refused body's
-cost is held to. Writes benchmarks/results/hostile_bodies.{md,json}.
+cost is held to; the two before them are that batch with its very last value a string (refused only at the
+end). Writes benchmarks/results/hostile_bodies.{md,json}.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, bytes, int | None]]:
         ("assign: 1,750,000 {}", "/v1/assign", b'{"items":' + _items(1_750_000) + b"}", 413),
         ("assign: one item of 1M keys", "/v1/assign",
          b'{"items":[{"item_id":-1,"embedding":' + row + b"," + _keys(1_000_000) + b"}]}", 422),
+        ("encode: 8,192 x 384, the last value a string", "/v1/encode",
+         json.dumps({"embeddings": legal_rows[:-1] + [legal_rows[-1][:-1] + ["x"]]}).encode(), 422),
+        ("assign: 8,192 x 384, the last value a string", "/v1/assign",
+         json.dumps({"items": [{"item_id": 10_000_000 + i, "embedding": r if i < 8191 else r[:-1] + ["x"]}
+                               for i, r in enumerate(legal_rows)]}).encode(), 422),
         ("legal encode: 8,192 x 384", "/v1/encode", json.dumps({"embeddings": legal_rows}).encode(), None),
         ("legal assign: 8,192 x 384", "/v1/assign",
          json.dumps({"items": [{"item_id": 10_000_000 + i, "embedding": r, "title": f"bench {i}"}

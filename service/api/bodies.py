@@ -167,9 +167,11 @@ def parse_encode_json(raw: bytes, max_values: int, shape: BodyShape | None = Non
     accepts with the same values, and pydantic validates their ids and flag, so pydantic's errors are the
     ones raised."""
     open_brackets = check_json_size(raw, max_values=max_values)
-    fast: JsonEncodeBody | _EncodeJson | None = read_encode_body(raw, open_brackets)
+    fast: JsonEncodeBody | _EncodeJson | bool | None = read_encode_body(raw, open_brackets)
+    if fast is False:  # a row holds a value that is not a number: pydantic's error, without msgspec's pass
+        return parse_json(EncodeRequest, raw, max_values, shape)
     try:
-        if fast is None:
+        if not isinstance(fast, JsonEncodeBody):
             fast = _ENCODE_JSON.decode(raw)
         head = EncodeRequest.model_validate({"embeddings": [], "item_ids": fast.item_ids, "register": fast.register})
     except (msgspec.DecodeError, UnicodeDecodeError, ValidationError):  # msgspec: invalid UTF-8 in a key

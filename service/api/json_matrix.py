@@ -24,15 +24,14 @@ float32 once, as the slow path's list -> array step does.
 
 A parser keeps buffers sized to the largest body it parsed (~17 MB after an 8 MB body), so at most
 ``POOL_SIZE`` parsers are kept between requests, and only ones that never parsed more than
-``POOL_MAX_BYTES`` (a fresh parser costs ~10 ms more on an 8 MB body): requests beyond that, or larger
-bodies, use a parser of their own that is freed with the request.
+``POOL_MAX_BYTES`` (a fresh parser costs ~10 ms more on an 8 MB body) nor a body that was refused (a
+hostile body is all structure, so its parser's tape is as large as its bytes allow): requests beyond
+that, or larger bodies, use a parser of their own that is freed with the request.
 """
 
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,38 +54,47 @@ class JsonEncodeBody:
     register: bool
 
 
-@contextmanager
-def parser_for(raw: bytes) -> Iterator[simdjson.Parser]:
-    """A parser for ``raw``: one from the pool when the body is small enough, put back afterwards (the caller
-    must let every proxy into its document die inside the block)."""
-    parser = None
-    if len(raw) <= POOL_MAX_BYTES:
-        try:
-            parser = _pool.get_nowait()
-        except queue.Empty:
-            pass
-    if parser is None:
-        parser = simdjson.Parser()
-    try:
-        yield parser
-    finally:
-        if len(raw) <= POOL_MAX_BYTES and _pool.qsize() < POOL_SIZE:
-            _pool.put(parser)
+class ParserLease:
+    """A parser for one body: from the pool when the body is small enough, and put back afterwards only if
+    ``keep`` is still true. A parser keeps buffers sized to what it parsed, so callers clear ``keep`` for a
+    refused body (a hostile one is all structure: its tape is as large as its bytes allow)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.poolable = len(raw) <= POOL_MAX_BYTES
+        self.keep = True
+        parser = None
+        if self.poolable:
+            try:
+                parser = _pool.get_nowait()
+            except queue.Empty:
+                pass
+        self.parser = parser if parser is not None else simdjson.Parser()
+
+    def __enter__(self) -> ParserLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # the caller must let every proxy into the parser's document die inside the block
+        if self.keep and self.poolable and _pool.qsize() < POOL_SIZE:
+            _pool.put(self.parser)
 
 
-def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
-    """The body as a matrix, or None when the msgspec/pydantic path must decide (see the module docstring).
-    ``open_brackets``: the number of ``[`` bytes in ``raw``."""
+def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | bool | None:
+    """The body as a matrix, or None when the msgspec/pydantic path must decide (see the module docstring),
+    or False when a row holds a value that is not a number: no parser accepts the body, so msgspec's pass
+    can be skipped (pydantic still decides). ``open_brackets``: the number of ``[`` bytes in ``raw``."""
     if raw.startswith(BOM):
         return None
-    with parser_for(raw) as parser:
+    with ParserLease(raw) as lease:
         try:
-            return _read(parser, raw, open_brackets)  # the document's proxies die with _read's frame
+            body = _read(lease.parser, raw, open_brackets)  # the document's proxies die with _read's frame
         except REFUSED:
-            return None
+            body = None
+        lease.keep = isinstance(body, JsonEncodeBody)
+        return body
 
 
-def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
+def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncodeBody | bool | None:
     doc = parser.parse(raw)
     if not isinstance(doc, simdjson.Object):
         return None
@@ -113,7 +121,10 @@ def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncode
     id_list = None if ids is None else ids.as_list()
     if id_list is not None and not all(type(i) is int or type(i) is str for i in id_list):
         return None
-    flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    try:
+        flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    except REFUSED:
+        return False
     if flat.shape[0] != len(rows) * dim:
         return None
     with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the encoder's check rejects (422)

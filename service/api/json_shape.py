@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 
 import simdjson
 
-from semid.service.api.json_matrix import BOM, REFUSED, parser_for
+from semid.service.api.json_matrix import BOM, REFUSED, ParserLease
 from semid.service.errors import BatchTooLargeError, InvalidInputError, SemidError
 
 SPARE_KEYS = 64  # keys an object may hold beyond its fields (pydantic names each unknown one, so few)
+# a parser that checked a larger body is not pooled: the body may still be refused by pydantic, and a
+# hostile body's tape is as large as its bytes allow
+KEEP_PARSER_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,10 @@ def check_shape(raw: bytes, shape: BodyShape) -> None:
     """413 for an array beyond its bound, 422 for an object with too many keys; else nothing."""
     if raw.startswith(BOM):
         return  # simdjson skips one, pydantic refuses it: let pydantic say so
-    with parser_for(raw) as parser:
+    with ParserLease(raw) as lease:
         # returned, not raised, so no traceback keeps the document (and so the pooled parser) alive
-        problem = _problem(parser, raw, shape)
+        problem = _problem(lease.parser, raw, shape)
+        lease.keep = problem is None and len(raw) <= KEEP_PARSER_BYTES
     if problem is not None:
         raise problem
 

@@ -76,3 +76,4 @@ def test_a_pooled_parser_still_held_by_a_document_never_skips_the_checks(monkeyp
     with pytest.raises(BatchTooLargeError):
         check_shape(json.dumps({"items": [1] * 9}).encode(), ASSIGN)
     assert held["items"][0] == 1
+    assert pool.qsize() == 0  # the parser that checked a refused body is not kept
