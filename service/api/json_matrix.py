@@ -98,6 +98,8 @@ def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncode
     doc = parser.parse(raw)
     if not isinstance(doc, simdjson.Object):
         return None
+    if len(doc) > len(FIELDS):
+        return None  # an unknown or repeated key; and never a Python string per key of a huge object
     keys = list(doc.keys())
     if len(set(keys)) != len(keys) or not FIELDS.issuperset(keys) or "embeddings" not in keys:
         return None
