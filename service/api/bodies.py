@@ -10,6 +10,11 @@ whatever msgspec refuses. Each fast path takes only bodies pydantic accepts with
 fixed hostile bodies and seeded mutations), so every error a client sees, and every body accepted, stays
 pydantic's. Arrow IPC bodies skip parsing entirely.
 
+Every JSON body (encode, assign, resolve) is bounded before pydantic sees it: the values it can hold
+(:func:`~semid.service.api.limits.check_json_size`), then its structure
+(:mod:`semid.service.api.json_shape`: batch lengths, keys per object); pydantic stops each list at its first
+bad entry, so a refused body builds a handful of errors, not one per value.
+
 Where a 1,024 x 384 JSON request's time goes (benchmarks/results/json_body_speed.md, stages, one torch thread):
 the amplification bound ~5-8 ms, simdjson's parse and copy into float32 ~20-25 ms (msgspec's decode ~31-46 ms plus
 ~10-15 ms to turn its lists into an array, before); encoding ~15 ms without first-level anchors, ~62 ms with a
