@@ -144,6 +144,13 @@ def test_resolve_bounds_values_under_its_byte_cap(client, server):
     assert err["field"] == "body" and "values" in err["message"]
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/vnd.apache.arrow.stream"])
+def test_resolve_takes_json_only(client, content_type):
+    response = client.post("/v1/resolve", content=b'{"semantic_id": [0]}', headers={"content-type": content_type})
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "content-type"
+
+
 def test_resolve_still_answers_and_names_a_bad_field(client):
     assert client.post("/v1/resolve", json={"semantic_id": [0], "k": 2}).status_code == 200
     response = client.post("/v1/resolve", json={"semantic_id": [0, "x", "y"], "k": 2})

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from semid.service.api.bodies import decode_resolve_body, read_body
+from semid.service.api.bodies import decode_resolve_body, is_arrow, read_body
 from semid.service.api.deps import StateDep
 from semid.service.api.limits import RESOLVE_MAX_BYTES, check_string_id
 from semid.service.api.pages import DEFAULT_PAGE, prefix_page
@@ -90,6 +90,8 @@ async def root_children(state: StateDep) -> dict:
 async def resolve(request: Request, state: StateDep) -> dict:
     """Any code tuple (e.g. generated) -> the exact item, or the k nearest valid IDs and their items."""
     # read here, bounded, and parsed in a worker thread (a body parameter would be parsed on the event loop)
+    if is_arrow(request):
+        raise InvalidInputError("/v1/resolve takes a JSON body", field="content-type")
     body = await in_read_thread(decode_resolve_body, await read_body(request, RESOLVE_MAX_BYTES))
     if not 1 <= body.k <= state.settings.max_k:
         raise InvalidInputError(f"k is {body.k}; expected 1..{state.settings.max_k}", field="k")
