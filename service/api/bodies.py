@@ -10,6 +10,11 @@ whatever msgspec refuses. Each fast path takes only bodies pydantic accepts with
 fixed hostile bodies and seeded mutations), so every error a client sees, and every body accepted, stays
 pydantic's. Arrow IPC bodies skip parsing entirely.
 
+Every JSON body (encode, assign, resolve) is bounded before pydantic sees it: the values it can hold
+(:func:`~semid.service.api.limits.check_json_size`), then its structure
+(:mod:`semid.service.api.json_shape`: batch lengths, keys per object); pydantic stops each list at its first
+bad entry, so a refused body builds a handful of errors, not one per value.
+
 Where a 1,024 x 384 JSON request's time goes (benchmarks/results/json_body_speed.md, stages, one torch thread):
 the amplification bound ~5-8 ms, simdjson's parse and copy into float32 ~20-25 ms (msgspec's decode ~31-46 ms plus
 ~10-15 ms to turn its lists into an array, before); encoding ~15 ms without first-level anchors, ~62 ms with a
@@ -32,10 +37,18 @@ from pydantic import BaseModel, ValidationError
 from semid.model.catalog import CatalogError, embeddings_to_numpy
 from semid.service.api.arrow_body import read_arrow_body
 from semid.service.api.json_matrix import JsonEncodeBody, read_encode_body
-from semid.service.api.limits import arrow_byte_cap, check_batch, check_json_size, check_string_id, json_value_cap
-from semid.service.api.schemas import AssignRequest, EncodeRequest
+from semid.service.api.json_shape import SPARE_KEYS, BodyShape, check_shape
+from semid.service.api.limits import (
+    RESOLVE_MAX_VALUES,
+    arrow_byte_cap,
+    check_batch,
+    check_json_size,
+    check_string_id,
+    json_value_cap,
+)
+from semid.service.api.schemas import AssignRequest, EncodeRequest, ResolveRequest
 from semid.service.api.state import ServiceState
-from semid.service.errors import InvalidInputError
+from semid.service.errors import BatchTooLargeError, InvalidInputError
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 M = TypeVar("M", bound=BaseModel)
@@ -78,6 +91,34 @@ def is_arrow(request: Request) -> bool:
     return content_type == ARROW_STREAM
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, or 413 as soon as it is over ``max_bytes`` (by its Content-Length, or while it streams in),
+    for routes whose bodies are far smaller than the server-wide limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BatchTooLargeError(f"request body over {max_bytes} bytes", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BatchTooLargeError(f"request body over {max_bytes} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def encode_shape(state: ServiceState) -> BodyShape:
+    most = state.settings.max_batch
+    return BodyShape(frozenset({"embeddings", "item_ids", "register"}), {"embeddings": most, "item_ids": most})
+
+
+def assign_shape(state: ServiceState) -> BodyShape:
+    keys = 2 + len(state.index.keep_columns) + SPARE_KEYS  # item_id, embedding, the kept columns, others
+    return BodyShape(frozenset({"items"}), {"items": state.settings.max_batch}, entries_of="items", entry_keys=keys)
+
+
+RESOLVE_SHAPE = BodyShape(frozenset({"semantic_id", "k"}))
+
+
 def decode_encode_body(state: ServiceState, raw: bytes, arrow: bool, register_query: bool) -> EncodeBody:
     if arrow:
         ids, x, _ = _read_arrow(state, raw, need_ids=register_query, rows_field="embeddings")
@@ -88,7 +129,7 @@ def decode_encode_body(state: ServiceState, raw: bytes, arrow: bool, register_qu
                 'the register query parameter applies to Arrow bodies; in a JSON body send "register": true',
                 field="register",
             )
-        req = parse_encode_json(raw, json_value_cap(state))
+        req = parse_encode_json(raw, json_value_cap(state), encode_shape(state))
         check_batch(state, len(req.embeddings), "embeddings")
         ids = None if req.item_ids is None else ids_array(state, req.item_ids)
         body = EncodeBody(_as_matrix(req.embeddings, "embeddings"), ids, req.register_items)
@@ -108,28 +149,38 @@ def decode_assign_body(state: ServiceState, raw: bytes, arrow: bool) -> AssignBo
     return AssignBody(ids, state.encoder.check(emb, field="embedding"), columns)
 
 
-def parse_json(model: type[M], raw: bytes, max_values: int) -> M:
-    """Validate a raw JSON body, after bounding how many values it can expand to."""
+def decode_resolve_body(raw: bytes) -> ResolveRequest:
+    return parse_json(ResolveRequest, raw, RESOLVE_MAX_VALUES, RESOLVE_SHAPE)
+
+
+def parse_json(model: type[M], raw: bytes, max_values: int, shape: BodyShape | None = None) -> M:
+    """Validate a raw JSON body, after bounding how many values it can expand to and (given its ``shape``)
+    how many keys and entries it holds."""
     check_json_size(raw, max_values=max_values)
+    if shape is not None:
+        check_shape(raw, shape)
     try:
         return model.model_validate_json(raw)
     except ValidationError as err:
-        raise RequestValidationError(err.errors(include_url=False), body=None) from err
+        # without each error's input: the handler does not show it, and a refused value may be megabytes
+        raise RequestValidationError(err.errors(include_url=False, include_input=False), body=None) from err
 
 
-def parse_encode_json(raw: bytes, max_values: int) -> EncodeRequest:
+def parse_encode_json(raw: bytes, max_values: int, shape: BodyShape | None = None) -> EncodeRequest:
     """An encode body, bounded before parsing, then parsed by the first of: simdjson straight to a float32
     matrix (``embeddings`` is then an array), msgspec, pydantic. Each fast path takes only bodies pydantic
     accepts with the same values, and pydantic validates their ids and flag, so pydantic's errors are the
     ones raised."""
     open_brackets = check_json_size(raw, max_values=max_values)
-    fast: JsonEncodeBody | _EncodeJson | None = read_encode_body(raw, open_brackets)
+    fast: JsonEncodeBody | _EncodeJson | bool | None = read_encode_body(raw, open_brackets)
+    if fast is False:  # a row holds a value that is not a number: pydantic's error, without msgspec's pass
+        return parse_json(EncodeRequest, raw, max_values, shape)
     try:
-        if fast is None:
+        if not isinstance(fast, JsonEncodeBody):
             fast = _ENCODE_JSON.decode(raw)
         head = EncodeRequest.model_validate({"embeddings": [], "item_ids": fast.item_ids, "register": fast.register})
     except (msgspec.DecodeError, UnicodeDecodeError, ValidationError):  # msgspec: invalid UTF-8 in a key
-        return parse_json(EncodeRequest, raw, max_values)
+        return parse_json(EncodeRequest, raw, max_values, shape)
     return EncodeRequest.model_construct(
         embeddings=fast.embeddings, item_ids=head.item_ids, register_items=head.register_items
     )
@@ -191,7 +242,7 @@ def _read_arrow(
 
 
 def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.ndarray, dict[str, pa.Array]]:
-    body = parse_json(AssignRequest, raw, json_value_cap(state))
+    body = parse_json(AssignRequest, raw, json_value_cap(state), assign_shape(state))
     check_batch(state, len(body.items), "items")
     ids = ids_array(state, [it.item_id for it in body.items], "items.item_id")
     emb = _as_matrix([it.embedding for it in body.items], "items.embedding")
@@ -200,7 +251,7 @@ def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.nd
         values = [(it.model_extra or {}).get(c) for it in body.items]
         try:
             columns[c] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        except (pa.ArrowException, OverflowError) as err:  # OverflowError: an integer beyond 64 bits
             raise InvalidInputError(f"items.{c} has mixed or unsupported values: {err}", field=f"items.{c}") from err
     return ids, emb, columns
 

@@ -24,8 +24,9 @@ float32 once, as the slow path's list -> array step does.
 
 A parser keeps buffers sized to the largest body it parsed (~17 MB after an 8 MB body), so at most
 ``POOL_SIZE`` parsers are kept between requests, and only ones that never parsed more than
-``POOL_MAX_BYTES`` (a fresh parser costs ~10 ms more on an 8 MB body): requests beyond that, or larger
-bodies, use a parser of their own that is freed with the request.
+``POOL_MAX_BYTES`` (a fresh parser costs ~10 ms more on an 8 MB body) nor a body that was refused (a
+hostile body is all structure, so its parser's tape is as large as its bytes allow): requests beyond
+that, or larger bodies, use a parser of their own that is freed with the request.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ POOL_SIZE = 2
 POOL_MAX_BYTES = 16 << 20  # a 1,024 x 384 body is ~8.6 MB; a parser kept after it holds ~17 MB
 # what simdjson raises on a body it refuses (UnicodeDecodeError is a ValueError); RuntimeError also covers a
 # parser still referenced by a live document
-_REFUSED = (ValueError, TypeError, RuntimeError, KeyError)
+REFUSED = (ValueError, TypeError, RuntimeError, KeyError)
 _pool: queue.SimpleQueue[simdjson.Parser] = queue.SimpleQueue()
 
 
@@ -53,32 +54,52 @@ class JsonEncodeBody:
     register: bool
 
 
-def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
-    """The body as a matrix, or None when the msgspec/pydantic path must decide (see the module docstring).
-    ``open_brackets``: the number of ``[`` bytes in ``raw``."""
+class ParserLease:
+    """A parser for one body: from the pool when the body is small enough, and put back afterwards only if
+    ``keep`` is still true. A parser keeps buffers sized to what it parsed, so callers clear ``keep`` for a
+    refused body (a hostile one is all structure: its tape is as large as its bytes allow)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self.poolable = len(raw) <= POOL_MAX_BYTES
+        self.keep = True
+        parser = None
+        if self.poolable:
+            try:
+                parser = _pool.get_nowait()
+            except queue.Empty:
+                pass
+        self.parser = parser if parser is not None else simdjson.Parser()
+
+    def __enter__(self) -> ParserLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # the caller must let every proxy into the parser's document die inside the block
+        if self.keep and self.poolable and _pool.qsize() < POOL_SIZE:
+            _pool.put(self.parser)
+
+
+def read_encode_body(raw: bytes, open_brackets: int) -> JsonEncodeBody | bool | None:
+    """The body as a matrix, or None when the msgspec/pydantic path must decide (see the module docstring),
+    or False when a row holds a value that is not a number: no parser accepts the body, so msgspec's pass
+    can be skipped (pydantic still decides). ``open_brackets``: the number of ``[`` bytes in ``raw``."""
     if raw.startswith(BOM):
         return None
-    parser = None
-    if len(raw) <= POOL_MAX_BYTES:
+    with ParserLease(raw) as lease:
         try:
-            parser = _pool.get_nowait()
-        except queue.Empty:
-            pass
-    if parser is None:
-        parser = simdjson.Parser()
-    try:
-        return _read(parser, raw, open_brackets)  # the document's proxies die with _read's frame
-    except _REFUSED:
-        return None
-    finally:
-        if len(raw) <= POOL_MAX_BYTES and _pool.qsize() < POOL_SIZE:
-            _pool.put(parser)
+            body = _read(lease.parser, raw, open_brackets)  # the document's proxies die with _read's frame
+        except REFUSED:
+            body = None
+        lease.keep = isinstance(body, JsonEncodeBody)
+        return body
 
 
-def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncodeBody | None:
+def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncodeBody | bool | None:
     doc = parser.parse(raw)
     if not isinstance(doc, simdjson.Object):
         return None
+    if len(doc) > len(FIELDS):
+        return None  # an unknown or repeated key; and never a Python string per key of a huge object
     keys = list(doc.keys())
     if len(set(keys)) != len(keys) or not FIELDS.issuperset(keys) or "embeddings" not in keys:
         return None
@@ -102,7 +123,10 @@ def _read(parser: simdjson.Parser, raw: bytes, open_brackets: int) -> JsonEncode
     id_list = None if ids is None else ids.as_list()
     if id_list is not None and not all(type(i) is int or type(i) is str for i in id_list):
         return None
-    flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    try:
+        flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
+    except REFUSED:
+        return False
     if flat.shape[0] != len(rows) * dim:
         return None
     with np.errstate(over="ignore"):  # beyond float32 becomes inf, which the encoder's check rejects (422)

@@ -8,6 +8,7 @@ dimension), so a hostile body costs at most what a legal one does:
   12 MB of ``[],`` would otherwise become millions of Python lists before the row limit is checked.
 - Arrow: the decoded size (see :mod:`semid.service.api.arrow_body`).
 - The default HTTP body limit: the largest legal batch written as JSON.
+- ``/v1/resolve`` carries one code tuple, not a batch: its own small byte and value caps.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 ROW_SLACK_VALUES = 64  # per row, beyond the embedding: item id, register flag, kept columns
 JSON_BYTES_PER_VALUE = 24  # "-0.012345678901234567, " is the longest usual float spelling
 ROW_SLACK_BYTES = 4096  # per row: item id (<= 512 chars) and kept columns
+# /v1/resolve: one code tuple and k. Far beyond any legal body, far below the server-wide limits.
+RESOLVE_MAX_BYTES = 64 << 10
+RESOLVE_MAX_VALUES = 1024
 
 
 def check_batch(state: ServiceState, n: int, field: str) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
+from semid.service.api.bodies import decode_resolve_body, is_arrow, read_body
 from semid.service.api.deps import StateDep
-from semid.service.api.limits import check_string_id
+from semid.service.api.limits import RESOLVE_MAX_BYTES, check_string_id
 from semid.service.api.pages import DEFAULT_PAGE, prefix_page
 from semid.service.api.schemas import (
     ERRORS,
@@ -75,9 +76,23 @@ async def root_children(state: StateDep) -> dict:
     return _children(state.index.snapshot, ())
 
 
-@router.post("/v1/resolve", response_model=ResolveResponse, responses=ERRORS)
-async def resolve(body: ResolveRequest, state: StateDep) -> dict:
+@router.post(
+    "/v1/resolve",
+    response_model=ResolveResponse,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ResolveRequest.model_json_schema()}},
+        }
+    },
+)
+async def resolve(request: Request, state: StateDep) -> dict:
     """Any code tuple (e.g. generated) -> the exact item, or the k nearest valid IDs and their items."""
+    # read here, bounded, and parsed in a worker thread (a body parameter would be parsed on the event loop)
+    if is_arrow(request):
+        raise InvalidInputError("/v1/resolve takes a JSON body", field="content-type")
+    body = await in_read_thread(decode_resolve_body, await read_body(request, RESOLVE_MAX_BYTES))
     if not 1 <= body.k <= state.settings.max_k:
         raise InvalidInputError(f"k is {body.k}; expected 1..{state.settings.max_k}", field="k")
     found = await in_read_thread(resolve_codes, state.index.snapshot, state.encoder, body.semantic_id, body.k)

@@ -191,7 +191,13 @@ def test_simdjson_takes_plain_bodies_as_a_float32_matrix(raw):
 
 @pytest.mark.parametrize("raw", SIMDJSON_REFUSES, ids=range(len(SIMDJSON_REFUSES)))
 def test_simdjson_hands_doubtful_bodies_to_msgspec(raw):
-    assert read_encode_body(raw, raw.count(b"[")) is None
+    assert read_encode_body(raw, raw.count(b"[")) in (None, False)
+
+
+@pytest.mark.parametrize("value", [b'"1.5"', b"true", b"null", b'{"a": 1}'])
+def test_simdjson_marks_a_row_value_that_is_not_a_number(value):
+    raw = b'{"embeddings": [[1, 2], [3, ' + value + b"]]}"
+    assert read_encode_body(raw, raw.count(b"[")) is False  # no parser accepts it: pydantic explains, alone
 
 
 def test_the_parser_pool_stays_small_and_parsers_are_reused_safely():
@@ -240,3 +246,11 @@ def test_mutated_bodies_get_pydantics_outcome(seed):
             continue
         assert fast[1][1:] == slow[1][1:], raw
         assert same_matrix(fast[1][0], slow[1][0]), raw
+
+
+def test_a_parser_that_read_a_refused_body_is_not_kept(monkeypatch):
+    monkeypatch.setattr(json_matrix, "_pool", type(json_matrix._pool)())
+    refused, good = b'{"embeddings": [[1.5, "x"]]}', b'{"embeddings": [[1.5, 2.5]]}'
+    assert read_encode_body(refused, 2) is False and json_matrix._pool.qsize() == 0
+    assert read_encode_body(b'{"embeddings": [{}]}', 1) is None and json_matrix._pool.qsize() == 0
+    assert read_encode_body(good, 2) is not None and json_matrix._pool.qsize() == 1
