@@ -14,7 +14,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY model ./model
 COPY service ./service
 # The CPU wheel of torch comes from PyTorch's CPU index; constraints.txt pins the version.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt . \
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -c constraints.txt ".[serve]" \
     && useradd --create-home --uid 10001 semid \
     && mkdir -p /data && chown semid:semid /data
 

@@ -107,7 +107,7 @@ def train(
     elif isinstance(config, SemidConfig):
         cfg = config
     else:
-        cfg = SemidConfig.from_file(config)
+        cfg = SemidConfig.from_file(Path(config))
     known = {name: section for section, kind in SECTIONS.items() for name in kind.model_fields}
     unknown = sorted(set(overrides) - set(known))
     if unknown:
@@ -117,5 +117,5 @@ def train(
         if values:
             cfg = cfg.with_overrides(section, **values)
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
-    train_tokenizer(x, cfg, out_dir, resume=resume, progress=progress)
+    train_tokenizer(x, cfg, Path(out_dir), resume=resume, progress=progress)
     return Tokenizer.load(out_dir)

@@ -81,3 +81,38 @@ def test_the_heavy_names_say_which_extra_to_install():
     for line in lines[1:3]:
         assert "pip install 'semid[train]'" in line, line
     assert "pip install 'semid[hf]'" in lines[3]
+
+
+def test_the_command_names_the_missing_extra():
+    """Without the serve extra (FAISS and FastAPI blocked), the `semid` command says what to install."""
+    code = BLOCKER.replace("BLOCKED = ", "BLOCKED = ('faiss', 'fastapi') or ") + textwrap.dedent(
+        """
+        import sys
+        from semid._cli import main
+        sys.argv = ["semid", "--help"]
+        main()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.startswith("error: the semid command needs the serve extra: pip install 'semid[serve]'")
+    assert "Traceback" not in done.stderr
+
+
+def test_the_base_install_requires_numpy_only_and_hf_adds_transformers_only():
+    from importlib.metadata import requires
+
+    reqs = requires("semid") or []
+    base = [r for r in reqs if "extra ==" not in r]
+    assert [r.split(">")[0].split("=")[0].strip() for r in base] == ["numpy"], base
+
+    def extra(name: str) -> set[str]:
+        marker = f'extra == "{name}"'
+        return {r.split(";")[0].split("[")[0].split(">")[0].split("=")[0].strip() for r in reqs if marker in r}
+
+    assert extra("hf") == {"transformers"}
+    assert {"torch", "safetensors"} <= extra("train") and not extra("train") & {"faiss-cpu", "fastapi"}
+    assert {"faiss-cpu", "fastapi", "uvicorn", "semid"} <= extra("serve")  # serve includes semid[train]
+    assert {"semid", "pytest", "mypy"} <= extra("dev")
+    dev_self = [r for r in reqs if 'extra == "dev"' in r and r.startswith("semid[")]
+    assert dev_self and "serve" in dev_self[0] and "docs" in dev_self[0]
