@@ -74,6 +74,7 @@ def _assert_semid_works(python: Path, script: Path, cwd) -> None:
         [str(script), "--help"],
         [str(python), "-m", "semid.service.cli", "--help"],
         [str(python), "-c", "import semid.service.cli, semid.service.api.app, semid.model.train; print('ok')"],
+        [str(python), "-c", "import semid, semid.generation; semid.Index, semid.train; print('ok')"],
     ):
         done = _run(argv, cwd)
         assert done.returncode == 0, f"{argv}: {done.stderr[-2000:]}"
@@ -109,6 +110,9 @@ def test_built_wheel_installs_under_semid_only(tmp_path):
         tops = {name.split("/")[0] for name in zf.namelist()}
         assert "semid" in tops and not tops & {"model", "service"}, tops
         assert "semid/service/api/routes/lookups.py" in zf.namelist()
+        for public in ("semid/__init__.py", "semid/py.typed", "semid/index.py", "semid/generation/hf.py"):
+            assert public in zf.namelist(), public  # the public API (service/public/) installs as `semid`
+        assert not [n for n in zf.namelist() if n.startswith("semid/service/public/")]
     venv = tmp_path / "fresh"
     made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     assert made.returncode == 0, made.stderr

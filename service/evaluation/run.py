@@ -72,7 +72,7 @@ def evaluate_index(
     interactions: str | Path | None = None,
     options: EvaluationOptions | None = None,
 ) -> dict[str, Any]:
-    """Every figure of the evaluation, as one JSON-ready dict (see the README for the keys)."""
+    """Every figure of the evaluation, as one JSON-ready dict (keys: docs/configuration.md)."""
     opts = options or EvaluationOptions()
     catalog_path = Path(catalog_path)
     if not catalog_path.is_file():

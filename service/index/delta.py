@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from semid.service.ids.dedup import BucketCounts
-from semid.service.index.folded import NO_ROWS
+
+NO_ROWS = np.zeros(0, dtype=np.int64)  # no rows (shared by the folded rows and the index state)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,17 +13,12 @@ rows' ids; string ids through a dict. ``taken`` counts the IDs no new item may t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from semid.service.ids.dedup import BucketCounts
-
-if TYPE_CHECKING:
-    from semid.service.index.delta import Delta
-
-NO_ROWS = np.zeros(0, dtype=np.int64)
+from semid.service.index.delta import NO_ROWS, Delta
 
 
 @dataclass(frozen=True, kw_only=True)

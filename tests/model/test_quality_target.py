@@ -1,4 +1,4 @@
-"""The trained default model on MovieLens meets the recorded quality target (README, "ID quality on
+"""The trained default model on MovieLens meets the recorded quality target (docs/benchmarks.md, "ID quality on
 MovieLens"; issue 5): base collisions <= 0.70 %, perplexity >= 230 at every level, neighbour share
 at depth 1 >= 0.45, every level >= 80 % used. (The target's "training <= 5 minutes" is a wall-clock
 figure that depends on the machine's load: benchmarks/train_speed.py measures it, this test does not.)
@@ -60,7 +60,7 @@ def test_default_model_on_movielens_meets_the_quality_target(movielens, tmp_path
 
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]
     assert summary["items"] == 9742 and summary["unique_full_ids"] == 1.0
-    # the scorer's codes are the emitted ones (README): semid's prefix_* figures
+    # the scorer's codes are the emitted ones (docs/benchmarks.md): semid's prefix_* figures
     assert_target({**summary, "base_collision_rate": summary["prefix_collision_rate"]}, "semid evaluate")
 
     if SCORER.is_file():

@@ -319,7 +319,7 @@ def large_index(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _scorer_equivalents(metrics: dict, levels: int) -> dict:
-    """semid's figure for every key the reference scorer prints (README, "semid evaluate").
+    """semid's figure for every key the reference scorer prints (docs/configuration.md, "semid evaluate").
 
     The scorer's codes are the first L positions of each exported ID (what a model emits), so its
     ``base_collision_rate`` / ``largest_bucket`` are semid's ``prefix_*`` figures; they equal semid's base
