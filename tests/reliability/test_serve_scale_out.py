@@ -193,3 +193,37 @@ def test_read_only_replicas_follow_the_writer(index, catalogs):
         for server in (writer, *replicas):
             server.stop()
     _check_clean(index)
+
+
+@pytest.mark.slow
+def test_writer_killed_mid_write_leaves_the_replica_on_the_last_version_and_the_next_writer_recovers(index, catalogs):
+    from semid.service.index.store import FAULT_ENV
+
+    replica = Server(index, "--read-only")
+    writer = Server(index, env={FAULT_ENV: "after-segment-fsync:2"})  # dies inside its second write
+    try:
+        first = _new_items(catalogs, 200, 3)
+        assert writer.post("/v1/assign", {"items": first}).status_code == 200
+        good = replica.get("/readyz").json()
+        assert good["items"] == 4_003
+        with pytest.raises(httpx.HTTPError):
+            writer.post("/v1/assign", {"items": _new_items(catalogs, 210, 3)})
+        assert writer.process.wait(timeout=60) == -signal.SIGKILL
+        for _ in range(5):  # past the 1 s revalidation: still the last committed version, and answering
+            time.sleep(0.3)
+            now = replica.get("/readyz").json()
+            assert (now["version"], now["items"]) == (good["version"], 4_003)
+            assert replica.get(f"/v1/items/{first[0]['item_id']}").status_code == 200
+            assert replica.get(f"/v1/items/{_new_items(catalogs, 210, 1)[0]['item_id']}").status_code == 404
+        after = Server(index)  # the next writer cleans up the kill's leftovers and commits
+        try:
+            again = after.post("/v1/assign", {"items": _new_items(catalogs, 210, 3)})
+            assert again.status_code == 200, again.text
+        finally:
+            after.stop()
+        got = replica.get(f"/v1/items/{_new_items(catalogs, 210, 1)[0]['item_id']}")
+        assert got.status_code == 200 and replica.get("/readyz").json()["items"] == 4_006
+    finally:
+        for server in (writer, replica):
+            server.stop()
+    _check_clean(index)
