@@ -32,7 +32,7 @@ async def catch_up(state: ServiceState) -> None:
         return
     try:
         await anyio.to_thread.run_sync(index.refresh_if_changed)
-    except SemidError as err:
+    except (SemidError, OSError) as err:  # e.g. a segment removed between the manifest read and its own
         log.warning("index %s: serving the snapshot held (version %d): refresh failed: %s", index.path,
                     index.version, err)
 

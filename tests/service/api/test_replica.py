@@ -70,3 +70,19 @@ def test_worker_threads_split_the_cores_unless_set():
     assert worker_settings(ServiceSettings(workers=2), cpus=8).threads == 4
     assert worker_settings(ServiceSettings(workers=4), cpus=2).threads == 1
     assert worker_settings(ServiceSettings(workers=2, threads=3), cpus=8).threads == 3
+
+
+def test_a_failed_refresh_keeps_serving_the_snapshot_held(pair, tiny_catalog_file, caplog):
+    from semid.model.catalog import read_catalog
+
+    writer, replica = pair
+    before = replica.get("/readyz").json()
+    emb = new_embeddings(read_catalog(tiny_catalog_file), 2)
+    assert writer.post("/v1/assign", json={"items": _items(emb, 900_200)}).status_code == 200
+    index = state_of(writer).index
+    (index.path / "segments" / index.segments[-1]).unlink()  # the new segment vanishes before the replica loads it
+    for _ in range(3):
+        ready = replica.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["version"] == before["version"]
+        assert replica.get("/v1/stats").status_code == 200
+    assert "refresh failed" in caplog.text
