@@ -451,6 +451,8 @@ SERVE_FLAGS = {
     "--read-rate-limit": "read_rate_limit",
     "--rate-limit-window": "rate_limit_window",
     "--report-dir": "report_dir",
+    "--workers": "workers",
+    "--read-only": "read_only",
 }
 
 
@@ -464,6 +466,9 @@ def serve_options(fn):
         kind = next((k for t, k in kinds.items() if annotation in (t, t | None)), click.Path(file_okay=False))
         default = "" if info.default is None else f", default {info.default}"
         help_text = f"{info.description} (SEMID_{name.upper()}{default})"
+        if annotation is bool:
+            fn = click.option(flag, name, is_flag=True, default=None, help=help_text)(fn)
+            continue
         fn = click.option(flag, name, type=kind, default=None, help=help_text)(fn)
     return fn
 
@@ -501,6 +506,12 @@ def serve(log_level, **flags) -> None:
 
     _cap_malloc_arenas()
     settings = _serve_settings(flags)
+    if settings.workers > 1:  # N processes on one port, each loading the index (service/api/workers.py)
+        from semid.service.api.workers import serve_workers
+
+        logging.getLogger().setLevel(log_level.upper())
+        serve_workers(settings, log_level=log_level, echo=lambda line: click.echo(line, err=True))
+        return
     state = ServiceState.load(settings)  # fail here, with a one-line error, before the server starts
     logging.getLogger().setLevel(log_level.upper())
     quiet_disconnects()

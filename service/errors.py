@@ -246,6 +246,16 @@ class RateLimitedError(SemidError, RuntimeError):
         self.retry_after = retry_after
 
 
+class ReadOnlyReplicaError(SemidError, PermissionError):
+    """A write sent to a read-only replica (``semid serve --read-only``): writes go to the writer."""
+
+    code = "read_only_replica"
+    status = 403
+
+    def __init__(self, message: str = "this replica is read-only; send writes to the writer") -> None:
+        super().__init__(message)
+
+
 class NotReadyError(SemidError, RuntimeError):
     """The index is not loaded (yet)."""
 

@@ -136,6 +136,9 @@ class Health(BaseModel):
     status: str
     items: int | None = None
     fingerprint: str | None = None
+    version: int | None = Field(default=None, description="The snapshot's manifest version (grows with each commit).")
+    role: str | None = Field(default=None, description="`writer`, or `replica` (served with --read-only).")
+    pid: int | None = Field(default=None, description="The answering server process (one of --workers).")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

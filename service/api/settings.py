@@ -49,5 +49,11 @@ class ServiceSettings(BaseSettings):
     report_dir: Path | None = Field(
         default=None, description="A `semid evaluate` output (report.html, metrics.json), linked from /ui if it fits."
     )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Server processes sharing the port, each with its own index snapshot."
+    )
+    read_only: bool = Field(
+        default=False, description="A read replica: write routes answer 403; reads follow the writer's manifest."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

@@ -28,7 +28,9 @@ class ServiceState:
         """Open the index and its checkpoint; refuses a checkpoint whose fingerprint or ID layout differs."""
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        index = SemanticIdIndex.open(settings.index_dir, lock_timeout=settings.write_lock_timeout)
+        index = SemanticIdIndex.open(
+            settings.index_dir, lock_timeout=settings.write_lock_timeout, read_only=settings.read_only
+        )
         checkpoint = settings.checkpoint_dir or index.checkpoint_dir
         if checkpoint is None or not Path(checkpoint).is_dir():
             raise CorruptIndexError(

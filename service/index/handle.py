@@ -13,6 +13,8 @@ Directory::
 Readers never lock: a handle loads the segments named by the manifest and serves
 from memory. Writers hold ``index.lock``; under it a handle first catches up with
 segments other processes appended, so ids are checked against the latest state.
+A long-lived reader (a server worker, a read-only replica) calls ``refresh_if_changed``
+before each request: one ``stat`` of the manifest, and a refresh only when it was replaced.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +41,7 @@ from semid.service.errors import (
     IndexNotFoundError,
     IndexWriteError,
     InvalidInputError,
+    ReadOnlyReplicaError,
 )
 from semid.service.ids.layout import IdLayout
 from semid.service.index.batch import validate_batch
@@ -63,6 +67,10 @@ from semid.service.index.vectors import load_vector_index, read_segment_vectors,
 
 logger = logging.getLogger(__name__)
 
+# A reader re-reads the manifest at least this often even when its stat looks unchanged (a new
+# file can reuse the old one's inode, size and coarse mtime): the bound on how stale a reader can be.
+REVALIDATE_SECONDS = 1.0
+
 
 class SemanticIdIndex:
     """An index directory opened for reading, and for appending under its lock.
@@ -71,12 +79,25 @@ class SemanticIdIndex:
     replace the in-memory snapshot in one assignment.
     """
 
-    def __init__(self, path: Path, snapshot: IndexSnapshot, *, lock_timeout: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        snapshot: IndexSnapshot,
+        *,
+        lock_timeout: float,
+        read_only: bool = False,
+        seen: tuple[int, ...] | None = None,
+    ) -> None:
         self._path = path
         self._snapshot = snapshot
         self._lock = WriterLock(path / LOCK_NAME, description=f"index {path}")
         self._lock_timeout = lock_timeout
         self._thread_lock = threading.RLock()
+        self._read_only = read_only
+        self._install_lock = threading.Lock()  # snapshot swaps: never an older version over a newer one
+        self._refresh_lock = threading.Lock()  # one reader refresh at a time; the others wait for it
+        self._seen = seen  # the manifest's stat key when this handle last caught up with it
+        self._checked_at = time.monotonic()
 
     # --- opening -------------------------------------------------------------------
 
@@ -143,14 +164,18 @@ class SemanticIdIndex:
         *,
         expected_fingerprint: str | None = None,
         lock_timeout: float = 0.0,
+        read_only: bool = False,
     ) -> SemanticIdIndex:
         """Load the index at ``path``.
 
         Raises ``IndexNotFoundError`` (no manifest), ``CorruptIndexError`` (bad manifest,
         missing or malformed segment, duplicate ids), ``FingerprintMismatchError``.
-        ``lock_timeout`` is how long later writes wait for the writer lock.
+        ``lock_timeout`` is how long later writes wait for the writer lock. ``read_only``: the
+        handle never takes the lock nor writes (a rebuilt ``faiss.index`` stays in memory), and
+        its writes raise ``ReadOnlyReplicaError``.
         """
         root = Path(path)
+        seen = _manifest_key(root)  # before reading: a replacement in between is caught by the next check
         manifest = _read_manifest_or_raise(root)
         if expected_fingerprint is not None and manifest.checkpoint_fingerprint != expected_fingerprint:
             raise FingerprintMismatchError(
@@ -160,8 +185,8 @@ class SemanticIdIndex:
                 actual=manifest.checkpoint_fingerprint,
             )
         snapshot, rebuilt = _load_snapshot(root, manifest, None)
-        index = cls(root, snapshot, lock_timeout=lock_timeout)
-        if rebuilt:
+        index = cls(root, snapshot, lock_timeout=lock_timeout, read_only=read_only, seen=seen)
+        if rebuilt and not read_only:
             index._persist_rebuilt_vectors()
         logger.info("opened index %s: %d items in %d segments", root, len(index), len(manifest.segments))
         return index
@@ -195,6 +220,15 @@ class SemanticIdIndex:
     @property
     def item_count(self) -> int:
         return self._snapshot.state.size
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @property
+    def version(self) -> int:
+        """The snapshot's manifest version (its highest segment number; grows with every commit)."""
+        return self._snapshot.manifest.version
 
     @property
     def snapshot(self) -> IndexSnapshot:
@@ -237,6 +271,8 @@ class SemanticIdIndex:
         (default: the handle's ``lock_timeout``). Re-entrant within one thread; other
         threads using the same handle wait or fail like other processes do.
         """
+        if self._read_only:
+            raise ReadOnlyReplicaError(f"index {self._path} is open read-only; send writes to the writer")
         wait = self._lock_timeout if timeout is None else max(0.0, timeout)
         got = self._thread_lock.acquire(timeout=wait) if wait > 0 else self._thread_lock.acquire(False)
         if not got:
@@ -260,13 +296,43 @@ class SemanticIdIndex:
         finally:
             self._thread_lock.release()
 
+    def manifest_changed(self) -> bool:
+        """Whether the manifest may have been replaced since this handle caught up with it: one ``stat``
+        (and ``True`` at least every ``REVALIDATE_SECONDS``). Cheap enough to call before every request."""
+        if time.monotonic() - self._checked_at >= REVALIDATE_SECONDS:
+            return True
+        return _manifest_key(self._path) != self._seen
+
+    def refresh_if_changed(self) -> bool:
+        """``refresh`` if the manifest was replaced since the last check; one thread at a time (the others
+        wait, then find it done). Returns whether it looked. On error the old snapshot stays, and the
+        same manifest is not retried before it changes or ``REVALIDATE_SECONDS`` pass."""
+        with self._refresh_lock:
+            if not self.manifest_changed():
+                return False
+            key = _manifest_key(self._path)
+            try:
+                self.refresh()
+            finally:
+                self._seen, self._checked_at = key, time.monotonic()
+        return True
+
+    def _install(self, snapshot: IndexSnapshot) -> bool:
+        """Swap in ``snapshot`` unless this handle already holds a newer version (a reader's refresh
+        racing a write of this process)."""
+        with self._install_lock:
+            if snapshot.manifest.version < self._snapshot.manifest.version:
+                return False
+            self._snapshot = snapshot
+            return True
+
     def refresh(self) -> None:
         """Load segments that other processes appended since this handle was loaded."""
         current = self._snapshot
         manifest = _read_manifest_or_raise(self._path)
         if manifest.segments == current.manifest.segments:
             if manifest != current.manifest:  # e.g. another handle recorded a rebuilt faiss.index
-                self._snapshot = replace(current, manifest=manifest)
+                self._install(replace(current, manifest=manifest))
             return
         if manifest.checkpoint_fingerprint != current.manifest.checkpoint_fingerprint:
             raise FingerprintMismatchError(
@@ -276,7 +342,9 @@ class SemanticIdIndex:
             )
         known = current.manifest.segments
         extends = manifest.segments[: len(known)] == known
-        self._snapshot, rebuilt = _load_snapshot(self._path, manifest, current if extends else None)
+        loaded, rebuilt = _load_snapshot(self._path, manifest, current if extends else None)
+        if not self._install(loaded):
+            return
         if rebuilt and self._lock.held:
             self._store_rebuilt_vectors()
         logger.info("index %s refreshed: %d items", self._path, self.item_count)
@@ -388,13 +456,13 @@ class SemanticIdIndex:
                 # failed) the write is visible, and this handle moves on with it.
                 committed = target == MANIFEST_NAME and _listed(self._path, name)
                 if committed:
-                    self._snapshot = IndexSnapshot(
-                        manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
+                    self._install(
+                        IndexSnapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
                     )
                 raise _write_error(self._path, exc, target, committed=committed) from exc
             if not defer_load:
-                self._snapshot = IndexSnapshot(
-                    manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors
+                self._install(
+                    IndexSnapshot(manifest=new_manifest, state=snap.state.extended(part), vectors=new_vectors)
                 )
             if staged is not None:
                 (self._path / FAISS_NAME).unlink(missing_ok=True)  # not used once a segment has a vector file
@@ -431,11 +499,20 @@ class SemanticIdIndex:
         except OSError as exc:
             logger.warning("index %s: rebuilt %s kept in memory only: %s", self._path, FAISS_NAME, exc)
             return
-        self._snapshot = replace(snap, manifest=manifest)
+        self._install(replace(snap, manifest=manifest))
         logger.warning("index %s: wrote rebuilt %s", self._path, FAISS_NAME)
 
 
 # --- module helpers ------------------------------------------------------------------
+
+
+def _manifest_key(root: Path) -> tuple[int, ...] | None:
+    """What changes when the manifest is replaced (it is renamed into place: a new inode)."""
+    try:
+        st = os.stat(root / MANIFEST_NAME)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read_manifest_or_raise(root: Path) -> Manifest:

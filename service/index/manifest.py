@@ -109,9 +109,15 @@ class Manifest:
     def written_version(self) -> int:
         return VECTOR_FILES_VERSION if self.has_vector_files else FORMAT_VERSION
 
-    def next_segment_name(self) -> str:
+    @property
+    def version(self) -> int:
+        """The highest segment number: every commit writes a segment numbered one above it, so it only
+        grows (0 for an empty index). Readers use it to never swap a newer snapshot for an older one."""
         numbers = [int(m.group(1)) for s in self.segments if (m := SEGMENT_NAME_RE.fullmatch(s.name))]
-        return f"seg-{max(numbers, default=0) + 1:06d}.parquet"
+        return max(numbers, default=0)
+
+    def next_segment_name(self) -> str:
+        return f"seg-{self.version + 1:06d}.parquet"
 
     def with_segment(self, segment: SegmentInfo) -> Manifest:
         return replace(self, segments=(*self.segments, segment), updated_at=now_iso())

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from semid.service.api.bodies import decode_assign_body, decode_encode_body, is_arrow, json_or_arrow_body
-from semid.service.api.deps import ApiKeyHeader, StateDep, require_api_key
+from semid.service.api.deps import ApiKeyHeader, StateDep, require_writer
 from semid.service.api.schemas import ERRORS, AssignRequest, AssignResponse, EncodeRequest, EncodeResponse
 from semid.service.api.threads import in_read_thread, in_write_thread
 from semid.service.placement import encode_items, register_batch
@@ -41,7 +41,7 @@ async def encode(
     call = partial(encode_items, state.index, state.encoder, body.embeddings, body.item_ids,
                    register=body.register, lock_timeout=state.settings.write_lock_timeout)
     if body.register:
-        require_api_key(state, x_api_key)
+        require_writer(state, x_api_key)
         out = await in_write_thread(request, call)  # registering writes: the write pool
     else:
         out = await in_read_thread(call)
@@ -76,7 +76,7 @@ async def assign(
     ] = False,
 ) -> dict:
     """Register many items at once (JSON or an Arrow IPC stream); new ones land in one atomic segment."""
-    require_api_key(state, x_api_key)
+    require_writer(state, x_api_key)
     body = await in_read_thread(decode_assign_body, state, await request.body(), is_arrow(request))
     reg = await in_write_thread(
         request, register_batch, state.index, state.encoder, item_ids=body.item_ids, embeddings=body.embeddings,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -785,6 +786,9 @@ def test_healthz_and_readyz(api, tiny_checkpoint):
         "status": "ready",
         "items": len(state_of(api).index),
         "fingerprint": load_checkpoint(tiny_checkpoint).fingerprint,
+        "version": state_of(api).index.version,
+        "role": "writer",
+        "pid": os.getpid(),
     }
 
 

@@ -1,0 +1,287 @@
+"""`semid serve` with one worker and with `--workers 2`, side by side in one run, on a real server (loopback).
+
+    python benchmarks/serve_workers.py                    # MovieLens index with anchors, 3 rounds
+    python benchmarks/serve_workers.py --rounds 1 --requests 4 --duration 3   # a quick smoke run
+
+Set-up (not timed): the MovieLens items (../shared/data, 9,742 x 384) train a default-architecture
+RQ-VAE briefly (benchmarks.assign_speed.quick_checkpoint; a catalog of at most 16,384 items keeps its
+first-level anchors, so encoding runs the anchors' vote) and semid.service.assign.assign_catalog builds
+the index. --checkpoint/--index reuse ones already built. The body: 1,024 new items like the catalog's
+(catalog rows plus seeded noise, unit length), serialised once with json.dumps.
+
+Each round starts `semid serve` with 1 worker (no flag), then with `--workers 2` (order swapped every
+other round so load on the shared machine hits both alike), and measures against that server:
+
+* encode, 1 client and 2 clients: each client a thread with its own keep-alive httpx.Client sending the
+  pre-serialised 1,024-row body --requests times after one warm-up; items/s = all clients' items over
+  the wall time.
+* prefix look-ups: `wrk -t2 -c16 -d{duration}s` over GET /v1/prefixes/{prefix}?limit=10 with random
+  prefixes (length 1..3) of indexed items (a Lua script picks one per request): requests/s, p50/p99.
+* memory of each worker: /proc/PID/smaps_rollup (RSS, PSS, shared and private pages).
+
+Every phase records the 1-minute load average before it. The machine is shared: figures are as measured.
+Writes benchmarks/results/serve_workers.{md,json} (or under SEMID_BENCH_RESULTS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
+
+HOST = "127.0.0.1"
+ROWS = 1024
+READY_TIMEOUT_S = 600.0
+WRK_SCRIPT = """
+local paths = {%s}
+request = function()
+  return wrk.format("GET", paths[math.random(#paths)])
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+def semid_command() -> list[str]:
+    exe = Path(sys.executable).parent / "semid"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "semid.service.cli"]
+
+
+class Server:
+    def __init__(self, index: Path, workers: int, log: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://{HOST}:{self.port}"
+        self.cmd = [*semid_command(), "serve", "--index", str(index), "--host", HOST, "--port", str(self.port),
+                    "--log-level", "warning"]
+        if workers > 1:
+            self.cmd += ["--workers", str(workers)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEMID_")}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.log = log
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"semid serve exited with {self.proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.pids = self._worker_pids(workers)
+
+    def _worker_pids(self, workers: int) -> list[int]:
+        if workers == 1:
+            return [self.proc.pid]
+        pids: set[int] = set()
+        for _ in range(200):
+            pids.add(httpx.get(f"{self.base}/readyz", timeout=10).json()["pid"])
+            if len(pids) == workers:
+                break
+        return sorted(pids)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+def build(workdir: Path, checkpoint: Path | None, index: Path | None) -> tuple[Path, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    from benchmarks.assign_speed import quick_checkpoint
+    from semid.service.assign import assign_catalog
+
+    if not MOVIELENS.is_file():
+        raise SystemExit(f"needs the MovieLens items at {MOVIELENS} (../shared/data)")
+    embeddings = np.asarray(pq.read_table(MOVIELENS, columns=["embedding"]).column(0).to_pylist(), np.float32)
+    if index is None:
+        checkpoint = checkpoint or quick_checkpoint(embeddings, workdir / "checkpoint", epochs=2)
+        index = workdir / "index"
+        assign_catalog(checkpoint=checkpoint, catalog=MOVIELENS, index_dir=index)
+    return index, embeddings
+
+
+def body_bytes(embeddings: np.ndarray) -> bytes:
+    rng = np.random.default_rng(0)
+    x = embeddings[rng.choice(len(embeddings), ROWS, replace=False)] + 0.02 * rng.standard_normal((ROWS, 384))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return json.dumps({"embeddings": x.tolist()}).encode()
+
+
+def encode_phase(server: Server, body: bytes, clients: int, requests: int) -> dict:
+    headers = {"content-type": "application/json"}
+    errors: list[str] = []
+
+    def run(barrier: threading.Barrier) -> None:
+        with httpx.Client(base_url=server.base, timeout=300) as client:
+            client.post("/v1/encode", content=body, headers=headers)  # warm-up
+            barrier.wait()
+            for _ in range(requests):
+                r = client.post("/v1/encode", content=body, headers=headers)
+                if r.status_code != 200:
+                    errors.append(r.text[:200])
+
+    barrier = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=run, args=(barrier,)) for _ in range(clients)]
+    load = loadavg()
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"clients": clients, "requests": clients * requests, "seconds": wall,
+            "items_per_s": clients * requests * ROWS / wall, "errors": len(errors), "load_1m": load}
+
+
+def prefix_paths(index: Path, count: int = 2000) -> list[str]:
+    from semid.service.index.handle import SemanticIdIndex
+
+    snap = SemanticIdIndex.open(index, read_only=True).snapshot
+    rng = np.random.default_rng(1)
+    sids = snap.state.semantic_ids
+    rows = rng.integers(0, len(sids), count)
+    lengths = rng.integers(1, 4, count)
+    prefixes = ["-".join(str(int(c)) for c in sids[r][:n]) for r, n in zip(rows, lengths, strict=True)]
+    return [f"/v1/prefixes/{p}?limit=10" for p in prefixes]
+
+
+def wrk_phase(server: Server, script: Path, duration: int) -> dict:
+    load = loadavg()
+    cmd = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency", "-s", str(script), server.base]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def latency(p: str) -> float | None:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
+        if m is None:
+            return None
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"requests_per_s": rps, "p50_ms": latency("50"), "p99_ms": latency("99"),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else "",
+            "load_1m": load, "command": " ".join(cmd[:-1]) + " URL"}
+
+
+def memory(pids: list[int]) -> list[dict]:
+    rows = []
+    for pid in pids:
+        fields = {}
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] == "kB":
+                    fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+        rows.append({"pid": pid, "rss_mb": fields.get("Rss"), "pss_mb": fields.get("Pss"),
+                     "shared_mb": fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0),
+                     "private_mb": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=10, help="Encode requests per client per phase.")
+    parser.add_argument("--duration", type=int, default=10, help="Seconds of each wrk phase.")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--index", type=Path)
+    parser.add_argument("--name", default="serve_workers")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("needs wrk (Debian: apt-get install wrk)")
+    workdir = Path(tempfile.mkdtemp(prefix="semid-serve-workers-"))
+    try:
+        index, embeddings = build(workdir, args.checkpoint, args.index)
+        body = body_bytes(embeddings)
+        script = workdir / "prefixes.lua"
+        script.write_text(WRK_SCRIPT % ", ".join(json.dumps(p) for p in prefix_paths(index)))
+        runs: list[dict] = []
+        for r in range(args.rounds):
+            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+                server = Server(index, workers, workdir / f"serve-{r}-{workers}.log")
+                try:
+                    run = {"round": r, "workers": workers}
+                    run["encode_1_client"] = encode_phase(server, body, 1, args.requests)
+                    run["encode_2_clients"] = encode_phase(server, body, 2, args.requests)
+                    run["prefix_wrk"] = wrk_phase(server, script, args.duration)
+                    run["memory"] = memory(server.pids)
+                finally:
+                    server.stop()
+                runs.append(run)
+                print(json.dumps(run), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(workers: int, key: str, field: str) -> float:
+        return statistics.median(run[key][field] for run in runs if run["workers"] == workers)
+
+    summary = []
+    for workers in (1, 2):
+        mem = [run["memory"] for run in runs if run["workers"] == workers][-1]
+        summary.append({
+            "workers": workers,
+            "encode items/s, 1 client": median(workers, "encode_1_client", "items_per_s"),
+            "encode items/s, 2 clients": median(workers, "encode_2_clients", "items_per_s"),
+            "prefix req/s (wrk, 16 conn.)": median(workers, "prefix_wrk", "requests_per_s"),
+            "prefix p99 ms": median(workers, "prefix_wrk", "p99_ms"),
+            "RSS MB per worker": statistics.mean(m["rss_mb"] for m in mem),
+            "PSS MB per worker": statistics.mean(m["pss_mb"] for m in mem),
+            "shared MB per worker": statistics.mean(m["shared_mb"] for m in mem),
+        })
+    speedup = summary[1]["encode items/s, 2 clients"] / summary[0]["encode items/s, 2 clients"]
+    per_run = [
+        {"round": run["round"], "workers": run["workers"],
+         "encode 1 client": run["encode_1_client"]["items_per_s"],
+         "encode 2 clients": run["encode_2_clients"]["items_per_s"],
+         "prefix req/s": run["prefix_wrk"]["requests_per_s"],
+         "load before encode": run["encode_1_client"]["load_1m"], "load before wrk": run["prefix_wrk"]["load_1m"],
+         "errors": run["encode_1_client"]["errors"] + run["encode_2_clients"]["errors"] + run["prefix_wrk"]["non_2xx"]}
+        for run in runs
+    ]
+    markdown = (
+        "Medians over the rounds (MovieLens index, 9,742 items, first-level anchors on; 1,024-row JSON encode;"
+        " wrk -t2 -c16 prefix look-ups). The machine is shared with other jobs: see the load averages.\n\n"
+        + markdown_table(summary, list(summary[0]))
+        + f"\n\n2 workers / 1 worker, encode with 2 clients: {speedup:.2f}x\n\nEach run:\n\n"
+        + markdown_table(per_run, list(per_run[0]))
+    )
+    path = write_results(args.name, {"rounds": runs, "summary": summary, "speedup_2_clients": speedup}, markdown)
+    print(markdown)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
