@@ -134,7 +134,9 @@ class TrainConfig(BaseModel):
     coliked_weight: StrictFloat = _float(0.75, 0.0, 1000.0, "With --interactions: a partner's vote (a neighbour's: 1).")
     coliked_max_user_likes: StrictInt = _int(500, 2, 1 << 24, "With --interactions: heavier users are sampled down.")
     seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
-    threads: StrictInt = _int(0, 0, 1024, "torch threads (0: torch's default).")
+    threads: StrictInt = _int(
+        0, 0, 1024, "torch threads (0: the usable CPUs minus the load average; SEMID_THREADS overrides)."
+    )
 
     @model_validator(mode="after")
     def _epochs_bound_the_warm_ups(self) -> TrainConfig:

@@ -10,8 +10,12 @@ from typing import Any
 
 import click
 
-from semid.model.catalog import CatalogError
-from semid.service.errors import SemidError
+from semid.model.cpu_threads import quiet_waiting
+
+quiet_waiting()  # before torch or faiss load OpenMP: idle threads sleep, not spin (semid.model.cpu_threads)
+
+from semid.model.catalog import CatalogError  # noqa: E402
+from semid.service.errors import SemidError  # noqa: E402
 
 log = logging.getLogger("semid")
 
@@ -218,7 +222,13 @@ def train(
         raise click.UsageError("--user-column, --item-column and --rating-column go with --interactions")
     click.echo(f"training {config.model.tokenizer} on {len(cat)} items x {cat.dim} dims -> {out}", err=True)
     fingerprint, metrics = train_tokenizer(
-        cat.embeddings, config, out, resume=resume, progress=not quiet, coliked=coliked
+        cat.embeddings,
+        config,
+        out,
+        resume=resume,
+        progress=not quiet,
+        coliked=coliked,
+        note=(lambda line: click.echo(line, err=True)) if quiet else None,
     )
     click.echo(_final_line(metrics))
     click.echo(f"checkpoint {out} (fingerprint {fingerprint})")
