@@ -111,7 +111,9 @@ def _run(variant: str, catalog: str, epochs: int) -> dict:
         cmd += ["--out", str(Path(tmp) / "ck")]
         env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "SEMID_THREADS")}
         load_before = os.getloadavg()[0]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{variant} on {catalog} failed:\n{done.stderr[-2000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
     return {"variant": variant, "catalog": catalog, "load_before": round(load_before, 2),
             "load_after": round(os.getloadavg()[0], 2), **row}

@@ -529,7 +529,24 @@ def quickstart(out, items, dim, epochs, seed) -> None:
     """Synthetic catalog -> train -> assign -> export -> look-ups, end to end on this machine."""
     from semid.service.quickstart import run_quickstart
 
-    run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo)
+    run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo, semid=_invoked_as())
+
+
+def _invoked_as() -> str:
+    """How to run `semid` again from here: plain `semid` if that is on PATH and is this one, else this one's path."""
+    import shutil
+    from pathlib import Path
+
+    me = Path(sys.argv[0])
+    if me.name != "semid":
+        return "semid"
+    on_path = shutil.which("semid")
+    if on_path and Path(on_path).resolve() == me.resolve():
+        return "semid"
+    try:
+        return str(me.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(me.resolve())
 
 
 @main.command()

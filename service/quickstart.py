@@ -21,8 +21,16 @@ MARKER = ".semid-quickstart"
 
 
 def run_quickstart(
-    out: str | Path, *, items: int, dim: int, epochs: int, seed: int, echo: Callable[[str], None]
+    out: str | Path,
+    *,
+    items: int,
+    dim: int,
+    epochs: int,
+    seed: int,
+    echo: Callable[[str], None],
+    semid: str = "semid",
 ) -> dict[str, Path]:
+    """``semid``: how the user runs the command (e.g. ``.venv/bin/semid``), for the closing "Serve it with" line."""
     out = Path(out)
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
@@ -75,5 +83,5 @@ def run_quickstart(
     echo(f"    prefix {sid[0]} holds {count} items, e.g.:")
     for it in index.snapshot.items(rows):
         echo(f"      {'-'.join(map(str, it['semantic_id']))}  {it['title']}")
-    echo(f"done. Serve it with: semid serve --index {paths['index']}")
+    echo(f"done. Serve it with: {semid} serve --index {paths['index']}")
     return paths
