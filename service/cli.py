@@ -60,6 +60,7 @@ class SemidGroup(click.Group):
             PermissionError,
         ) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            _close_progress_bars()
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
@@ -68,8 +69,17 @@ class SemidGroup(click.Group):
         except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
             if os.environ.get("SEMID_DEBUG"):
                 raise
+            _close_progress_bars()
             click.echo(f"error: {type(err).__name__}: {err} (set SEMID_DEBUG=1 for a traceback)", err=True)
             ctx.exit(1)
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar still drawn, so the error that follows starts on its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.leave = True  # a closed bar that leaves its line ends it with a newline
+        bar.close()
 
 
 @click.group(cls=SemidGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -192,10 +202,18 @@ def train(
     With --interactions, items liked by the same users (rating >= --coliked-min-rating) share first codes
     more often; the checkpoint's metrics.json records the file (name, sha256), its counts and the settings.
     """
-    from semid.model.config import SECTIONS, SemidConfig
+    from semid.model.config import SECTIONS, SemidConfig, clamp_warm_ups
     from semid.model.job import train_tokenizer
 
     config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
+    if overrides.get("epochs") is not None:  # a shorter run: lower the warm-ups the user did not set
+        given = {k for k, v in overrides.items() if v is not None}
+        lowered = clamp_warm_ups(config.train, overrides["epochs"], given)
+        for name, value in lowered.items():
+            flag = "--" + name.replace("_", "-")
+            click.echo(f"note: {name} lowered from {getattr(config.train, name)} to {value} to fit --epochs "
+                       f"{overrides['epochs']} (set {flag} to choose)", err=True)
+        overrides.update(lowered)
     for section, kind in SECTIONS.items():
         config = config.with_overrides(section, **{k: v for k, v in overrides.items() if k in kind.model_fields})
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)

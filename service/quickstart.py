@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from semid.model.config import SemidConfig
+from semid.model.config import SemidConfig, clamp_warm_ups
 from semid.model.job import train_tokenizer
 from semid.model.metrics import levels_from_flat
 from semid.model.synthetic import synthetic_catalog, write_catalog
@@ -50,7 +50,8 @@ def run_quickstart(
     write_catalog(catalog, paths["catalog"])
 
     echo(f"2/4 train RQ-VAE ({epochs} epochs) -> {paths['checkpoint']}")
-    config = SemidConfig().with_overrides("train", epochs=epochs, seed=seed)
+    base = SemidConfig()
+    config = base.with_overrides("train", epochs=epochs, seed=seed, **clamp_warm_ups(base.train, epochs))
     fingerprint, metrics = train_tokenizer(catalog.embeddings, config, paths["checkpoint"], progress=True)
     final = metrics["final"]
     levels = levels_from_flat(final)
