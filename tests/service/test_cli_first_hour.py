@@ -55,7 +55,8 @@ def test_missing_id_column_names_the_flag(tmp_path):
     names = ["book_id" if n == "item_id" else n for n in pq.read_schema(path).names]
     table = pq.read_table(path).rename_columns(names)
     pq.write_table(table, tmp_path / "books.parquet")
-    result = CliRunner().invoke(main, ["train", "--catalog", str(tmp_path / "books.parquet"), "--out", str(tmp_path / "x")])
+    args = ["train", "--catalog", str(tmp_path / "books.parquet"), "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--id-column" in result.output and "book_id" in result.output
 
 
