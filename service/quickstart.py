@@ -77,7 +77,7 @@ def run_quickstart(
     index = SemanticIdIndex.open(paths["index"])
     item = index.snapshot.item(0)
     sid = item["semantic_id"]
-    echo(f"    {rows} items exported; item {item['item_id']} ({item['title']}) is {item['token']}")
+    echo(f"    {rows} items exported; {item['title']} is {item['token']}")  # the title names the item
     first = index.snapshot.children(())[:5]
     echo(f"    first codes (code: items): {', '.join(f'{c}: {n}' for c, n in first)} ...")
     count, rows, _ = index.snapshot.prefix_rows(sid[:1], limit=3)

@@ -143,8 +143,10 @@ class SemanticIdIndex:
         *,
         expected_fingerprint: str | None = None,
         lock_timeout: float = 0.0,
+        read_only: bool = False,
     ) -> SemanticIdIndex:
-        """Load the index at ``path``.
+        """Load the index at ``path``. ``read_only``: never write into it (a faiss index rebuilt on load stays
+        in memory; for readers such as `semid export` that may run beside a writer).
 
         Raises ``IndexNotFoundError`` (no manifest), ``CorruptIndexError`` (bad manifest,
         missing or malformed segment, duplicate ids), ``FingerprintMismatchError``.
@@ -161,7 +163,7 @@ class SemanticIdIndex:
             )
         snapshot, rebuilt = _load_snapshot(root, manifest, None)
         index = cls(root, snapshot, lock_timeout=lock_timeout)
-        if rebuilt:
+        if rebuilt and not read_only:
             index._persist_rebuilt_vectors()
         logger.info("opened index %s: %d items in %d segments", root, len(index), len(manifest.segments))
         return index
