@@ -286,6 +286,7 @@ def inspect(checkpoint, as_json) -> None:
                     "items": ck.metrics.get("items"),
                     "train_seconds": ck.metrics.get("train_seconds"),
                     "interactions": ck.metrics.get("interactions"),
+                    "graph_targets": ck.metrics.get("graph_targets"),
                 },
                 indent=2,
             )
@@ -301,6 +302,10 @@ def inspect(checkpoint, as_json) -> None:
     click.echo(f"  items = {ck.metrics.get('items')}, train_seconds = {ck.metrics.get('train_seconds')}")
     for key, value in final.items():
         click.echo(f"  {key} = {value}")
+    if ck.metrics.get("graph_targets"):  # the catalog's measurement and decision (semid.model.adaptive)
+        click.echo("[graph targets]")
+        for key, value in ck.metrics["graph_targets"].items():
+            click.echo(f"  {key} = {value}")
     if ck.metrics.get("interactions"):  # what `semid train --interactions` blended in
         click.echo("[interactions]")
         for key, value in ck.metrics["interactions"].items():
@@ -637,6 +642,8 @@ def evaluate(
     metrics = run_evaluation(index_dir, catalog, out, interactions=interactions, options=options)
     for v in metrics["verdicts"]:
         click.echo(f"{v['status']:<6} {v['label']:<36} {v['value']}")
+        if v.get("advice"):
+            click.echo(f"{'':<6} -> {v['advice']}")
     click.echo(f"wrote {Path(out) / METRICS_FILE} and {Path(out) / REPORT_FILE}")
 
 
