@@ -103,6 +103,7 @@ line per phase (for a run without a progress bar)."""
         "epochs": history,
         "interactions": coliked.record if coliked is not None else None,
         "graph_targets": state.graph_decision,  # the catalog's measurement and decision (semid.model.adaptive)
+        "threads": threads,  # picked from the load unless set: pin it (--threads) to reproduce a run bit for bit
     }
     fingerprint = save_checkpoint(out, tokenizer, config, metrics)
     clear_resume_state(out)

@@ -38,3 +38,12 @@ def test_cli_sets_passive_waiting_before_openmp_loads():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "PASSIVE"
+
+
+def test_checkpoint_records_the_thread_count(tmp_path, monkeypatch, tiny_catalog):
+    from semid.model.job import train_tokenizer
+    from tests.conftest import tiny_config
+
+    monkeypatch.setenv("SEMID_THREADS", "1")
+    _, metrics = train_tokenizer(tiny_catalog.embeddings, tiny_config(), tmp_path / "ck")
+    assert metrics["threads"] == 1
