@@ -94,11 +94,42 @@ def embeddings_to_numpy(column: pa.Array, name: str, start: int, dim: int | None
     return arr
 
 
+ACCEPTED = (
+    "semid reads a Parquet file (one row per item: an id column and an embedding column of float lists) or a .npy "
+    "[items, dim] float array (ids from --ids)"
+)
+
+
+def _not_parquet(path: Path, err: Exception) -> CatalogError:
+    if path.suffix.lower() in (".csv", ".tsv", ".json", ".jsonl", ".txt"):
+        return CatalogError(f"catalog {path} is a {path.suffix[1:].upper()} file; {ACCEPTED}")
+    return CatalogError(f"catalog {path} is not a readable Parquet file ({err}); {ACCEPTED}")
+
+
 def parquet_rows(path: Path) -> int:
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except (pa.ArrowInvalid, OSError) as err:
-        raise CatalogError(f"catalog {path} is not a readable Parquet file: {err}") from err
+        raise _not_parquet(path, err) from err
+
+
+def check_parquet_columns(
+    path: Path, *, id_column: str, embedding_column: str, keep_columns: Sequence[str] = ()
+) -> pq.ParquetFile:
+    """Open a Parquet catalog and check it has the columns asked for; the error names the flag that picks them."""
+    _check_file(path)
+    try:
+        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering caches every row group read until the end
+    except (pa.ArrowInvalid, OSError) as err:
+        raise _not_parquet(path, err) from err
+    names = pf.schema_arrow.names
+    for col, flag in ((id_column, "--id-column"), (embedding_column, "--embedding-column")):
+        if col not in names:
+            raise CatalogError(f"catalog {path} has no column {col!r}; columns are {names} (name yours with {flag})")
+    for col in keep_columns:
+        if col not in names:
+            raise CatalogError(f"catalog {path} has no column {col!r} for --keep-columns; columns are {names}")
+    return pf
 
 
 def iter_parquet_batches(
@@ -112,15 +143,7 @@ def iter_parquet_batches(
 ) -> Iterator[CatalogBatch]:
     """Stream a Parquet catalog in validated batches."""
     path = Path(path)
-    _check_file(path)
-    try:
-        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering caches every row group read until the end
-    except (pa.ArrowInvalid, OSError) as err:
-        raise CatalogError(f"catalog {path} is not a readable Parquet file: {err}") from err
-    names = pf.schema_arrow.names
-    for col in (id_column, embedding_column, *keep_columns):
-        if col not in names:
-            raise CatalogError(f"catalog {path} has no column {col!r}; columns are {names}")
+    pf = check_parquet_columns(path, id_column=id_column, embedding_column=embedding_column, keep_columns=keep_columns)
     start = 0
     try:
         for rb in pf.iter_batches(batch_size=batch_rows, columns=[id_column, embedding_column, *keep_columns]):

@@ -92,6 +92,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist or is not a directory")
     cfg_path = path / CONFIG_FILE
     if not cfg_path.is_file():
+        inner = path / "checkpoint"
+        if (path / "manifest.json").is_file() and (inner / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{path} is an index, not a checkpoint; its checkpoint is {inner}")
         raise CheckpointError(f"checkpoint {path} has no {CONFIG_FILE}")
     try:
         cfg = json.loads(cfg_path.read_text())

@@ -7,7 +7,7 @@ and the `semid train` flags (see :func:`config_fields`) are all derived from the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -134,18 +134,24 @@ class TrainConfig(BaseModel):
     coliked_weight: StrictFloat = _float(0.75, 0.0, 1000.0, "With --interactions: a partner's vote (a neighbour's: 1).")
     coliked_max_user_likes: StrictInt = _int(500, 2, 1 << 24, "With --interactions: heavier users are sampled down.")
     seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
-    threads: StrictInt = _int(0, 0, 1024, "torch threads (0: torch's default).")
+    threads: StrictInt = _int(
+        0, 0, 1024, "torch threads (0: the usable CPUs minus the load average; SEMID_THREADS overrides)."
+    )
+
+    @staticmethod
+    def warm_up_bounds(epochs: int) -> dict[str, int]:
+        """The largest value of each warm-up field that ``epochs`` epochs allow."""
+        return {"warmup_epochs": epochs, "ae_warmup_epochs": max(0, epochs - 1), "beta_warmup_epochs": epochs}
 
     @model_validator(mode="after")
     def _epochs_bound_the_warm_ups(self) -> TrainConfig:
-        for name, high in (
-            ("warmup_epochs", self.epochs),
-            ("ae_warmup_epochs", self.epochs - 1),
-            ("beta_warmup_epochs", self.epochs),
-        ):
+        for name, high in self.warm_up_bounds(self.epochs).items():
             value = getattr(self, name)
             if value > high:
-                raise ValueError(f"{name} is {value}; expected a value in [0, {high}] (epochs is {self.epochs})")
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(
+                    f"{name} is {value}; expected a value in [0, {high}] (epochs is {self.epochs}; set {flag})"
+                )
         return self
 
 
@@ -232,3 +238,10 @@ def config_fields(*, exclude: tuple[str, ...] = ()) -> Iterator[ConfigField]:
         for name, info in kind.model_fields.items():
             if name not in exclude:
                 yield ConfigField(section, name, info)
+
+
+def clamp_warm_ups(train: TrainConfig, epochs: int, given: Iterable[str] = ()) -> dict[str, int]:
+    """Warm-up fields of ``train`` lowered to fit a shorter run of ``epochs`` (those not in ``given``, the
+    fields the user set): ``{field: new value}`` to pass with ``epochs`` to ``with_overrides``."""
+    bounds = TrainConfig.warm_up_bounds(epochs)
+    return {n: high for n, high in bounds.items() if n not in given and getattr(train, n) > high}

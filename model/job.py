@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from semid.model.checkpoint import (
 )
 from semid.model.coliked import ColikedGraph, check_trainable
 from semid.model.config import SemidConfig
+from semid.model.cpu_threads import apply_threads
 from semid.model.rqvae import SemanticTokenizer, build_tokenizer
 from semid.model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
 
@@ -35,11 +37,13 @@ def train_tokenizer(
     resume: bool = False,
     progress: bool = False,
     coliked: ColikedGraph | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics).
 
     ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
-    graph; the checkpoint's metrics record which interactions were used (``interactions``)."""
+    graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called with one
+line per phase (for a run without a progress bar)."""
     if coliked is not None:
         check_trainable(config)
     if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:
@@ -50,8 +54,9 @@ def train_tokenizer(
         raise ValueError(f"training needs at least 2 embeddings, got shape {embeddings.shape}")
     if embeddings.shape[1] != config.model.input_dim:
         config = config.with_overrides("model", input_dim=int(embeddings.shape[1]))
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    threads = apply_threads(config.train.threads)  # fewer threads on a busy machine (semid.model.cpu_threads)
+    if note is not None:
+        note(f"training on {threads} thread(s)")
     state = TrainState()
     torch.manual_seed(config.train.seed)  # the MLP's initial weights come from the seed too
     tokenizer: SemanticTokenizer
@@ -75,7 +80,14 @@ def train_tokenizer(
                 save_resume_state(out, tok, opt, epoch, hist, config)
 
         history = fit_rqvae(
-            tokenizer, embeddings, config, state=state, progress=progress, on_epoch=checkpoint_epoch, coliked=coliked
+            tokenizer,
+            embeddings,
+            config,
+            state=state,
+            progress=progress,
+            on_epoch=checkpoint_epoch,
+            coliked=coliked,
+            note=note,
         )
         if state.targets is not None and state.graph_decision is not None:
             tokenizer, history = _judge_graph_targets(tokenizer, history, embeddings, config, state, out, progress)
@@ -91,6 +103,7 @@ def train_tokenizer(
         "epochs": history,
         "interactions": coliked.record if coliked is not None else None,
         "graph_targets": state.graph_decision,  # the catalog's measurement and decision (semid.model.adaptive)
+        "threads": threads,  # picked from the load unless set: pin it (--threads) to reproduce a run bit for bit
     }
     fingerprint = save_checkpoint(out, tokenizer, config, metrics)
     clear_resume_state(out)

@@ -119,8 +119,10 @@ def fit_rqvae(
     progress: bool = False,
     on_epoch: EpochCallback | None = None,
     coliked: ColikedGraph | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the RQ-VAE; returns one metrics row per epoch.
+    """Train the RQ-VAE; returns one metrics row per epoch. ``note``: called with one line per phase (graph
+    targets, autoencoder warm-up, quantized training, done), for runs without a progress bar.
 
     Codebook health: a short autoencoder warm-up before the codebooks exist, seeded k-means
     initialisation on the warmed-up latents, dead-code reset after each epoch (for the first
@@ -151,7 +153,11 @@ def fit_rqvae(
         check_trainable(cfg)
     targets = None
     if t.graph_targets:  # the catalog decides whether they are worth their cost (semid.model.adaptive)
+        if note is not None:
+            note("graph targets: building the k-NN graph and measuring their gain")
         targets, state.measured, decision = _decided_graph_targets(tokenizer, x, cfg, coliked)
+        if note is not None:
+            note(f"graph targets {'used' if decision.use else 'not used'}")
         state.graph_decision = decision.record()
         log.info("graph targets %s: %s", "used" if decision.use else "not used", state.graph_decision)
         state.targets = targets
@@ -166,6 +172,9 @@ def fit_rqvae(
         if not bool(tokenizer.quantizer.initialized) and epoch >= t.ae_warmup_epochs:
             _init_codebooks(tokenizer, x, cfg, targets)
         quantize = bool(tokenizer.quantizer.initialized)
+        if note is not None and (epoch == state.start_epoch or epoch == t.ae_warmup_epochs):
+            phase = "quantized training" if quantize else "autoencoder warm-up"
+            note(f"epoch {epoch + 1}/{t.epochs}: {phase}")
         beta = beta_at(epoch, cfg)
         sums = {"loss": 0.0, "recon_loss": 0.0, "commit_loss": 0.0, "codebook_loss": 0.0}
         if targets is not None:
@@ -226,6 +235,8 @@ def fit_rqvae(
         if on_epoch is not None:
             on_epoch(epoch + 1, tokenizer, optimizer, history)
     tokenizer.eval()
+    if note is not None and history:
+        note(f"epoch {history[-1]['epoch']}/{t.epochs} done: {_epoch_line(history[-1])}")
     return history
 
 

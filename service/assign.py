@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from semid.model.catalog import CatalogError, iter_parquet_batches, parquet_rows, read_catalog
+from semid.model.catalog import CatalogError, check_parquet_columns, iter_parquet_batches, read_catalog
 from semid.service.encoder import CheckpointEncoder, EncodedBatch
 from semid.service.ids.dedup import resolution_shards, resolve_collisions
 from semid.service.ids.hashing import embedding_hash
@@ -217,40 +217,45 @@ def assign_catalog(
     changed_ids: list = []
     seen: list[np.ndarray] = []
     index: SemanticIdIndex | None = None
-    total = parquet_rows(catalog) if catalog.suffix == ".parquet" else None
+    total = None
+    if catalog.suffix != ".npy":  # every column checked before the bar is drawn: errors get their own line
+        columns = {"id_column": id_column, "embedding_column": embedding_column, "keep_columns": keep_columns}
+        total = check_parquet_columns(catalog, **columns).metadata.num_rows
     bar = tqdm(total=total, unit="items", desc="assign", disable=not progress)
-    for batch in _batches(
-        catalog,
-        id_column=id_column,
-        embedding_column=embedding_column,
-        keep_columns=keep_columns,
-        ids_path=Path(ids_path) if ids_path else None,
-        batch_rows=batch_rows,
-        dim=encoder.input_dim,
-    ):
-        if index is None:
-            id_kind = "str" if batch.item_ids.dtype == object else "int"
-            index = open_or_create_index(index_dir, encoder, id_kind, keep_columns, checkpoint)
-        ids = batch.item_ids
-        seen.append(ids)
-        hashes = embedding_hash(batch.embeddings)
-        rows = index.snapshot.lookup_items(ids)
-        known = rows >= 0
-        changed = np.zeros(len(ids), dtype=bool)
-        if known.any():
-            changed[known] = index.snapshot.embedding_hashes(rows[known]) != hashes[known]
-            if changed.any():
-                changed_ids.extend(ids[changed].tolist())
-        summary.existing_items += int(known.sum())
-        recodes = changed if recode_changed else np.zeros(len(ids), dtype=bool)
-        place = ~known | recodes
-        if place.any():
-            enc = encoder.encode(batch.embeddings[place]) if not place.all() else encoder.encode(batch.embeddings)
-            full = _expand(enc, place) if not place.all() else enc
-            pending.add(place, ids, full, hashes, batch.columns, recodes)
-        summary.items += len(ids)
-        bar.update(len(ids))
-    bar.close()
+    try:
+        for batch in _batches(
+            catalog,
+            id_column=id_column,
+            embedding_column=embedding_column,
+            keep_columns=keep_columns,
+            ids_path=Path(ids_path) if ids_path else None,
+            batch_rows=batch_rows,
+            dim=encoder.input_dim,
+        ):
+            if index is None:
+                id_kind = "str" if batch.item_ids.dtype == object else "int"
+                index = open_or_create_index(index_dir, encoder, id_kind, keep_columns, checkpoint)
+            ids = batch.item_ids
+            seen.append(ids)
+            hashes = embedding_hash(batch.embeddings)
+            rows = index.snapshot.lookup_items(ids)
+            known = rows >= 0
+            changed = np.zeros(len(ids), dtype=bool)
+            if known.any():
+                changed[known] = index.snapshot.embedding_hashes(rows[known]) != hashes[known]
+                if changed.any():
+                    changed_ids.extend(ids[changed].tolist())
+            summary.existing_items += int(known.sum())
+            recodes = changed if recode_changed else np.zeros(len(ids), dtype=bool)
+            place = ~known | recodes
+            if place.any():
+                enc = encoder.encode(batch.embeddings[place]) if not place.all() else encoder.encode(batch.embeddings)
+                full = _expand(enc, place) if not place.all() else enc
+                pending.add(place, ids, full, hashes, batch.columns, recodes)
+            summary.items += len(ids)
+            bar.update(len(ids))
+    finally:
+        bar.close()  # ends the bar's line, so an error raised mid-way starts on its own
     if index is None:
         raise CatalogError(f"catalog {catalog} is empty")
     _check_unique(seen)

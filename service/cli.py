@@ -10,8 +10,12 @@ from typing import Any
 
 import click
 
-from semid.model.catalog import CatalogError
-from semid.service.errors import SemidError
+from semid.model.cpu_threads import quiet_waiting
+
+quiet_waiting()  # before torch or faiss load OpenMP: idle threads sleep, not spin (semid.model.cpu_threads)
+
+from semid.model.catalog import CatalogError  # noqa: E402
+from semid.service.errors import SemidError  # noqa: E402
 
 log = logging.getLogger("semid")
 
@@ -56,6 +60,7 @@ class SemidGroup(click.Group):
             PermissionError,
         ) as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
+            _close_progress_bars()
             click.echo(f"error: {message}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
@@ -64,8 +69,17 @@ class SemidGroup(click.Group):
         except Exception as err:  # noqa: BLE001 - the CLI's last line of defence
             if os.environ.get("SEMID_DEBUG"):
                 raise
+            _close_progress_bars()
             click.echo(f"error: {type(err).__name__}: {err} (set SEMID_DEBUG=1 for a traceback)", err=True)
             ctx.exit(1)
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar still drawn, so the error that follows starts on its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        bar.leave = True  # a closed bar that leaves its line ends it with a newline
+        bar.close()
 
 
 @click.group(cls=SemidGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,10 +202,18 @@ def train(
     With --interactions, items liked by the same users (rating >= --coliked-min-rating) share first codes
     more often; the checkpoint's metrics.json records the file (name, sha256), its counts and the settings.
     """
-    from semid.model.config import SECTIONS, SemidConfig
+    from semid.model.config import SECTIONS, SemidConfig, clamp_warm_ups
     from semid.model.job import train_tokenizer
 
     config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
+    if overrides.get("epochs") is not None:  # a shorter run: lower the warm-ups the user did not set
+        given = {k for k, v in overrides.items() if v is not None}
+        lowered = clamp_warm_ups(config.train, overrides["epochs"], given)
+        for name, value in lowered.items():
+            flag = "--" + name.replace("_", "-")
+            click.echo(f"note: {name} lowered from {getattr(config.train, name)} to {value} to fit --epochs "
+                       f"{overrides['epochs']} (set {flag} to choose)", err=True)
+        overrides.update(lowered)
     for section, kind in SECTIONS.items():
         config = config.with_overrides(section, **{k: v for k, v in overrides.items() if k in kind.model_fields})
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
@@ -218,7 +240,13 @@ def train(
         raise click.UsageError("--user-column, --item-column and --rating-column go with --interactions")
     click.echo(f"training {config.model.tokenizer} on {len(cat)} items x {cat.dim} dims -> {out}", err=True)
     fingerprint, metrics = train_tokenizer(
-        cat.embeddings, config, out, resume=resume, progress=not quiet, coliked=coliked
+        cat.embeddings,
+        config,
+        out,
+        resume=resume,
+        progress=not quiet,
+        coliked=coliked,
+        note=(lambda line: click.echo(line, err=True)) if quiet else None,
     )
     click.echo(_final_line(metrics))
     click.echo(f"checkpoint {out} (fingerprint {fingerprint})")
@@ -258,6 +286,7 @@ def inspect(checkpoint, as_json) -> None:
                     "items": ck.metrics.get("items"),
                     "train_seconds": ck.metrics.get("train_seconds"),
                     "interactions": ck.metrics.get("interactions"),
+                    "graph_targets": ck.metrics.get("graph_targets"),
                 },
                 indent=2,
             )
@@ -273,6 +302,10 @@ def inspect(checkpoint, as_json) -> None:
     click.echo(f"  items = {ck.metrics.get('items')}, train_seconds = {ck.metrics.get('train_seconds')}")
     for key, value in final.items():
         click.echo(f"  {key} = {value}")
+    if ck.metrics.get("graph_targets"):  # the catalog's measurement and decision (semid.model.adaptive)
+        click.echo("[graph targets]")
+        for key, value in ck.metrics["graph_targets"].items():
+            click.echo(f"  {key} = {value}")
     if ck.metrics.get("interactions"):  # what `semid train --interactions` blended in
         click.echo("[interactions]")
         for key, value in ck.metrics["interactions"].items():
@@ -538,7 +571,24 @@ def quickstart(out, items, dim, epochs, seed) -> None:
     """Synthetic catalog -> train -> assign -> export -> look-ups, end to end on this machine."""
     from semid.service.quickstart import run_quickstart
 
-    run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo)
+    run_quickstart(out, items=items, dim=dim, epochs=epochs, seed=seed, echo=click.echo, semid=_invoked_as())
+
+
+def _invoked_as() -> str:
+    """How to run `semid` again from here: plain `semid` if that is on PATH and is this one, else this one's path."""
+    import shutil
+    from pathlib import Path
+
+    me = Path(sys.argv[0])
+    if me.name != "semid":
+        return "semid"
+    on_path = shutil.which("semid")
+    if on_path and Path(on_path).resolve() == me.resolve():
+        return "semid"
+    try:
+        return str(me.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(me.resolve())
 
 
 @main.command()
@@ -611,6 +661,8 @@ def evaluate(
     metrics = run_evaluation(index_dir, catalog, out, interactions=interactions, options=options)
     for v in metrics["verdicts"]:
         click.echo(f"{v['status']:<6} {v['label']:<36} {v['value']}")
+        if v.get("advice"):
+            click.echo(f"{'':<6} -> {v['advice']}")
     click.echo(f"wrote {Path(out) / METRICS_FILE} and {Path(out) / REPORT_FILE}")
 
 

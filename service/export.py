@@ -46,7 +46,7 @@ def export_index(
 ) -> int:
     """Write the items to ``out`` (Parquet) and, if asked, the vocab (JSON) and trie (npz), all from one
     snapshot. Returns the number of items."""
-    snapshot = SemanticIdIndex.open(index_dir).snapshot
+    snapshot = SemanticIdIndex.open(index_dir, read_only=True).snapshot  # a reader: never writes
     table = export_table(snapshot)
     for path in (vocab, trie):
         if path is not None:

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from semid.model.config import SemidConfig
+from semid.model.config import SemidConfig, clamp_warm_ups
 from semid.model.job import train_tokenizer
 from semid.model.metrics import levels_from_flat
 from semid.model.synthetic import synthetic_catalog, write_catalog
@@ -21,8 +21,16 @@ MARKER = ".semid-quickstart"
 
 
 def run_quickstart(
-    out: str | Path, *, items: int, dim: int, epochs: int, seed: int, echo: Callable[[str], None]
+    out: str | Path,
+    *,
+    items: int,
+    dim: int,
+    epochs: int,
+    seed: int,
+    echo: Callable[[str], None],
+    semid: str = "semid",
 ) -> dict[str, Path]:
+    """``semid``: how the user runs the command (e.g. ``.venv/bin/semid``), for the closing "Serve it with" line."""
     out = Path(out)
     marker = out / MARKER
     if out.exists() and any(out.iterdir()):
@@ -42,7 +50,8 @@ def run_quickstart(
     write_catalog(catalog, paths["catalog"])
 
     echo(f"2/4 train RQ-VAE ({epochs} epochs) -> {paths['checkpoint']}")
-    config = SemidConfig().with_overrides("train", epochs=epochs, seed=seed)
+    base = SemidConfig()
+    config = base.with_overrides("train", epochs=epochs, seed=seed, **clamp_warm_ups(base.train, epochs))
     fingerprint, metrics = train_tokenizer(catalog.embeddings, config, paths["checkpoint"], progress=True)
     final = metrics["final"]
     levels = levels_from_flat(final)
@@ -68,12 +77,12 @@ def run_quickstart(
     index = SemanticIdIndex.open(paths["index"])
     item = index.snapshot.item(0)
     sid = item["semantic_id"]
-    echo(f"    {rows} items exported; item {item['item_id']} ({item['title']}) is {item['token']}")
+    echo(f"    {rows} items exported; {item['title']} is {item['token']}")  # the title names the item
     first = index.snapshot.children(())[:5]
     echo(f"    first codes (code: items): {', '.join(f'{c}: {n}' for c, n in first)} ...")
     count, rows, _ = index.snapshot.prefix_rows(sid[:1], limit=3)
     echo(f"    prefix {sid[0]} holds {count} items, e.g.:")
     for it in index.snapshot.items(rows):
         echo(f"      {'-'.join(map(str, it['semantic_id']))}  {it['title']}")
-    echo(f"done. Serve it with: semid serve --index {paths['index']}")
+    echo(f"done. Serve it with: {semid} serve --index {paths['index']}")
     return paths

@@ -246,6 +246,7 @@ def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.nd
     check_batch(state, len(body.items), "items")
     ids = ids_array(state, [it.item_id for it in body.items], "items.item_id")
     emb = _as_matrix([it.embedding for it in body.items], "items.embedding")
+    _check_extra_fields(body.items, state.index.keep_columns)
     columns = {}
     for c in state.index.keep_columns:
         values = [(it.model_extra or {}).get(c) for it in body.items]
@@ -254,6 +255,19 @@ def _read_json_items(state: ServiceState, raw: bytes) -> tuple[np.ndarray, np.nd
         except (pa.ArrowException, OverflowError) as err:  # OverflowError: an integer beyond 64 bits
             raise InvalidInputError(f"items.{c} has mixed or unsupported values: {err}", field=f"items.{c}") from err
     return ids, emb, columns
+
+
+def _check_extra_fields(items: list[Any], keep: tuple[str, ...]) -> None:
+    """A field that is neither item_id, embedding nor a column the index keeps would be dropped: 422 naming it."""
+    for row, it in enumerate(items):
+        for name in it.model_extra or ():
+            if name not in keep:
+                kept = f"the index keeps {list(keep)}" if keep else "the index keeps no extra columns"
+                raise InvalidInputError(
+                    f"items[{row}].{name} is not a field of an item ({kept}; build it with --keep-columns to add "
+                    "one)",
+                    field=f"items.{name}",
+                )
 
 
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:

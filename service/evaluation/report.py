@@ -69,7 +69,7 @@ def _headline(m: dict[str, Any]) -> str:
             f"<tr><td class='nowrap'><span class='dot' style='background:{colour}'></span>"
             f"<span class='status' style='color:{colour}'>{v['status']}</span></td>"
             f"<td>{escape(v['label'])}</td><td class='nowrap'>{escape(v['value'])}</td>"
-            f"<td>{escape(v['text'])}</td><td class='rule'>{escape(v['rule'])}</td></tr>"
+            f"<td>{escape(v['text'])}{_advice(v)}</td><td class='rule'>{escape(v['rule'])}</td></tr>"
         )
     counts = {c: sum(v["status"] == c for v in m["verdicts"]) for c in COLOURS}
     line = ", ".join(f"{n} {c}" for c, n in counts.items() if n)
@@ -381,3 +381,8 @@ def _training_section(m: dict[str, Any]) -> str:
         "figures may be on a fixed sample of items).</p>"
         f"<div class='charts'>{''.join(charts)}</div>"
     )
+
+
+def _advice(verdict: dict) -> str:
+    """An amber or red verdict's advice, on its own line of the cell."""
+    return f"<br><b>Try:</b> {escape(verdict['advice'])}" if verdict.get("advice") else ""

@@ -10,10 +10,16 @@ listed here, in one place, and printed in the report next to each figure.
   away from the tokenizer's choice).
 - perplexity of each level over its most possible value (min(K, items)): green >= 0.5,
   amber >= 0.2, red below (a low value means a few codes take most items).
-- depth-1 neighbour share: green >= 0.5, amber >= 0.25, red below; depth-1 lift over random
+- depth-1 neighbour share: green >= 0.4, amber >= 0.2, red below; depth-1 lift over random
   pairs: green >= 5, amber >= 2, red below.
-- prefix recall@k (true neighbours found by ranking on the shared prefix): green >= 0.3,
-  amber >= 0.1, red below.
+- prefix recall@k (true neighbours found by ranking on the shared prefix): green >= 0.1,
+  amber >= 0.05, red below.
+
+The neighbour thresholds are what good tokenizers reach on real text embeddings: on MovieLens
+(benchmarks/results/compare_movielens.md, 3 x 256 codes, k = 10) the peers' depth-1 neighbour share
+is 0.30-0.41 and their prefix recall@10 0.098-0.134 (a collapsed RQ-VAE: 0.010), so green is what the
+best of them reach and red what a broken one does. Every amber or red verdict carries one line of
+advice (``advice``), what to try first.
 - co-liked lift at depth 1: green >= 1.5, amber >= 1.1, red below.
 """
 
@@ -42,9 +48,9 @@ RULES: dict[str, Rule] = {
     "base_collision_rate": Rule(0.05, 0.15, higher_is_better=False),
     "fallback_share": Rule(0.0, 0.01, higher_is_better=False),
     "perplexity_ratio": Rule(0.5, 0.2),
-    "nn_share_d1": Rule(0.5, 0.25),
+    "nn_share_d1": Rule(0.4, 0.2),
     "nn_lift_d1": Rule(5.0, 2.0),
-    "prefix_recall_at_k": Rule(0.3, 0.1),
+    "prefix_recall_at_k": Rule(0.1, 0.05),
     "coliked_lift_d1": Rule(1.5, 1.1),
 }
 
@@ -57,6 +63,25 @@ class Verdict:
     status: str  # green / amber / red
     text: str  # one sentence for a person
     rule: str  # the thresholds, as text
+    advice: str = ""  # amber or red: what to try first, one line
+
+
+NEIGHBOURS_ADVICE = (
+    "check the graph-targets decision (`semid inspect CKPT`) and keep train.graph_targets on; compare "
+    "`--tokenizer rqkmeans`; neighbours are only as good as the embeddings"
+)
+ADVICE = {
+    "unique_full_ids": "run `semid check --index DIR`; rebuild the index with `semid assign` into a new directory",
+    "base_collision_rate": "more levels (`--levels 4`) or a larger codebook (`--codebook-size 512`); check the "
+    "catalog for duplicate embeddings",
+    "fallback_items": "a larger codebook (`--codebook-size`: the dedup digit holds K items per base code) or more "
+    "levels",
+    "perplexity": "train longer (`--epochs`); keep dead-code resets on (`--dead-code-threshold`)",
+    "nn_share_d1": NEIGHBOURS_ADVICE,
+    "nn_lift_d1": NEIGHBOURS_ADVICE,
+    "prefix_recall_at_k": NEIGHBOURS_ADVICE,
+    "coliked_lift_d1": "train with `--interactions FILE` to pull co-liked items under one first code",
+}
 
 
 def _pct(x: float) -> str:
@@ -187,4 +212,11 @@ def verdicts(summary: dict[str, Any], levels: list[dict[str, Any]]) -> list[dict
             value += f" ({s['coliked_share_d1']:.1%} vs {s['coliked_random_share_d1']:.1%})"
         text = texts[("green", "amber", "red").index(status)]
         out.append(Verdict(key, label, value, status, text, _rule_text(rule, rule_fmt)))
-    return [asdict(v) for v in out]
+    return [asdict(_advised(v)) for v in out]
+
+
+def _advised(v: Verdict) -> Verdict:
+    if v.status == "green":
+        return v
+    key = "perplexity" if v.key.startswith("perplexity") else v.key
+    return Verdict(**{**asdict(v), "advice": ADVICE.get(key, "")})

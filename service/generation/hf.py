@@ -51,7 +51,10 @@ class _Constraint:
             raise ValueError(f"prompt_length is {prompt_length}; expected >= 0")
         eos = vocab.eos_id if eos_token_id is None else int(eos_token_id)
         if eos is None:
-            raise ValueError("no eos token: pass eos_token_id, or build the vocab with special_tokens=True")
+            raise ValueError(
+                "no eos token: export the vocab with `semid export --special-tokens` (Python: "
+                "SemanticIdVocab.for_layout(..., special_tokens=True)), or pass eos_token_id"
+            )
         pad = vocab.pad_id if pad_token_id is None else int(pad_token_id)
         self.trie, self.vocab, self.prompt_length = trie, vocab, int(prompt_length)
         self.eos, self.pad = eos, eos if pad is None else pad

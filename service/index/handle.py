@@ -166,7 +166,8 @@ class SemanticIdIndex:
         lock_timeout: float = 0.0,
         read_only: bool = False,
     ) -> SemanticIdIndex:
-        """Load the index at ``path``.
+        """Load the index at ``path``. ``read_only``: never write into it (a faiss index rebuilt on load stays
+        in memory; for readers such as `semid export` that may run beside a writer).
 
         Raises ``IndexNotFoundError`` (no manifest), ``CorruptIndexError`` (bad manifest,
         missing or malformed segment, duplicate ids), ``FingerprintMismatchError``.

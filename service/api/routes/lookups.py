@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
@@ -87,15 +87,24 @@ async def root_children(state: StateDep) -> dict:
         }
     },
 )
-async def resolve(request: Request, state: StateDep) -> dict:
-    """Any code tuple (e.g. generated) -> the exact item, or the k nearest valid IDs and their items."""
+async def resolve(
+    request: Request,
+    state: StateDep,
+    rank: Annotated[
+        Literal["prefix", "distance"],
+        Query(description="prefix: items sharing the longest prefix first, then by distance; distance: by distance"),
+    ] = "prefix",
+) -> dict:
+    """Any code tuple (e.g. generated) -> the exact item, and k valid IDs near it: by default those sharing
+    the longest prefix with it first (nearest first within), then the nearest by code-vector distance."""
     # read here, bounded, and parsed in a worker thread (a body parameter would be parsed on the event loop)
     if is_arrow(request):
         raise InvalidInputError("/v1/resolve takes a JSON body", field="content-type")
     body = await in_read_thread(decode_resolve_body, await read_body(request, RESOLVE_MAX_BYTES))
     if not 1 <= body.k <= state.settings.max_k:
         raise InvalidInputError(f"k is {body.k}; expected 1..{state.settings.max_k}", field="k")
-    found = await in_read_thread(resolve_codes, state.index.snapshot, state.encoder, body.semantic_id, body.k)
+    snapshot = state.index.snapshot
+    found = await in_read_thread(resolve_codes, snapshot, state.encoder, body.semantic_id, body.k, rank=rank)
     nearest = [
         {"semantic_id": it["semantic_id"], "item_id": it["item_id"], "distance": d, "item": it}
         for it, d in found.nearest

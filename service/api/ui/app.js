@@ -374,7 +374,8 @@
       return out;
     }
     out.push(itemCard(item, "Its semantic ID"));
-    const parent = item.semantic_id.slice(0, -1);
+    // siblings: the items under the base code's parent (with few collisions the full base code holds the item alone)
+    const parent = item.semantic_id.slice(0, Math.max(1, item.semantic_id.length - 2));
     const [siblings, near] = await Promise.allSettled([
       api(`/v1/prefixes/${dashed(parent)}?limit=${SIBLINGS}`),
       api("/v1/resolve", { semantic_id: item.semantic_id, k: NEAREST + 1 }),

@@ -89,7 +89,7 @@ def brute_force_nearest(client: StrictClient, codes: list[int]) -> tuple[np.ndar
 
 
 def assert_nearest_is_brute_force(client: StrictClient, codes: list[int], k: int = K) -> list[dict]:
-    body = client.post("/v1/resolve", json={"semantic_id": codes, "k": k}).json()
+    body = client.post("/v1/resolve?rank=distance", json={"semantic_id": codes, "k": k}).json()
     nearest = body["nearest"]
     distances, rows = brute_force_nearest(client, codes)
     order = np.argsort(distances, kind="stable")
@@ -127,6 +127,45 @@ def test_resolve_nearest_equals_brute_force_over_code_vectors(base_index):
     for codes in query_ids(client):
         assert_nearest_is_brute_force(client, codes)
     assert_nearest_is_brute_force(client, query_ids(client)[0], k=50)
+
+
+def test_resolve_ranks_the_longest_shared_prefix_first(base_index):
+    """Default ranking: every item sharing d codes with the query comes before any sharing fewer, and within
+    a group the order is by distance (brute force over the active items)."""
+    client = client_for(base_index)
+    state = state_of(client).index.state
+    for codes in query_ids(client):
+        nearest = client.post("/v1/resolve", json={"semantic_id": codes, "k": K}).json()["nearest"]
+        distances, rows = brute_force_nearest(client, codes)
+        base = codes[:LEVELS]
+        shared = np.array([_shared(state.semantic_ids[r, :LEVELS].tolist(), base) for r in rows])
+        got = [_shared(n["semantic_id"][:LEVELS], base) for n in nearest]
+        assert got == sorted(got, reverse=True), (codes, got)
+        assert len(nearest) == min(K, rows.shape[0])
+        for depth in set(got):
+            group = [n["distance"] for n, g in zip(nearest, got, strict=True) if g == depth]
+            assert group == sorted(group)
+        if got:  # nothing sharing a longer prefix than the last answer was left out
+            assert sum(g > got[-1] for g in got) == (shared > got[-1]).sum()
+        # the items under the longest shared prefix are all there when they fit
+        best = shared.max()
+        if (shared == best).sum() <= K:
+            assert got.count(best) == (shared == best).sum()
+
+
+def _shared(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def test_resolve_rank_is_checked(base_index):
+    client = client_for(base_index)
+    r = client.post("/v1/resolve?rank=closest", json={"semantic_id": [0], "k": 3})
+    assert r.status_code == 422 and "rank" in r.text
 
 
 def test_resolve_after_recoding_skips_retired_ids(recoded):
