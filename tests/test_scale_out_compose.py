@@ -1,4 +1,4 @@
-"""deploy/docker-compose.scale-out.yml and its nginx.conf, checked statically (Docker can't run here)."""
+"""docs/deploy/docker-compose.scale-out.yml and its nginx.conf, checked statically (Docker can't run here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import yaml
 from tests.conftest import ROOT
 from tests.test_packaging import _check_command
 
-DEPLOY = ROOT / "deploy"
+DEPLOY = ROOT / "docs" / "deploy"
 
 
 def test_scale_out_compose_runs_one_writer_and_read_only_replicas_on_one_volume():
