@@ -171,11 +171,54 @@ def top_k(sims: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def anchor_rows(n: int, limit: int) -> np.ndarray:
-    """Rows of the training items kept as anchors: every one of them when there are at most ``limit``, else none.
+    """Rows of the training items kept as anchors: every one of them when there are at most ``limit``, else none
+    (a larger catalog keeps :func:`representatives` instead).
 
     The vote helps only when the anchors are the whole training catalog: on MovieLens (80 % split, 7,794
     training items) all of them as anchors raised the held-out neighbour share from 0.326 to 0.421, but a
     seeded half (4,096) gave 0.382 and cut the *trained* items' share from 0.444 to 0.424 (those outside
-    the sample are voted on too), and a quarter (2,048) gave 0.343 (trained 0.373): worse than no anchors.
-    So a larger catalog keeps none and encodes with the nearest centroid, as without anchors."""
+    the sample are voted on too), and a quarter (2,048) gave 0.343 (trained 0.373): worse than no anchors."""
     return np.arange(n) if 0 < n <= limit else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def representatives(
+    unit: torch.Tensor, codes: torch.Tensor, budget: int, *, seed: int = 0, iters: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(vectors [M, d], codes [M]), M <= ``budget``: each first code's training items summarised by k-means
+    centres, the code's share of the budget in proportion to its items (at least one each).
+
+    For a training catalog above ``first_level_anchors``: a sample of items votes worse than the items
+    themselves (:func:`anchor_rows`), since a sparse sample's k nearest reach across the code's border; the
+    centres of a code's sub-clusters cover all of its items with few vectors, each inside the code's region.
+    ``unit``: the items' unit-length normalised inputs; ``codes``: their first codes. Seeded: the same
+    inputs give the same set."""
+    n = unit.shape[0]
+    present, counts = torch.unique(codes, return_counts=True)
+    share = counts.to(torch.float64) * budget / n
+    quota = share.floor().clamp_min(1).to(torch.long)
+    left = budget - int(quota.sum())
+    if left > 0:  # the largest remainders get the rest (ties: the lower code)
+        order = torch.argsort(share - share.floor(), descending=True, stable=True)[:left]
+        quota[order] += 1
+    quota = torch.minimum(quota, counts)
+    vectors, labels = [], []
+    for code, m in zip(present.tolist(), quota.tolist(), strict=True):
+        members = unit[codes == code]
+        centres = members if m >= members.shape[0] else _centres(members, m, iters, seed + code)
+        vectors.append(F.normalize(centres, dim=1))
+        labels.append(torch.full((centres.shape[0],), code, dtype=torch.long))
+    return torch.cat(vectors), torch.cat(labels)
+
+
+def _centres(x: torch.Tensor, m: int, iters: int, seed: int) -> torch.Tensor:
+    """Spherical k-means of the rows of x into m centres, seeded with m distinct rows (k-means++ seeding costs
+    more than it gives for a summary of one code's items); an emptied centre keeps its last position."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(x.shape[0], generator=generator)[:m]].clone()
+    for _ in range(iters):
+        assign = (x @ centres.T).argmax(dim=1)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = torch.bincount(assign, minlength=m) > 0
+        centres[filled] = F.normalize(sums[filled], dim=1)
+    return centres
