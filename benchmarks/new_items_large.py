@@ -69,14 +69,16 @@ def _figures(x: np.ndarray, codes: np.ndarray, fit: np.ndarray, held: np.ndarray
     return row
 
 
-def _set_rows(tok: Any, raw_fit: np.ndarray, rows: np.ndarray) -> None:
-    """Anchors = the trained items ``rows`` with their trained first code (as model.job._set_anchors does)."""
+def _set_rows(tok: Any, raw_fit: np.ndarray, rows: np.ndarray, digests: bool) -> None:
+    """Anchors = the trained items ``rows`` with their trained first code (as model.job._set_anchors does);
+    ``digests``: every trained item keeps its own code (the shipped rule above the cap)."""
     from semid.model.job import _first_codes
 
     x = torch.from_numpy(raw_fit[rows])
     with torch.inference_mode():
         target = tok.normalizer(x)
-    tok.anchors.set(target.clone(), _first_codes(tok, x).clone(), tok.quantizer.codebooks[0])
+    trained = torch.from_numpy(raw_fit) if digests else None
+    tok.anchors.set(target.clone(), _first_codes(tok, x).clone(), tok.quantizer.codebooks[0], trained=trained)
 
 
 def _set_representatives(tok: Any, raw_fit: np.ndarray, budget: int, seed: int) -> None:
@@ -86,7 +88,7 @@ def _set_representatives(tok: Any, raw_fit: np.ndarray, budget: int, seed: int) 
     with torch.inference_mode():
         target = F.normalize(tok.normalizer(x), dim=1)
     vectors, codes = representatives(target, _first_codes(tok, x), budget, seed=seed)
-    tok.anchors.set(vectors, codes, tok.quantizer.codebooks[0])
+    tok.anchors.set(vectors, codes, tok.quantizer.codebooks[0], trained=x)
 
 
 def main() -> None:
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="semid checkpoint directory: reused if it holds one, else trained into")
     ap.add_argument("--samples", default="16384", help="comma-separated sizes of the random-S rows ('' : none)")
     ap.add_argument("--protos", default="", help="comma-separated budgets of representatives-M rows ('': none)")
+    ap.add_argument("--digests", action="store_true", help="random-S rows keep the trained items' codes too")
     ap.add_argument("--peers", default="semid-rqkmeans,faiss-rq")
     ap.add_argument("--sample", type=int, default=2000, help="items per subset for the neighbour figures")
     ap.add_argument("--threads", type=int, default=1)
@@ -146,14 +149,14 @@ def main() -> None:
         if how is None:
             tok.anchors.set(torch.zeros(0, raw.shape[1]), torch.zeros(0, dtype=torch.long), tok.quantizer.codebooks[0])
         elif how == "all":
-            _set_rows(tok, raw[fit], np.arange(len(fit)))
+            _set_rows(tok, raw[fit], np.arange(len(fit)), False)
         elif how == "shipped":
             _set_anchors(tok, raw[fit], cfg_used)
         elif isinstance(how, str):
             _set_representatives(tok, raw[fit], int(how.split(":")[1]), args.seed)
         else:
             pick = np.sort(np.random.default_rng(args.seed).choice(len(fit), size=min(how, len(fit)), replace=False))
-            _set_rows(tok, raw[fit], pick)
+            _set_rows(tok, raw[fit], pick, args.digests)
         codes, encode_s = _encode(tok, raw)
         if how == "all":
             all_codes = codes
@@ -170,7 +173,8 @@ def main() -> None:
     columns = ["row", "anchors", "encode_items_per_s", "agree_all"]
     columns += [f"heldout_{f}" for f in FIGURES] + [f"train_{f}" for f in FIGURES[:4]]
     text = (
-        f"Catalog `{source}`: {len(raw)} items x {raw.shape[1]}; split `split_rows(n, {args.share}, seed={args.seed})`: "
+        f"Catalog `{source}`: {len(raw)} items x {raw.shape[1]}; "
+        f"split `split_rows(n, {args.share}, seed={args.seed})`: "
         f"{len(fit)} trained, {len(held)} held out. semid RQ-VAE: one training (config defaults"
         f"{', epochs ' + str(args.epochs) if args.epochs else ''}; checkpoint `{ck}`"
         f"{', trained in ' + str(fit_s) + ' s' if fit_s else ', reused'}), the anchor sets of its rows applied at "
