@@ -9,7 +9,8 @@ pairs (a larger catalog keeps at most ``REPRESENTATIVES`` per-code k-means centr
 vote's cost stay bounded, plus an 8-byte digest of each training item so that those items keep the code they
 were trained to rather than being voted on: :func:`representatives`, :func:`digests`), and an input's
 first code is the majority code of its k nearest anchors (cosine, exact; large batches find them
-through a bf16 pre-filter with a proven error bound, semid.model.anchor_search, and get the codes of the float32 search of every anchor),
+through a bf16 pre-filter with a proven error bound, semid.model.anchor_search, and get the codes of the
+float32 search of every anchor),
 each vote weighted by ``1 / anchors of its code ** balance`` (a plain majority favours large codes:
 on MovieLens it cut the held-out first-level perplexity from 210 to 168; balance 0.5 keeps 198)
 and by ``1 / (1 + r / rank_scale)`` for the r-th nearest (:func:`rank_weights`).
