@@ -29,6 +29,7 @@ the codebook rows (``semid align``) therefore renames the anchors' votes with th
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -172,12 +173,17 @@ def digests(raw: torch.Tensor) -> torch.Tensor:
     """int64 [N]: a 64-bit digest of each row's float32 bits (sum of the bits times fixed odd 64-bit
     multipliers, wrapping): equal rows, equal digests; distinct rows collide with probability ~2^-60."""
     bits = np.ascontiguousarray(raw.detach().to(torch.float32).numpy()).view(np.uint32).astype(np.uint64)
-    rng = np.random.default_rng(_DIGEST_SEED)
-    mult = rng.integers(0, 2**63, size=bits.shape[1], dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    mult = _multipliers(bits.shape[1])
     with np.errstate(over="ignore"):
         h = (bits * mult).sum(axis=1, dtype=np.uint64)
         h ^= h >> np.uint64(29)
     return torch.from_numpy(h.view(np.int64).copy())
+
+
+@functools.lru_cache(maxsize=8)
+def _multipliers(dim: int) -> np.ndarray:
+    rng = np.random.default_rng(_DIGEST_SEED)
+    return rng.integers(0, 2**63, size=dim, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
 def rank_weights(k: int, scale: float) -> torch.Tensor:
