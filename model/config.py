@@ -54,8 +54,8 @@ class ModelConfig(BaseModel):
         0,
         1 << 24,
         "RQ-VAE: a training catalog of at most this many items is kept in the checkpoint as first-level anchors; "
-        "a new item's first code is the weighted majority code of its nearest anchors (larger catalogs keep "
-        "none: a sample votes worse than the nearest centroid; 0: off).",
+        "a new item's first code is the weighted majority code of its nearest anchors (a larger catalog keeps "
+        "at most min(this, 4096) per-code representatives and its items' digests; 0: off).",
     )
     anchor_neighbours: StrictInt = _int(10, 1, 1000, "k of the first-level anchors' vote (anchor_vote.md).")
     anchor_balance: StrictFloat = _float(

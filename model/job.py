@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from semid.model.adaptive import GraphDecision, judge_trained
-from semid.model.anchors import anchor_rows
+from semid.model.anchors import REPRESENTATIVES, anchor_rows, representatives
 from semid.model.checkpoint import (
     CheckpointError,
     clear_resume_state,
@@ -161,17 +161,27 @@ def _first_codes(tokenizer: SemanticTokenizer, x: torch.Tensor, batch: int = 819
 
 
 def _set_anchors(tokenizer: SemanticTokenizer, embeddings: np.ndarray, config: SemidConfig) -> None:
-    """Keep every training item with the first code the trained quantizer gives it (none when the catalog has
-    more items than ``first_level_anchors``: see ``anchor_rows``)."""
-    rows = torch.from_numpy(anchor_rows(embeddings.shape[0], config.model.first_level_anchors))
+    """Keep every training item with the first code the trained quantizer gives it; a catalog with more items
+    than ``first_level_anchors`` keeps a bounded set of per-code representatives instead, plus the digests of
+    its items so that they keep their trained codes (semid.model.anchors.representatives)."""
+    limit = config.model.first_level_anchors
+    rows = torch.from_numpy(anchor_rows(embeddings.shape[0], limit))
+    x = torch.from_numpy(embeddings)
     if rows.shape[0] == 0:
+        budget = min(limit, REPRESENTATIVES)
+        first = _first_codes(tokenizer, x)
+        with torch.inference_mode():
+            unit = torch.nn.functional.normalize(tokenizer.normalizer(x), dim=1)
+        vectors, codes = representatives(unit, first, budget, seed=config.train.seed)
+        tokenizer.anchors.set(vectors, codes, tokenizer.quantizer.codebooks[0], trained=x)
         log.info(
-            "no first-level anchors: %d training items > first_level_anchors %d (new items get the nearest centroid)",
+            "%d training items > first_level_anchors %d: %d first-level representatives kept (and the items' digests)",
             embeddings.shape[0],
-            config.model.first_level_anchors,
+            limit,
+            vectors.shape[0],
         )
         return
-    x = torch.from_numpy(embeddings)[rows]
+    x = x[rows]
     with torch.inference_mode():
         target = tokenizer.normalizer(x)
     first = _first_codes(tokenizer, x)

@@ -89,7 +89,7 @@ class SemanticTokenizer(nn.Module):
         target = self.normalizer(x)
         first = None
         if self.anchors is not None and self.anchors.size:
-            first = self.anchors.vote(target, self.quantizer.codebooks[0])
+            first = self.anchors.vote(target, self.quantizer.codebooks[0], raw=x)
         codes, dists, alt = self.quantizer.encode(self.encoder(target), alternatives=alternatives, first_codes=first)
         return EncodeResult(codes=codes, distances=dists, alternatives=alt)
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import torch
 
-from semid.model.anchors import FirstLevelAnchors, anchor_rows, rank_weights
+from semid.model.anchors import FirstLevelAnchors, anchor_rows, digests, rank_weights
 from semid.model.checkpoint import CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE, fingerprint_of, load_checkpoint
 from semid.model.job import train_tokenizer
 from tests.conftest import tiny_config
@@ -124,16 +124,74 @@ def test_anchors_are_every_training_item_or_none():
     assert anchor_rows(10, 0).shape == (0,)
 
 
-def test_a_catalog_larger_than_the_limit_keeps_no_anchors_and_encodes_by_nearest_centroid(tmp_path, tiny_catalog):
+def test_a_catalog_larger_than_the_limit_keeps_bounded_representatives_and_votes_for_new_items(tmp_path, tiny_catalog):
     x = tiny_catalog.embeddings
-    cfg = tiny_config().with_overrides("model", first_level_anchors=x.shape[0] - 1)
-    train_tokenizer(x, cfg, tmp_path / "big")
+    train, new = x[:500], x[500:]
+    cfg = tiny_config().with_overrides("model", first_level_anchors=64)
+    train_tokenizer(train, cfg, tmp_path / "big")
     tok = load_checkpoint(tmp_path / "big").tokenizer
-    assert tok.anchors is not None and tok.anchors.size == 0
-    xt = torch.from_numpy(x)
+    assert tok.anchors is not None and 0 < tok.anchors.size <= 64  # bounded, not every training item
+    distinct = torch.unique(digests(torch.from_numpy(train))).numel()  # the catalog holds exact duplicates
+    assert tok.anchors.trained.shape == (distinct,) and distinct > 450  # 8 bytes per training item, no vectors
     with torch.inference_mode():
-        nearest = tok.quantizer.encode(tok.latent(xt))[0]
-    assert torch.equal(tok.encode(xt).codes, nearest)
+        nearest_train = tok.quantizer.encode(tok.latent(torch.from_numpy(train)))[0]
+        target = tok.normalizer(torch.from_numpy(new))
+        nearest_new = tok.quantizer.encode(tok.encoder(target))[0]
+    # the training items keep the codes they were trained to (the vote would move some of them)
+    assert torch.equal(tok.encode(torch.from_numpy(train)).codes, nearest_train)
+    # a new item gets the vote of its nearest representatives, which moves some first codes
+    codes = tok.encode(torch.from_numpy(new)).codes
+    fresh = ~tok.anchors.is_trained(torch.from_numpy(new))  # the catalog's exact duplicates are trained items
+    assert int(fresh.sum()) >= 90
+    assert torch.equal(codes[fresh, 0], tok.anchors.vote(target, tok.quantizer.codebooks[0])[fresh])
+    assert bool((codes[:, 0] != nearest_new[:, 0]).any())
+    assert torch.equal(codes[:, 1:], _rest_of_levels(tok, target, codes[:, 0]))
+    # a near copy of a training item (not equal to it) takes the code of the representatives around it
+    near = torch.from_numpy(train[:50]) * 1.0001 + 1e-4
+    assert not bool(tok.anchors.is_trained(near).any())
+    with torch.inference_mode():
+        vote = tok.anchors.vote(tok.normalizer(near), tok.quantizer.codebooks[0])
+    assert float((vote == nearest_train[:50, 0]).float().mean()) >= 0.8
+
+
+def test_digests_recognise_exactly_the_training_rows():
+    x = torch.randn(300, 16)
+    d = digests(x)
+    assert d.dtype == torch.long and torch.unique(d).numel() == 300
+    assert torch.equal(digests(x.flip(0)), d.flip(0))  # a pure function of each row
+    anchors = FirstLevelAnchors(16, neighbours=3)
+    anchors.set(x[:4], torch.tensor([0, 1, 0, 1]), torch.eye(2, 16), trained=x[:200])
+    probe = torch.cat([x[150:160], x[250:260], x[150:160] + 1e-6])
+    assert anchors.is_trained(probe).tolist() == [True] * 10 + [False] * 20
+    state = anchors.state_dict()
+    assert torch.equal(state["trained"], torch.unique(d[:200]))
+    again = FirstLevelAnchors(16, neighbours=3)
+    again.load_state_dict(state, strict=True)
+    assert torch.equal(again.trained, anchors.trained)
+
+
+def test_anchors_of_a_small_catalog_store_no_digests():
+    anchors, _ = _anchors()
+    assert "trained" not in anchors.state_dict()  # checkpoints of catalogs up to the limit keep their bytes
+    again = FirstLevelAnchors(4, neighbours=3)
+    again.load_state_dict(anchors.state_dict(), strict=True)
+    assert again.trained.numel() == 0
+
+
+def test_representatives_are_bounded_and_give_every_code_its_share():
+    from semid.model.anchors import representatives
+
+    g = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(5000, 8, generator=g), dim=1)
+    codes = torch.cat([torch.zeros(4000), torch.ones(900), torch.full((100,), 2)]).long()
+    vectors, labels = representatives(unit, codes, 100)
+    assert vectors.shape == (100, 8) and labels.shape == (100,)
+    assert torch.bincount(labels).tolist() == [80, 18, 2]  # in proportion to the codes' items
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(100))
+    again = representatives(unit, codes, 100)
+    assert torch.equal(again[0], vectors) and torch.equal(again[1], labels)  # seeded
+    few, _ = representatives(unit[:10], codes[:10], 100)
+    assert few.shape[0] == 10  # never more centres than items
 
 
 def test_anchors_are_on_by_default_for_a_small_catalog(tmp_path, tiny_catalog):
