@@ -425,6 +425,8 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
     """Per generator: metrics averaged over seeds per user, then bootstrapped over users."""
     table = []
     for name, runs in rows.items():
+        if not runs:
+            continue
         ok = [r for r in runs if r.get("status") == "ok"]
         row: dict[str, Any] = {"generator": name, "status": ok[0]["status"] if ok else runs[0]["status"]}
         if not ok:
@@ -697,7 +699,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default="small",
         help="small: decoder-only (width 64, 2 layers); tiger: TIGER's encoder-decoder",
     )
-    ap.add_argument("--seeds", default="1", help="N (seeds 0..N-1) or a comma list, e.g. 0,1,2")
+    ap.add_argument("--seeds", default="0", help="the seeds to run, a comma list, e.g. 0,1,2")
     ap.add_argument(
         "--epochs",
         "--max-epochs",
@@ -746,11 +748,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def seeds_of(text: str) -> list[int]:
-    """``--seeds``: N means 0..N-1; a comma list means exactly those."""
+    """``--seeds``: the seeds to run, e.g. ``0`` or ``0,1,2``."""
     try:
-        if "," in text:
-            return [int(v) for v in text.split(",") if v.strip()]
-        return list(range(int(text)))
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+        if not seeds:
+            raise ValueError
+        return seeds
     except ValueError:
         raise SystemExit(f"error: --seeds must be N or a comma list of integers, not {text!r}") from None
 
