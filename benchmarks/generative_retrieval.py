@@ -738,6 +738,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rows-dir", default=None, help="where each finished row is kept (default OUT/NAME_rows)")
     ap.add_argument("--reuse", action="store_true", help="load rows already in --rows-dir with the same settings")
     ap.add_argument(
+        "--merge-only", action="store_true", help="only report the rows already in --rows-dir (train nothing)"
+    )
+    ap.add_argument(
         "--holdout-share",
         type=float,
         default=None,
@@ -878,8 +881,11 @@ def main(argv: list[str] | None = None) -> dict:
         jobs += [(ITEM_BASELINE, seed) for seed in seeds]
     for row_name, seed in jobs:
         path = _row_file(rows_dir, row_name, seed)
-        run = _load_row(path, signature) if args.reuse else None
-        if run is None:
+        run = _load_row(path, signature) if args.reuse or args.merge_only else None
+        if run is None and args.merge_only:
+            run = {"status": "not run", "error": f"no saved row {path.name} with these settings"}
+            print(f"[{row_name}] seed {seed}: not run (no saved row)", flush=True)
+        elif run is None:
             seed_budget = replace(budget, seed=seed)
             row_start, row_load = time.perf_counter(), os.getloadavg()[0]
             if row_name == ITEM_BASELINE:
@@ -892,7 +898,7 @@ def main(argv: list[str] | None = None) -> dict:
             run["seed"] = seed
             _save_row(path, signature, run)
             gc.collect()
-        else:
+        elif args.reuse or args.merge_only:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
         rows[row_name].append(run)
     if args.no_item_baseline:

@@ -272,6 +272,10 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
     first, second = result["rows"]["random"][1], again["rows"]["random"][1]
     np.testing.assert_array_equal(second["test"]["lists"], first["test"]["lists"])
     assert second["train"] == first["train"]  # the saved run, not a retrained one (its seconds would differ)
+    # --merge-only reports the saved rows and marks a row never run instead of training it
+    merged = gr.main([*argv[:7], "faiss-rq,semid-rqkmeans", *argv[8:], "--merge-only"])
+    status = {r["generator"]: r["status"] for r in merged["table"]}
+    assert status["faiss-rq"] == "ok" and status["semid-rqkmeans"] == "not run"
 
 
 def _cyclic_split(items: int, users: int, length: int) -> gr.Split:
