@@ -363,11 +363,12 @@ def run_semantic(
     return out
 
 
-def item_budget(budget: Budget) -> Budget:
-    """SASRec's usual shape (width 64, 2 layers, batches of 128 windows) with the run's stopping rules."""
+def item_budget(budget: Budget, epochs: int = 200) -> Budget:
+    """SASRec's usual shape (width 64, 2 layers, batches of 128 windows) with the run's stopping rule and its
+    own epoch cap (``--item-epochs``: a small model over few windows needs far more epochs than the generator)."""
     return replace(
         Budget(),
-        epochs=budget.epochs,
+        epochs=epochs,
         patience=budget.patience,
         eval_every=budget.eval_every,
         seed=budget.seed,
@@ -375,7 +376,9 @@ def item_budget(budget: Budget) -> Budget:
     )
 
 
-def run_items(split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print) -> dict:
+def run_items(
+    split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print, epochs: int = 200
+) -> dict:
     """The item-id baseline: one early-stopped model per (lr, dropout) of the grid; the one with the best
     validation Recall@10 is scored."""
     windows, learn = training_windows(recent(split, s), s.history + 1)
@@ -384,7 +387,7 @@ def run_items(split: Split, items: int, budget: Budget, s: Settings, parts: list
     grid, best = [], None
     for lr in s.item_lrs:
         for dropout in s.item_dropouts:
-            b = replace(item_budget(budget), lr=lr, dropout=dropout)
+            b = replace(item_budget(budget, epochs), lr=lr, dropout=dropout)
             torch.manual_seed(budget.seed)
             model = ItemGenerator(items, s.history + 1, b)
 
@@ -640,7 +643,8 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"patience {b['patience']}, best state kept"
             + (f", training capped at {b['budget_s'] / 60:.0f} min" if b.get("budget_s") else "")
             + f". Item-id baseline: SASRec-shaped (width {ib['width']}, {ib['layers']} layers, full softmax over "
-            f"the catalog), same stopping rule, lr x dropout grid {list(s.get('item_lrs', []))} x "
+            f"the catalog, at most {ib['epochs']} epochs), same stopping rule, lr x dropout grid "
+            f"{list(s.get('item_lrs', []))} x "
             f"{list(s.get('item_dropouts', []))} chosen on validation. Beam search with "
             f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
             "dedup digit), constrained by `SemanticIdTrie`. Seeds: "
@@ -708,6 +712,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="most epochs (default: 8 small, 60 tiger); early stopping usually stops sooner",
     )
+    ap.add_argument("--item-epochs", type=int, default=200, help="most epochs of the item-id model")
     ap.add_argument("--patience", type=int, default=Budget.patience, help="evaluations without improvement")
     ap.add_argument("--eval-every", type=int, default=Budget.eval_every, help="epochs between validation scores")
     ap.add_argument("--val-users", type=int, default=Settings.val_users, help="validation users early stopping scores")
@@ -829,6 +834,7 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         raise SystemExit(f"unknown tokenizer(s) {unknown}; choose from {list(SOURCES)}")
     seeds = seeds_of(str(args.seeds))
+    item_epochs = 2 if args.tiny else args.item_epochs
     budget, s = settings_of(args)
     parts = ["test", "valid"] if s.valid else ["test"]
     started = time.perf_counter()
@@ -889,7 +895,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed_budget = replace(budget, seed=seed)
             row_start, row_load = time.perf_counter(), os.getloadavg()[0]
             if row_name == ITEM_BASELINE:
-                run = {"status": "ok", **run_items(split, len(raw), seed_budget, s, parts)}
+                run = {"status": "ok", **run_items(split, len(raw), seed_budget, s, parts, epochs=item_epochs)}
             else:
                 ids = np.asarray(cat.item_ids)
                 run = _run_tokenizer(row_name, raw, x, ids, split, seed_budget, s, parts, fit, likes)
@@ -915,7 +921,7 @@ def main(argv: list[str] | None = None) -> dict:
         "training_targets": int(learn.sum()),
         "data": hist.info,
         "budget": asdict(budget),
-        "item_budget": asdict(item_budget(budget)),
+        "item_budget": asdict(item_budget(budget, item_epochs)),
         "settings": asdict(s),
         "seeds": seeds,
         "tiny": args.tiny,
