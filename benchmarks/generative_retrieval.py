@@ -5,14 +5,17 @@
     python benchmarks/generative_retrieval.py ... --tokenizers faiss-rq,random --tiny --out /tmp/gr
 
 Every tokenizer (fitted by ``benchmarks/compare_tokenizers.py``'s functions, 3 levels x 256 codes, plus random
-codes of the same shape) gets semid's dedup digit, so every item has a unique 4-token ID. One small TIGER-style
-decoder-only transformer is trained from scratch on each tokenizer's IDs with the same budget (epochs, width,
-layers, batch), on users' histories in time order (every rating is an interaction unless ``--min-rating``),
-leave-one-out: the last item is the test target, the second-last the validation target (held out of training;
-it ends the test history). The next item is decoded by beam search constrained by
-``semid.service.generation.trie.SemanticIdTrie`` and mapped back to items through it; the same beam search
-without the trie measures how often the generator invents IDs no item has. In the same run: a SASRec-style
-item-id model (same transformer and budget, softmax over the catalog) and a popularity ranking.
+codes of the same shape) gets semid's dedup digit, so every item has a unique 4-token ID. One generator is trained
+from scratch on each tokenizer's IDs with the same budget: ``--generator tiger`` (TIGER's encoder-decoder shape,
+``genrec_model.TigerGenerator``) or ``--generator small`` (decoder-only), on users' histories in time order
+(implicit feedback: every row is an interaction unless ``--min-rating``), leave-one-out: the last item is the
+test target, the second-last the validation target (held out of training; it ends the test history). Every
+model stops early on the validation Recall@10 of a fixed sample of users and keeps its best state. The next item
+is decoded by beam search constrained by ``semid.service.generation.trie.SemanticIdTrie`` and mapped back to
+items through it; the same beam search without the trie measures how often the generator invents IDs no item
+has. In the same run: a SASRec-shaped item-id model (softmax over the catalog, lr and dropout chosen on
+validation) and a popularity ranking. Finished rows are saved (``--rows-dir``) so several processes can share a
+run and ``--merge-only`` reports them together; docs/downstream.md explains the options and the table.
 Writes OUT/generative_retrieval.{json,md}.
 
 With ``--holdout-share S`` every tokenizer is fitted on the same seeded 1-S of the items
