@@ -5,14 +5,17 @@
     python benchmarks/generative_retrieval.py ... --tokenizers faiss-rq,random --tiny --out /tmp/gr
 
 Every tokenizer (fitted by ``benchmarks/compare_tokenizers.py``'s functions, 3 levels x 256 codes, plus random
-codes of the same shape) gets semid's dedup digit, so every item has a unique 4-token ID. One small TIGER-style
-decoder-only transformer is trained from scratch on each tokenizer's IDs with the same budget (epochs, width,
-layers, batch), on users' histories in time order (every rating is an interaction unless ``--min-rating``),
-leave-one-out: the last item is the test target, the second-last the validation target (held out of training;
-it ends the test history). The next item is decoded by beam search constrained by
-``semid.service.generation.trie.SemanticIdTrie`` and mapped back to items through it; the same beam search
-without the trie measures how often the generator invents IDs no item has. In the same run: a SASRec-style
-item-id model (same transformer and budget, softmax over the catalog) and a popularity ranking.
+codes of the same shape) gets semid's dedup digit, so every item has a unique 4-token ID. One generator is trained
+from scratch on each tokenizer's IDs with the same budget: ``--generator tiger`` (TIGER's encoder-decoder shape,
+``genrec_model.TigerGenerator``) or ``--generator small`` (decoder-only), on users' histories in time order
+(implicit feedback: every row is an interaction unless ``--min-rating``), leave-one-out: the last item is the
+test target, the second-last the validation target (held out of training; it ends the test history). Every
+model stops early on the validation Recall@10 of a fixed sample of users and keeps its best state. The next item
+is decoded by beam search constrained by ``semid.service.generation.trie.SemanticIdTrie`` and mapped back to
+items through it; the same beam search without the trie measures how often the generator invents IDs no item
+has. In the same run: a SASRec-shaped item-id model (softmax over the catalog, lr and dropout chosen on
+validation) and a popularity ranking. Finished rows are saved (``--rows-dir``) so several processes can share a
+run and ``--merge-only`` reports them together; docs/downstream.md explains the options and the table.
 Writes OUT/generative_retrieval.{json,md}.
 
 With ``--holdout-share S`` every tokenizer is fitted on the same seeded 1-S of the items
@@ -31,6 +34,7 @@ import argparse
 import gc
 import json
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -52,24 +56,28 @@ from benchmarks.genrec_data import (  # noqa: E402
     Split,
     _catalog_rows,  # noqa: E402
     leave_one_out,
+    next_item_examples,
     random_codes,
     read_histories,
     training_windows,
     unique_ids,
 )
 from benchmarks.genrec_model import (  # noqa: E402
+    TIGER,
     Budget,
     ItemGenerator,
     SemanticGenerator,
+    TigerGenerator,
     beam_search,
     rank_items,
     train,
 )
+from benchmarks.genrec_published import published_for  # noqa: E402
 from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.coliked import read_coliked  # noqa: E402
 from semid.model.config import TrainConfig  # noqa: E402
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
-from semid.service.evaluation.interactions import read_interactions  # noqa: E402
+from semid.service.evaluation.interactions import InteractionsError, read_interactions  # noqa: E402
 from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
 INTERACTIONS_ROW = "semid-rqvae-interactions"
@@ -83,10 +91,11 @@ SOURCES: dict[str, str | None] = {
     "semid-rqkmeans": "semid-rqkmeans",
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
     "faiss-rq": "faiss-rq",
+    "faiss-rqkmeans": None,  # residual k-means with faiss.Kmeans, 256 codes a level (FAISS_RQKMEANS)
     "semantic-id": "sid-rqkmeans",
     "random": None,
 }
-DEFAULT_TOKENIZERS = "semid-rqvae,semid-rqkmeans,faiss-rq,semantic-id,random"
+DEFAULT_TOKENIZERS = "semid-rqvae,semid-rqkmeans,faiss-rq,faiss-rqkmeans,semantic-id,random"
 ITEM_BASELINE, POPULARITY = "item-id (SASRec-style)", "popularity"
 KS = (5, 10)
 BOOTSTRAP = 1000
@@ -94,6 +103,10 @@ BOOTSTRAP = 1000
 
 @dataclass(frozen=True)
 class Settings:
+    generator: str = "small"  # "small" (decoder-only) or "tiger" (encoder-decoder, TIGER's sizes)
+    val_users: int | None = 1000  # validation users early stopping scores (a fixed seeded sample; None: all)
+    item_lrs: tuple = (1e-3, 3e-3)  # the item-id baseline's grid, chosen on validation Recall@10
+    item_dropouts: tuple = (0.2, 0.5)
     history: int = 20  # items of history the generator sees
     train_items: int | None = None  # each user's most recent training items the generators learn from
     beams: int = 20
@@ -104,6 +117,29 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------- IDs
+
+
+def faiss_rqkmeans(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -> Fitted:
+    """Residual k-means with ``faiss.Kmeans`` (LEVELS levels of CODEBOOK centroids, 20 iterations each):
+    the plain RQ-KMeans baseline (as GRID's and OneRec's tokenizers)."""
+    start = time.perf_counter()
+    residual, centroids = np.ascontiguousarray(x[fit]), []
+    for level in range(LEVELS):
+        km = faiss.Kmeans(x.shape[1], CODEBOOK, niter=20, seed=seed * 100 + level, verbose=False)
+        km.train(residual)
+        centroids.append(km.centroids.copy())
+        _, assign = km.index.search(residual, 1)
+        residual = np.ascontiguousarray(residual - km.centroids[assign[:, 0]])
+    fit_s = time.perf_counter() - start
+    rest, codes = np.ascontiguousarray(x), []
+    for c in centroids:
+        index = faiss.IndexFlatL2(c.shape[1])
+        index.add(c)
+        _, assign = index.search(rest, 1)
+        codes.append(assign[:, 0])
+        rest = np.ascontiguousarray(rest - c[assign[:, 0]])
+    settings = {"call": f"faiss.Kmeans(d, {CODEBOOK}, niter=20) x {LEVELS} levels on residuals"}
+    return Fitted(np.stack(codes, axis=1).astype(np.int64), fit_s, 0.0, x - rest, settings)
 
 
 def fit_ids(
@@ -122,6 +158,8 @@ def fit_ids(
     if name == INTERACTIONS_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()))
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif name == "faiss-rqkmeans":
+        fitted = faiss_rqkmeans(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif source is None:
         fitted = Fitted(random_codes(len(raw), LEVELS, CODEBOOK, seed), 0.0, 0.0, None, {"codes": "uniform random"})
     else:
@@ -190,9 +228,10 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
 
 
 def decode_semantic(
-    model: SemanticGenerator, sids: np.ndarray, trie: SemanticIdTrie, split: Split, part: str, s: Settings
+    model, sids: np.ndarray, trie: SemanticIdTrie, split: Split, part: str, s: Settings, free: bool = True
 ) -> dict:
-    """Constrained and unconstrained beam search for every user: top-k item rows, validity, timings."""
+    """Constrained and (with ``free``) unconstrained beam search for every user: top-k item rows, validity,
+    timings."""
     users = len(split.train)
     top = max(KS)
     lists = np.full((users, top), -1, dtype=np.int64)
@@ -209,6 +248,8 @@ def decode_semantic(
             items = trie.items_of(live).astype(np.int64) if live.shape[0] else np.zeros(0, np.int64)
             emitted.append(live)
             lists[user, : min(top, items.shape[0])] = items[:top]
+        if not free:
+            continue
         start = time.perf_counter()
         free_ids, _ = beam_search(model, history, s.beams, None)
         free_s += time.perf_counter() - start
@@ -256,17 +297,67 @@ def recent(split: Split, s: Settings) -> list[np.ndarray]:
     return [t[-s.train_items :] for t in split.train] if s.train_items else split.train
 
 
+def valid_users(split: Split, s: Settings) -> np.ndarray:
+    """The users early stopping scores: a fixed seeded sample of ``s.val_users`` (all when None or fewer)."""
+    n = len(split.train)
+    if s.val_users is None or s.val_users >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([0, 5]).choice(n, s.val_users, replace=False))
+
+
+def subset(split: Split, users: np.ndarray) -> Split:
+    return Split(
+        train=[split.train[int(u)] for u in users],
+        valid_target=split.valid_target[users],
+        test_target=split.test_target[users],
+    )
+
+
+def _gather(sids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Item rows [...] (-1: padding) -> their ID codes [..., W] (-1 rows for padding)."""
+    return torch.where(rows[..., None] >= 0, sids[rows.clamp(min=0)], -1)
+
+
 def run_semantic(
     name: str, sids: np.ndarray, split: Split, budget: Budget, s: Settings, parts: list[str], log=print
 ) -> dict:
-    """Train one generator on a tokenizer's IDs and decode every part; per-part ranks and figures."""
+    """Train one generator on a tokenizer's IDs (early stopping on the validation users' Recall@10) and
+    decode every part; per-part ranks and figures."""
     torch.manual_seed(budget.seed)
     trie = SemanticIdTrie.from_semantic_ids(sids, np.arange(len(sids)), sizes=(CODEBOOK,) * (LEVELS + 1))
-    windows, learn = training_windows(recent(split, s), s.history + 1)
-    inputs = torch.from_numpy(np.where(windows[:, :, None] >= 0, sids[np.maximum(windows, 0)], -1))
-    model = SemanticGenerator(LEVELS + 1, CODEBOOK, s.history + 1, budget)
-    log(f"  [{name}] training on {len(windows)} windows")
-    trained = train(model, inputs, torch.from_numpy(learn), budget, log)
+    codes = torch.from_numpy(sids)
+    if s.generator == "tiger":
+        hist, target = next_item_examples(recent(split, s), s.history)
+        hist_t, target_t = torch.from_numpy(hist), torch.from_numpy(target)
+        model = TigerGenerator(LEVELS + 1, CODEBOOK, s.history, budget)
+
+        lengths = (hist_t >= 0).sum(dim=1)
+
+        def loss_of(idx: torch.Tensor) -> torch.Tensor:
+            longest = max(1, int(lengths[idx].max()))  # left-padded: keep the last `longest` columns
+            return model.loss(_gather(codes, hist_t[idx, -longest:]), codes[target_t[idx]])
+
+        examples = int(target.shape[0])
+    else:
+        windows, learn = training_windows(recent(split, s), s.history + 1)
+        windows_t, learn_t = torch.from_numpy(windows), torch.from_numpy(learn)
+        model = SemanticGenerator(LEVELS + 1, CODEBOOK, s.history + 1, budget)
+
+        lengths = (windows_t >= 0).sum(dim=1)
+
+        def loss_of(idx: torch.Tensor) -> torch.Tensor:
+            longest = max(2, int(lengths[idx].max()))  # right-padded: keep the first `longest` columns
+            return model.loss(_gather(codes, windows_t[idx, :longest]), learn_t[idx, :longest])
+
+        examples = int(windows.shape[0])
+    val = subset(split, valid_users(split, s))
+
+    def evaluate() -> float:
+        lists = decode_semantic(model, sids, trie, val, "valid", s, free=False)["lists"]
+        return float(metric_values(ranks_of(val.valid_target, lists))["recall@10"].mean())
+
+    log(f"  [{name}] {s.generator} generator, training on {examples} examples")
+    trained = train(model, examples, loss_of, budget, evaluate, log, label=name, lengths=lengths)
     out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
     for part in parts:
         decoded = decode_semantic(model, sids, trie, split, part, s)
@@ -275,12 +366,58 @@ def run_semantic(
     return out
 
 
-def run_items(split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print) -> dict:
-    torch.manual_seed(budget.seed)
+def item_budget(budget: Budget, epochs: int = 200) -> Budget:
+    """SASRec's usual shape (width 64, 2 layers, batches of 128 windows) with the run's stopping rule and its
+    own epoch cap (``--item-epochs``: a small model over few windows needs far more epochs than the generator)."""
+    return replace(
+        Budget(),
+        epochs=epochs,
+        patience=budget.patience,
+        eval_every=budget.eval_every,
+        seed=budget.seed,
+        budget_s=budget.budget_s,
+    )
+
+
+def run_items(
+    split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print, epochs: int = 200
+) -> dict:
+    """The item-id baseline: one early-stopped model per (lr, dropout) of the grid; the one with the best
+    validation Recall@10 is scored."""
     windows, learn = training_windows(recent(split, s), s.history + 1)
-    model = ItemGenerator(items, s.history + 1, budget)
-    log(f"  [{ITEM_BASELINE}] training on {len(windows)} windows")
-    trained = train(model, torch.from_numpy(windows), torch.from_numpy(learn), budget, log)
+    windows_t, learn_t = torch.from_numpy(windows), torch.from_numpy(learn)
+    val = subset(split, valid_users(split, s))
+    grid, best = [], None
+    for lr in s.item_lrs:
+        for dropout in s.item_dropouts:
+            b = replace(item_budget(budget, epochs), lr=lr, dropout=dropout)
+            torch.manual_seed(budget.seed)
+            model = ItemGenerator(items, s.history + 1, b)
+
+            def evaluate(model=model) -> float:
+                lists = decode_items(model, val, "valid", s)["lists"]
+                return float(metric_values(ranks_of(val.valid_target, lists))["recall@10"].mean())
+
+            log(f"  [{ITEM_BASELINE}] lr {lr} dropout {dropout}: training on {len(windows)} windows")
+            trained = train(
+                model,
+                len(windows),
+                lambda idx, m=model: m.loss(windows_t[idx], learn_t[idx]),
+                b,
+                evaluate,
+                log,
+                label=f"item-id lr {lr} dropout {dropout}",
+            )
+            grid.append({"lr": lr, "dropout": dropout, **trained})
+            if best is None or trained["best_valid_recall10"] > best[1]["best_valid_recall10"]:
+                best = (model, trained, b)
+    model, trained, b = best
+    trained = {
+        **trained,
+        "train_s": round(sum(g["train_s"] for g in grid), 2),
+        "chosen": {"lr": b.lr, "dropout": b.dropout},
+        "grid": grid,
+    }
     out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
     for part in parts:
         out[part] = decode_items(model, split, part, s)
@@ -294,6 +431,8 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
     """Per generator: metrics averaged over seeds per user, then bootstrapped over users."""
     table = []
     for name, runs in rows.items():
+        if not runs:
+            continue
         ok = [r for r in runs if r.get("status") == "ok"]
         row: dict[str, Any] = {"generator": name, "status": ok[0]["status"] if ok else runs[0]["status"]}
         if not ok:
@@ -314,6 +453,8 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
         row["seeds"] = len(ok)
         row["train_s"] = round(float(np.mean([r["train"]["train_s"] for r in ok])), 1) if "train" in ok[0] else None
         row["ids"] = ok[0].get("ids")
+        if "train" in ok[0]:
+            row["train_info"] = {k: v for k, v in ok[0]["train"].items() if k != "grid"}
         table.append(row)
     return table
 
@@ -437,32 +578,82 @@ def held_out_section(data: dict, table: list[dict]) -> list[str]:
     ]
 
 
+def published_section(data: dict) -> list[str]:
+    entries = data.get("published") or []
+    if not entries:
+        return ["", "## Published figures", "", "None recorded for this data set (benchmarks/genrec_published.py)."]
+    lines = [
+        "",
+        "## Published figures (not run here)",
+        "",
+        "| model | data | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        cells = [f"{e[m]:.4f}" if e.get(m) is not None else "-" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")]
+        data_text = e["dataset"] + ("" if e.get("same_data") else " (other data)")
+        lines.append(f"| {e['model']} | {data_text} | " + " | ".join(cells) + f" | {e['source']} |")
+    return lines
+
+
+def training_table(table: list[dict], rows_wall: dict) -> list[str]:
+    """Per row: epochs run, best epoch, why it stopped, validation Recall@10 at the best epoch, wall time."""
+    lines = [
+        "| generator | epochs run | best epoch | stopped by | valid Recall@10 (sample) | train s | row wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        t = r.get("train_info")
+        if not t:
+            continue
+        chosen = f" (lr {t['chosen']['lr']}, dropout {t['chosen']['dropout']})" if t.get("chosen") else ""
+        wall = ", ".join(str(w) for w in rows_wall.get(r["generator"], []) if w is not None) or "-"
+        lines.append(
+            f"| {r['generator']}{chosen} | {t.get('epochs_run')} | {t.get('best_epoch')} | "
+            f"{t.get('stopped')} | {t.get('best_valid_recall10')} | {r.get('train_s')} | {wall} |"
+        )
+    return lines
+
+
 def markdown(data: dict, table: list[dict]) -> str:
     lines = results_table(table, "test")
     d = data["data"]
     b = data["budget"]
     s = data["settings"]
+    if s.get("generator") == "tiger":
+        gen = (
+            f"TIGER-shaped encoder-decoder (d_model {b['width']}, {b['layers']} encoder + {b['layers']} decoder "
+            f"layers, {b['heads']} heads of {b['d_kv']}, feed-forward {b['ff']}, dropout {b['dropout']}), one "
+            f"example per training item (its up to {s['history']} previous items)"
+        )
+    else:
+        gen = (
+            f"decoder-only transformer, width {b['width']}, {b['layers']} layers, {b['heads']} heads, "
+            f"dropout {b['dropout']}; {data['windows']} training windows of up to {s['history'] + 1} items"
+        )
+    ib = data.get("item_budget", b)
     return "\n".join(
         [
             f"Catalog `{data['catalog']}` ({data['items']} items); interactions `{data['interactions']}` "
             f"(columns {d['columns']}; {d['kept']} kept of {d['interactions']}, "
-            f"{'every rating' if s['min_rating'] is None else 'rating >= ' + str(s['min_rating'])}); "
+            f"{'every row' if s['min_rating'] is None else 'rating >= ' + str(s['min_rating'])}); "
             f"{data['users']} users, leave-one-out (last item test, second-last validation, held out of training); "
             f"history capped at the last {s['history']} items.",
             "",
-            f"Generator (same for every row): decoder-only transformer, width {b['width']}, {b['layers']} layers, "
-            f"{b['heads']} heads, {b['epochs']} epochs of batches of {b['batch_size']} windows, AdamW lr {b['lr']} "
-            f"(warm-up, cosine); {data['windows']} training windows of up to {s['history'] + 1} items "
-            f"({data['training_targets']} next-item targets: "
-            + (
-                f"each user's {s['train_items']} most recent training items"
-                if s["train_items"]
-                else "every training item"
-            )
-            + "). Beam search with "
+            f"Generator (same for every ID row): {gen}. AdamW lr {b['lr']}, batches of {b['batch_size']}, linear "
+            f"warm-up over the first epoch; at most {b['epochs']} epochs, early stopping on the Recall@10 of "
+            f"{s.get('val_users') or 'all'} validation users (a fixed sample) every {b['eval_every']} epoch(s), "
+            f"patience {b['patience']}, best state kept"
+            + (f", training capped at {b['budget_s'] / 60:.0f} min" if b.get("budget_s") else "")
+            + f". Item-id baseline: SASRec-shaped (width {ib['width']}, {ib['layers']} layers, full softmax over "
+            f"the catalog, at most {ib['epochs']} epochs), same stopping rule, lr x dropout grid "
+            f"{list(s.get('item_lrs', []))} x "
+            f"{list(s.get('item_dropouts', []))} chosen on validation. Beam search with "
             f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
             "dedup digit), constrained by `SemanticIdTrie`. Seeds: "
-            f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min.",
+            f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min "
+            f"(rows reused from earlier processes count their own time below); load average "
+            f"{data.get('load_avg_start')} at start, {data['load_avg_end']} at end.",
             "",
             f"## Test ({data['users']} users), 95 % bootstrap intervals over users",
             "",
@@ -472,6 +663,11 @@ def markdown(data: dict, table: list[dict]) -> str:
             "trie that are no item's ID; Recall@10 unconstrained: those beams with the invalid ones dropped. "
             "decode ms/user: constrained beam search (item-id: one forward pass and a top-k). Collisions: share "
             "of items sharing their 3 base codes with an earlier item (resolved by the dedup digit).",
+            *published_section(data),
+            "",
+            "## Training (first seed)",
+            "",
+            *training_table(table, data.get("row_wall_s", {})),
             "",
             "## semid against each other row (paired bootstrap over the same users, test)",
             "",
@@ -497,25 +693,61 @@ def write(out: Path, data: dict, table: list[dict], name: str = "generative_retr
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--catalog", default=str(MOVIELENS), help="Parquet/.npy catalog (default: MovieLens small)")
-    ap.add_argument("--interactions", required=True, help="ratings CSV/Parquet (user, item, rating, time)")
-    ap.add_argument("--out", required=True, help="directory for generative_retrieval.{json,md}")
+    ap.add_argument("--interactions", required=True, help="interactions CSV/Parquet (user, item, time/order)")
+    ap.add_argument("--user-col", default=None, help="user column (default: detected by name)")
+    ap.add_argument("--item-col", default=None, help="item column (default: detected by name)")
+    ap.add_argument("--time-col", default=None, help="time or position column (default: detected; none: file order)")
+    ap.add_argument("--out", required=True, help="directory for the results files")
     ap.add_argument("--tokenizers", default=DEFAULT_TOKENIZERS, help=f"comma-separated subset of {list(SOURCES)}")
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--epochs", type=int, default=Budget.epochs)
-    ap.add_argument("--width", type=int, default=Budget.width)
-    ap.add_argument("--layers", type=int, default=Budget.layers)
-    ap.add_argument("--batch-size", type=int, default=Budget.batch_size)
+    ap.add_argument("--no-item-baseline", action="store_true", help="skip the item-id model (e.g. another process)")
+    ap.add_argument(
+        "--generator",
+        choices=("small", "tiger"),
+        default="small",
+        help="small: decoder-only (width 64, 2 layers); tiger: TIGER's encoder-decoder",
+    )
+    ap.add_argument("--seeds", default="0", help="the seeds to run, a comma list, e.g. 0,1,2")
+    ap.add_argument(
+        "--epochs",
+        "--max-epochs",
+        dest="epochs",
+        type=int,
+        default=None,
+        help="most epochs (default: 8 small, 60 tiger); early stopping usually stops sooner",
+    )
+    ap.add_argument("--item-epochs", type=int, default=200, help="most epochs of the item-id model")
+    ap.add_argument("--patience", type=int, default=Budget.patience, help="evaluations without improvement")
+    ap.add_argument("--eval-every", type=int, default=Budget.eval_every, help="epochs between validation scores")
+    ap.add_argument("--val-users", type=int, default=Settings.val_users, help="validation users early stopping scores")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--dropout", type=float, default=None)
+    ap.add_argument("--width", type=int, default=None, help="d_model")
+    ap.add_argument("--layers", type=int, default=None, help="layers (per side for tiger)")
+    ap.add_argument("--heads", type=int, default=None)
+    ap.add_argument("--ff", type=int, default=None, help="feed-forward width (tiger)")
+    ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--history", type=int, default=Settings.history)
     ap.add_argument("--beams", type=int, default=Settings.beams)
     ap.add_argument("--train-items", type=int, default=0, help="learn from each user's N most recent training items")
     ap.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this (default: every rating)")
     ap.add_argument("--max-users", type=int, default=None)
+    ap.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="stop each model's training after this many minutes (quick runs: load-dependent results)",
+    )
     ap.add_argument("--valid", action="store_true", help="also decode the validation targets")
     ap.add_argument(
         "--threads", type=int, default=1, help="torch/faiss threads (1: on a shared machine 2 threads run far slower)"
     )
-    ap.add_argument("--tiny", action="store_true", help="smoke run: 1 epoch, 40 users, history 5, 5 beams")
+    ap.add_argument("--tiny", action="store_true", help="smoke run: 2 epochs, 40 users, history 5, 5 beams")
     ap.add_argument("--name", default=None, help="results file name (default generative_retrieval[_holdout])")
+    ap.add_argument("--rows-dir", default=None, help="where each finished row is kept (default OUT/NAME_rows)")
+    ap.add_argument("--reuse", action="store_true", help="load rows already in --rows-dir with the same settings")
+    ap.add_argument(
+        "--merge-only", action="store_true", help="only report the rows already in --rows-dir (train nothing)"
+    )
     ap.add_argument(
         "--holdout-share",
         type=float,
@@ -526,9 +758,39 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def seeds_of(text: str) -> list[int]:
+    """``--seeds``: the seeds to run, e.g. ``0`` or ``0,1,2``."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+        if not seeds:
+            raise ValueError
+        return seeds
+    except ValueError:
+        raise SystemExit(f"error: --seeds must be N or a comma list of integers, not {text!r}") from None
+
+
 def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
-    budget = Budget(epochs=args.epochs, width=args.width, layers=args.layers, batch_size=args.batch_size)
+    base = replace(Budget(), **TIGER) if args.generator == "tiger" else Budget()
+    given = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "dropout": args.dropout,
+        "width": args.width,
+        "layers": args.layers,
+        "heads": args.heads,
+        "ff": args.ff,
+        "batch_size": args.batch_size,
+    }
+    budget = replace(base, **{k: v for k, v in given.items() if v is not None})
+    budget = replace(
+        budget,
+        patience=args.patience,
+        eval_every=args.eval_every,
+        budget_s=None if args.budget_minutes is None else 60 * args.budget_minutes,
+    )
     s = Settings(
+        generator=args.generator,
+        val_users=args.val_users,
         history=args.history,
         train_items=args.train_items or None,
         beams=args.beams,
@@ -537,9 +799,33 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
         valid=args.valid,
     )
     if args.tiny:
-        budget = replace(budget, epochs=1, width=32, layers=1)
-        s = replace(s, history=5, beams=5, max_users=args.max_users or 40)
+        small = {"epochs": 2, "width": 32, "layers": 1, "heads": 2, "ff": 64, "d_kv": 16, "patience": 2}
+        budget = replace(budget, **{k: v for k, v in small.items() if given.get(k) is None})
+        s = replace(
+            s, history=5, beams=5, max_users=args.max_users or 40, val_users=20, item_lrs=(3e-3,), item_dropouts=(0.2,)
+        )
     return budget, s
+
+
+def _row_file(rows_dir: Path, name: str, seed: int) -> Path:
+    safe = "item-id" if name == ITEM_BASELINE else name
+    return rows_dir / f"{safe}.seed{seed}.pkl"
+
+
+def _load_row(path: Path, signature: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        saved = pickle.load(fh)
+    return saved["run"] if saved.get("signature") == signature else None
+
+
+def _save_row(path: Path, signature: dict, run: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump({"signature": signature, "run": run}, fh)
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -550,15 +836,28 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [w for w in wanted if w not in SOURCES]
     if unknown:
         raise SystemExit(f"unknown tokenizer(s) {unknown}; choose from {list(SOURCES)}")
+    seeds = seeds_of(str(args.seeds))
+    item_epochs = 2 if args.tiny else args.item_epochs
     budget, s = settings_of(args)
     parts = ["test", "valid"] if s.valid else ["test"]
     started = time.perf_counter()
+    load_start = [round(v, 2) for v in os.getloadavg()]
 
     cat = read_catalog(args.catalog)
     raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
-    hist = read_histories(args.interactions, np.asarray(cat.item_ids), min_rating=s.min_rating)
-    split = leave_one_out(hist, max_users=s.max_users)
+    try:
+        hist = read_histories(
+            args.interactions,
+            np.asarray(cat.item_ids),
+            min_rating=s.min_rating,
+            user_column=args.user_col,
+            item_column=args.item_col,
+            time_column=args.time_col,
+        )
+        split = leave_one_out(hist, max_users=s.max_users)
+    except InteractionsError as err:
+        raise SystemExit(f"error: {err}") from None
     fit, held = split_rows(len(raw), args.holdout_share, 0) if args.holdout_share else (None, None)
     likes = None
     if INTERACTIONS_ROW in wanted:
@@ -566,18 +865,53 @@ def main(argv: list[str] | None = None) -> dict:
         scratch = Path(tempfile.mkdtemp(prefix="semid-gr-"))
         likes = training_interactions(args.interactions, np.asarray(cat.item_ids), hist_users, split, scratch)
     windows, learn = training_windows(recent(split, s), s.history + 1)
-    print(f"{len(raw)} items, {len(split.train)} users, {len(windows)} windows; budget {budget}", flush=True)
+    print(
+        f"{len(raw)} items, {len(split.train)} users, {len(windows)} windows, {int(learn.sum())} targets; "
+        f"{s.generator} generator, budget {budget}",
+        flush=True,
+    )
 
+    name = args.name or "generative_retrieval"
+    if held is not None and not args.name:
+        name += "_holdout"
+    rows_dir = Path(args.rows_dir) if args.rows_dir else Path(args.out) / f"{name}_rows"
+    signature = {
+        "catalog": str(args.catalog),
+        "interactions": str(args.interactions),
+        "users": len(split.train),
+        "budget": asdict(replace(budget, seed=0)),
+        "settings": asdict(s),
+        "holdout": args.holdout_share,
+    }
     rows: dict[str, list[dict]] = {ITEM_BASELINE: [], POPULARITY: []}
-    rows.update({name: [] for name in wanted})
-    for seed in range(args.seeds):
-        seed_budget = replace(budget, seed=seed)
-        for name in wanted:
-            ids = np.asarray(cat.item_ids)
-            rows[name].append(_run_tokenizer(name, raw, x, ids, split, seed_budget, s, parts, fit, likes))
+    rows.update({n: [] for n in wanted})
+    jobs = [(n, seed) for seed in seeds for n in wanted]
+    if not args.no_item_baseline:
+        jobs += [(ITEM_BASELINE, seed) for seed in seeds]
+    for row_name, seed in jobs:
+        path = _row_file(rows_dir, row_name, seed)
+        run = _load_row(path, signature) if args.reuse or args.merge_only else None
+        if run is None and args.merge_only:
+            run = {"status": "not run", "error": f"no saved row {path.name} with these settings"}
+            print(f"[{row_name}] seed {seed}: not run (no saved row)", flush=True)
+        elif run is None:
+            seed_budget = replace(budget, seed=seed)
+            row_start, row_load = time.perf_counter(), os.getloadavg()[0]
+            if row_name == ITEM_BASELINE:
+                run = {"status": "ok", **run_items(split, len(raw), seed_budget, s, parts, epochs=item_epochs)}
+            else:
+                ids = np.asarray(cat.item_ids)
+                run = _run_tokenizer(row_name, raw, x, ids, split, seed_budget, s, parts, fit, likes)
+            run["wall_s"] = round(time.perf_counter() - row_start, 1)
+            run["load"] = [round(row_load, 2), round(os.getloadavg()[0], 2)]
+            run["seed"] = seed
+            _save_row(path, signature, run)
             gc.collect()
-        item_run = run_items(split, len(raw), seed_budget, s, parts)
-        rows[ITEM_BASELINE].append({"status": "ok", **item_run})
+        elif args.reuse or args.merge_only:
+            print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
+        rows[row_name].append(run)
+    if args.no_item_baseline:
+        del rows[ITEM_BASELINE]
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})
 
     table = summarise(rows, split, parts, seed=0)
@@ -590,19 +924,21 @@ def main(argv: list[str] | None = None) -> dict:
         "training_targets": int(learn.sum()),
         "data": hist.info,
         "budget": asdict(budget),
+        "item_budget": asdict(item_budget(budget, item_epochs)),
         "settings": asdict(s),
-        "seeds": args.seeds,
+        "seeds": seeds,
         "tiny": args.tiny,
+        "load_avg_start": load_start,
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],
         "run_s": round(time.perf_counter() - started, 1),
+        "row_wall_s": {n: [r.get("wall_s") for r in runs] for n, runs in rows.items()},
+        "published": published_for(args.catalog),
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
-    name = args.name or "generative_retrieval"
     if held is not None:
         users, held_comparisons = held_out_figures(table, split, held, seed=0)
         data["holdout"] = {"share": args.holdout_share, "seed": 0, "fit_items": int(fit.shape[0]), "users": users}
         data["holdout"]["comparisons"] = held_comparisons
-        name += "" if args.name else "_holdout"
     path = write(Path(args.out), data, table, name)
     print(path.read_text())
     return {"data": data, "table": table, "rows": rows, "split": split}

@@ -14,11 +14,12 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from semid.service.evaluation.interactions import InteractionsError, read_interactions
+from semid.model.interactions_file import read_interaction_columns
+from semid.service.evaluation.interactions import InteractionsError
 from semid.service.ids.dedup import BucketCounts, resolve_collisions
 from semid.service.ids.layout import IdLayout
 
-TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date")
+TIME_COLUMNS = ("timestamp", "time", "ts", "datetime", "date", "position", "order", "step")
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,33 @@ def _catalog_rows(item_ids: np.ndarray, items: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[pos] == items, order[pos], -1)
 
 
-def read_histories(path: str | Path, item_ids: np.ndarray, *, min_rating: float | None = None) -> Histories:
+def read_histories(
+    path: str | Path,
+    item_ids: np.ndarray,
+    *,
+    min_rating: float | None = None,
+    user_column: str | None = None,
+    item_column: str | None = None,
+    time_column: str | None = None,
+) -> Histories:
     """Every user's interactions with catalog items in time order (ties: file order), one row per (user,
-    item) (the first time), rows with rating < ``min_rating`` dropped (None: keep every rating)."""
+    item) (the first time), rows with rating < ``min_rating`` dropped (None: keep every rating). Implicit
+    feedback works: without a rating column every row is a positive. Columns are detected by name unless
+    named; the order column is any of ``TIME_COLUMNS`` (a time or a position)."""
     path = Path(path)
-    table, columns = read_interactions(path)
-    time_name = _time_column(path, _column_names(path))
+    table, columns = read_interaction_columns(
+        path, user_column, item_column, None, rating_required=False, error=InteractionsError
+    )
+    names = _column_names(path)
+    if time_column is not None and time_column not in names:
+        raise InteractionsError(f"interactions {path} has no time column {time_column!r}; columns are {names}")
+    time_name = time_column or _time_column(path, names)
     n = table.num_rows
     when = _read_column(path, time_name) if time_name else np.arange(n, dtype=np.float64)
-    rating = table.column("rating").to_numpy(zero_copy_only=False).astype(np.float64)
+    if "rating" in table.column_names:
+        rating = table.column("rating").to_numpy(zero_copy_only=False).astype(np.float64)
+    else:
+        rating = np.ones(n)
     rows = _catalog_rows(np.asarray(item_ids), np.asarray(table.column("item").to_numpy(zero_copy_only=False)))
     _, users = np.unique(
         np.asarray(table.column("user").to_numpy(zero_copy_only=False)).astype(str), return_inverse=True
@@ -188,3 +207,18 @@ def unique_ids(codes: np.ndarray, distances: np.ndarray, item_ids: np.ndarray, c
 def random_codes(n: int, levels: int, codebook_size: int, seed: int) -> np.ndarray:
     """Random base codes of the same shape, uniform per level."""
     return np.random.default_rng([seed, 11]).integers(0, codebook_size, size=(n, levels), dtype=np.int64)
+
+
+def next_item_examples(train: list[np.ndarray], history: int) -> tuple[np.ndarray, np.ndarray]:
+    """One example per training item after each sequence's first: the up to ``history`` items before it
+    (left-padded with -1) and the item. Returns histories [S, history] and targets [S] (the encoder-decoder
+    generator learns one target per example, as TIGER)."""
+    hist, target = [], []
+    for seq in train:
+        for t in range(1, seq.shape[0]):
+            before = seq[max(0, t - history) : t]
+            hist.append(np.pad(before, (history - before.shape[0], 0), constant_values=-1))
+            target.append(seq[t])
+    if not hist:
+        return np.zeros((0, history), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.stack(hist).astype(np.int64), np.asarray(target, dtype=np.int64)

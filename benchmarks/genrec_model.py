@@ -1,6 +1,9 @@
 """The generators of the generative-retrieval benchmark, in plain torch, trained from scratch.
 
-- ``SemanticGenerator``: TIGER-style, decoder-only. A user's history is the flat sequence of its items'
+- ``TigerGenerator``: TIGER's shape (Rajput et al. 2023): a T5-style encoder over the history's ID tokens and a
+  decoder emitting the next item's W tokens (d_model 128, 4 + 4 layers, 6 heads of 64, feed-forward 1024,
+  dropout 0.1 by default; learned absolute positions instead of T5's relative bias).
+- ``SemanticGenerator`` ("small"): decoder-only. A user's history is the flat sequence of its items'
   W-token semantic IDs (token embedding per position-in-ID level, position embedding), a causal transformer,
   and one output head per level predicting the next token. Decoding: beam search over the W tokens of the
   next item, constrained by ``SemanticIdTrie`` (or not, to measure how often it invents IDs).
@@ -23,14 +26,22 @@ from torch import nn
 class Budget:
     """What every generator gets, whatever its tokens."""
 
-    epochs: int = 8
-    batch_size: int = 128  # windows per step
+    epochs: int = 8  # the most epochs (early stopping on validation Recall@10 usually stops sooner)
+    batch_size: int = 128  # windows (small, item-id) or examples (tiger) per step
     width: int = 64
-    layers: int = 2
+    layers: int = 2  # per side for tiger
     heads: int = 2
     dropout: float = 0.1
     lr: float = 3e-3
     seed: int = 0
+    ff: int | None = None  # feed-forward width (tiger; None: 4 x width)
+    d_kv: int = 64  # per-head width (tiger)
+    patience: int = 3  # evaluations without a better validation Recall@10 before stopping
+    eval_every: int = 1  # epochs between validation evaluations
+    budget_s: float | None = None  # wall-clock cap on training (quick runs only: makes results load-dependent)
+
+
+TIGER = dict(width=128, layers=4, heads=6, ff=1024, d_kv=64, dropout=0.1, lr=1e-3, batch_size=256, epochs=60)
 
 
 class _Block(nn.Module):
@@ -103,6 +114,21 @@ class SemanticGenerator(nn.Module):
             out[at] = h[at] @ self.heads[level]
         return out
 
+    def begin(self, history: torch.Tensor) -> tuple:
+        """Run the history once: its cached keys/values and the state predicting the next item's level 0."""
+        h, cache = self.backbone(self.tokens(history))
+        return cache, h[:, -1]
+
+    def step_logits(self, state: tuple, prefix: torch.Tensor) -> torch.Tensor:
+        """Logits [B * n, K] of level ``step`` after each of the n beams' prefixes [B, n, step]."""
+        cache, last = state
+        b, n, step = prefix.shape
+        if step:
+            past = [(kc.repeat_interleave(n, dim=0), vc.repeat_interleave(n, dim=0)) for kc, vc in cache]
+            h, _ = self.backbone(self.tokens(prefix.reshape(b * n, 1, step)), past)
+            last = h[:, -1]
+        return self.head(last, torch.full((last.shape[0],), step, dtype=torch.long))
+
     def loss(self, sids: torch.Tensor, learn: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every token of the learned items given everything before it."""
         h, _ = self.backbone(self.tokens(sids))
@@ -133,62 +159,204 @@ class ItemGenerator(nn.Module):
         return nn.functional.cross_entropy(self.logits(h[:, :-1][mask]), target[mask])
 
 
-def train(model: nn.Module, inputs: torch.Tensor, learn: torch.Tensor, budget: Budget, log=print) -> dict:
-    """AdamW over shuffled windows for ``budget.epochs`` epochs; returns the loss per epoch and seconds."""
+class _Attention(nn.Module):
+    """Multi-head attention with its own per-head width (T5: 6 heads of 64 over d_model 128)."""
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__()
+        self.h, self.dk, self.p = budget.heads, budget.d_kv, budget.dropout
+        inner = budget.heads * budget.d_kv
+        self.q, self.kv = nn.Linear(budget.width, inner), nn.Linear(budget.width, 2 * inner)
+        self.o = nn.Linear(inner, budget.width)
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.h, self.dk).transpose(1, 2)
+        k, v = self.kv(mem).view(b, mem.shape[1], 2, self.h, self.dk).permute(2, 0, 3, 1, 4)
+        p = self.p if self.training else 0.0
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dk))
+
+
+class _TigerLayer(nn.Module):
+    """Pre-norm T5-style layer: self-attention, cross-attention (decoder only), ReLU feed-forward."""
+
+    def __init__(self, budget: Budget, cross: bool) -> None:
+        super().__init__()
+        d = budget.width
+        self.self_attn = _Attention(budget)
+        self.cross = _Attention(budget) if cross else None
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(3 if cross else 2))
+        ff = budget.ff or 4 * d
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Dropout(budget.dropout), nn.Linear(ff, d))
+        self.drop = nn.Dropout(budget.dropout)
+
+    def forward(self, x, mask=None, mem=None, mem_mask=None):
+        h = self.norms[0](x)
+        x = x + self.drop(self.self_attn(h, h, mask, causal=mem is not None))
+        if self.cross is not None:
+            x = x + self.drop(self.cross(self.norms[1](x), mem, mem_mask))
+        return x + self.drop(self.ff(self.norms[-1](x)))
+
+
+class TigerGenerator(nn.Module):
+    """Encoder over the history's flat ID tokens (``level * K + code``), decoder emitting the next item's W
+    tokens after a start token; one output head per level. Embeddings are shared by encoder and decoder."""
+
+    def __init__(self, width_ids: int, codes: int, max_items: int, budget: Budget) -> None:
+        super().__init__()
+        self.w, self.k = width_ids, codes
+        self.pad, self.bos = width_ids * codes, width_ids * codes + 1
+        d = budget.width
+        self.embed = nn.Embedding(self.pad + 2, d)
+        self.enc_pos, self.dec_pos = nn.Embedding(max_items * width_ids, d), nn.Embedding(width_ids, d)
+        for e in (self.embed, self.enc_pos, self.dec_pos):
+            nn.init.normal_(e.weight, std=0.02)
+        self.encoder = nn.ModuleList(_TigerLayer(budget, cross=False) for _ in range(budget.layers))
+        self.decoder = nn.ModuleList(_TigerLayer(budget, cross=True) for _ in range(budget.layers))
+        self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.drop = nn.Dropout(budget.dropout)
+        self.heads = nn.Parameter(torch.randn(width_ids, d, codes) / math.sqrt(d))
+
+    def tokens(self, sids: torch.Tensor) -> torch.Tensor:
+        offsets = torch.arange(sids.shape[-1], device=sids.device) * self.k
+        flat = sids + offsets
+        return torch.where(sids < 0, torch.full_like(flat, self.pad), flat).flatten(1)
+
+    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """History codes [B, n, W] (rows of -1: padding) -> memory [B, n * W, d] and its key mask [B, 1, 1, n*W]."""
+        tok = self.tokens(history)
+        t = tok.shape[1]  # right-aligned positions: the newest token always sits at the last position
+        h = self.drop(self.embed(tok) + self.enc_pos(torch.arange(t) + self.enc_pos.num_embeddings - t))
+        mask = (tok != self.pad)[:, None, None, :]
+        for layer in self.encoder:
+            h = layer(h, mask)
+        return self.enc_norm(h), mask
+
+    def decode(self, mem: torch.Tensor, mem_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, t + 1, d] after the start token and a prefix of t codes [B, t]."""
+        offsets = torch.arange(prefix.shape[1]) * self.k
+        tok = torch.cat([torch.full((prefix.shape[0], 1), self.bos), prefix + offsets], dim=1)
+        h = self.drop(self.embed(tok) + self.dec_pos(torch.arange(tok.shape[1])))
+        for layer in self.decoder:
+            h = layer(h, mem=mem, mem_mask=mem_mask)
+        return self.dec_norm(h)
+
+    def head(self, h: torch.Tensor, level: int) -> torch.Tensor:
+        return h @ self.heads[level]
+
+    def loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy of the target's W tokens ([B, W]) given the history ([B, n, W])."""
+        mem, mask = self.encode(history)
+        h = self.decode(mem, mask, target[:, :-1])
+        logits = torch.einsum("btd,tdk->btk", h, self.heads)
+        return nn.functional.cross_entropy(logits.reshape(-1, self.k), target.reshape(-1))
+
+    def begin(self, history: torch.Tensor) -> tuple:
+        return self.encode(history)
+
+    def step_logits(self, state: tuple, prefix: torch.Tensor) -> torch.Tensor:
+        mem, mask = state
+        b, n, step = prefix.shape
+        h = self.decode(mem.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0), prefix.reshape(b * n, step))
+        return self.head(h[:, -1], step)
+
+
+def _batches(examples: int, size: int, gen: torch.Generator, lengths: torch.Tensor | None) -> list[torch.Tensor]:
+    """Shuffled batches; with ``lengths``, examples of similar length share a batch (sorted within chunks of
+    32 batches, batch order shuffled) so a padded batch is trimmed to its longest example."""
+    order = torch.randperm(examples, generator=gen)
+    if lengths is None:
+        return list(order.split(size))
+    out = []
+    for chunk in order.split(size * 32):
+        out += list(chunk[torch.argsort(lengths[chunk], stable=True)].split(size))
+    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
+
+def train(
+    model: nn.Module, examples: int, loss_of, budget: Budget, evaluate=None, log=print, label="", lengths=None
+) -> dict:
+    """AdamW (linear warm-up over the first epoch, then constant) over shuffled examples; ``loss_of(index
+    tensor)`` is the mean loss of those examples. With ``evaluate`` (a no-argument function returning the
+    validation Recall@10), early stopping: evaluated every ``budget.eval_every`` epochs, stops after
+    ``budget.patience`` evaluations without a better value or at ``budget.epochs``, and keeps the best
+    state. ``budget.budget_s`` also stops it (recorded as ``stopped: budget``)."""
+    from tqdm import tqdm
+
     gen = torch.Generator().manual_seed(budget.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.01)
-    steps = max(1, budget.epochs * math.ceil(inputs.shape[0] / budget.batch_size))
-    warm = max(1, steps // 10)  # linear warm-up over a tenth of the steps, then cosine decay
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))
-    )
-    losses, start = [], time.perf_counter()
-    model.train()
+    per_epoch = max(1, math.ceil(examples / budget.batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / per_epoch))
+    losses, curve, start = [], [], time.perf_counter()
+    best, best_state, best_epoch, bad, stopped = -1.0, None, 0, 0, "max_epochs"
+    bar = tqdm(total=budget.epochs * per_epoch, desc=label, mininterval=10, dynamic_ncols=True, leave=False)
     for epoch in range(budget.epochs):
-        order = torch.randperm(inputs.shape[0], generator=gen)
+        model.train()
         total, count = 0.0, 0
-        for s in range(0, order.shape[0], budget.batch_size):
-            idx = order[s : s + budget.batch_size]
-            loss = model.loss(inputs[idx], learn[idx])
+        for idx in _batches(examples, budget.batch_size, gen, lengths):
+            loss = loss_of(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             total, count = total + loss.item() * idx.shape[0], count + idx.shape[0]
+            bar.update(1)
         losses.append(round(total / max(count, 1), 4))
-        log(f"    epoch {epoch + 1}/{budget.epochs} loss {losses[-1]:.4f} ({time.perf_counter() - start:.0f} s)")
+        line = f"    {label} epoch {epoch + 1}/{budget.epochs} loss {losses[-1]:.4f}"
+        if evaluate is not None and ((epoch + 1) % budget.eval_every == 0 or epoch + 1 == budget.epochs):
+            model.eval()
+            value = float(evaluate())
+            curve.append([epoch + 1, round(value, 4)])
+            line += f" valid Recall@10 {value:.4f}"
+            if value > best:
+                best, best_epoch, bad = value, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+        log(line + f" ({time.perf_counter() - start:.0f} s)")
+        if bad >= budget.patience:
+            stopped = "patience"
+            break
+        if budget.budget_s is not None and time.perf_counter() - start > budget.budget_s:
+            stopped = "budget"
+            break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    return {"loss_per_epoch": losses, "train_s": round(time.perf_counter() - start, 2), "steps": steps}
+    return {
+        "loss_per_epoch": losses,
+        "valid_recall10_curve": curve,
+        "best_epoch": best_epoch,
+        "best_valid_recall10": round(best, 4),
+        "epochs_run": len(losses),
+        "stopped": stopped,
+        "train_s": round(time.perf_counter() - start, 2),
+        "steps": per_epoch * len(losses),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def beam_search(
-    model: SemanticGenerator, history: torch.Tensor, beams: int, trie=None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``beams`` next-item IDs for each of B histories of the same length ([B, n, W] codes).
+def beam_search(model: nn.Module, history: torch.Tensor, beams: int, trie=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``beams`` next-item IDs for each of B histories of the same length ([B, n, W] codes), for any
+    generator with ``begin(history)`` and ``step_logits(state, prefix [B, n, step])``.
 
     With ``trie``, every step keeps only the codes ``trie.allowed_next_batch`` allows after the beam's prefix,
-    so every finished beam is a real item's ID; without it, any code of the level. The history is run once
-    and its keys/values cached; each step runs only the beams' generated tokens. Returns the IDs [B, beams, W]
+    so every finished beam is a real item's ID; without it, any code of the level. Returns the IDs [B, beams, W]
     and their log-probabilities [B, beams] (-inf for beams that could not be filled: fewer valid completions
     than beams)."""
     b, w, k = history.shape[0], model.w, model.k
     with torch.inference_mode():
-        h, cache = model.backbone(model.tokens(history))
-        last = h[:, -1]  # predicts level 0 of the next item
+        state = model.begin(history)
         prefix = torch.zeros(b, 1, 0, dtype=torch.long)
         score = torch.zeros(b, 1)
         for step in range(w):
             n = prefix.shape[1]
-            if step:
-                past = [(kc.repeat_interleave(n, dim=0), vc.repeat_interleave(n, dim=0)) for kc, vc in cache]
-                h, _ = model.backbone(model.tokens(prefix.reshape(b * n, 1, step)), past)
-                last = h[:, -1]
-            logits = model.head(last, torch.full((last.shape[0],), step, dtype=torch.long))
-            logp = torch.log_softmax(logits, dim=-1).view(b, n, k)
+            logp = torch.log_softmax(model.step_logits(state, prefix), dim=-1).view(b, n, k)
             if trie is not None:
                 logp = logp.masked_fill(~_allowed(trie, prefix, score, k), -math.inf)
             total = (score[:, :, None] + logp).view(b, n * k)

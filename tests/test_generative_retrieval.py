@@ -4,6 +4,7 @@ parts: histories in time order, leave-one-out, training windows, unique IDs, con
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from benchmarks import generative_retrieval as gr
 from benchmarks.genrec_data import leave_one_out, read_histories, training_windows, unique_ids
-from benchmarks.genrec_model import Budget, SemanticGenerator, beam_search
+from benchmarks.genrec_model import Budget, SemanticGenerator, beam_search, train
 from semid.model.synthetic import synthetic_catalog, write_catalog
 from semid.service.generation.trie import SemanticIdTrie
 
@@ -215,3 +216,111 @@ def test_tokenizer_interactions_leave_out_every_scored_pair(tiny_data, tmp_path)
         assert any(p[0] == name for p in pairs)  # the user's training pairs stay
     total = sum(1 for _ in open(root / "ratings.csv")) - 1
     assert len(kept["user"]) >= total - 2 * len(users) - 1  # only the scored pairs (and a repeat) go
+
+
+# ---------------------------------------------------------------------------------------------- TIGER, stopping
+
+
+def _implicit_csv(path, item_ids: np.ndarray, users: int, per_user: int, seed: int = 1) -> None:
+    """Implicit feedback: no rating column, order given by a position column, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for user in range(users):
+        items = rng.choice(item_ids, size=per_user, replace=False)
+        lines += [f"u{user},{item},{pos}" for pos, item in enumerate(items)]
+    rng.shuffle(lines)
+    path.write_text("user_id,item_id,position\n" + "\n".join(lines) + "\n")
+
+
+def test_implicit_feedback_is_ordered_by_its_position_column(tiny_data, tmp_path):
+    root, item_ids = tiny_data
+    _implicit_csv(tmp_path / "inter.csv", item_ids, users=5, per_user=6)
+    hist = read_histories(tmp_path / "inter.csv", item_ids)
+    assert hist.info["columns"]["time"] == "position" and hist.info["columns"]["rating"] is None
+    rows = np.loadtxt(tmp_path / "inter.csv", delimiter=",", skiprows=1, dtype=str)
+    for user in range(5):  # users numbered in sorted-label order: u0..u4
+        own = rows[rows[:, 0] == f"u{user}"]
+        expected = own[np.argsort(own[:, 2].astype(int)), 1].astype(np.int64)
+        np.testing.assert_array_equal(item_ids[hist.of(user)], expected)
+
+
+def test_tiger_run_end_to_end_writes_every_row(tiny_data):
+    root, item_ids = tiny_data
+    _implicit_csv(root / "implicit.csv", item_ids, users=30, per_user=10)
+    out = root / "out_tiger"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "implicit.csv")]
+    argv += ["--out", str(out), "--tokenizers", "faiss-rq,faiss-rqkmeans,random", "--generator", "tiger"]
+    argv += ["--tiny", "--threads", "1", "--seeds", "0,1", "--name", "gr_tiger"]
+    result = gr.main(argv)
+    saved = json.loads((out / "gr_tiger.json").read_text())
+    names = {"faiss-rq", "faiss-rqkmeans", "random", gr.ITEM_BASELINE, gr.POPULARITY}
+    assert {r["generator"] for r in saved["rows"]} == names
+    assert saved["seeds"] == [0, 1] and saved["settings"]["generator"] == "tiger"
+    for row in saved["rows"]:
+        assert row["status"] == "ok"
+        for metric in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
+            m = row["test"][metric]
+            assert 0.0 <= m["lo"] <= m["mean"] <= m["hi"] <= 1.0
+        if row["generator"] != gr.POPULARITY:
+            assert row["seeds"] == 2 and row["train_info"]["epochs_run"] >= 1
+    for name in ("faiss-rq", "faiss-rqkmeans", "random"):
+        assert 0.0 <= result["rows"][name][0]["test"]["invalid_rate_unconstrained"] <= 1.0
+    md = (out / "gr_tiger.md").read_text()
+    assert "TIGER-shaped encoder-decoder" in md and "| faiss-rqkmeans |" in md and "## Training" in md
+    # every finished row was kept: a second run with --reuse trains nothing and gives the same lists
+    again = gr.main([*argv, "--reuse"])
+    first, second = result["rows"]["random"][1], again["rows"]["random"][1]
+    np.testing.assert_array_equal(second["test"]["lists"], first["test"]["lists"])
+    assert second["train"] == first["train"]  # the saved run, not a retrained one (its seconds would differ)
+    # --merge-only reports the saved rows and marks a row never run instead of training it
+    merged = gr.main([*argv[:7], "faiss-rq,semid-rqkmeans", *argv[8:], "--merge-only"])
+    status = {r["generator"]: r["status"] for r in merged["table"]}
+    assert status["faiss-rq"] == "ok" and status["semid-rqkmeans"] == "not run"
+
+
+def _cyclic_split(items: int, users: int, length: int) -> gr.Split:
+    """Every user walks the catalog in order from its own start: the next item is always the previous + 1."""
+    seqs = [(np.arange(length) + 3 * u) % items for u in range(users)]
+    return gr.Split(
+        train=[s[:-2] for s in seqs],
+        valid_target=np.array([s[-2] for s in seqs]),
+        test_target=np.array([s[-1] for s in seqs]),
+    )
+
+
+def test_tiger_learns_a_perfectly_predictable_sequence_far_above_chance():
+    items = 48
+    split = _cyclic_split(items, users=64, length=10)
+    sids = unique_ids(gr.random_codes(items, 3, 256, 0), np.zeros(items), np.arange(items), 256)
+    budget = Budget(width=32, layers=1, heads=2, ff=64, d_kv=16, dropout=0.0, lr=3e-3, batch_size=32, epochs=40)
+    budget = replace(budget, patience=40, eval_every=5)
+    s = gr.Settings(generator="tiger", history=4, beams=10, val_users=None)
+    torch.set_num_threads(1)
+    run = gr.run_semantic("random", sids, split, budget, s, ["test"], log=lambda *_: None)
+    recall = gr.metric_values(gr.ranks_of(split.test_target, run["test"]["lists"]))["recall@10"].mean()
+    assert recall > 0.8  # ranking at chance would give 10 / 48
+    assert run["train"]["best_valid_recall10"] > 0.8
+
+
+def test_early_stopping_keeps_the_best_state_and_stops_after_patience():
+    model = torch.nn.Linear(2, 1)
+    scores = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.9])
+    states = []
+
+    def loss_of(idx):
+        return model(torch.ones(len(idx), 2)).pow(2).mean()
+
+    def evaluate():
+        states.append(model.weight.detach().clone())
+        return next(scores)
+
+    out = train(model, 8, loss_of, Budget(epochs=6, batch_size=4, patience=2), evaluate, log=lambda *_: None)
+    assert out["epochs_run"] == 4 and out["stopped"] == "patience" and out["best_epoch"] == 2
+    assert [c[1] for c in out["valid_recall10_curve"]] == [0.1, 0.5, 0.3, 0.2]
+    torch.testing.assert_close(model.weight.detach(), states[1])  # the epoch-2 weights, not the last
+
+
+def test_seeds_must_be_integers():
+    assert gr.seeds_of("0,1,2") == [0, 1, 2] and gr.seeds_of("3") == [3]
+    with pytest.raises(SystemExit, match="error: --seeds"):
+        gr.seeds_of("a,b")
