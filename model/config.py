@@ -135,7 +135,7 @@ class TrainConfig(BaseModel):
     coliked_max_user_likes: StrictInt = _int(500, 2, 1 << 24, "With --interactions: heavier users are sampled down.")
     seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
     threads: StrictInt = _int(
-        0, 0, 1024, "torch threads (0: the usable CPUs minus the load average; SEMID_THREADS overrides)."
+        0, 0, 1024, "torch threads (0: the CPUs this process may use; SEMID_THREADS overrides)."
     )
 
     @staticmethod

@@ -9,8 +9,10 @@ slows by an order of magnitude (benchmarks/train_under_load.py measures it). Two
 
 - ``quiet_waiting()``: OMP_WAIT_POLICY=PASSIVE, so waiting threads sleep; it only takes effect if set before torch
   or faiss load their OpenMP runtime, so the `semid` entry point calls it first thing.
-- ``pick_threads()``: the CPUs this process may run on (its affinity) minus the machine's 1-minute load average,
-  at least 1: on a busy machine, fewer threads that are not left waiting on each other.
+- ``pick_threads()``: the CPUs this process may run on (its affinity, e.g. a container's cpuset), not
+  ``os.cpu_count()``. The count does not follow the machine's load: the thread count can change the last bits of
+  float sums and with them a few codes, and the same seed and data must give the same IDs on the same machine.
+  On a heavily shared machine ``SEMID_THREADS=1`` is faster still.
 
 An explicit count always wins: ``SEMID_THREADS``, then ``--threads`` (``train.threads``); OMP_WAIT_POLICY set in the
 environment is left alone.
@@ -43,8 +45,8 @@ def usable_cpus() -> int:
 
 
 def pick_threads(requested: int = 0) -> int:
-    """The thread count for training: SEMID_THREADS, else ``requested`` if > 0, else the usable CPUs minus the
-    1-minute load average (rounded), at least 1. Raises ValueError on a SEMID_THREADS that is not a positive int."""
+    """The thread count for training: SEMID_THREADS, else ``requested`` if > 0, else the usable CPUs.
+    Raises ValueError on a SEMID_THREADS that is not a positive int."""
     env = os.environ.get(ENV_THREADS, "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
@@ -52,12 +54,7 @@ def pick_threads(requested: int = 0) -> int:
         return int(env)
     if requested > 0:
         return requested
-    cpus = usable_cpus()
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return cpus
-    return max(1, min(cpus, cpus - round(load)))
+    return usable_cpus()
 
 
 def apply_threads(requested: int = 0) -> int:
