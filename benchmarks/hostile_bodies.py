@@ -73,22 +73,53 @@ def cases(rng: np.random.Generator) -> list[tuple[str, str, bytes, int | None]]:
         ("resolve: 700,000 []", "/v1/resolve", b'{"semantic_id":[' + b"[]," * 700_000 + b'[]],"k":1}', 413),
         ("encode: 1,050,000 {}", "/v1/encode", b'{"embeddings":' + _items(1_050_000) + b"}", 413),
         ("encode: 1,750,000 {}", "/v1/encode", b'{"embeddings":' + _items(1_750_000) + b"}", 413),
-        ("encode: 4,700 rows of 384 {}", "/v1/encode",
-         b'{"embeddings":[' + b",".join([objects_row] * 4700) + b"]}", 422),
-        ("encode: 1M unknown keys", "/v1/encode", b'{"embeddings":[' + row + b"]," + _keys(1_000_000) + b"}",
-         422),
+        (
+            "encode: 4,700 rows of 384 {}",
+            "/v1/encode",
+            b'{"embeddings":[' + b",".join([objects_row] * 4700) + b"]}",
+            422,
+        ),
+        ("encode: 1M unknown keys", "/v1/encode", b'{"embeddings":[' + row + b"]," + _keys(1_000_000) + b"}", 422),
         ("assign: 1,750,000 {}", "/v1/assign", b'{"items":' + _items(1_750_000) + b"}", 413),
-        ("assign: one item of 1M keys", "/v1/assign",
-         b'{"items":[{"item_id":-1,"embedding":' + row + b"," + _keys(1_000_000) + b"}]}", 422),
-        ("encode: 8,192 x 384, the last value a string", "/v1/encode",
-         json.dumps({"embeddings": legal_rows[:-1] + [legal_rows[-1][:-1] + ["x"]]}).encode(), 422),
-        ("assign: 8,192 x 384, the last value a string", "/v1/assign",
-         json.dumps({"items": [{"item_id": 10_000_000 + i, "embedding": r if i < 8191 else r[:-1] + ["x"]}
-                               for i, r in enumerate(legal_rows)]}).encode(), 422),
+        (
+            "assign: one item of 1M keys",
+            "/v1/assign",
+            b'{"items":[{"item_id":-1,"embedding":' + row + b"," + _keys(1_000_000) + b"}]}",
+            422,
+        ),
+        (
+            "encode: 8,192 x 384, the last value a string",
+            "/v1/encode",
+            json.dumps({"embeddings": legal_rows[:-1] + [legal_rows[-1][:-1] + ["x"]]}).encode(),
+            422,
+        ),
+        (
+            "assign: 8,192 x 384, the last value a string",
+            "/v1/assign",
+            json.dumps(
+                {
+                    "items": [
+                        {"item_id": 10_000_000 + i, "embedding": r if i < 8191 else r[:-1] + ["x"]}
+                        for i, r in enumerate(legal_rows)
+                    ]
+                }
+            ).encode(),
+            422,
+        ),
         ("legal encode: 8,192 x 384", "/v1/encode", json.dumps({"embeddings": legal_rows}).encode(), None),
-        ("legal assign: 8,192 x 384", "/v1/assign",
-         json.dumps({"items": [{"item_id": 10_000_000 + i, "embedding": r, "title": f"bench {i}"}
-                               for i, r in enumerate(legal_rows)]}).encode(), None),
+        (
+            "legal assign: 8,192 x 384",
+            "/v1/assign",
+            json.dumps(
+                {
+                    "items": [
+                        {"item_id": 10_000_000 + i, "embedding": r, "title": f"bench {i}"}
+                        for i, r in enumerate(legal_rows)
+                    ]
+                }
+            ).encode(),
+            None,
+        ),
     ]
 
 
@@ -266,10 +297,12 @@ def write(runs: dict, source: str, args: argparse.Namespace, load_start: tuple, 
     messages = "\n".join(
         f"- {r['case']}: {r['status']} `{r['field']}`: {r['message']}" for r in runs[labels[-1]]["rows"]
     )
-    markdown = "\n\n".join(["\n".join(f"- {n}" for n in notes), markdown_table(table, columns),
-                            "Errors (after):\n\n" + messages])
-    path = write_results("hostile_bodies", {"source": source, "load_start": load_start, "load_end": load_end,
-                                            "runs": runs}, markdown)
+    markdown = "\n\n".join(
+        ["\n".join(f"- {n}" for n in notes), markdown_table(table, columns), "Errors (after):\n\n" + messages]
+    )
+    path = write_results(
+        "hostile_bodies", {"source": source, "load_start": load_start, "load_end": load_end, "runs": runs}, markdown
+    )
     print(f"wrote {path}")
 
 

@@ -75,8 +75,18 @@ class Server:
     def __init__(self, index: Path, workers: int, log: Path) -> None:
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
-        self.cmd = [*semid_command(), "serve", "--index", str(index), "--host", HOST, "--port", str(self.port),
-                    "--log-level", "warning"]
+        self.cmd = [
+            *semid_command(),
+            "serve",
+            "--index",
+            str(index),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
         if workers > 1:
             self.cmd += ["--workers", str(workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("SEMID_")}
@@ -161,8 +171,14 @@ def encode_phase(server: Server, body: bytes, clients: int, requests: int) -> di
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"clients": clients, "requests": clients * requests, "seconds": wall,
-            "items_per_s": clients * requests * ROWS / wall, "errors": len(errors), "load_1m": load}
+    return {
+        "clients": clients,
+        "requests": clients * requests,
+        "seconds": wall,
+        "items_per_s": clients * requests * ROWS / wall,
+        "errors": len(errors),
+        "load_1m": load,
+    }
 
 
 def prefix_paths(index: Path, count: int = 2000) -> list[str]:
@@ -191,9 +207,15 @@ def wrk_phase(server: Server, script: Path, duration: int) -> dict:
 
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"requests_per_s": rps, "p50_ms": latency("50"), "p99_ms": latency("99"),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(0) if errors else "",
-            "load_1m": load, "command": " ".join(cmd[:-1]) + " URL"}
+    return {
+        "requests_per_s": rps,
+        "p50_ms": latency("50"),
+        "p99_ms": latency("99"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errors.group(0) if errors else "",
+        "load_1m": load,
+        "command": " ".join(cmd[:-1]) + " URL",
+    }
 
 
 def memory(pids: list[int]) -> list[dict]:
@@ -205,9 +227,15 @@ def memory(pids: list[int]) -> list[dict]:
                 parts = line.split()
                 if len(parts) >= 3 and parts[2] == "kB":
                     fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
-        rows.append({"pid": pid, "rss_mb": fields.get("Rss"), "pss_mb": fields.get("Pss"),
-                     "shared_mb": fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0),
-                     "private_mb": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)})
+        rows.append(
+            {
+                "pid": pid,
+                "rss_mb": fields.get("Rss"),
+                "pss_mb": fields.get("Pss"),
+                "shared_mb": fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0),
+                "private_mb": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+            }
+        )
     return rows
 
 
@@ -230,7 +258,7 @@ def main() -> None:
         script.write_text(WRK_SCRIPT % ", ".join(json.dumps(p) for p in prefix_paths(index)))
         runs: list[dict] = []
         for r in range(args.rounds):
-            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for workers in (1, 2) if r % 2 == 0 else (2, 1):
                 server = Server(index, workers, workdir / f"serve-{r}-{workers}.log")
                 try:
                     run = {"round": r, "workers": workers}
@@ -251,24 +279,32 @@ def main() -> None:
     summary = []
     for workers in (1, 2):
         mem = [run["memory"] for run in runs if run["workers"] == workers][-1]
-        summary.append({
-            "workers": workers,
-            "encode items/s, 1 client": median(workers, "encode_1_client", "items_per_s"),
-            "encode items/s, 2 clients": median(workers, "encode_2_clients", "items_per_s"),
-            "prefix req/s (wrk, 16 conn.)": median(workers, "prefix_wrk", "requests_per_s"),
-            "prefix p99 ms": median(workers, "prefix_wrk", "p99_ms"),
-            "RSS MB per worker": statistics.mean(m["rss_mb"] for m in mem),
-            "PSS MB per worker": statistics.mean(m["pss_mb"] for m in mem),
-            "shared MB per worker": statistics.mean(m["shared_mb"] for m in mem),
-        })
+        summary.append(
+            {
+                "workers": workers,
+                "encode items/s, 1 client": median(workers, "encode_1_client", "items_per_s"),
+                "encode items/s, 2 clients": median(workers, "encode_2_clients", "items_per_s"),
+                "prefix req/s (wrk, 16 conn.)": median(workers, "prefix_wrk", "requests_per_s"),
+                "prefix p99 ms": median(workers, "prefix_wrk", "p99_ms"),
+                "RSS MB per worker": statistics.mean(m["rss_mb"] for m in mem),
+                "PSS MB per worker": statistics.mean(m["pss_mb"] for m in mem),
+                "shared MB per worker": statistics.mean(m["shared_mb"] for m in mem),
+            }
+        )
     speedup = summary[1]["encode items/s, 2 clients"] / summary[0]["encode items/s, 2 clients"]
     per_run = [
-        {"round": run["round"], "workers": run["workers"],
-         "encode 1 client": run["encode_1_client"]["items_per_s"],
-         "encode 2 clients": run["encode_2_clients"]["items_per_s"],
-         "prefix req/s": run["prefix_wrk"]["requests_per_s"],
-         "load before encode": run["encode_1_client"]["load_1m"], "load before wrk": run["prefix_wrk"]["load_1m"],
-         "errors": run["encode_1_client"]["errors"] + run["encode_2_clients"]["errors"] + run["prefix_wrk"]["non_2xx"]}
+        {
+            "round": run["round"],
+            "workers": run["workers"],
+            "encode 1 client": run["encode_1_client"]["items_per_s"],
+            "encode 2 clients": run["encode_2_clients"]["items_per_s"],
+            "prefix req/s": run["prefix_wrk"]["requests_per_s"],
+            "load before encode": run["encode_1_client"]["load_1m"],
+            "load before wrk": run["prefix_wrk"]["load_1m"],
+            "errors": run["encode_1_client"]["errors"]
+            + run["encode_2_clients"]["errors"]
+            + run["prefix_wrk"]["non_2xx"],
+        }
         for run in runs
     ]
     markdown = (

@@ -115,8 +115,13 @@ def _run(variant: str, catalog: str, epochs: int) -> dict:
         if done.returncode:
             raise SystemExit(f"{variant} on {catalog} failed:\n{done.stderr[-2000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"variant": variant, "catalog": catalog, "load_before": round(load_before, 2),
-            "load_after": round(os.getloadavg()[0], 2), **row}
+    return {
+        "variant": variant,
+        "catalog": catalog,
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        **row,
+    }
 
 
 def main() -> None:

@@ -118,8 +118,13 @@ def head_phase(server: Server, megabytes: int) -> dict:
         seconds = time.perf_counter() - start
         time.sleep(0.5)  # a few /healthz and RSS samples after the refusal
     status = reply.split(b" ")[1].decode() if reply.startswith(b"HTTP/") else "none"
-    return {"phase": f"{megabytes} MB If-None-Match", "status": status, "header_mb_sent": round(sent / (1 << 20), 1),
-            "seconds": round(seconds, 3), **watch.row()}
+    return {
+        "phase": f"{megabytes} MB If-None-Match",
+        "status": status,
+        "header_mb_sent": round(sent / (1 << 20), 1),
+        "seconds": round(seconds, 3),
+        **watch.row(),
+    }
 
 
 def _held(server: Server, addresses: set[str]) -> int:
@@ -145,9 +150,13 @@ def slow_reader_phase(server: Server, readers: int, limit_s: float) -> dict:
         seconds = time.perf_counter() - start
     for sock in socks:
         sock.close()
-    return {"phase": f"{readers} slow readers, 4 pipelined GET /v1/trie each", "held_most": most,
-            "held_at_end": held, "seconds_until_none_held": round(seconds, 2) if not held else f"> {limit_s}",
-            **watch.row()}
+    return {
+        "phase": f"{readers} slow readers, 4 pipelined GET /v1/trie each",
+        "held_most": most,
+        "held_at_end": held,
+        "seconds_until_none_held": round(seconds, 2) if not held else f"> {limit_s}",
+        **watch.row(),
+    }
 
 
 def disconnect_phase(server: Server, clients: int) -> dict:
@@ -162,8 +171,12 @@ def disconnect_phase(server: Server, clients: int) -> dict:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         time.sleep(1.0)
     lines = server.log_path.read_text(errors="replace").splitlines()[before:]
-    return {"phase": f"{clients} clients leaving mid-body (POST /v1/encode)", "log_lines": len(lines),
-            "tracebacks": sum("Traceback" in line for line in lines), **watch.row()}
+    return {
+        "phase": f"{clients} clients leaving mid-body (POST /v1/encode)",
+        "log_lines": len(lines),
+        "tracebacks": sum("Traceback" in line for line in lines),
+        **watch.row(),
+    }
 
 
 def main() -> None:
@@ -190,13 +203,33 @@ def main() -> None:
     finally:
         server.stop()
     load = os.getloadavg()
-    data = {"index": str(args.index), "trie_bytes": trie_bytes, "send_timeout_s": args.send_timeout,
-            "load_average": load, "phases": rows}
-    columns = ["phase", "status", "header_mb_sent", "seconds", "held_most", "seconds_until_none_held", "log_lines",
-               "tracebacks", "healthz_worst_ms", "healthz_failures", "rss_start_mb", "rss_peak_mb", "rss_end_mb"]
-    md = (f"Index {args.index} (trie {trie_bytes} bytes); SEMID_SEND_TIMEOUT={args.send_timeout:g}, other settings "
-          f"at their defaults; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.\n\n"
-          + markdown_table(rows, columns))
+    data = {
+        "index": str(args.index),
+        "trie_bytes": trie_bytes,
+        "send_timeout_s": args.send_timeout,
+        "load_average": load,
+        "phases": rows,
+    }
+    columns = [
+        "phase",
+        "status",
+        "header_mb_sent",
+        "seconds",
+        "held_most",
+        "seconds_until_none_held",
+        "log_lines",
+        "tracebacks",
+        "healthz_worst_ms",
+        "healthz_failures",
+        "rss_start_mb",
+        "rss_peak_mb",
+        "rss_end_mb",
+    ]
+    md = (
+        f"Index {args.index} (trie {trie_bytes} bytes); SEMID_SEND_TIMEOUT={args.send_timeout:g}, other settings "
+        f"at their defaults; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.\n\n"
+        + markdown_table(rows, columns)
+    )
     print(md)
     write_results("transport_bounds", data, md)
 

@@ -134,9 +134,7 @@ class TrainConfig(BaseModel):
     coliked_weight: StrictFloat = _float(0.75, 0.0, 1000.0, "With --interactions: a partner's vote (a neighbour's: 1).")
     coliked_max_user_likes: StrictInt = _int(500, 2, 1 << 24, "With --interactions: heavier users are sampled down.")
     seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
-    threads: StrictInt = _int(
-        0, 0, 1024, "torch threads (0: the CPUs this process may use; SEMID_THREADS overrides)."
-    )
+    threads: StrictInt = _int(0, 0, 1024, "torch threads (0: the CPUs this process may use; SEMID_THREADS overrides).")
 
     @staticmethod
     def warm_up_bounds(epochs: int) -> dict[str, int]:

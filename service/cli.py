@@ -211,8 +211,11 @@ def train(
         lowered = clamp_warm_ups(config.train, overrides["epochs"], given)
         for name, value in lowered.items():
             flag = "--" + name.replace("_", "-")
-            click.echo(f"note: {name} lowered from {getattr(config.train, name)} to {value} to fit --epochs "
-                       f"{overrides['epochs']} (set {flag} to choose)", err=True)
+            click.echo(
+                f"note: {name} lowered from {getattr(config.train, name)} to {value} to fit --epochs "
+                f"{overrides['epochs']} (set {flag} to choose)",
+                err=True,
+            )
         overrides.update(lowered)
     for section, kind in SECTIONS.items():
         config = config.with_overrides(section, **{k: v for k, v in overrides.items() if k in kind.model_fields})

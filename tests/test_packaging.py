@@ -117,13 +117,15 @@ def test_built_wheel_installs_under_semid_only(tmp_path):
     made = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path)
     assert made.returncode == 0, made.stderr
     python = venv / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path)
-                .stdout.strip())
+    site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip()
+    )
     # the dependencies come from this environment (a path, not a site dir: its editable semid hook stays off)
     deps = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "torch").is_dir())
     (site / "semid-deps.pth").write_text(f"{deps}\n")
-    installed = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
-                     tmp_path)
+    installed = _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)], tmp_path
+    )
     if installed.returncode != 0 and "no such option: --python" in installed.stderr:
         pytest.skip("pip is too old for --python")
     assert installed.returncode == 0, installed.stderr[-2000:]

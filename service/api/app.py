@@ -74,7 +74,9 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
         return default_body_limit(settings.max_batch, dim)
 
     app.add_middleware(
-        BodyGuardMiddleware, max_bytes=body_limit, idle_timeout=settings.body_idle_timeout,
+        BodyGuardMiddleware,
+        max_bytes=body_limit,
+        idle_timeout=settings.body_idle_timeout,
         total_timeout=settings.body_timeout,
     )
     return app

@@ -264,8 +264,7 @@ def _check_extra_fields(items: list[Any], keep: tuple[str, ...]) -> None:
             if name not in keep:
                 kept = f"the index keeps {list(keep)}" if keep else "the index keeps no extra columns"
                 raise InvalidInputError(
-                    f"items[{row}].{name} is not a field of an item ({kept}; build it with --keep-columns to add "
-                    "one)",
+                    f"items[{row}].{name} is not a field of an item ({kept}; build it with --keep-columns to add one)",
                     field=f"items.{name}",
                 )
 

@@ -34,8 +34,9 @@ async def catch_up(state: ServiceState) -> None:
     try:
         await anyio.to_thread.run_sync(index.refresh_if_changed)
     except (SemidError, OSError) as err:  # e.g. a segment removed between the manifest read and its own
-        log.warning("index %s: serving the snapshot held (version %d): refresh failed: %s", index.path,
-                    index.version, err)
+        log.warning(
+            "index %s: serving the snapshot held (version %d): refresh failed: %s", index.path, index.version, err
+        )
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

@@ -46,8 +46,14 @@ def _raw_response(status: bytes, code: str, message: str, extra: bytes = b"") ->
     """A complete HTTP/1.1 error response with a JSON body, closing the connection."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
-        + str(len(body)).encode() + b"\r\nconnection: close\r\n" + extra + b"\r\n" + body
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\nconnection: close\r\n"
+        + extra
+        + b"\r\n"
+        + body
     )
 
 
@@ -91,12 +97,15 @@ def transport_protocol(
     base = guarded_http_protocol(header_timeout)
     per_client: Counter[str] = Counter()
     too_large = _raw_response(
-        b"431 Request Header Fields Too Large", "headers_too_large",
+        b"431 Request Header Fields Too Large",
+        "headers_too_large",
         f"request line and headers over {max_header_bytes} bytes",
     )
     busy = _raw_response(
-        b"503 Service Unavailable", "too_many_connections",
-        "too many open connections; retry later", b"retry-after: 1\r\n",
+        b"503 Service Unavailable",
+        "too_many_connections",
+        "too many open connections; retry later",
+        b"retry-after: 1\r\n",
     )
 
     class TransportGuardProtocol(base):  # type: ignore[misc, valid-type]

@@ -106,8 +106,14 @@ def test_training_with_graph_targets_is_deterministic_and_reproduces_them(tiny_c
     assert torch.equal(a, b)
     assert any("graph_loss" in row for row in metrics["epochs"])
     targets = build_targets(
-        torch.nn.functional.normalize(x, dim=1), 8, neighbours=5, balance=1.0, sweeps=8, seed=0,
-        kmeans_iters=5, kmeans_sample=65536,
+        torch.nn.functional.normalize(x, dim=1),
+        8,
+        neighbours=5,
+        balance=1.0,
+        sweeps=8,
+        seed=0,
+        kmeans_iters=5,
+        kmeans_sample=65536,
     )
     assert (a[:, 0] == targets.labels).float().mean() > 0.8  # the encoder learned the targets
 

@@ -48,4 +48,3 @@ def test_restarts_keep_the_lowest_error_fit():
     best = kmeans(x, 24, iters=5, seed=1, restarts=4)
     assert _error(x, best) <= _error(x, single)  # the first restart is the single run
     assert torch.equal(best, kmeans(x, 24, iters=5, seed=1, restarts=4))
-

@@ -294,7 +294,7 @@ def test_clients_going_away_do_not_flood_the_log(server):
         gone += 1
     time.sleep(1.0)
     _alive(server)
-    new = _log_lines(server)[len(before):]
+    new = _log_lines(server)[len(before) :]
     text = "\n".join(new)
     assert "Traceback" not in text and "ERROR" not in text and "WARNING" not in text, text[:3000]
     assert len(new) <= gone, text[:3000]  # one debug line per disconnect at most (this server logs at debug)

@@ -18,13 +18,27 @@ SEMID = [sys.executable, "-m", "semid.service.cli"]
 
 
 def _run(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([*SEMID, *map(str, args)], capture_output=True, text=True, env={"SEMID_THREADS": "1",
-                          "PATH": "/usr/bin:/bin"}, timeout=600)
+    return subprocess.run(
+        [*SEMID, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={"SEMID_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        timeout=600,
+    )
 
 
 def test_missing_keep_column_is_reported_before_any_progress_bar(tmp_path, tiny_checkpoint, tiny_catalog_file):
-    done = _run("assign", "--checkpoint", tiny_checkpoint, "--catalog", tiny_catalog_file,
-                "--index", tmp_path / "idx", "--keep-columns", "genres")
+    done = _run(
+        "assign",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--catalog",
+        tiny_catalog_file,
+        "--index",
+        tmp_path / "idx",
+        "--keep-columns",
+        "genres",
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "genres" in done.stderr, done.stderr
     assert "assign:" not in done.stderr  # no bar drawn for input that was never going to work
@@ -34,11 +48,23 @@ def test_error_mid_way_starts_on_its_own_line(tmp_path, tiny_checkpoint, tiny_ca
     table = pq.read_table(tiny_catalog_file)
     emb = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
     emb[-1, 0] = np.nan  # found only when the last batch is read
-    bad = table.set_column(table.schema.get_field_index("embedding"), "embedding",
-                           pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]))
+    bad = table.set_column(
+        table.schema.get_field_index("embedding"),
+        "embedding",
+        pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+    )
     pq.write_table(bad, tmp_path / "nan.parquet")
-    done = _run("assign", "--checkpoint", tiny_checkpoint, "--catalog", tmp_path / "nan.parquet",
-                "--index", tmp_path / "idx", "--batch-rows", "16")
+    done = _run(
+        "assign",
+        "--checkpoint",
+        tiny_checkpoint,
+        "--catalog",
+        tmp_path / "nan.parquet",
+        "--index",
+        tmp_path / "idx",
+        "--batch-rows",
+        "16",
+    )
     assert done.returncode == 2
     assert any(line.startswith("error: ") and "NaN" in line for line in done.stderr.splitlines()), done.stderr
 
@@ -71,14 +97,17 @@ def test_inspect_on_an_index_points_at_its_checkpoint(tmp_path):
 
 def test_short_run_lowers_the_warm_ups_it_cannot_fit(tmp_path):
     path = write_catalog(synthetic_catalog(items=300, dim=8, seed=0), tmp_path / "c.parquet")
-    done = _run("train", "--catalog", path, "--out", tmp_path / "ck", "--epochs", "2", "--codebook-size", "8",
-                "--quiet")
+    done = _run(
+        "train", "--catalog", path, "--out", tmp_path / "ck", "--epochs", "2", "--codebook-size", "8", "--quiet"
+    )
     assert done.returncode == 0, done.stderr
     assert "ae_warmup_epochs lowered from 3 to 1" in done.stderr and "--ae-warmup-epochs" in done.stderr
     assert "quantized training" in done.stderr  # --quiet still says what phase it is in
 
 
 def test_explicit_warm_up_that_does_not_fit_names_its_flag(tmp_path):
-    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "x"), "--epochs", "2",
-                                       "--ae-warmup-epochs", "3", "--synthetic-items", "100"])
+    result = CliRunner().invoke(
+        main,
+        ["train", "--out", str(tmp_path / "x"), "--epochs", "2", "--ae-warmup-epochs", "3", "--synthetic-items", "100"],
+    )
     assert result.exit_code == 2 and "--ae-warmup-epochs" in result.output

@@ -38,8 +38,15 @@ async def encode(
     """Embeddings -> base codes; full semantic IDs for known items, or for new ones with register=true."""
     arrow = is_arrow(request)
     body = await in_read_thread(decode_encode_body, state, await request.body(), arrow, register)
-    call = partial(encode_items, state.index, state.encoder, body.embeddings, body.item_ids,
-                   register=body.register, lock_timeout=state.settings.write_lock_timeout)
+    call = partial(
+        encode_items,
+        state.index,
+        state.encoder,
+        body.embeddings,
+        body.item_ids,
+        register=body.register,
+        lock_timeout=state.settings.write_lock_timeout,
+    )
     if body.register:
         require_writer(state, x_api_key)
         out = await in_write_thread(request, call)  # registering writes: the write pool
@@ -71,23 +78,38 @@ async def assign(
     x_api_key: ApiKeyHeader = None,
     recode_changed: Annotated[
         bool,
-        Query(description="Re-code known items whose embedding changed (same base code keeps the ID; else a new "
-              "ID and the old one stays reserved). Default: they keep their IDs and are flagged."),
+        Query(
+            description="Re-code known items whose embedding changed (same base code keeps the ID; else a new "
+            "ID and the old one stays reserved). Default: they keep their IDs and are flagged."
+        ),
     ] = False,
 ) -> dict:
     """Register many items at once (JSON or an Arrow IPC stream); new ones land in one atomic segment."""
     require_writer(state, x_api_key)
     body = await in_read_thread(decode_assign_body, state, await request.body(), is_arrow(request))
     reg = await in_write_thread(
-        request, register_batch, state.index, state.encoder, item_ids=body.item_ids, embeddings=body.embeddings,
-        columns=body.columns, recode_changed=recode_changed, lock_timeout=state.settings.write_lock_timeout,
+        request,
+        register_batch,
+        state.index,
+        state.encoder,
+        item_ids=body.item_ids,
+        embeddings=body.embeddings,
+        columns=body.columns,
+        recode_changed=recode_changed,
+        lock_timeout=state.settings.write_lock_timeout,
     )
     request.app.state.metrics.registered.inc(int((~reg.existing).sum()))
     token = state.index.layout.token
     rows = zip(body.item_ids.tolist(), reg.semantic_ids.tolist(), reg.existing, reg.changed, reg.recoded, strict=True)
     results = [
-        {"item_id": i, "semantic_id": s, "token": token(s), "existing": bool(e), "embedding_changed": bool(c),
-         "recoded": bool(r)}
+        {
+            "item_id": i,
+            "semantic_id": s,
+            "token": token(s),
+            "existing": bool(e),
+            "embedding_changed": bool(c),
+            "recoded": bool(r),
+        }
         for i, s, e, c, r in rows
     ]
     return {"results": results, "segment": reg.segment, "fallback": reg.fallback}

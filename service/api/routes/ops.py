@@ -27,5 +27,11 @@ async def readyz(request: Request) -> dict | JSONResponse:
         return JSONResponse({"error": {"code": "not_ready", "message": "the index is loading"}}, status_code=503)
     await catch_up(state)
     index = state.index
-    return {"status": "ready", "items": len(index), "fingerprint": index.fingerprint, "version": index.version,
-            "role": "replica" if state.settings.read_only else "writer", "pid": os.getpid()}
+    return {
+        "status": "ready",
+        "items": len(index),
+        "fingerprint": index.fingerprint,
+        "version": index.version,
+        "role": "replica" if state.settings.read_only else "writer",
+        "pid": os.getpid(),
+    }

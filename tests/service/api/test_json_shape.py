@@ -56,8 +56,16 @@ def test_entries_with_too_many_keys_are_422_naming_the_entry():
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"[1]", b"3", b'{"items": 3}', b'{"items": [1, "a", null]}', b'{"items": [{}]', b"{" * 5000,
-     b'\xef\xbb\xbf{"items": [' + b"{}," * 20 + b"{}]}"],
+    [
+        b"",
+        b"[1]",
+        b"3",
+        b'{"items": 3}',
+        b'{"items": [1, "a", null]}',
+        b'{"items": [{}]',
+        b"{" * 5000,
+        b'\xef\xbb\xbf{"items": [' + b"{}," * 20 + b"{}]}",
+    ],
 )
 def test_what_simdjson_cannot_read_or_is_not_an_object_is_left_to_pydantic(raw):
     check_shape(raw, ASSIGN)

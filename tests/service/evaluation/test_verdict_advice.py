@@ -15,8 +15,15 @@ LEVELS = [{"level": 1, "perplexity": 200.0, "max_perplexity": 256, "utilisation"
 
 def _summary(**over):
     s = {
-        "unique_full_ids": 1.0, "base_collision_rate": 0.002, "largest_bucket": 3, "fallback_items": 0, "items": 9742,
-        "nn_share_d1": 0.4623, "nn_lift_d1": 93.4, "prefix_recall_at_k": 0.1224, "prefix_recall_random": 0.001,
+        "unique_full_ids": 1.0,
+        "base_collision_rate": 0.002,
+        "largest_bucket": 3,
+        "fallback_items": 0,
+        "items": 9742,
+        "nn_share_d1": 0.4623,
+        "nn_lift_d1": 93.4,
+        "prefix_recall_at_k": 0.1224,
+        "prefix_recall_random": 0.001,
     }
     return {**s, **over}
 

@@ -20,9 +20,7 @@ EXAMPLE = ROOT / "docs" / "examples" / "constrained_decoding.py"
 def test_example_runs_and_every_beam_is_an_item(tmp_path, assigned_index):
     paths = [tmp_path / n for n in ("trie.npz", "vocab.json", "semantic_ids.parquet")]
     export_index(assigned_index, paths[2], vocab=paths[1], trie=paths[0], special_tokens=True)
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE), *map(str, paths)], capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run([sys.executable, str(EXAMPLE), *map(str, paths)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("user ")]
     assert len(lines) == 2
