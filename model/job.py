@@ -42,8 +42,8 @@ def train_tokenizer(
     """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics).
 
         ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
-        graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called with one
-    line per phase (for a run without a progress bar)."""
+        graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
+        with one line per phase (for a run without a progress bar)."""
     if coliked is not None:
         check_trainable(config)
     if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:
