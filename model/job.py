@@ -41,9 +41,9 @@ def train_tokenizer(
 ) -> tuple[str, dict[str, Any]]:
     """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics).
 
-        ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
-        graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
-        with one line per phase (for a run without a progress bar)."""
+    ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
+    graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
+    with one line per phase (for a run without a progress bar)."""
     if coliked is not None:
         check_trainable(config)
     if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:
