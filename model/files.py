@@ -98,24 +98,15 @@ def create_temp_file(final: Path) -> tuple[Path, BinaryIO]:
 def write_stream_atomically(final: Path, write: Callable[[BinaryIO], None], *, kind: str | None = None) -> None:
     """Call ``write(f)`` on a fresh temporary file (``create_temp_file``), fsync it, then rename it to
     ``final``. ``kind`` (``segment``, ``vectors``, ``manifest``) names the file's fault-injection steps."""
-    tmp, f = create_temp_file(final)
-    try:
-        with f:
-            write(f)
-            f.flush()
-            if kind is not None:
-                fault_point(f"after-{kind}-write", tmp)
-            os.fsync(f.fileno())
-            if kind is not None:
-                fault_point(f"after-{kind}-fsync", tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    if kind is not None:
-        fault_point(f"after-{kind}-rename", final)
-    fsync_path(final.parent)
+
+    def produce(tmp: Path, f: BinaryIO) -> None:
+        write(f)
+        f.flush()
+
+    def sync(tmp: Path, f: BinaryIO) -> None:
+        os.fsync(f.fileno())
+
+    _publish(final, produce, sync, kind)
 
 
 def replace_atomically(final: Path, write: Callable[[Path], None], *, kind: str | None = None) -> None:
@@ -124,15 +115,35 @@ def replace_atomically(final: Path, write: Callable[[Path], None], *, kind: str 
 
     ``kind`` (``segment``, ``vectors``, ``manifest``) names the file's fault-injection steps.
     """
-    tmp, f = create_temp_file(final)
-    f.close()
-    try:
+
+    def produce(tmp: Path, f: BinaryIO) -> None:
+        f.close()  # the library opens the path itself
         write(tmp)
-        if kind is not None:
-            fault_point(f"after-{kind}-write", tmp)
+
+    def sync(tmp: Path, f: BinaryIO) -> None:
         fsync_path(tmp)
-        if kind is not None:
-            fault_point(f"after-{kind}-fsync", tmp)
+
+    _publish(final, produce, sync, kind)
+
+
+def _publish(
+    final: Path,
+    produce: Callable[[Path, BinaryIO], None],
+    sync: Callable[[Path, BinaryIO], None],
+    kind: str | None,
+) -> None:
+    """The one write path of both writers above: a fresh exclusive temporary file, ``produce``, ``sync``,
+    rename over ``final``, fsync the directory; the temporary file is removed on any failure. Fault points
+    (when ``kind`` is given) after the write, the fsync and the rename."""
+    tmp, f = create_temp_file(final)
+    try:
+        with f:
+            produce(tmp, f)
+            if kind is not None:
+                fault_point(f"after-{kind}-write", tmp)
+            sync(tmp, f)
+            if kind is not None:
+                fault_point(f"after-{kind}-fsync", tmp)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
