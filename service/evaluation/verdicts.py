@@ -218,5 +218,5 @@ def verdicts(summary: dict[str, Any], levels: list[dict[str, Any]]) -> list[dict
 def _advised(v: Verdict) -> Verdict:
     if v.status == "green":
         return v
-    key = "perplexity" if v.key.startswith("perplexity") else v.key
-    return Verdict(**{**asdict(v), "advice": ADVICE.get(key, "")})
+    per_level = v.label.startswith("Level ")  # a level's perplexity verdict (one advice for every level)
+    return Verdict(**{**asdict(v), "advice": ADVICE.get("perplexity" if per_level else v.key, "")})
