@@ -81,6 +81,7 @@ from semid.service.evaluation.interactions import InteractionsError, read_intera
 from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
 INTERACTIONS_ROW = "semid-rqvae-interactions"
+SMALL_SHAPE_ROW = "semid-rqvae-3x64"  # semid defaults but 64 codes a level: an ID shape for a ~4k-item catalog
 # benchmark name -> compare_tokenizers key (None: random codes, or the interactions row)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
@@ -89,6 +90,7 @@ SOURCES: dict[str, str | None] = {
     "semid-rqvae-equal-votes": "semid-rqvae-equal-votes",
     "semid-rqvae-plain": "semid-rqvae-plain",
     "semid-rqkmeans": "semid-rqkmeans",
+    SMALL_SHAPE_ROW: None,  # built per run: semid rqvae with codebook_size 64 (the generator keeps 256 a level)
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
     "faiss-rq": "faiss-rq",
     "faiss-rqkmeans": None,  # residual k-means with faiss.Kmeans, 256 codes a level (FAISS_RQKMEANS)
@@ -158,6 +160,8 @@ def fit_ids(
     if name == INTERACTIONS_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()))
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif name == SMALL_SHAPE_ROW:
+        fitted = _semid("rqvae", {"codebook_size": 64})(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif name == "faiss-rqkmeans":
         fitted = faiss_rqkmeans(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif source is None:
@@ -460,6 +464,8 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
 
 
 def _unsourced_label(name: str) -> str:
+    if name == SMALL_SHAPE_ROW:
+        return "semid rqvae, 3 x 64 codes (IDs in the generator's 256-code vocabulary)"
     return "semid rqvae + interactions (the generator's training pairs)" if name == INTERACTIONS_ROW else "random codes"
 
 
