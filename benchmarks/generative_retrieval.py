@@ -650,7 +650,7 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"warm-up over the first epoch; at most {b['epochs']} epochs, early stopping on the Recall@10 of "
             f"{s.get('val_users') or 'all'} validation users (a fixed sample) every {b['eval_every']} epoch(s), "
             f"patience {b['patience']}, best state kept"
-            + (f", training capped at {b['budget_s'] / 60:.0f} min" if b.get("budget_s") else "")
+            + (f", training capped at {b['budget_s'] / 60:.0f} CPU-min" if b.get("budget_s") else "")
             + f". Item-id baseline: SASRec-shaped (width {ib['width']}, {ib['layers']} layers, full softmax over "
             f"the catalog, at most {ib['epochs']} epochs), same stopping rule, lr x dropout grid "
             f"{list(s.get('item_lrs', []))} x "
@@ -741,7 +741,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget-minutes",
         type=float,
         default=None,
-        help="stop each model's training after this many minutes (quick runs: load-dependent results)",
+        help="stop each model's training after this many CPU-minutes of this process (quick runs)",
     )
     ap.add_argument("--valid", action="store_true", help="also decode the validation targets")
     ap.add_argument(
