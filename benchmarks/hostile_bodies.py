@@ -232,8 +232,8 @@ def run_case(index: Path, workdir: Path, label: str, before_code: Path | None, c
 def build_index(workdir: Path) -> tuple[Path, str]:
     import pyarrow.parquet as pq
 
-    from semid.model.catalog import read_catalog
-    from semid.model.synthetic import synthetic_catalog, write_catalog
+    from semid.model.data.catalog import read_catalog
+    from semid.model.data.synthetic import synthetic_catalog, write_catalog
     from semid.service.assign import assign_catalog
 
     if MOVIELENS.is_file():

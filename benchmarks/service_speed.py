@@ -493,7 +493,7 @@ def server_side_steps(index_dir: Path, body: bytes, arrow_body: bytes, server_th
     import torch
     from fastapi.responses import JSONResponse
 
-    from semid.model.catalog import embeddings_to_numpy
+    from semid.model.data.catalog import embeddings_to_numpy
     from semid.service.api.schemas import EncodeRequest
     from semid.service.encoder import CheckpointEncoder
     from semid.service.ids.layout import IdLayout
@@ -639,7 +639,7 @@ def main() -> None:
         prefixes, max_id, index_items = draw_prefixes(index_dir, args.seed)
         prefix_paths = [f"/v1/prefixes/{p}?limit=10" for p in prefixes]
         children_paths = [f"/v1/prefixes/{p}/children" for p in prefixes]
-        from semid.model.checkpoint import load_checkpoint
+        from semid.model.training.checkpoint import load_checkpoint
 
         dim = int(load_checkpoint(index_dir / "checkpoint").config.model.input_dim)
 

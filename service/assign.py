@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from semid.model.catalog import CatalogError, check_parquet_columns, iter_parquet_batches, read_catalog
+from semid.model.data.catalog import CatalogError, check_parquet_columns, iter_parquet_batches, read_catalog
 from semid.service.encoder import CheckpointEncoder, EncodedBatch
 from semid.service.ids.dedup import resolution_shards, resolve_collisions
 from semid.service.ids.hashing import embedding_hash
@@ -173,7 +173,7 @@ def _batches(
         if cat.dim != dim:
             raise CatalogError(f"catalog {catalog} has dimension {cat.dim}; the checkpoint expects {dim}")
         for s in range(0, len(cat), batch_rows):
-            from semid.model.catalog import CatalogBatch
+            from semid.model.data.catalog import CatalogBatch
 
             yield CatalogBatch(
                 item_ids=cat.item_ids[s : s + batch_rows],
@@ -413,7 +413,7 @@ def _expand(enc, mask: np.ndarray):
 
 
 def _check_unique(parts: list[np.ndarray]) -> None:
-    from semid.model.catalog import check_unique_ids
+    from semid.model.data.catalog import check_unique_ids
 
     ids = np.concatenate(parts)
     check_unique_ids(ids)

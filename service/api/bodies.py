@@ -34,7 +34,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from semid.model.catalog import CatalogError, embeddings_to_numpy
+from semid.model.data.catalog import CatalogError, embeddings_to_numpy
 from semid.service.api.arrow_body import read_arrow_body
 from semid.service.api.json_matrix import JsonEncodeBody, read_encode_body
 from semid.service.api.json_shape import SPARE_KEYS, BodyShape, check_shape

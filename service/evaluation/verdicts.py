@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from semid.model.metrics import flat_key
+from semid.model.training.metrics import flat_key
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from semid.model.files import write_json_atomically
+from semid.model.data.files import write_json_atomically
 from semid.service.errors import InvalidInputError, InvalidSemanticIdError
 from semid.service.ids.layout import IdLayout
 

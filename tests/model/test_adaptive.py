@@ -1,4 +1,4 @@
-"""The catalog decides whether the first level uses graph targets (semid.model.adaptive)."""
+"""The catalog decides whether the first level uses graph targets (semid.model.first_level.adaptive)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from semid.model.adaptive import GraphDecision, decide_graph_targets, judge_trained, neighbour_agreement
-from semid.model.checkpoint import RESUME_STATE, load_checkpoint
-from semid.model.graph_targets import build_targets
-from semid.model.job import train_tokenizer
-from semid.model.synthetic import synthetic_catalog
+from semid.model.data.synthetic import synthetic_catalog
+from semid.model.first_level.adaptive import GraphDecision, decide_graph_targets, judge_trained, neighbour_agreement
+from semid.model.first_level.graph_targets import build_targets
+from semid.model.training.checkpoint import RESUME_STATE, load_checkpoint
+from semid.model.training.job import train_tokenizer
 from tests.conftest import tiny_config
 
 # One diffuse blob: k-means cuts it into cells that split many neighbour pairs; the graph moves the
@@ -141,7 +141,7 @@ class GraphSpy:
     """Records the row count and threshold of every k-NN graph build_targets asks for."""
 
     def __init__(self, monkeypatch):
-        import semid.model.graph_targets as graph_targets
+        import semid.model.first_level.graph_targets as graph_targets
 
         self.calls: list[tuple[int, int]] = []
         real = graph_targets.knn_graph
@@ -196,7 +196,7 @@ def test_targets_asked_for_skip_the_sample(tmp_path, monkeypatch):
 
 
 def test_a_resumed_run_takes_the_same_sampled_decision_and_weights(tmp_path, monkeypatch):
-    from semid.model import job
+    from semid.model.training import job
 
     x = catalog(DIFFUSE)
     cfg = tiny_config(epochs=6, graph_neighbours=10, graph_exact_items=500, graph_min_gain=0.05)

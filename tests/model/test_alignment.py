@@ -1,4 +1,4 @@
-"""Renaming a tokenizer's codes (semid.model.alignment): optimal matching, exact renaming, a new checkpoint."""
+"""Renaming a tokenizer's codes (semid.model.training.alignment): optimal matching, exact renaming, a new checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from semid.model.alignment import (
+from semid.model.training.alignment import (
     Alignment,
     agreement,
     fit_alignment,
@@ -16,8 +16,8 @@ from semid.model.alignment import (
     permute_codes,
     write_aligned_checkpoint,
 )
-from semid.model.checkpoint import load_checkpoint
-from semid.model.job import train_tokenizer
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
 from tests.conftest import tiny_config
 
 
@@ -140,8 +140,8 @@ def test_unknown_per_code_state_is_refused(two_seeds):
 def test_movielens_rqkmeans_seeds_align_exactly_and_agree_more(movielens, tmp_path):
     """Two seeds of a quick RQ-KMeans on the real catalog: the aligned checkpoint renames codes exactly and
     keeps far more level-1 codes (the RQ-VAE figures are in benchmarks/results/migration_agreement.md)."""
-    from semid.model.catalog import read_catalog
     from semid.model.config import SemidConfig
+    from semid.model.data.catalog import read_catalog
 
     x = read_catalog(movielens).embeddings
     loaded = []

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semid.model import anchor_search
-from semid.model.anchor_search import Bf16Prefilter, half_spacing
-from semid.model.anchors import EXACT, FirstLevelAnchors, top_k
-from semid.model.synthetic import synthetic_catalog
+from semid.model.data.synthetic import synthetic_catalog
+from semid.model.first_level import anchor_search
+from semid.model.first_level.anchor_search import Bf16Prefilter, half_spacing
+from semid.model.first_level.anchors import EXACT, FirstLevelAnchors, top_k
 from tests.model.test_anchors_top_k import plain_vote
 
 

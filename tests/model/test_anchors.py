@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import torch
 
-from semid.model.anchors import FirstLevelAnchors, anchor_rows, digests, rank_weights
-from semid.model.checkpoint import CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE, fingerprint_of, load_checkpoint
-from semid.model.job import train_tokenizer
+from semid.model.first_level.anchors import FirstLevelAnchors, anchor_rows, digests, rank_weights
+from semid.model.training.checkpoint import CONFIG_FILE, FINGERPRINT_FILE, WEIGHTS_FILE, fingerprint_of, load_checkpoint
+from semid.model.training.job import train_tokenizer
 from tests.conftest import tiny_config
 
 ANCHOR_FIELDS = ("first_level_anchors", "anchor_neighbours", "anchor_balance", "anchor_rank_scale", "anchor_min_share")
@@ -179,7 +179,7 @@ def test_anchors_of_a_small_catalog_store_no_digests():
 
 
 def test_representatives_are_bounded_and_give_every_code_its_share():
-    from semid.model.anchors import representatives
+    from semid.model.first_level.anchors import representatives
 
     g = torch.Generator().manual_seed(0)
     unit = torch.nn.functional.normalize(torch.randn(5000, 8, generator=g), dim=1)

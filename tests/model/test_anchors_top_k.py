@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semid.model.anchors import EXACT, FirstLevelAnchors, top_k
-from semid.model.synthetic import synthetic_catalog
+from semid.model.data.synthetic import synthetic_catalog
+from semid.model.first_level.anchors import EXACT, FirstLevelAnchors, top_k
 
 
 def plain_vote(anchors: FirstLevelAnchors, target: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from semid.model.catalog import CatalogError, iter_parquet_batches, read_catalog
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.catalog import CatalogError, iter_parquet_batches, read_catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 
 
 def _write(path, ids, emb_array, **extra):

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from semid.model.checkpoint import CheckpointError, load_checkpoint
+from semid.model.training.checkpoint import CheckpointError, load_checkpoint
 
 
 def test_save_load_round_trip_gives_identical_codes(tiny_checkpoint, tiny_catalog):

@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from semid.model.catalog import Catalog, CatalogError
-from semid.model.checkpoint import load_checkpoint
-from semid.model.coliked import ColikedGraph, InteractionsFileError, coliked_partners, read_coliked
 from semid.model.config import TrainConfig
-from semid.model.graph_targets import build_targets
-from semid.model.job import train_tokenizer
-from semid.model.synthetic import write_catalog
+from semid.model.data.catalog import Catalog, CatalogError
+from semid.model.data.synthetic import write_catalog
+from semid.model.first_level.coliked import ColikedGraph, InteractionsFileError, coliked_partners, read_coliked
+from semid.model.first_level.graph_targets import build_targets
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
 from semid.service.cli import main
 from tests.conftest import tiny_config
 

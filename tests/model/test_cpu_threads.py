@@ -1,4 +1,4 @@
-"""Training threads on a shared machine (semid.model.cpu_threads; speed: benchmarks/train_under_load.py)."""
+"""Training threads on a shared machine (semid.model.training.cpu_threads; speed: benchmarks/train_under_load.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from semid.model import cpu_threads
+from semid.model.training import cpu_threads
 
 
 def test_default_is_the_usable_cpus_whatever_the_load(monkeypatch):
@@ -39,7 +39,7 @@ def test_cli_sets_passive_waiting_before_openmp_loads():
 
 
 def test_checkpoint_records_the_thread_count(tmp_path, monkeypatch, tiny_catalog):
-    from semid.model.job import train_tokenizer
+    from semid.model.training.job import train_tokenizer
     from tests.conftest import tiny_config
 
     monkeypatch.setenv("SEMID_THREADS", "1")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from semid.model.checkpoint import load_checkpoint
 from semid.model.config import TrainConfig
-from semid.model.job import train_tokenizer
-from semid.model.rqvae import build_tokenizer
-from semid.model.train import epoch_items, fit_rqvae
+from semid.model.tokenizers.rqvae import build_tokenizer
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
+from semid.model.training.train import epoch_items, fit_rqvae
 from tests.conftest import tiny_config
 
 
@@ -65,8 +65,8 @@ def test_a_capped_run_is_reproducible_and_sees_fresh_items_each_epoch(tiny_catal
 def test_per_epoch_work_is_bounded_by_the_budget_not_the_catalog(tiny_catalog, monkeypatch):
     """What runs after each epoch (health figures, dead-code resets) sees a fixed sample, so a 1M-item
     epoch costs what a 100k one does (benchmarks/results/train_scale.md)."""
-    import semid.model.train as train
-    from semid.model.quantizer import ResidualQuantizer
+    import semid.model.training.train as train
+    from semid.model.tokenizers.quantizer import ResidualQuantizer
 
     evaluated: list[int] = []
     reset: list[int] = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from semid.model.checkpoint import load_checkpoint
-from semid.model.graph_targets import GraphTargets, build_targets, knn_graph, refine_labels
-from semid.model.job import train_tokenizer
-from semid.model.quantizer import ResidualQuantizer
+from semid.model.first_level.graph_targets import GraphTargets, build_targets, knn_graph, refine_labels
+from semid.model.tokenizers.quantizer import ResidualQuantizer
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
 from tests.conftest import tiny_config
 
 

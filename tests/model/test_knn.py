@@ -7,9 +7,9 @@ import faiss
 import numpy as np
 import pytest
 
-from semid.model.graph_targets import build_targets
-from semid.model.knn import exact_knn, hnsw_knn, knn_graph, recall, unit_rows
-from semid.model.synthetic import synthetic_catalog
+from semid.model.data.synthetic import synthetic_catalog
+from semid.model.first_level.graph_targets import build_targets
+from semid.model.first_level.knn import exact_knn, hnsw_knn, knn_graph, recall, unit_rows
 
 
 def brute_force(x: np.ndarray, k: int) -> np.ndarray:

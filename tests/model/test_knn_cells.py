@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from semid.model import knn
-from semid.model.knn import cells_knn, exact_knn, knn_graph, recall, unit_rows
-from semid.model.knn_cells import cell_knn, cell_members
-from semid.model.synthetic import synthetic_catalog
+from semid.model.data.synthetic import synthetic_catalog
+from semid.model.first_level import knn
+from semid.model.first_level.knn import cells_knn, exact_knn, knn_graph, recall, unit_rows
+from semid.model.first_level.knn_cells import cell_knn, cell_members
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Per-level code health has one home (semid.model.metrics.level_health), one rounding (LevelHealth.to_json)
+"""Per-level code health has one home (semid.model.training.metrics.level_health), one rounding (LevelHealth.to_json)
 and one flat-key format (flat_levels / levels_from_flat)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semid.model.metrics import (
+from semid.model.training.metrics import (
     ROUNDING,
     TRAINING_LEVEL_FIELDS,
     codebook_health,
@@ -120,4 +120,4 @@ def test_no_other_module_computes_or_parses_per_level_health():
                 continue
             text = path.read_text(encoding="utf-8")
             found += [f"{path.relative_to(ROOT)}: {what}" for what, rx in patterns.items() if rx.search(text)]
-    assert not found, f"use semid.model.metrics (level_health, flat_levels, levels_from_flat): {found}"
+    assert not found, f"use semid.model.training.metrics (level_health, flat_levels, levels_from_flat): {found}"

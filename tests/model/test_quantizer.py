@@ -1,6 +1,6 @@
 import torch
 
-from semid.model.quantizer import ResidualQuantizer
+from semid.model.tokenizers.quantizer import ResidualQuantizer
 
 
 def test_encode_decode_reduces_error_with_each_level():

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from semid.model.checkpoint import load_checkpoint
-from semid.model.job import train_tokenizer
-from semid.model.train import lr_factor
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
+from semid.model.training.train import lr_factor
 from tests.conftest import tiny_config
 
 
@@ -55,8 +55,8 @@ def test_codebook_loss_variant_and_rqkmeans_train_and_use_their_codebooks(tiny_c
 
 
 def test_resume_continues_an_interrupted_run_to_the_same_result(tiny_catalog, tmp_path):
-    from semid.model import job
-    from semid.model.checkpoint import RESUME_STATE
+    from semid.model.training import job
+    from semid.model.training.checkpoint import RESUME_STATE
 
     cfg = tiny_config(epochs=8)
     train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "full")

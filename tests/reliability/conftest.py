@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 from tests.conftest import ROOT
 
 SEMID = [sys.executable, "-m", "semid.service.cli"]
@@ -58,9 +58,9 @@ def catalogs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory, catalogs) -> Path:
     """A small RQ-VAE with room for every test item (3 x 64 codes, dedup 64)."""
-    from semid.model.catalog import read_catalog
     from semid.model.config import SemidConfig
-    from semid.model.job import train_tokenizer
+    from semid.model.data.catalog import read_catalog
+    from semid.model.training.job import train_tokenizer
 
     cfg = SemidConfig.from_dict(
         {

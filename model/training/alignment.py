@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from semid.model.checkpoint import LoadedCheckpoint, save_checkpoint
-from semid.model.rqvae import SemanticTokenizer
+from semid.model.tokenizers.rqvae import SemanticTokenizer
+from semid.model.training.checkpoint import LoadedCheckpoint, save_checkpoint
 
 # Quantizer state indexed [level, code, ...]: every entry is permuted with the codebook rows.
 PER_CODE_STATE = ("codebooks", "ema_count", "ema_sum", "usage")

@@ -2,7 +2,7 @@
 
 The exact graph (one FAISS flat search of every item against every item) costs O(n^2 d): a
 minute at 50k items, hours at 1M. Above ``exact_max_items`` the graph is approximate: a cell join
-(semid.model.knn_cells): seeded k-means cells of ~2,000 first-choice items, every item a member of
+(semid.model.first_level.knn_cells): seeded k-means cells of ~2,000 first-choice items, every item a member of
 its 3 nearest cells, and inside each cell one exact all-pairs block (float32 matmuls, one BLAS
 thread per worker, the cells shared by a pool of threads), each item keeping the best 10 over its
 cells. Two items are found exactly when they share a cell.
@@ -51,12 +51,15 @@ import time
 import faiss
 import numpy as np
 
-from semid.model.knn_cells import cell_knn
+from semid.model.first_level.knn_cells import cell_knn
 
 log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 50_000  # up to this size the graph is exact (the graph every release before this one built)
-APPROXIMATE = ("cells", "hnsw")  # above it: the cell join (semid.model.knn_cells), or the HNSW index of 0.5-0.6
+APPROXIMATE = (
+    "cells",
+    "hnsw",
+)  # above it: the cell join (semid.model.first_level.knn_cells), or the HNSW index of 0.5-0.6
 HNSW_LINKS = 32  # M: links per node (64 on the bottom layer)
 HNSW_BUILD_DEPTH = 80  # efConstruction
 HNSW_SEARCH_DEPTH = 64  # efSearch (raised to k + 1 when k is larger)

@@ -1,7 +1,7 @@
 """Codebook-health figures computed from codes: utilisation, perplexity, dead codes, collisions.
 
 Per-level health has one home, :func:`level_health`: it computes every per-level figure of codes
-``[N, L]`` at full precision, as one :class:`LevelHealth` per level. Training curves (``model/train.py``),
+``[N, L]`` at full precision, as one :class:`LevelHealth` per level. Training curves (``model/training/train.py``),
 ``semid evaluate`` (``service/evaluation/figures.py``) and the id-quality report
 (``service/evaluation/code_health.py``) all call it; none computes a level's figures itself.
 

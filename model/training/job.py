@@ -11,20 +11,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from semid.model.adaptive import GraphDecision, judge_trained
-from semid.model.anchors import REPRESENTATIVES, anchor_rows, representatives
-from semid.model.checkpoint import (
+from semid.model.config import SemidConfig
+from semid.model.first_level.adaptive import GraphDecision, judge_trained
+from semid.model.first_level.anchors import REPRESENTATIVES, anchor_rows, representatives
+from semid.model.first_level.coliked import ColikedGraph, check_trainable
+from semid.model.tokenizers.rqvae import SemanticTokenizer, build_tokenizer
+from semid.model.training.checkpoint import (
     CheckpointError,
     clear_resume_state,
     load_resume_state,
     save_checkpoint,
     save_resume_state,
 )
-from semid.model.coliked import ColikedGraph, check_trainable
-from semid.model.config import SemidConfig
-from semid.model.cpu_threads import apply_threads
-from semid.model.rqvae import SemanticTokenizer, build_tokenizer
-from semid.model.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
+from semid.model.training.cpu_threads import apply_threads
+from semid.model.training.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def train_tokenizer(
 ) -> tuple[str, dict[str, Any]]:
     """Fit a tokenizer on [N, D] float32 embeddings and write a checkpoint; returns (fingerprint, metrics).
 
-    ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
+    ``coliked``: co-liked partners of the rows (semid.model.first_level.coliked), blended into the first-level
     graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
     with one line per phase (for a run without a progress bar)."""
     if coliked is not None:
@@ -54,7 +54,7 @@ def train_tokenizer(
         raise ValueError(f"training needs at least 2 embeddings, got shape {embeddings.shape}")
     if embeddings.shape[1] != config.model.input_dim:
         config = config.with_overrides("model", input_dim=int(embeddings.shape[1]))
-    threads = apply_threads(config.train.threads)  # fewer threads on a busy machine (semid.model.cpu_threads)
+    threads = apply_threads(config.train.threads)  # fewer threads on a busy machine (semid.model.training.cpu_threads)
     if note is not None:
         note(f"training on {threads} thread(s)")
     state = TrainState()
@@ -102,7 +102,8 @@ def train_tokenizer(
         "final": final,
         "epochs": history,
         "interactions": coliked.record if coliked is not None else None,
-        "graph_targets": state.graph_decision,  # the catalog's measurement and decision (semid.model.adaptive)
+        # the catalog's measurement and decision (semid.model.first_level.adaptive)
+        "graph_targets": state.graph_decision,
         "threads": threads,  # picked from the load unless set: pin it (--threads) to reproduce a run bit for bit
     }
     fingerprint = save_checkpoint(out, tokenizer, config, metrics)
@@ -119,7 +120,8 @@ def _judge_graph_targets(
     out: Path,
     progress: bool,
 ) -> tuple[SemanticTokenizer, list[dict[str, Any]]]:
-    """Keep a run trained on graph targets if its first codes hold their gain (semid.model.adaptive.judge_trained).
+    """Keep a run trained on graph targets if its first codes hold their gain
+    (semid.model.first_level.adaptive.judge_trained).
     In doubt, train again exactly as with ``graph_targets: false`` (same seed) and keep whichever the rule picks.
 
     When the plain run is kept, the metrics' epochs are its own; train_seconds counts both runs. The plain
@@ -163,7 +165,7 @@ def _first_codes(tokenizer: SemanticTokenizer, x: torch.Tensor, batch: int = 819
 def _set_anchors(tokenizer: SemanticTokenizer, embeddings: np.ndarray, config: SemidConfig) -> None:
     """Keep every training item with the first code the trained quantizer gives it; a catalog with more items
     than ``first_level_anchors`` keeps a bounded set of per-code representatives instead, plus the digests of
-    its items so that they keep their trained codes (semid.model.anchors.representatives)."""
+    its items so that they keep their trained codes (semid.model.first_level.anchors.representatives)."""
     limit = config.model.first_level_anchors
     rows = torch.from_numpy(anchor_rows(embeddings.shape[0], limit))
     x = torch.from_numpy(embeddings)

@@ -1,6 +1,6 @@
 """Whether a catalog's first level should use graph targets, decided from the catalog itself.
 
-Graph targets (semid.model.graph_targets) buy one thing, neighbours that share a first code, and
+Graph targets (semid.model.first_level.graph_targets) buy one thing, neighbours that share a first code, and
 cost the same everywhere: the latent spends capacity on reproducing the labels, so reconstruction
 and the lower levels get worse. Whether the purchase is worth it depends on the catalog, and the
 graph build already holds the measurement that says so: the share of each item's k nearest
@@ -21,11 +21,11 @@ labels and the graph, which are deterministic given the embeddings and the seed,
 run takes the same decision.
 
 Above ``graph_exact_items`` the full graph is approximate and costs minutes to build (HNSW,
-semid.model.knn; 1,080 s of a 1,441 s training at 1M items, benchmarks/results/train_scale_1m_hnsw.md),
+semid.model.first_level.knn; 1,080 s of a 1,441 s training at 1M items, benchmarks/results/train_scale_1m_hnsw.md),
 and on clustered catalogs the answer was "not used" after paying for it (with this, that training
 takes 431 s: benchmarks/results/train_scale_1m_sampled_decision.md). So a larger catalog is
 measured first on the exact graph of a seeded sample of ``graph_exact_items`` rows (the graph the
-catalogs of that size use anyway; semid.model.train), and the full graph is built only when the
+catalogs of that size use anyway; semid.model.training.train), and the full graph is built only when the
 targets will be used. The record says so (``decided_on_sample``: the sample's size, ``items`` is the
 same); :func:`judge_trained` then measures the trained codes on that sample's graph too, so every
 agreement in the record is taken on one graph. Targets the user asked for ("always", "interactions")
@@ -36,7 +36,7 @@ isotropic blobs (synthetic, 32 clusters for 256 codes) shows the largest gain of
 yet the tokenizer trained on those targets kept almost none of it (0.24) and lost to the plain one
 (collisions 7.6 % vs 4.9 %, 20-epoch run). So a run that used the targets is judged once more after
 training (:func:`judge_trained`): if the trained first codes do not beat k-means' agreement by
-``graph_min_gain`` on the same graph, the job also trains without targets (semid.model.job) and keeps
+``graph_min_gain`` on the same graph, the job also trains without targets (semid.model.training.job) and keeps
 the targets only if they beat that plain run by ``graph_min_gain``; otherwise the checkpoint is the
 plain run's. The second training is paid only where the first one is in doubt.
 """

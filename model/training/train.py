@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semid.model.adaptive import GraphDecision, decide_graph_targets
-from semid.model.coliked import ColikedGraph, check_trainable
 from semid.model.config import SemidConfig
-from semid.model.graph_targets import GraphTargets, build_targets
+from semid.model.first_level.adaptive import GraphDecision, decide_graph_targets
+from semid.model.first_level.coliked import ColikedGraph, check_trainable
+from semid.model.first_level.graph_targets import GraphTargets, build_targets
 from semid.model.kmeans import squared_distances
-from semid.model.metrics import codebook_health, levels_from_flat
-from semid.model.rqvae import SemanticTokenizer
+from semid.model.tokenizers.rqvae import SemanticTokenizer
+from semid.model.training.metrics import codebook_health, levels_from_flat
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class TrainState:
     start_epoch: int = 0
     optimizer_state: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    graph_decision: dict[str, Any] | None = None  # filled by fit_rqvae: semid.model.adaptive's record
+    graph_decision: dict[str, Any] | None = None  # filled by fit_rqvae: semid.model.first_level.adaptive's record
     targets: GraphTargets | None = None  # the graph targets trained with (in memory only: rebuilt on resume)
     measured: GraphTargets | None = None  # the graph the decision was measured on: the targets', or a sample's
 
@@ -128,9 +128,9 @@ def fit_rqvae(
     initialisation on the warmed-up latents, dead-code reset after each epoch (for the first
     `dead_code_reset_until` of the run), optional EMA codebooks, beta warm-up.
 
-    With `graph_targets` the first level learns neighbour-aware labels (semid.model.graph_targets):
+    With `graph_targets` the first level learns neighbour-aware labels (semid.model.first_level.graph_targets):
     its codebook starts from the labels' latent means and a cross-entropy on the first-level
-    code distances teaches the encoder to reproduce them. ``coliked`` (semid.model.coliked) adds
+    code distances teaches the encoder to reproduce them. ``coliked`` (semid.model.first_level.coliked) adds
     co-liked partners to the graph those labels are refined on.
     """
     t = cfg.train
@@ -152,7 +152,7 @@ def fit_rqvae(
     if coliked is not None:
         check_trainable(cfg)
     targets = None
-    if t.graph_targets:  # the catalog decides whether they are worth their cost (semid.model.adaptive)
+    if t.graph_targets:  # the catalog decides whether they are worth their cost (semid.model.first_level.adaptive)
         if note is not None:
             note("graph targets: building the k-NN graph and measuring their gain")
         targets, state.measured, decision = _decided_graph_targets(tokenizer, x, cfg, coliked)
@@ -268,7 +268,7 @@ def _decided_graph_targets(
 
     A graph of more than ``graph_exact_items`` rows is approximate and slow to build, so its catalog is
     measured first on the exact graph of a seeded sample of that many rows, and the full graph is built
-    only if the targets will be used (semid.model.adaptive). Targets the user asked for (interactions,
+    only if the targets will be used (semid.model.first_level.adaptive). Targets the user asked for (interactions,
     ``graph_min_gain`` 0) need no measurement first. Smaller graphs are built and measured whole, as before."""
     t = cfg.train
     sample = None

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from semid.model.catalog import Catalog
-from semid.model.files import write_parquet_atomically
+from semid.model.data.catalog import Catalog
+from semid.model.data.files import write_parquet_atomically
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The anchors' exact k-nearest search, found through a bfloat16 pre-filter (semid.model.anchors).
+"""The anchors' exact k-nearest search, found through a bfloat16 pre-filter (semid.model.first_level.anchors).
 
 The first-level vote needs each input's k nearest anchors by float32 cosine. The float32 matmul of 1,024
 inputs against 5,000 anchors takes ~43 ms on this machine's CPU (one thread, quiet); the same matmul in
@@ -108,7 +108,7 @@ class Bf16Prefilter:
     """The exact top k of ``q @ unit_t`` for most rows of a batch, the rest reported unsure (see the module).
 
     ``unit_t``: float32 [d, anchors], the anchors as columns; ``exact_top_k(sims, k)``: the plain search's
-    top k of a float32 sims matrix (semid.model.anchors.top_k). ``rows_decided`` counts the rows the
+    top k of a float32 sims matrix (semid.model.first_level.anchors.top_k). ``rows_decided`` counts the rows the
     pre-filter settled, ``rows_unsure`` all others (the tests check it is used, not silently bypassed).
 
     :meth:`nearest` times both searches on this process's own large calls and uses the quicker (they give

@@ -19,8 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from semid.model.config import SemidConfig
-from semid.model.files import copy_dir_atomically, replace_atomically, write_bytes_atomically, write_json_atomically
-from semid.model.rqvae import SemanticTokenizer, build_tokenizer
+from semid.model.data.files import (
+    copy_dir_atomically,
+    replace_atomically,
+    write_bytes_atomically,
+    write_json_atomically,
+)
+from semid.model.tokenizers.rqvae import SemanticTokenizer, build_tokenizer
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"

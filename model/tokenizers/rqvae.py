@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semid.model.anchors import FirstLevelAnchors
 from semid.model.config import ModelConfig, TrainConfig
-from semid.model.normalizer import InputNormalizer
-from semid.model.quantizer import QuantizedResult, ResidualQuantizer
+from semid.model.first_level.anchors import FirstLevelAnchors
+from semid.model.tokenizers.normalizer import InputNormalizer
+from semid.model.tokenizers.quantizer import QuantizedResult, ResidualQuantizer
 
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -85,7 +85,7 @@ class SemanticTokenizer(nn.Module):
     def encode(self, x: torch.Tensor, *, alternatives: int = 1) -> EncodeResult:
         """Embeddings [N, D] -> codes [N, L] (+ distances and last-level alternatives).
 
-        With anchors, the first code is their k-NN vote (semid.model.anchors) where it is decided."""
+        With anchors, the first code is their k-NN vote (semid.model.first_level.anchors) where it is decided."""
         target = self.normalizer(x)
         first = None
         if self.anchors is not None and self.anchors.size:

@@ -9,7 +9,7 @@ pairs (a larger catalog keeps at most ``REPRESENTATIVES`` per-code k-means centr
 vote's cost stay bounded, plus an 8-byte digest of each training item so that those items keep the code they
 were trained to rather than being voted on: :func:`representatives`, :func:`digests`), and an input's
 first code is the majority code of its k nearest anchors (cosine, exact; large batches find them
-through a bf16 pre-filter with a proven error bound, semid.model.anchor_search, and get the codes of the
+through a bf16 pre-filter with a proven error bound, semid.model.first_level.anchor_search, and get the codes of the
 float32 search of every anchor),
 each vote weighted by ``1 / anchors of its code ** balance`` (a plain majority favours large codes:
 on MovieLens it cut the held-out first-level perplexity from 210 to 168; balance 0.5 keeps 198)
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semid.model.anchor_search import Bf16Prefilter
+from semid.model.first_level.anchor_search import Bf16Prefilter
 
 EXACT = 0.9999  # cosine at which an input is taken to be the anchor itself (vectors are float16)
 SEARCH_CHUNK = 4096  # query rows per similarity matmul (bounds memory: chunk x anchors floats)
@@ -59,7 +59,9 @@ class FirstLevelAnchors(nn.Module):
         self.register_buffer("codes", torch.zeros(0, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(0, 0))
         self._unit_t: torch.Tensor | None = None  # float32 [dim, anchors] copy of vectors, made on first use
-        self._prefilter: Bf16Prefilter | None = None  # its bf16 search (semid.model.anchor_search), made with it
+        self._prefilter: Bf16Prefilter | None = (
+            None  # its bf16 search (semid.model.first_level.anchor_search), made with it
+        )
         self._cache: tuple | None = None  # (key, codes, weights) of the last codebook voted with
         # sorted int64 digests (:func:`digests`) of the training items when the anchors are representatives
         # (a catalog above ``first_level_anchors``); in the state dict only when non-empty, so checkpoints

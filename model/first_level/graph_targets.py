@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from semid.model.first_level.knn import EXACT_MAX_ITEMS, knn_graph
 from semid.model.kmeans import kmeans, nearest
-from semid.model.knn import EXACT_MAX_ITEMS, knn_graph
 
 if TYPE_CHECKING:
-    from semid.model.coliked import ColikedGraph
+    from semid.model.first_level.coliked import ColikedGraph
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def build_targets(
     """k-means on the (normalised) inputs, then balanced refinement on their k-NN graph.
 
     The k-NN graph is exact up to ``exact_max_items`` rows and approximate above (HNSW,
-    semid.model.knn); above ``max_items`` rows it is built on a seeded sample of that many rows
+    semid.model.first_level.knn); above ``max_items`` rows it is built on a seeded sample of that many rows
     (the encoder generalises to the others). With ``coliked``, the
-    items' co-liked partners vote beside their content neighbours (semid.model.coliked); the soft
+    items' co-liked partners vote beside their content neighbours (semid.model.first_level.coliked); the soft
     targets keep the content neighbours only.
     """
     n = x.shape[0]

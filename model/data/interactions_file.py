@@ -1,6 +1,6 @@
 """Reading a user-item interactions file (CSV or Parquet): the one home of its column detection.
 
-`semid train --interactions` (semid.model.coliked) and `semid evaluate --interactions`
+`semid train --interactions` (semid.model.first_level.coliked) and `semid evaluate --interactions`
 (semid.service.evaluation.interactions) read the same files: the user, item and rating columns are
 found by name (or named by the caller), and only those columns are read.
 """

@@ -11,7 +11,7 @@ The user term damps heavy users (a user who liked 500 items says less about each
 liked 5), the popularity term (the same weighted count of one item) keeps blockbusters from being
 everyone's partner: it is the cosine of the items' damped user vectors, the usual item-item
 collaborative similarity. Each item keeps its top ``coliked_partners`` partners liked by at least
-``coliked_min_users`` users. In the graph refinement of semid.model.graph_targets each partner votes
+``coliked_min_users`` users. In the graph refinement of semid.model.first_level.graph_targets each partner votes
 for its code with weight ``coliked_weight`` beside the item's k content neighbours (weight 1), so
 co-liked items are pulled under one first code; items without partners keep content-only votes.
 
@@ -33,9 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import sparse
 
-from semid.model.catalog import CatalogError
 from semid.model.config import SemidConfig, TrainConfig
-from semid.model.interactions_file import read_interaction_columns
+from semid.model.data.catalog import CatalogError
+from semid.model.data.interactions_file import read_interaction_columns
 
 log = logging.getLogger(__name__)
 

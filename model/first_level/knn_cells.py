@@ -5,7 +5,7 @@ Seeded k-means splits the catalog into about ``n / CELL_ITEMS`` cells; every ite
 every member is compared with every other member by one matrix product, row block by row block,
 keeping each row's k + 1 best. An item's neighbours are the best k over its cells, duplicates merged.
 Two items are found as neighbours exactly when they share a cell, so the recall is the share of
-true neighbour pairs that share one (see semid.model.knn for the figures and the alternatives).
+true neighbour pairs that share one (see semid.model.first_level.knn for the figures and the alternatives).
 
 Cost: the sum over cells of size^2 * d multiply-adds, about membership^2 * n * CELL_ITEMS * d (at
 1M items x 384: 500 cells of ~6,000 members, ~20k candidates per item). All of it is BLAS, so it
