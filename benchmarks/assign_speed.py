@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from tests.servers import semid_command  # noqa: E402
 
 BAR_SECONDS = 60.0
 BAR_RSS_MB = 2048.0
@@ -134,12 +135,6 @@ def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_E
     )
     train_tokenizer(embeddings, SemidConfig.from_dict(data), out)
     return out
-
-
-def semid_command() -> list[str]:
-    """The venv's `semid` console script next to this interpreter, else `python -m semid.service.cli`."""
-    exe = Path(sys.executable).parent / "semid"
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "semid.service.cli"]
 
 
 def checkpoint_input_dim(path: Path) -> int:

@@ -45,7 +45,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import quick_checkpoint  # noqa: E402
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from benchmarks.service_speed import Server  # noqa: E402
+from tests.servers import Server  # noqa: E402
 
 API_KEY = "bench-key"
 DIM = 384

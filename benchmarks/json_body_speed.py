@@ -342,7 +342,7 @@ _SERVE_BEFORE = (
 def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: Path, checkpoint: str) -> list[dict]:
     """A real `semid serve` on loopback, before (msgspec) and shipped (simdjson): --workers-threads 1 then 2,
     each with one keep-alive client, then two concurrent ones (each its own connection), for each body."""
-    from benchmarks.service_speed import Server
+    from tests.servers import Server
 
     rows = []
     for threads, parser in [(t, p) for t in (1, 2) for p in ("msgspec (before)", "simdjson (shipped)")]:
