@@ -7,38 +7,35 @@ graph build already holds the measurement that says so: the share of each item's
 neighbours that carry its first-level label, under the k-means labels the refinement starts from
 and under the refined labels.
 
-- On text-embedding catalogs (MovieLens, goodbooks, PyPI summaries) neighbourhoods are diffuse:
-  k-means cuts many neighbour pairs apart and the refinement wins 0.06-0.11 of agreement. The
-  trained tokenizer keeps that gain (MovieLens: share d1 0.46 vs 0.34 without) with fewer collisions.
-- On catalogs of many tight, well-separated clusters (the synthetic catalogs) k-means already keeps
-  ~0.91-0.98 of the neighbours together; the refinement moves that by less than 0.01, and the
-  trained tokenizer loses on collisions and levels 2-3 (100k synthetic: 15.9 % vs 9.6 %).
+- On text-embedding catalogs neighbourhoods are diffuse: k-means cuts many neighbour pairs apart, the
+  refinement wins a clear share of agreement and the trained tokenizer keeps it, with fewer collisions.
+- On catalogs of many tight, well-separated clusters (the synthetic catalogs) k-means already keeps most
+  neighbours together; the refinement barely moves that, and the trained tokenizer loses on collisions
+  and on the lower levels.
 
 So the targets are used when the refinement raises the agreement by at least
 ``TrainConfig.graph_min_gain`` (an absolute share; 0 uses them always). The figures behind the
-threshold are in benchmarks/results/adaptive_defaults.md. The decision is a pure function of the
-labels and the graph, which are deterministic given the embeddings and the seed, so a resumed
+threshold, per catalog, are in benchmarks/results/adaptive_defaults.md. The decision is a pure function
+of the labels and the graph, which are deterministic given the embeddings and the seed, so a resumed
 run takes the same decision.
 
-Above ``graph_exact_items`` the full graph is approximate and costs minutes to build (HNSW,
-semid.model.first_level.knn; 1,080 s of a 1,441 s training at 1M items, benchmarks/results/train_scale_1m_hnsw.md),
-and on clustered catalogs the answer was "not used" after paying for it (with this, that training
-takes 431 s: benchmarks/results/train_scale_1m_sampled_decision.md). So a larger catalog is
-measured first on the exact graph of a seeded sample of ``graph_exact_items`` rows (the graph the
-catalogs of that size use anyway; semid.model.training.train), and the full graph is built only when the
-targets will be used. The record says so (``decided_on_sample``: the sample's size, ``items`` is the
-same); :func:`judge_trained` then measures the trained codes on that sample's graph too, so every
-agreement in the record is taken on one graph. Targets the user asked for ("always", "interactions")
-need no measurement before the build: they are built on the full graph directly.
+Above ``graph_exact_items`` the full graph is approximate and the costliest step of training
+(semid.model.first_level.knn), and on clustered catalogs the answer is "not used" after paying for it
+(benchmarks/results/train_scale_1m_sampled_decision.md). So a larger catalog is measured first on the
+exact graph of a seeded sample of ``graph_exact_items`` rows (the graph the catalogs of that size use
+anyway; semid.model.training.train), and the full graph is built only when the targets will be used. The
+record says so (``decided_on_sample``: the sample's size, ``items`` is the same); :func:`judge_trained`
+then measures the trained codes on that sample's graph too, so every agreement in the record is taken
+on one graph. Targets the user asked for ("always", "interactions") need no measurement before the
+build: they are built on the full graph directly.
 
-The gain measures the labels, not whether the encoder can learn them. A catalog of a few large
-isotropic blobs (synthetic, 32 clusters for 256 codes) shows the largest gain of all (0.23 -> 0.39),
-yet the tokenizer trained on those targets kept almost none of it (0.24) and lost to the plain one
-(collisions 7.6 % vs 4.9 %, 20-epoch run). So a run that used the targets is judged once more after
+The gain measures the labels, not whether the encoder can learn them: on a catalog of a few large
+isotropic blobs the labels gain the most of all, yet a tokenizer trained on them keeps almost none of
+it and collides more than the plain one. So a run that used the targets is judged once more after
 training (:func:`judge_trained`): if the trained first codes do not beat k-means' agreement by
-``graph_min_gain`` on the same graph, the job also trains without targets (semid.model.training.job) and keeps
-the targets only if they beat that plain run by ``graph_min_gain``; otherwise the checkpoint is the
-plain run's. The second training is paid only where the first one is in doubt.
+``graph_min_gain`` on the same graph, the job also trains without targets (semid.model.training.job) and
+keeps the targets only if they beat that plain run by ``graph_min_gain``; otherwise the checkpoint is
+the plain run's. The second training is paid only where the first one is in doubt.
 """
 
 from __future__ import annotations
@@ -130,8 +127,8 @@ def judge_trained(
     of the graph's items (nearest centroid); ``plain``: the same from a run without targets, if one was made.
 
     Targets chosen for their gain ("gain") stay if the trained codes beat k-means' agreement by ``min_gain``.
-    Short of that it is unsure, not lost: a trained partition is not k-means' (on MovieLens the plain
-    RQ-VAE keeps 0.34 where k-means keeps 0.40), so the caller trains without targets and asks again with
+    Short of that it is unsure, not lost: a trained partition is not k-means' (a plain RQ-VAE
+    keeps fewer neighbours together than k-means does), so the caller trains without targets and asks again with
     ``plain``: the targets stay ("beats plain") only if they beat that run by ``min_gain``, else
     "not learned" (``use`` False: keep the plain run). Targets the user asked for ("always",
     "interactions") stay whatever the training kept; the agreement is recorded all the same."""

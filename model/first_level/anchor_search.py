@@ -1,20 +1,18 @@
 """The anchors' exact k-nearest search, found through a bfloat16 pre-filter (semid.model.first_level.anchors).
 
-The first-level vote needs each input's k nearest anchors by float32 cosine. The float32 matmul of 1,024
-inputs against 5,000 anchors takes ~43 ms on this machine's CPU (one thread, quiet); the same matmul in
-bfloat16 (AMX / AVX512-BF16) takes ~3-9 ms but is only accurate to ~1e-2. :class:`Bf16Prefilter` uses the
+The first-level vote needs each input's k nearest anchors by float32 cosine. The same matmul in bfloat16
+(AMX / AVX512-BF16) is several times quicker but only accurate to ~1e-2. :class:`Bf16Prefilter` uses the
 bf16 sims to pick 32 candidate anchors per row that provably hold the float32 top k, recomputes the
 candidates' sims in float32 and ranks them. A row it cannot settle (flat similarity rows, where many
 anchors lie within ~1e-2 of the k-th; duplicate anchors with different codes; near-ties the vote reads) is
 reported ``unsure`` and the caller searches it the plain way (float32 sims to every anchor), so the codes
-never depend on the pre-filter and the worst case is the plain cost plus the pre-filter's (~44 ms per
-1,024 rows against 7,794 anchors at load 2-4: about the float32 matmul's own cost, its many small steps
-eating the bf16 gain). :meth:`Bf16Prefilter.nearest` therefore uses whichever search its own calls measure
-quicker: MovieLens' 7,794 anchors, vote 47 ms against 58 ms (60 vs 96 ms at load 5); 5,000 synthetic
-anchors, within noise (benchmarks/results/encode_speed_anchors_bf16.md, json_body_speed.md). Random
-vectors are not that case: the best sims of a random row lie in the tail, spread wider than the bound
-(~95 % of 384-d random rows are settled). Below ``MIN_ROWS`` rows, or on a CPU without bf16 instructions
-(emulated bf16 is slower than float32), every row takes the plain search.
+never depend on the pre-filter and the worst case is the plain cost plus the pre-filter's. That worst case
+is about the float32 matmul's own cost (the pre-filter's many small steps eat the bf16 gain), so
+:meth:`Bf16Prefilter.nearest` uses whichever search its own calls measure quicker (the figures:
+benchmarks/results/encode_speed_anchors_bf16.md, json_body_speed.md). Random vectors are not that case:
+the best sims of a random row lie in the tail, spread wider than the bound, and most rows are settled.
+Below ``MIN_ROWS`` rows, or on a CPU without bf16 instructions (emulated bf16 is slower than float32),
+every row takes the plain search.
 
 Error bound (per row; why the candidates hold the float32 top k)
 ----------------------------------------------------------------
@@ -40,7 +38,8 @@ float32 rounding of the measured norms; TINY, products flushed to zero below flo
     f <= hi(b) = b + h(b) + e     and     f >= lo(b) = b - h(b) - e.
 
 hi and lo never decrease as b grows (h at most doubles between neighbouring bf16 values, which are a full
-gap apart). On this CPU e is ~0.004 and h ~0.002 for sims in [0.5, 1).
+gap apart). For sims in [0.5, 1), h is 2^-9 (half a bf16 gap) and e, for unit rows of a few hundred
+dimensions, of the same order.
 
 The candidates: the C = ``CANDIDATES`` columns with the largest b (see the selection below). Let b_k be the
 k-th largest candidate b and b_out the largest b of a column left out. If ``hi(b_out) < lo(b_k)``, every
@@ -83,7 +82,7 @@ TINY = 2.0**-60  # added to e: products below float32's normal range may be flus
 GROUP_SLOTS = 16  # columns per group: one max per group, then the groups with the largest maxima
 KEPT_GROUPS = 32  # groups whose columns are searched for candidates
 CANDIDATES = 32  # candidate columns per row whose float32 sims are recomputed (C)
-MIN_ROWS = 256  # below this many rows the plain float32 search is as quick (measured: break-even ~256 rows)
+MIN_ROWS = 256  # below this many rows the plain float32 search is as quick (the pre-filter's fixed steps dominate)
 REPROBE_EVERY = 50  # large calls between re-measurements of the slower search (load changes)
 PROBE_ROWS = 256  # rows of the start-up check that the recompute gives the big matmul's bits
 RECOMPUTE_ROWS = 64  # rows per batched recompute: one gathered [rows, C, d] block (~3 MB), reused

@@ -11,13 +11,13 @@ were trained to rather than being voted on: :func:`representatives`, :func:`dige
 first code is the majority code of its k nearest anchors (cosine, exact; large batches find them
 through a bf16 pre-filter with a proven error bound, semid.model.first_level.anchor_search, and get the codes of the
 float32 search of every anchor),
-each vote weighted by ``1 / anchors of its code ** balance`` (a plain majority favours large codes:
-on MovieLens it cut the held-out first-level perplexity from 210 to 168; balance 0.5 keeps 198)
-and by ``1 / (1 + r / rank_scale)`` for the r-th nearest (:func:`rank_weights`).
+each vote weighted by ``1 / anchors of its code ** balance`` (a plain majority pulls new items into the
+largest codes; the trade of share for balance is in benchmarks/results/tuning.md) and by
+``1 / (1 + r / rank_scale)`` for the r-th nearest (:func:`rank_weights`).
 An input equal to an anchor (cosine >= ``EXACT``: a training item) keeps that anchor's code, so the
 training items encode as without anchors. Where no code wins at least ``min_share`` of the
 (weighted) vote the learned quantizer's nearest code is kept.
-The remaining levels quantize the residual w.r.t. the chosen first code, as before.
+The remaining levels quantize the residual w.r.t. the chosen first code.
 
 Encoding stays a pure function of the checkpoint: the anchors are buffers of the state dict
 (float16 vectors, int64 codes), ties go to the lowest code, and there is no randomness.
@@ -43,7 +43,7 @@ EXACT = 0.9999  # cosine at which an input is taken to be the anchor itself (vec
 SEARCH_CHUNK = 4096  # query rows per similarity matmul (bounds memory: chunk x anchors floats)
 TOPK_GROUP = 16  # columns per group in top_k: one max per group, then a top-k over k groups' columns
 REPRESENTATIVES = 4096  # anchors kept above first_level_anchors (at most that many): bounds the vote's cost
-TOPK_MIN_ROWS = 16  # below this many rows top_k calls topk (measured: its extra steps cost more than they save)
+TOPK_MIN_ROWS = 16  # below this many rows top_k calls topk (its extra steps cost more than they save)
 
 
 class FirstLevelAnchors(nn.Module):
@@ -133,7 +133,7 @@ class FirstLevelAnchors(nn.Module):
             return out
         codebook_size = codebook.shape[0]
         codes, weight = self._votes_for(codebook)
-        if self._unit_t is None:  # [dim, anchors]: 0-25 % quicker than a transposed view in 3 runs (noisy), same codes
+        if self._unit_t is None:  # [dim, anchors], contiguous for the matmul (the codes are the same either way)
             unit_t = self.vectors.to(torch.float32).T.contiguous()
             self._prefilter = Bf16Prefilter(unit_t, top_k)  # before _unit_t: a concurrent vote sees both or neither
             self._unit_t = unit_t
@@ -191,10 +191,9 @@ def _multipliers(dim: int) -> np.ndarray:
 def rank_weights(k: int, scale: float) -> torch.Tensor:
     """float32 [k]: the vote of the r-th nearest anchor (r = 0 .. k-1) counts ``1 / (1 + r / scale)``; 0: all 1.
 
-    A gentle fall-off by rank, not by similarity: weighting by similarity (``exp((s - s_max) / t)``, t 0.02-0.1)
-    *lowered* MovieLens' held-out neighbour share (0.353-0.412 vs 0.421 for equal votes), since the very nearest
-    anchor is the noisiest single vote; scale 8 (the tenth anchor counts 0.47) raised it on all five splits measured
-    (anchor_vote.md)."""
+    A gentle fall-off by rank, not by similarity: weighting by similarity (``exp((s - s_max) / t)``) *lowered*
+    the held-out neighbour share, since the very nearest anchor is the noisiest single vote, while a fall-off by
+    rank raised it (the figures: benchmarks/results/anchor_vote.md)."""
     if scale <= 0:
         return torch.ones(k)
     return 1.0 / (1.0 + torch.arange(k, dtype=torch.float32) / scale)
@@ -237,10 +236,9 @@ def anchor_rows(n: int, limit: int) -> np.ndarray:
     """Rows of the training items kept as anchors: every one of them when there are at most ``limit``, else none
     (a larger catalog keeps :func:`representatives` instead).
 
-    The vote helps only when the anchors are the whole training catalog: on MovieLens (80 % split, 7,794
-    training items) all of them as anchors raised the held-out neighbour share from 0.326 to 0.421, but a
-    seeded half (4,096) gave 0.382 and cut the *trained* items' share from 0.444 to 0.424 (those outside
-    the sample are voted on too), and a quarter (2,048) gave 0.343 (trained 0.373): worse than no anchors."""
+    The vote helps only when the anchors are the whole training catalog: a seeded sample of it lowers the
+    held-out neighbour share and also the *trained* items' (those outside the sample are voted on too); a
+    small sample does worse than no anchors (the MovieLens figures: docs/configuration.md, first-level anchors)."""
     return np.arange(n) if 0 < n <= limit else np.zeros(0, dtype=np.int64)
 
 

@@ -1,40 +1,27 @@
 """The k-nearest-neighbour graph of a catalog (cosine similarity): exact when small, a cell join when large.
 
-The exact graph (one FAISS flat search of every item against every item) costs O(n^2 d): a
-minute at 50k items, hours at 1M. Above ``exact_max_items`` the graph is approximate: a cell join
+The exact graph (one FAISS flat search of every item against every item) costs O(n^2 d), so it
+does not scale to millions of items. Above ``exact_max_items`` the graph is approximate: a cell join
 (semid.model.first_level.knn_cells): seeded k-means cells of ~2,000 first-choice items, every item a member of
 its 3 nearest cells, and inside each cell one exact all-pairs block (float32 matmuls, one BLAS
 thread per worker, the cells shared by a pool of threads), each item keeping the best 10 over its
 cells. Two items are found exactly when they share a cell.
 
-Why: all of the work is BLAS, so it runs at the machine's matmul speed. On the 1M synthetic catalog
-(benchmarks/knn_graph.py, both in one run on 2 threads, knn_graph_1m_cells_vs_hnsw.md) it holds
-0.992 of the true 10 nearest in 400 s (load 1.4-7.9; 134 s and the same 0.992 alone at load
-0.4-1.8, knn_graph_1m_cells_quiet.md; 2.3e10 products over 500 cells), where the HNSW index it
-replaces held 0.853 after 1,729 s (1,298 s of one-thread insertion; load 2-7.6; 0.90-0.96 in
-earlier runs); peak RSS 4.8 GB vs 5.2 GB, of which 1.8 GB is the process and the catalog and 1.5 GB
-the unit-row copy. On MovieLens (9,742 items) forced approximate it is 4 cells, each item seeing
-3/4 of the catalog: every row's neighbour set is the exact one (HNSW: recall 0.991), and the
-trained seed-0 first level has the exact graph's figures (neighbour share 0.4621, perplexities,
-collisions; knn_graph_movielens_cells.md).
+Why: all of the work is BLAS, so it runs at the machine's matmul speed, and its recall is set by how much of
+the catalog each cell's members cover, not by an index's build order. Its recall and time against the exact
+graph and the HNSW index it replaced are in benchmarks/results/knn_graph_1m_cells_vs_hnsw.md (1M synthetic
+items) and knn_graph_movielens_cells.md (MovieLens forced approximate: 4 cells, the exact graph's neighbour
+sets) (benchmarks/knn_graph.py).
 
-Where it is weaker: its recall depends on how much of the catalog a cell's members cover, and
-embeddings less clustered than the synthetic ones need more of it. On MovieLens with cells forced
-smaller (cell_items 1000 / 500 / 200 / 100: 9 / 19 / 48 / 97 cells) the recall is 0.992 / 0.949 /
-0.900 / 0.839 with 3 memberships (0.983 / 0.949 / 0.898 with 4 at 500 / 200 / 100, a prototype
-run), so a 1M catalog of sentence embeddings like MovieLens' (500 cells) may get well below 0.95;
-that case has not been measured. One round of neighbours-of-neighbours refinement on top added only
-0.02-0.035 there, for a per-row gather that would cost about as much as the join at 1M, so it is
-not done.
+Where it is weaker: embeddings less clustered than the synthetic ones need cells that cover more of the
+catalog, so smaller cells (``cell_items``) lose recall; a 1M catalog of sentence embeddings has not been
+measured. A round of neighbours-of-neighbours refinement on top would cost about as much as the join at 1M
+for little recall, so it is not done.
 
-Tried before and not kept (benchmarks/knn_graph_options.py, knn_graph_options_*.md; load 4-7,
-rough times): IVF-Flat with seeded k-means cells and per-query scans: 0.98 at 16 probes of 1,000
-cells on 1M synthetic items but ~4,500 s of scanning (FAISS' per-query scans are not BLAS), and
-48 probes of 99 cells (half the catalog) for 0.98 on MovieLens. HNSW (32 links, build depth 80,
-search depth 64; ``hnsw_knn``, kept for comparison: ``knn_graph(..., approximate="hnsw")``):
-0.991 on MovieLens, but at 1M 0.85-0.96 and a one-thread seeded insertion of 540-1,300 s (a
-parallel insertion makes the graph depend on thread timing); two HNSW shards built at once: the
-same recall in the same time; a cheaper index (16 links, depth 40): 0.41 at 1M.
+Not kept (benchmarks/knn_graph_options.py, results knn_graph_options_*.md): IVF-Flat with per-query scans
+(FAISS' scans are not BLAS, so far slower at the same recall) and HNSW (``hnsw_knn``, kept for comparison:
+``knn_graph(..., approximate="hnsw")``): lower recall at 1M, a one-thread seeded insertion that dominates
+training time, and a parallel insertion would make the graph depend on thread timing.
 
 Determinism: the cells' centroids are fitted on one thread and every cell's products run on one
 BLAS thread, each (item, cell) result written once, ties by row index; so the graph is a pure
