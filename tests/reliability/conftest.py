@@ -86,6 +86,15 @@ def checkpoint(tmp_path_factory, catalogs) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_index(tmp_path_factory, checkpoint, catalogs) -> Path:
+    """The small catalog assigned by `semid assign` (a subprocess, as users run it); tests copy it before writing."""
+    index = tmp_path_factory.mktemp("small_index") / "base"
+    done = run_semid(*assign_args(checkpoint, catalogs["small"], index))
+    assert done.returncode == 0, done.stderr
+    return index
+
+
+@pytest.fixture(scope="session")
 def string_ids_index(tmp_path_factory, checkpoint, catalogs) -> Path:
     """The small catalog under string item ids (``item-<n>``, so the NUL-collision cases are the real ones), its
     title column kept, assigned once; a server gets its own copy (tests register items in it)."""

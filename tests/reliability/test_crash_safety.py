@@ -59,19 +59,11 @@ def _assert_sound(index_dir, acknowledged: dict) -> tuple[dict, list[str]]:
     return now, report.notes
 
 
-@pytest.fixture(scope="module")
-def base_index(tmp_path_factory, checkpoint, catalogs):
-    index = tmp_path_factory.mktemp("crash") / "base"
-    done = run_semid(*assign_args(checkpoint, catalogs["small"], index))
-    assert done.returncode == 0, done.stderr
-    return index
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("step", CRASH_STEPS)
-def test_sigkill_assign_at_each_write_step(step, tmp_path, base_index, checkpoint, catalogs):
+def test_sigkill_assign_at_each_write_step(step, tmp_path, small_index, checkpoint, catalogs):
     index = tmp_path / "idx"
-    shutil.copytree(base_index, index)
+    shutil.copytree(small_index, index)
     acknowledged = _ids(index)
     assert len(acknowledged) == 4_000
     env = {**os.environ, FAULT_ENV: step}
@@ -134,9 +126,9 @@ def _batches(catalog, size: int = 20) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ONLINE_STEPS)
-def test_sigkill_server_at_each_write_step_keeps_acknowledged_ids(step, tmp_path, base_index, catalogs):
+def test_sigkill_server_at_each_write_step_keeps_acknowledged_ids(step, tmp_path, small_index, catalogs):
     index = tmp_path / "idx"
-    shutil.copytree(base_index, index)
+    shutil.copytree(small_index, index)
     acknowledged = _ids(index)
     batches = _batches(catalogs["other"])
     port = free_port()
