@@ -13,7 +13,7 @@ from semid.model.data.synthetic import synthetic_catalog
 from semid.model.first_level import anchor_search
 from semid.model.first_level.anchor_search import Bf16Prefilter, half_spacing
 from semid.model.first_level.anchors import EXACT, FirstLevelAnchors, top_k
-from tests.model.test_anchors_top_k import plain_vote
+from tests.model.first_level.test_anchors_top_k import plain_vote
 
 
 def float32_vote(anchors: FirstLevelAnchors, queries: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
