@@ -269,7 +269,7 @@ def _decided_graph_targets(
     A graph of more than ``graph_exact_items`` rows is approximate and slow to build, so its catalog is
     measured first on the exact graph of a seeded sample of that many rows, and the full graph is built
     only if the targets will be used (semid.model.first_level.adaptive). Targets the user asked for (interactions,
-    ``graph_min_gain`` 0) need no measurement first. Smaller graphs are built and measured whole, as before."""
+    ``graph_min_gain`` 0) need no measurement first. Smaller graphs are built and measured whole."""
     t = cfg.train
     sample = None
     if coliked is None and t.graph_min_gain > 0 and 0 < t.graph_exact_items < min(x.shape[0], t.graph_max_items):
