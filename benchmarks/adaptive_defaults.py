@@ -8,7 +8,7 @@ Three RQ-VAE configs side by side, in one process per catalog, on the same data 
 
 - ``plain``: ``graph_targets`` false (the RQ-VAE before the neighbour-aware first level);
 - ``graph``: graph targets always (``graph_min_gain`` 0: the previous default);
-- ``adaptive``: ``SemidConfig()`` defaults, which measure the catalog and decide (semid.model.adaptive).
+- ``adaptive``: ``SemidConfig()`` defaults, which measure the catalog and decide (semid.model.first_level.adaptive).
 
 The adaptive run trains first and records its decision; after it, the config it resolved to (plain
 when off, graph when on) is not trained again: its training is the same, seed for seed (the decision
@@ -19,7 +19,7 @@ prefix recall@10, reconstruction) and, unless ``--no-holdout``, once more on the
 ``holdout.split_rows`` with every item encoded (figures of the held-out 20 %).
 
 Catalogs: MovieLens and goodbooks-10k (`../shared/data`), PyPI summaries (benchmarks/text_catalog.py,
-built first), and synthetic catalogs (semid.model.synthetic) of different cluster structures. Each
+built first), and synthetic catalogs (semid.model.data.synthetic) of different cluster structures. Each
 ``run`` writes its rows to ``<results>/adaptive_defaults/<catalog>.json``; ``report`` gathers them.
 Torch runs on 1 thread (the machine is shared): timings are indicative only.
 """
@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, RESULTS, SHARED_DATA, command, machine, write_results  # noqa: E402
 from benchmarks.compare_tokenizers import Fitted, figures, holdout_figures  # noqa: E402
 from benchmarks.text_catalog import CACHE as TEXT_CACHE  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
-from semid.model.rqvae import build_tokenizer  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
-from semid.model.train import _graph_targets  # noqa: E402  (the training's own graph build)
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.tokenizers.rqvae import build_tokenizer  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
+from semid.model.training.train import _graph_targets  # noqa: E402  (the training's own graph build)
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
 
 PARTS = RESULTS / "adaptive_defaults"
@@ -63,7 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def _synthetic(**kw: Any) -> tuple[Callable[[], np.ndarray], str]:
     args = ", ".join(f"{k}={v}" for k, v in kw.items())
-    return (lambda: synthetic_catalog(**kw).embeddings), f"semid.model.synthetic.synthetic_catalog({args})"
+    return (lambda: synthetic_catalog(**kw).embeddings), f"semid.model.data.synthetic.synthetic_catalog({args})"
 
 
 def _parquet(path: Path, hint: str = "") -> tuple[Callable[[], np.ndarray], str]:
@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace) -> None:
     """The adaptive default's decision on whole catalogs, without training: the same graph build and rule
     as ``semid train`` (seed 0), for catalogs too large to train three times on this machine."""
-    from semid.model.adaptive import decide_graph_targets
+    from semid.model.first_level.adaptive import decide_graph_targets
 
     torch.set_num_threads(1)
     path = PARTS / "decisions.json"
@@ -320,8 +320,8 @@ def report(args: argparse.Namespace) -> None:
     md = [
         "Three RQ-VAE configs per catalog, in one process per catalog (`adaptive_defaults.py run <catalog>`): "
         "**plain** = `graph_targets` false; **graph** = graph targets always (`graph_min_gain 0`, the previous "
-        "default); **adaptive** = the new defaults (`graph_min_gain 0.03`, semid.model.adaptive). All other "
-        "settings are `SemidConfig()` defaults (3 x 256; 60 epochs unless the table says fewer), torch on 1 "
+        "default); **adaptive** = the new defaults (`graph_min_gain 0.03`, semid.model.first_level.adaptive). "
+        "All other settings are `SemidConfig()` defaults (3 x 256; 60 epochs unless the table says fewer), torch on 1 "
         "thread. A config the adaptive "
         "run resolved to is not trained twice (same training seed for seed; marked `=`). Figures: mean over "
         "the seeds, ± half the seed-to-seed range. Full = trained on the whole catalog; held-out = trained on "

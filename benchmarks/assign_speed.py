@@ -5,7 +5,7 @@
     python benchmarks/assign_speed.py --checkpoint ckpt/      # use an existing checkpoint (its input dim)
 
 Set-up (not measured): a seeded, clustered synthetic catalog (categories > sub-categories on the
-sphere, Zipf-like popularity, 5 % near-duplicates; the structure of semid.model.synthetic) is generated
+sphere, Zipf-like popularity, 5 % near-duplicates; the structure of semid.model.data.synthetic) is generated
 and written to a temporary Parquet file in chunks of 100k rows (one row group each), so generation
 never holds the whole catalog in memory. Without --checkpoint a default-architecture RQ-VAE is
 trained for 4 epochs on the first 20k rows (the speed of assign does not depend on the weights).
@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from tests.servers import semid_command  # noqa: E402
 
 BAR_SECONDS = 60.0
 BAR_RSS_MB = 2048.0
@@ -119,7 +120,7 @@ def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_E
     """Train a default-architecture RQ-VAE briefly (weights' quality is irrelevant to speed). ``anchors``
     False: no first-level anchors (as a catalog of more than ``first_level_anchors`` items gets)."""
     from semid.model.config import SemidConfig
-    from semid.model.job import train_tokenizer
+    from semid.model.training.job import train_tokenizer
 
     data = SemidConfig().to_dict()
     data["model"]["input_dim"] = int(embeddings.shape[1])
@@ -136,14 +137,8 @@ def quick_checkpoint(embeddings: np.ndarray, out: Path, *, epochs: int = TRAIN_E
     return out
 
 
-def semid_command() -> list[str]:
-    """The venv's `semid` console script next to this interpreter, else `python -m semid.service.cli`."""
-    exe = Path(sys.executable).parent / "semid"
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "semid.service.cli"]
-
-
 def checkpoint_input_dim(path: Path) -> int:
-    from semid.model.checkpoint import load_checkpoint
+    from semid.model.training.checkpoint import load_checkpoint
 
     return int(load_checkpoint(path).config.model.input_dim)
 

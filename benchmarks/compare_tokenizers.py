@@ -39,12 +39,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
-from semid.model.metrics import flat_key, flat_levels  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
+from semid.model.training.metrics import flat_key, flat_levels  # noqa: E402
 from semid.service.evaluation.figures import (  # noqa: E402
     collision_figures,
     level_figures,
@@ -434,7 +434,7 @@ def load_catalog(args: argparse.Namespace) -> tuple[str, np.ndarray, np.ndarray,
         cat = synthetic_catalog(items=args.synthetic, dim=args.dim, seed=args.seed)
         n = args.synthetic
         default = f"synthetic{n // 1000}k" if n % 1000 == 0 else f"synthetic{n}"
-        source = f"semid.model.synthetic.synthetic_catalog(items={n}, dim={args.dim})"
+        source = f"semid.model.data.synthetic.synthetic_catalog(items={n}, dim={args.dim})"
         return default, cat.item_ids, cat.embeddings, source
     path = Path(args.catalog)
     if not path.is_file():

@@ -16,11 +16,11 @@ catalog (the weights' values do not matter for speed). Measured:
 Target: >= 50 % of the matmul ceiling at batch 8192.
 Writes benchmarks/results/encode_speed.{md,json}.
 
-First-level anchors, before and after a change to model/anchors.py, in one run:
+First-level anchors, before and after a change to model/first_level/anchors.py, in one run:
 
     python benchmarks/encode_speed.py --checkpoint CKPT --anchors-before REV --catalog items.parquet --threads 1
 
-loads ``model/anchors.py`` as it was at git revision REV (``git show``) beside the current one, gives it the
+loads ``model/first_level/anchors.py`` as it was at git revision REV (``git show``) beside the current one, gives it the
 checkpoint's anchors, and times CheckpointEncoder.encode with the old anchors, the current ones and none
 (nearest centroid), alternating, on the catalog's embeddings ("catalog": every item is an anchor) and on
 seeded noisy copies of them (sigma 0.05: new items, the vote decides): p50 ms of 4-item calls and items/s at
@@ -47,13 +47,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from semid.model.anchor_search import Bf16Prefilter  # noqa: E402
-from semid.model.anchors import EXACT as anchors_exact  # noqa: E402
-from semid.model.anchors import top_k as anchors_top_k  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
-from semid.model.rqvae import SemanticTokenizer  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.first_level.anchor_search import Bf16Prefilter  # noqa: E402
+from semid.model.first_level.anchors import EXACT as anchors_exact  # noqa: E402
+from semid.model.first_level.anchors import top_k as anchors_top_k  # noqa: E402
+from semid.model.tokenizers.rqvae import SemanticTokenizer  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
 from semid.service.encoder import CheckpointEncoder  # noqa: E402
 
 BATCH_SIZES = (1, 64, 8192)
@@ -140,10 +140,13 @@ def default_checkpoint(workdir: Path) -> Path:
 
 
 def anchors_module_at(rev: str):
-    """model/anchors.py as it was at git revision ``rev``, imported under another name."""
+    """model/first_level/anchors.py as it was at git revision ``rev``, imported under another name."""
     root = Path(__file__).resolve().parents[1]
     source = subprocess.run(
-        ["git", "-C", str(root), "show", f"{rev}:model/anchors.py"], check=True, capture_output=True, text=True
+        ["git", "-C", str(root), "show", f"{rev}:model/first_level/anchors.py"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     path = Path(tempfile.mkdtemp(prefix="semid-anchors-")) / "anchors_before.py"
     path.write_text(source)
@@ -276,7 +279,8 @@ def compare_anchors(args: argparse.Namespace) -> None:
     }
     md = (
         f"Checkpoint {args.checkpoint} ({current.size:,} anchors, k = {current.neighbours}); inputs: {args.catalog} "
-        f"({len(catalog):,} items) and the same + N(0, 0.05^2) noise (new items). before: model/anchors.py at "
+        f"({len(catalog):,} items) and the same + N(0, 0.05^2) noise (new items). before: "
+        f"model/first_level/anchors.py at "
         f"{args.anchors_before}; after: the working tree (the quicker of the float32 search and the bf16 "
         "pre-filter, as timed on its own calls); after, pre-filter always: the pre-filter on every call of "
         f"256+ rows; no anchors: nearest centroid. torch threads: "
@@ -284,7 +288,8 @@ def compare_anchors(args: argparse.Namespace) -> None:
         "other engineers' runs: timings are noisy; variants alternate so load hits them alike).\n\n"
         "Items whose codes differ between before and after: "
         + ", ".join(f"{k}: {v}" for k, v in same.items())
-        + f". bf16 pre-filter (model/anchor_search.py) enabled: {prefilter.enabled}; share of rows it settles "
+        + f". bf16 pre-filter (model/first_level/anchor_search.py) enabled: {prefilter.enabled}; "
+        + "share of rows it settles "
         + "(the rest take the float32 search): "
         + ", ".join(f"{k}: {v}" for k, v in decided.items())
         + "\n\n"
@@ -303,7 +308,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads before measuring (0: leave as is)")
     ap.add_argument("--min-seconds", type=float, default=1.0, help="minimum duration of one measurement")
     ap.add_argument("--rounds", type=int, default=3, help="measurements per figure; the best is kept")
-    ap.add_argument("--anchors-before", help="git revision of model/anchors.py to compare with (anchors mode)")
+    ap.add_argument(
+        "--anchors-before", help="git revision of model/first_level/anchors.py to compare with (anchors mode)"
+    )
     ap.add_argument("--catalog", help="Parquet catalog with an embedding column (anchors mode)")
     ap.add_argument("--name", default="encode_speed_anchors", help="results file name (anchors mode)")
     args = ap.parse_args()

@@ -15,8 +15,8 @@ schema and still be wrong for this checkpoint and index: an embedding of the wro
 prefix longer than L+1, an unknown cursor or item. Those get a documented 4xx with an error body, which is the
 behaviour we want, so that check would report the API's validation as failures.
 
-Set-up (not measured): the seeded synthetic catalog of semid.model.synthetic (--items x --dim, with a `title` column
-kept in the index), a default-architecture RQ-VAE trained for 4 epochs on it (assign_speed.quick_checkpoint),
+Set-up (not measured): the seeded synthetic catalog of semid.model.data.synthetic (--items x --dim, with a `title`
+column kept in the index), a default-architecture RQ-VAE trained for 4 epochs on it (assign_speed.quick_checkpoint),
 and semid.service.assign.assign_catalog. The service runs with SEMID_MAX_BATCH 64, page size 200 and a 1 MiB body
 limit (as in the test) and no API key, so fuzzed writes are accepted and really register items in the temporary
 index. A small --dim (default 16) makes generated embeddings of the right length, and so the encode/assign/
@@ -52,7 +52,7 @@ COLUMNS = ["operation", "cases", "2xx", "4xx", "5xx", "failures", "failures_by_c
 
 def build_app(workdir: Path, items: int, dim: int, seed: int):
     """Catalog -> quick checkpoint -> index -> the FastAPI app over it (in-process)."""
-    from semid.model.synthetic import synthetic_catalog, write_catalog
+    from semid.model.data.synthetic import synthetic_catalog, write_catalog
     from semid.service.api.app import create_app
     from semid.service.api.settings import ServiceSettings
     from semid.service.api.state import ServiceState
@@ -204,7 +204,8 @@ def main() -> None:
     )
     data = {
         "index": {
-            "built": f"semid.model.synthetic {args.items} x {args.dim} (title kept), quick default RQ-VAE (4 epochs)"
+            "built": f"semid.model.data.synthetic {args.items} x {args.dim} (title kept), "
+            "quick default RQ-VAE (4 epochs)"
         },
         "setup_seconds": round(setup_s, 2),
         "excluded_checks": ["positive_data_acceptance"],

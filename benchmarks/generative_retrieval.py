@@ -73,9 +73,9 @@ from benchmarks.genrec_model import (  # noqa: E402
     train,
 )
 from benchmarks.genrec_published import published_for  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.coliked import read_coliked  # noqa: E402
 from semid.model.config import TrainConfig  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.first_level.coliked import read_coliked  # noqa: E402
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
 from semid.service.evaluation.interactions import InteractionsError, read_interactions  # noqa: E402
 from semid.service.generation.trie import SemanticIdTrie  # noqa: E402

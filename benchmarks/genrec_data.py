@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from semid.model.interactions_file import read_interaction_columns
+from semid.model.data.interactions_file import read_interaction_columns
 from semid.service.evaluation.interactions import InteractionsError
 from semid.service.ids.dedup import BucketCounts, resolve_collisions
 from semid.service.ids.layout import IdLayout

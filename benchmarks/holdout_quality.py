@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
 from semid.service.evaluation.holdout import split_rows, subset_figures  # noqa: E402
 
 DEFAULT_CONFIGS = ['{"train": {"graph_targets": false}}', "{}"]

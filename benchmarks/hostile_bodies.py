@@ -45,7 +45,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import quick_checkpoint  # noqa: E402
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from benchmarks.service_speed import Server  # noqa: E402
+from tests.servers import Server  # noqa: E402
 
 API_KEY = "bench-key"
 DIM = 384
@@ -232,8 +232,8 @@ def run_case(index: Path, workdir: Path, label: str, before_code: Path | None, c
 def build_index(workdir: Path) -> tuple[Path, str]:
     import pyarrow.parquet as pq
 
-    from semid.model.catalog import read_catalog
-    from semid.model.synthetic import synthetic_catalog, write_catalog
+    from semid.model.data.catalog import read_catalog
+    from semid.model.data.synthetic import synthetic_catalog, write_catalog
     from semid.service.assign import assign_catalog
 
     if MOVIELENS.is_file():

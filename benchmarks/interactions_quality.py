@@ -48,11 +48,11 @@ from benchmarks.compare_tokenizers import (  # noqa: E402
     figures,
     holdout_figures,
 )
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
-from semid.model.coliked import read_coliked  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.first_level.coliked import read_coliked  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
 from semid.service.evaluation.figures import pair_share  # noqa: E402
 from semid.service.evaluation.holdout import split_rows, subset_figures  # noqa: E402
 from semid.service.evaluation.interactions import read_interactions  # noqa: E402

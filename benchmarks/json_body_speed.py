@@ -14,7 +14,7 @@ centroid, ~6x cheaper to encode). Two seeded 1,024 x 384 float32 batches, each s
 * *unrelated*: clustered rows with other category centres than the index's (seed 7): to the anchors they
   are unrelated vectors (the body this benchmark always sent);
 * *like the index*: new items drawn like the index's own (seed 0, a chunk the catalog does not hold), as
-  real new items are. The anchors' bf16 pre-filter (semid.model.anchor_search) settles most rows of both.
+  real new items are. The anchors' bf16 pre-filter (semid.model.first_level.anchor_search) settles most rows of both.
 
 Phases, the variants alternating within each repetition so load on the shared machine hits them alike
 (median and best of --repeat each):
@@ -67,7 +67,7 @@ from pydantic import ValidationError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import clustered_chunks, quick_checkpoint, write_catalog_chunked  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from semid.model.anchor_search import Bf16Prefilter  # noqa: E402
+from semid.model.first_level.anchor_search import Bf16Prefilter  # noqa: E402
 from semid.service.api import bodies  # noqa: E402
 from semid.service.api.json_matrix import read_encode_body  # noqa: E402
 from semid.service.api.limits import check_json_size  # noqa: E402
@@ -342,7 +342,7 @@ _SERVE_BEFORE = (
 def server_rows(index_dir: Path, raws: dict[str, bytes], repeat: int, workdir: Path, checkpoint: str) -> list[dict]:
     """A real `semid serve` on loopback, before (msgspec) and shipped (simdjson): --workers-threads 1 then 2,
     each with one keep-alive client, then two concurrent ones (each its own connection), for each body."""
-    from benchmarks.service_speed import Server
+    from tests.servers import Server
 
     rows = []
     for threads, parser in [(t, p) for t in (1, 2) for p in ("msgspec (before)", "simdjson (shipped)")]:

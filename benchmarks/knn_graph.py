@@ -1,4 +1,4 @@
-"""The first-level k-NN graph: approximate (the cell join, or HNSW as before; semid.model.knn) vs exact.
+"""The first-level k-NN graph: approximate (the cell join, or HNSW as before; semid.model.first_level.knn) vs exact.
 
     python benchmarks/knn_graph.py                        # MovieLens (if present) + 1M synthetic items
     python benchmarks/knn_graph.py --items 50000 --seeds 0 --no-train   # a quick smoke run
@@ -15,7 +15,7 @@ embeddings would get), and the neighbour share (on the exact graph) of the refin
 each graph, for each seed. Where the checkpoint's training may switch graph targets off for a catalog
 (``train.graph_min_gain``), it is set to 0 so all runs use them.
 
-Synthetic (--items, default 1M x 384, semid.model.synthetic(items, seed=0), the catalog of the earlier
+Synthetic (--items, default 1M x 384, semid.model.data.synthetic(items, seed=0), the catalog of the earlier
 knn_graph_1m and knn_graph_options_1m runs): each of --methods builds the whole graph in a fresh process
 (--threads torch / FAISS threads: the cell join's workers; HNSW inserts on one thread whatever the setting
 and searches on all), timed per phase (cells: centroids + assignment = build, per-cell products + merge =
@@ -49,22 +49,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from semid.model import graph_targets  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig, TrainConfig  # noqa: E402
-from semid.model.graph_targets import build_targets, refine_labels  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.first_level import graph_targets  # noqa: E402
+from semid.model.first_level.graph_targets import build_targets, refine_labels  # noqa: E402
+from semid.model.first_level.knn import APPROXIMATE, drop_self, exact_knn, knn_graph, recall, unit_rows  # noqa: E402
+from semid.model.first_level.knn_cells import cell_knn  # noqa: E402
 from semid.model.kmeans import kmeans, nearest  # noqa: E402
-from semid.model.knn import APPROXIMATE, drop_self, exact_knn, knn_graph, recall, unit_rows  # noqa: E402
-from semid.model.knn_cells import cell_knn  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
 from semid.service.evaluation.code_health import id_quality  # noqa: E402
 
 QUALITY = ["nn_share_d1", "nn_share_d2", "nn_share_d3", "perplexity_l1", "perplexity_l2", "perplexity_l3"]
 QUALITY += ["base_collision_rate"]
 QUERIES = 2000
-PHASES = {  # the log lines of semid.model.knn / knn_cells: (build, search) seconds
+PHASES = {  # the log lines of semid.model.first_level.knn / knn_cells: (build, search) seconds
     "hnsw": (re.compile(r"inserted in ([0-9.]+) s"), re.compile(r"searched in ([0-9.]+) s")),
     "cells": (re.compile(r"items assigned in ([0-9.]+) s"), re.compile(r"items joined in ([0-9.]+) s")),
 }
@@ -140,7 +140,7 @@ def movielens_rows(
 
 
 def synthetic_unit(items: int, cache: Path | None = None) -> np.ndarray:
-    """The unit rows of semid.model.synthetic's catalog of ``items`` (seed 0), read from / written to ``cache``."""
+    """The unit rows of semid.model.data.synthetic's catalog of ``items`` (seed 0), read from / written to ``cache``."""
     if cache is not None and cache.is_file():
         unit = np.load(cache)
         if unit.shape[0] == items:

@@ -9,7 +9,8 @@ and scaled to the catalog (``search_s_est``: queries are independent, so the ful
 times as much; ``graph_s_est`` = build + estimated search). Recall@10 against an exact search of 2,000
 sampled rows (the whole catalog on MovieLens).
 
-- ``hnsw``: semid.model.knn as shipped (M 32, efConstruction 80, one-thread seeded insertion), at each --depths.
+- ``hnsw``: semid.model.first_level.knn as shipped (M 32, efConstruction 80, one-thread seeded insertion), at each
+  --depths.
 - ``hnsw16``: M 16, efConstruction 40 (a cheaper build), at each --depths.
 - ``hnsw2``: two HNSW shards (halves of a seeded permutation) built at the same time on two Python threads,
   each inserting on one OpenMP thread (so each is a function of its rows and order); every row is searched
@@ -38,10 +39,10 @@ from faiss.contrib.ivf_tools import add_preassigned, search_preassigned
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.first_level.knn import HNSW_BUILD_DEPTH, HNSW_LINKS, drop_self, exact_knn, recall, unit_rows  # noqa: E402
 from semid.model.kmeans import kmeans  # noqa: E402
-from semid.model.knn import HNSW_BUILD_DEPTH, HNSW_LINKS, drop_self, exact_knn, recall, unit_rows  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
 
 K = 10
 QUERIES = 2000

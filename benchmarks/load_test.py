@@ -67,7 +67,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import checkpoint_input_dim, semid_command  # noqa: E402
 from benchmarks.common import RESULTS, command, machine, markdown_table, write_results  # noqa: E402
-from benchmarks.service_speed import Server, build_index, draw_prefixes  # noqa: E402
+from benchmarks.service_speed import build_index, draw_prefixes  # noqa: E402
+from tests.servers import Server  # noqa: E402
 
 JSON_HEADERS = {"content-type": "application/json"}
 # request type -> (label, share of requests)

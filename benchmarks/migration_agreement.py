@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from semid.model.alignment import fit_alignment  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.training.alignment import fit_alignment  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
 from semid.service.assign import assign_catalog  # noqa: E402
 from semid.service.encoder import CheckpointEncoder  # noqa: E402
 from semid.service.migration import align_checkpoint, write_migration  # noqa: E402

@@ -12,7 +12,7 @@ but the anchors:
 * ``none``: no anchors, the first code is the nearest centroid (before: every catalog above 16,384 items);
 * ``all``: every trained item an anchor (the rule up to 16,384 items; unbounded memory and vote cost);
 * ``shipped``: what ``semid train`` keeps now (``model.job._set_anchors`` with the config's
-  ``first_level_anchors``: every item up to the cap, a bounded sample above it, semid.model.anchors);
+  ``first_level_anchors``: every item up to the cap, a bounded sample above it, semid.model.first_level.anchors);
 * ``random-S``: a seeded uniform sample of S trained items (the sample the old docstring measured on
   MovieLens, for comparison).
 
@@ -40,12 +40,12 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS  # noqa: E402
-from semid.model.anchors import representatives  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import _set_anchors, train_tokenizer  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.first_level.anchors import representatives  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
+from semid.model.training.job import _set_anchors, train_tokenizer  # noqa: E402
 from semid.service.evaluation.holdout import split_rows, subset_figures  # noqa: E402
 
 FIGURES = ["nn_share_d1", "nn_lift_d1", "base_collision_rate", "collides_with_catalog", "perplexity_l1"]
@@ -72,7 +72,7 @@ def _figures(x: np.ndarray, codes: np.ndarray, fit: np.ndarray, held: np.ndarray
 def _set_rows(tok: Any, raw_fit: np.ndarray, rows: np.ndarray, digests: bool) -> None:
     """Anchors = the trained items ``rows`` with their trained first code (as model.job._set_anchors does);
     ``digests``: every trained item keeps its own code (the shipped rule above the cap)."""
-    from semid.model.job import _first_codes
+    from semid.model.training.job import _first_codes
 
     x = torch.from_numpy(raw_fit[rows])
     with torch.inference_mode():
@@ -82,7 +82,7 @@ def _set_rows(tok: Any, raw_fit: np.ndarray, rows: np.ndarray, digests: bool) ->
 
 
 def _set_representatives(tok: Any, raw_fit: np.ndarray, budget: int, seed: int) -> None:
-    from semid.model.job import _first_codes
+    from semid.model.training.job import _first_codes
 
     x = torch.from_numpy(raw_fit)
     with torch.inference_mode():

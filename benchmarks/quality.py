@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, markdown_table, write_results  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
-from semid.model.metrics import flat_key  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
+from semid.model.training.metrics import flat_key  # noqa: E402
 from semid.service.evaluation.code_health import id_quality  # noqa: E402
 
 COLUMNS = [
@@ -48,7 +48,7 @@ def semid_row(name: str, emb: np.ndarray, tokenizer: str, overrides: dict) -> di
         start = time.perf_counter()
         _, metrics = train_tokenizer(emb, cfg, tmp)
         fit_s = time.perf_counter() - start
-        from semid.model.checkpoint import load_checkpoint
+        from semid.model.training.checkpoint import load_checkpoint
 
         tok = load_checkpoint(tmp).tokenizer
         codes = tok.encode(torch.from_numpy(emb)).codes.numpy()

@@ -33,9 +33,9 @@ tree, catalog, out, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
 sys.path.insert(0, tree)
 import torch
-import semid.model.job as job
+import semid.model.training.job as job
 assert job.__file__.startswith(tree), job.__file__
-from semid.model.catalog import read_catalog
+from semid.model.data.catalog import read_catalog
 from semid.model.config import SemidConfig
 torch.set_num_threads(1)
 job.train_tokenizer(read_catalog(catalog).embeddings, SemidConfig().with_overrides("train", seed=seed), out)

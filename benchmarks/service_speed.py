@@ -47,7 +47,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,12 +67,11 @@ from benchmarks.assign_speed import (  # noqa: E402
     arrow_table,
     clustered_chunks,
     quick_checkpoint,
-    semid_command,
     write_catalog_chunked,
 )
 from benchmarks.common import markdown_table, write_results  # noqa: E402
+from tests.servers import HOST, Server, proc_cpu_seconds  # noqa: E402  (the server the HTTP tests start)
 
-HOST = "127.0.0.1"
 JSON = "application/json"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BATCH = 1024
@@ -81,7 +79,6 @@ BAR_SINGLE_P50_MS = 3.0
 BAR_SINGLE_P99_MS = 10.0
 BAR_BATCH_ITEMS_S = 20_000.0
 BAR_PREFIX_RPS = 2_000.0
-READY_TIMEOUT_S = 180.0
 PREFIX_POOL = 5_000
 COLUMNS = [
     "phase",
@@ -111,21 +108,6 @@ def ipc_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (Linux /proc), None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def proc_threads(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -134,58 +116,6 @@ def proc_threads(pid: int) -> int | None:
     except OSError:
         pass
     return None
-
-
-class Server:
-    """`semid serve` as a subprocess on a free loopback port."""
-
-    def __init__(self, index_dir: Path, log_path: Path, threads: int) -> None:
-        self.port = free_port()
-        self.base = f"http://{HOST}:{self.port}"
-        self.cmd = [*semid_command(), "serve", "--index", str(index_dir), "--host", HOST, "--port", str(self.port)]
-        self.cmd += ["--log-level", "warning"]
-        if threads:
-            self.cmd += ["--workers-threads", str(threads)]
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SEMID_")}
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> float:
-        """Start and wait for /readyz; returns the seconds until ready."""
-        start = time.perf_counter()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = start + READY_TIMEOUT_S
-        with httpx.Client(base_url=self.base, timeout=2.0) as client:
-            while time.perf_counter() < deadline:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"semid serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return time.perf_counter() - start
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.1)
-        raise SystemExit(f"semid serve was not ready within {READY_TIMEOUT_S:g} s:\n{self.log_tail()}")
-
-    def cpu(self) -> float | None:
-        return proc_cpu_seconds(self.proc.pid) if self.proc else None
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
 
 
 class Phase:
@@ -493,7 +423,7 @@ def server_side_steps(index_dir: Path, body: bytes, arrow_body: bytes, server_th
     import torch
     from fastapi.responses import JSONResponse
 
-    from semid.model.catalog import embeddings_to_numpy
+    from semid.model.data.catalog import embeddings_to_numpy
     from semid.service.api.schemas import EncodeRequest
     from semid.service.encoder import CheckpointEncoder
     from semid.service.ids.layout import IdLayout
@@ -639,7 +569,7 @@ def main() -> None:
         prefixes, max_id, index_items = draw_prefixes(index_dir, args.seed)
         prefix_paths = [f"/v1/prefixes/{p}?limit=10" for p in prefixes]
         children_paths = [f"/v1/prefixes/{p}/children" for p in prefixes]
-        from semid.model.checkpoint import load_checkpoint
+        from semid.model.training.checkpoint import load_checkpoint
 
         dim = int(load_checkpoint(index_dir / "checkpoint").config.model.input_dim)
 

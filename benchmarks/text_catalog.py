@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from semid.model.catalog import Catalog  # noqa: E402
-from semid.model.synthetic import write_catalog  # noqa: E402
+from semid.model.data.catalog import Catalog  # noqa: E402
+from semid.model.data.synthetic import write_catalog  # noqa: E402
 
 PACKAGES = Path("/work/.library/env/packages/pypi.tsv")
 CACHE = Path.home() / ".cache" / "semid"

@@ -3,7 +3,7 @@
     python benchmarks/train_scale.py                         # 1M training items + 20k held out, x 384
     python benchmarks/train_scale.py --items 20000 --heldout 2000   # a quick smoke run
 
-Set-up (not timed): a seeded synthetic catalog (semid.model.synthetic) of --items + --heldout items;
+Set-up (not timed): a seeded synthetic catalog (semid.model.data.synthetic) of --items + --heldout items;
 a seeded share of it (semid.service.evaluation.holdout.split_rows) is held out and the rest written
 to Parquet. Timed: `semid -v train --catalog <parquet> --out <dir> --quiet` as a subprocess with no
 other flag, so every default applies (the epoch budget train.epoch_samples, the approximate k-NN
@@ -40,9 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import semid_command  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from semid.model.catalog import Catalog  # noqa: E402
-from semid.model.checkpoint import load_checkpoint  # noqa: E402
-from semid.model.synthetic import synthetic_catalog, write_catalog  # noqa: E402
+from semid.model.data.catalog import Catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog, write_catalog  # noqa: E402
+from semid.model.training.checkpoint import load_checkpoint  # noqa: E402
 from semid.service.evaluation.holdout import split_rows, subset_figures  # noqa: E402
 
 BAR_SECONDS = 30 * 60
@@ -204,12 +204,12 @@ def main() -> None:
             "Held-out quality (items never trained on) and trained items, neighbours searched in the whole catalog:",
             markdown_table(rows, ["subset", *FIGURES]),
             "Seconds per epoch: " + ", ".join(str(round(row.get("seconds", 0))) for row in metrics.get("epochs", [])),
-            f"Graph targets decision (semid.model.adaptive): `{json.dumps(metrics.get('graph_targets'))}`",
+            f"Graph targets decision (semid.model.first_level.adaptive): `{json.dumps(metrics.get('graph_targets'))}`",
             f"Final training figures (metrics.json, every trained item): "
             f"`{json.dumps({k: v for k, v in metrics.get('final', {}).items() if not k.startswith('dead')})}`",
             "wall_s: `semid train` with default settings as a subprocess (Parquet read included, catalog "
             "generation excluded). graph_build_s: the graph-target builds in its log (graph_builds: 2 when the "
-            "decision was measured on a sample's exact graph before the full one, semid.model.train). "
+            "decision was measured on a sample's exact graph before the full one, semid.model.training.train). "
             "The machine (2 cores) is shared with other engineers' runs: the load "
             "averages above are 1/5/15-minute figures before and after; timings are noisy.",
         ]

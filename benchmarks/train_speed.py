@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import markdown_table, write_results  # noqa: E402
 from semid.model.config import SemidConfig  # noqa: E402
-from semid.model.job import train_tokenizer  # noqa: E402
-from semid.model.metrics import flat_key  # noqa: E402
-from semid.model.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.data.synthetic import synthetic_catalog  # noqa: E402
+from semid.model.training.job import train_tokenizer  # noqa: E402
+from semid.model.training.metrics import flat_key  # noqa: E402
 
 BAR_SECONDS = 300.0
 METRICS = [

@@ -12,7 +12,7 @@ policy when the library loads, so a variant's environment must be set before tor
   default busy-waiting.
 - ``passive``: torch's thread count, OMP_WAIT_POLICY=PASSIVE (threads sleep instead of spinning at a barrier).
 - ``one-thread``: torch.set_num_threads(1), OpenMP's default waiting.
-- ``semid``: semid.model.cpu_threads as the CLI applies it (passive waiting; threads from the CPUs this process
+- ``semid``: semid.model.training.cpu_threads as the CLI applies it (passive waiting; threads from the CPUs this process
   may use minus the load average).
 
 Variants alternate in order within each repeat, so a change in the outside load hits both. The load average is
@@ -64,28 +64,28 @@ def _worker(variant: str, catalog: str, epochs: int, out: str) -> dict:
     if variant == "passive":
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     elif variant == "semid":
-        from semid.model.cpu_threads import quiet_waiting
+        from semid.model.training.cpu_threads import quiet_waiting
 
         quiet_waiting()
     import numpy as np
     import torch
 
     from semid.model.config import SemidConfig
-    from semid.model.job import train_tokenizer
+    from semid.model.training.job import train_tokenizer
 
     if variant == "one-thread":
         torch.set_num_threads(1)
     if catalog == "quickstart":
-        from semid.model.synthetic import synthetic_catalog
+        from semid.model.data.synthetic import synthetic_catalog
 
         embeddings = synthetic_catalog(items=10_000, dim=128, seed=0).embeddings
     else:
-        from semid.model.catalog import read_catalog
+        from semid.model.data.catalog import read_catalog
 
         embeddings = read_catalog(str(GOODBOOKS)).embeddings
     config = SemidConfig().with_overrides("train", epochs=epochs, seed=0)
     if variant in ("torch-default", "passive", "one-thread"):
-        import semid.model.job as job
+        import semid.model.training.job as job
 
         job.apply_threads = lambda requested: torch.get_num_threads()  # keep this variant's own setting
     start = time.perf_counter()

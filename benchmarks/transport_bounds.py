@@ -36,7 +36,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.service_speed import Server  # noqa: E402
+from tests.servers import Server  # noqa: E402
 
 
 class Watch:

@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS  # noqa: E402
 from benchmarks.quality import semid_row  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
-from semid.model.metrics import flat_key  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
+from semid.model.training.metrics import flat_key  # noqa: E402
 
 KEYS = [
     "tokenizer",

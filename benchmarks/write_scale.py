@@ -52,7 +52,8 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.assign_speed import semid_command  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.service_speed import Server, build_index  # noqa: E402
+from benchmarks.service_speed import build_index  # noqa: E402
+from tests.servers import Server  # noqa: E402
 
 HEADERS = {"content-type": "application/json"}
 ID_BASE = 10**15

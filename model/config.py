@@ -126,7 +126,7 @@ class TrainConfig(BaseModel):
         1.0,
         "Graph targets are used only if refining k-means' labels on the k-NN graph raises the share of neighbours "
         "sharing a label by this much, and only if the trained codes keep that gain over k-means (else over a "
-        "run trained without them) (0: always; semid.model.adaptive).",
+        "run trained without them) (0: always; semid.model.first_level.adaptive).",
     )
     coliked_min_rating: StrictFloat = _float(4.0, -1e9, 1e9, "With --interactions: ratings >= this are likes.")
     coliked_partners: StrictInt = _int(10, 1, 1000, "With --interactions: top co-liked partners kept per item.")

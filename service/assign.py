@@ -11,7 +11,7 @@ items resolves collisions in shards of about ``RESOLVE_SHARD_ROWS`` items
 (``ids.dedup.resolution_shards``: the same IDs as one call, see there) and streams the items'
 vectors, computed from their resolved IDs a chunk at a time, into a vector file of the segment
 (``index.vector_file``), so they are never all in memory, and opening the index does not read them.
-Smaller runs write the vectors inline, as before.
+Smaller runs write the vectors inline.
 
 Known items keep their IDs. A known item whose embedding changed is reported; with
 ``recode_changed`` it is re-coded in the same segment (see ``semid.service.placement``).
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from semid.model.catalog import CatalogError, check_parquet_columns, iter_parquet_batches, read_catalog
+from semid.model.data.catalog import CatalogError, check_parquet_columns, iter_parquet_batches, read_catalog
 from semid.service.encoder import CheckpointEncoder, EncodedBatch
 from semid.service.ids.dedup import resolution_shards, resolve_collisions
 from semid.service.ids.hashing import embedding_hash
@@ -173,7 +173,7 @@ def _batches(
         if cat.dim != dim:
             raise CatalogError(f"catalog {catalog} has dimension {cat.dim}; the checkpoint expects {dim}")
         for s in range(0, len(cat), batch_rows):
-            from semid.model.catalog import CatalogBatch
+            from semid.model.data.catalog import CatalogBatch
 
             yield CatalogBatch(
                 item_ids=cat.item_ids[s : s + batch_rows],
@@ -413,7 +413,7 @@ def _expand(enc, mask: np.ndarray):
 
 
 def _check_unique(parts: list[np.ndarray]) -> None:
-    from semid.model.catalog import check_unique_ids
+    from semid.model.data.catalog import check_unique_ids
 
     ids = np.concatenate(parts)
     check_unique_ids(ids)

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from semid.model.catalog import CatalogError, _ids_to_numpy, check_unique_ids, embeddings_to_numpy
+from semid.model.data.catalog import CatalogError, _ids_to_numpy, check_unique_ids, embeddings_to_numpy
 from semid.service.assign import (
     MAX_LISTED_CHANGED,
     VECTOR_FILE_MIN_ROWS,

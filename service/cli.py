@@ -10,11 +10,11 @@ from typing import Any
 
 import click
 
-from semid.model.cpu_threads import quiet_waiting
+from semid.model.training.cpu_threads import quiet_waiting
 
-quiet_waiting()  # before torch or faiss load OpenMP: idle threads sleep, not spin (semid.model.cpu_threads)
+quiet_waiting()  # before torch or faiss load OpenMP: idle threads sleep, not spin (semid.model.training.cpu_threads)
 
-from semid.model.catalog import CatalogError  # noqa: E402
+from semid.model.data.catalog import CatalogError  # noqa: E402
 from semid.service.errors import SemidError  # noqa: E402
 
 log = logging.getLogger("semid")
@@ -100,8 +100,8 @@ def _load_catalog(
     seed: int,
     keep: tuple[str, ...] = (),
 ):
-    from semid.model.catalog import read_catalog
-    from semid.model.synthetic import synthetic_catalog
+    from semid.model.data.catalog import read_catalog
+    from semid.model.data.synthetic import synthetic_catalog
 
     if catalog is None:
         click.echo(
@@ -203,7 +203,7 @@ def train(
     more often; the checkpoint's metrics.json records the file (name, sha256), its counts and the settings.
     """
     from semid.model.config import SECTIONS, SemidConfig, clamp_warm_ups
-    from semid.model.job import train_tokenizer
+    from semid.model.training.job import train_tokenizer
 
     config = SemidConfig.from_file(config_file) if config_file else SemidConfig().validate()
     if overrides.get("epochs") is not None:  # a shorter run: lower the warm-ups the user did not set
@@ -222,7 +222,7 @@ def train(
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
     coliked = None
     if interactions is not None:
-        from semid.model.coliked import check_trainable, read_coliked
+        from semid.model.first_level.coliked import check_trainable, read_coliked
 
         check_trainable(config)  # before reading the file
         coliked = read_coliked(
@@ -256,7 +256,7 @@ def train(
 
 
 def _final_line(metrics: dict[str, Any]) -> str:
-    from semid.model.metrics import levels_from_flat
+    from semid.model.training.metrics import levels_from_flat
 
     f = metrics["final"]
     levels = levels_from_flat(f)  # the checkpoint's per-level figures, level 1 first
@@ -275,7 +275,7 @@ def _final_line(metrics: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def inspect(checkpoint, as_json) -> None:
     """Print a checkpoint's config and final metrics."""
-    from semid.model.checkpoint import load_checkpoint
+    from semid.model.training.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     final = ck.metrics.get("final", {})
@@ -305,7 +305,7 @@ def inspect(checkpoint, as_json) -> None:
     click.echo(f"  items = {ck.metrics.get('items')}, train_seconds = {ck.metrics.get('train_seconds')}")
     for key, value in final.items():
         click.echo(f"  {key} = {value}")
-    if ck.metrics.get("graph_targets"):  # the catalog's measurement and decision (semid.model.adaptive)
+    if ck.metrics.get("graph_targets"):  # the catalog's measurement and decision (semid.model.first_level.adaptive)
         click.echo("[graph targets]")
         for key, value in ck.metrics["graph_targets"].items():
             click.echo(f"  {key} = {value}")
@@ -322,7 +322,7 @@ def inspect(checkpoint, as_json) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 def synth(out, items, dim, seed) -> None:
     """Write the seeded synthetic catalog (categories > sub-categories > items, with duplicates)."""
-    from semid.model.synthetic import synthetic_catalog, write_catalog
+    from semid.model.data.synthetic import synthetic_catalog, write_catalog
 
     path = write_catalog(synthetic_catalog(items=items, dim=dim, seed=seed), out)
     click.echo(f"wrote {items} items x {dim} dims to {path}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semid.model.checkpoint import LoadedCheckpoint, load_checkpoint
+from semid.model.training.checkpoint import LoadedCheckpoint, load_checkpoint
 from semid.service.errors import EmbeddingError
 from semid.service.ids.layout import IdLayout
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from semid.model.files import write_parquet_atomically
+from semid.model.data.files import write_parquet_atomically
 from semid.service.generation.trie import SemanticIdTrie
 from semid.service.generation.vocab import SemanticIdVocab
 from semid.service.index.handle import SemanticIdIndex

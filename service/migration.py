@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from semid.model.alignment import agreement, fit_alignment, write_aligned_checkpoint
-from semid.model.catalog import read_catalog
-from semid.model.checkpoint import CONFIG_FILE, load_checkpoint
-from semid.model.files import write_json_atomically, write_parquet_atomically
+from semid.model.data.catalog import read_catalog
+from semid.model.data.files import write_json_atomically, write_parquet_atomically
+from semid.model.training.alignment import agreement, fit_alignment, write_aligned_checkpoint
+from semid.model.training.checkpoint import CONFIG_FILE, load_checkpoint
 from semid.service.encoder import CheckpointEncoder
 from semid.service.ids.layout import IdLayout
 from semid.service.index.handle import SemanticIdIndex

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from semid.model.config import SemidConfig, clamp_warm_ups
-from semid.model.job import train_tokenizer
-from semid.model.metrics import levels_from_flat
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
+from semid.model.training.job import train_tokenizer
+from semid.model.training.metrics import levels_from_flat
 from semid.service.assign import assign_catalog
 from semid.service.export import export_index
 from semid.service.index.handle import SemanticIdIndex

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semid.model.catalog import Catalog
 from semid.model.config import SemidConfig
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.catalog import Catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -50,7 +50,7 @@ def tiny_catalog_file(tmp_path_factory, tiny_catalog) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_catalog) -> Path:
-    from semid.model.job import train_tokenizer
+    from semid.model.training.job import train_tokenizer
 
     out = tmp_path_factory.mktemp("ckpt") / "rqvae"
     train_tokenizer(tiny_catalog.embeddings, tiny_config(), out)

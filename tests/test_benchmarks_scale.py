@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.knn_graph import exact_rows, method_run, synthetic_run, synthetic_unit
-from semid.model.knn import exact_knn
+from semid.model.first_level.knn import exact_knn
 
 
 def test_knn_graph_benchmark_times_each_step_and_measures_the_approximate_graph():

@@ -13,7 +13,7 @@ import torch
 from benchmarks import generative_retrieval as gr
 from benchmarks.genrec_data import leave_one_out, read_histories, training_windows, unique_ids
 from benchmarks.genrec_model import Budget, SemanticGenerator, beam_search, train
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 from semid.service.generation.trie import SemanticIdTrie
 
 ITEMS, USERS, PER_USER = 300, 30, 12
@@ -189,7 +189,7 @@ def test_holdout_run_fits_on_the_split_and_reports_the_held_out_users(tiny_data)
 
 
 def _catalog_arrays(root):
-    from semid.model.catalog import read_catalog
+    from semid.model.data.catalog import read_catalog
 
     cat = read_catalog(root / "items.parquet")
     raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)

@@ -73,7 +73,7 @@ def _assert_semid_works(python: Path, script: Path, cwd) -> None:
     for argv in (
         [str(script), "--help"],
         [str(python), "-m", "semid.service.cli", "--help"],
-        [str(python), "-c", "import semid.service.cli, semid.service.api.app, semid.model.train; print('ok')"],
+        [str(python), "-c", "import semid.service.cli, semid.service.api.app, semid.model.training.train; print('ok')"],
         [str(python), "-c", "import semid, semid.generation; semid.Index, semid.train; print('ok')"],
     ):
         done = _run(argv, cwd)

@@ -15,11 +15,9 @@ Every JSON body (encode, assign, resolve) is bounded before pydantic sees it: th
 (:mod:`semid.service.api.json_shape`: batch lengths, keys per object); pydantic stops each list at its first
 bad entry, so a refused body builds a handful of errors, not one per value.
 
-Where a 1,024 x 384 JSON request's time goes (benchmarks/results/json_body_speed.md, stages, one torch thread):
-the amplification bound ~5-8 ms, simdjson's parse and copy into float32 ~20-25 ms (msgspec's decode ~31-46 ms plus
-~10-15 ms to turn its lists into an array, before); encoding ~15 ms without first-level anchors, ~62 ms with a
-5,000-anchor vote; the response ~3 ms. A path that makes no Python float through msgspec.Raw, NumPy and Arrow's
-CSV reader was slower than msgspec (0.7x) and is kept in the benchmark only.
+Where a JSON request's time goes, stage by stage (the bound, the parse, the encoding, the response), is in
+benchmarks/results/json_body_speed.md. A path that makes no Python float through msgspec.Raw, NumPy and Arrow's
+CSV reader was slower than msgspec and is kept in the benchmark only.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from semid.model.catalog import CatalogError, embeddings_to_numpy
+from semid.model.data.catalog import CatalogError, embeddings_to_numpy
 from semid.service.api.arrow_body import read_arrow_body
 from semid.service.api.json_matrix import JsonEncodeBody, read_encode_body
 from semid.service.api.json_shape import SPARE_KEYS, BodyShape, check_shape

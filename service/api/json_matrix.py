@@ -1,9 +1,9 @@
 """JSON encode bodies straight to a float32 matrix, without a Python float per number (simdjson).
 
 A 1,024 x 384 body holds ~393k numbers. msgspec (and pydantic) make a Python float of each and NumPy then
-copies the lists into an array: ~40 ms of the request, all of it holding the GIL. simdjson parses the body
-into its own tape and ``as_buffer`` copies a whole array of numbers into one float64 buffer in C: ~20 ms
-for the same body (benchmarks/results/json_body_speed.md).
+copies the lists into an array, all of it holding the GIL. simdjson parses the body into its own tape and
+``as_buffer`` copies a whole array of numbers into one float64 buffer in C, in about half the time (the
+figures: benchmarks/results/json_body_speed.md).
 
 This path only *accepts*; it never explains. It returns None for any body it is not certain msgspec
 would take with the same values, and the caller then runs the msgspec/pydantic path, so every error a
@@ -22,9 +22,9 @@ Numbers: simdjson and msgspec both round each decimal to the nearest float64 (in
 values beyond float64 are refused by simdjson, so they fall back); the float64 matrix is then rounded to
 float32 once, as the slow path's list -> array step does.
 
-A parser keeps buffers sized to the largest body it parsed (~17 MB after an 8 MB body), so at most
+A parser keeps buffers sized to the largest body it parsed (about twice its bytes), so at most
 ``POOL_SIZE`` parsers are kept between requests, and only ones that never parsed more than
-``POOL_MAX_BYTES`` (a fresh parser costs ~10 ms more on an 8 MB body) nor a body that was refused (a
+``POOL_MAX_BYTES`` (a kept parser saves allocating those buffers again) nor a body that was refused (a
 hostile body is all structure, so its parser's tape is as large as its bytes allow): requests beyond
 that, or larger bodies, use a parser of their own that is freed with the request.
 """

@@ -57,7 +57,7 @@ def default_body_limit(max_batch: int, input_dim: int) -> int:
 def check_json_size(raw: bytes, *, max_values: int) -> int:
     """413 when a JSON body could hold more than ``max_values`` values (checked before parsing); else the
     number of ``[`` bytes in it (semid.service.api.json_matrix uses it to rule out nested arrays)."""
-    chars = np.frombuffer(raw, dtype=np.uint8)  # NumPy's vectorised compare: ~10x faster than bytes.count here
+    chars = np.frombuffer(raw, dtype=np.uint8)  # one vectorised compare per byte class, not a Python loop
     counts = {c: int(np.count_nonzero(chars == ord(c))) for c in ",[{"}
     bound = sum(counts.values()) + 1
     if bound > max_values:

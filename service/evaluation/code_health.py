@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from semid.model.metrics import base_collision_rate, flat_levels, largest_bucket, level_health
+from semid.model.training.metrics import base_collision_rate, flat_levels, largest_bucket, level_health
 
 
 def search_neighbours(embeddings: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Every function takes codes as int arrays ``[N, L]`` (a base code, or the first L positions of
 the full ID, which is what a generative model emits) and returns JSON-ready dicts. The
-definitions match ``semid.model.metrics`` and the reference scorer: collision rate is
+definitions match ``semid.model.training.metrics`` and the reference scorer: collision rate is
 ``1 - distinct codes / items``; neighbour share at depth d is the share of an item's k nearest
 embedding neighbours (exact cosine) that share its first d codes, and its lift is that share
 over the same share for random pairs.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semid.model.metrics import base_collision_rate, level_health
+from semid.model.training.metrics import base_collision_rate, level_health
 from semid.service.evaluation.code_health import other_neighbours, prefix_shares, sample_neighbours
 
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from semid.model.catalog import CatalogError, read_catalog
-from semid.model.checkpoint import load_checkpoint
 from semid.model.config import SemidConfig
-from semid.model.files import write_text_atomically
-from semid.model.job import train_tokenizer
-from semid.model.metrics import flat_levels
+from semid.model.data.catalog import CatalogError, read_catalog
+from semid.model.data.files import write_text_atomically
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
+from semid.model.training.metrics import flat_levels
 from semid.service.evaluation.code_health import prefix_shares, search_neighbours
 from semid.service.evaluation.figures import collision_figures, level_figures, reconstruction_figures
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from semid.model.catalog import CatalogError
-from semid.model.interactions_file import read_interaction_columns
+from semid.model.data.catalog import CatalogError
+from semid.model.data.interactions_file import read_interaction_columns
 
 
 class InteractionsError(CatalogError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from semid.model.metrics import levels_from_flat
+from semid.model.training.metrics import levels_from_flat
 from semid.service.evaluation.charts import bar_chart, grouped_bars, line_chart
 from semid.service.evaluation.verdicts import __doc__ as THRESHOLDS_DOC
 

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from semid.model.catalog import Catalog, CatalogError, read_catalog
-from semid.model.checkpoint import LoadedCheckpoint, load_checkpoint
-from semid.model.files import write_text_atomically
-from semid.model.metrics import flat_levels, levels_from_flat
+from semid.model.data.catalog import Catalog, CatalogError, read_catalog
+from semid.model.data.files import write_text_atomically
+from semid.model.training.checkpoint import LoadedCheckpoint, load_checkpoint
+from semid.model.training.metrics import flat_levels, levels_from_flat
 from semid.service.evaluation.figures import (
     collision_figures,
     level_figures,

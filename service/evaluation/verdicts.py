@@ -15,10 +15,9 @@ listed here, in one place, and printed in the report next to each figure.
 - prefix recall@k (true neighbours found by ranking on the shared prefix): green >= 0.1,
   amber >= 0.05, red below.
 
-The neighbour thresholds are what good tokenizers reach on real text embeddings: on MovieLens
-(benchmarks/results/compare_movielens.md, 3 x 256 codes, k = 10) the peers' depth-1 neighbour share
-is 0.30-0.41 and their prefix recall@10 0.098-0.134 (a collapsed RQ-VAE: 0.010), so green is what the
-best of them reach and red what a broken one does. Every amber or red verdict carries one line of
+The neighbour thresholds are what good tokenizers reach on real text embeddings: green is what the best
+of the peers reach on MovieLens and red what a collapsed RQ-VAE does (their figures:
+benchmarks/results/compare_movielens.md). Every amber or red verdict carries one line of
 advice (``advice``), what to try first.
 - co-liked lift at depth 1: green >= 1.5, amber >= 1.1, red below.
 """
@@ -28,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from semid.model.metrics import flat_key
+from semid.model.training.metrics import flat_key
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from semid.model.files import write_bytes_atomically
+from semid.model.data.files import write_bytes_atomically
 from semid.service.errors import InvalidInputError
 
 FORMAT = "semid-trie"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from semid.model.files import write_json_atomically
+from semid.model.data.files import write_json_atomically
 from semid.service.errors import InvalidInputError, InvalidSemanticIdError
 from semid.service.ids.layout import IdLayout
 
@@ -275,7 +275,7 @@ class SemanticIdVocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SemanticIdVocab:
-        with open(path, "rb") as f:  # a missing file raises FileNotFoundError, as before
+        with open(path, "rb") as f:  # a missing file raises FileNotFoundError
             if os.fstat(f.fileno()).st_size > MAX_FILE_BYTES:  # checked first: read(n) allocates n bytes
                 raise InvalidVocabError(f"{path} is larger than {MAX_FILE_BYTES} bytes, a vocab of {MAX_TOKENS} tokens")
             raw = f.read()  # sized from the file (readall), not from the bound

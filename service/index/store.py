@@ -1,4 +1,4 @@
-"""The index's writer lock; the crash-safe file primitives it writes with live in :mod:`semid.model.files`."""
+"""The index's writer lock; the crash-safe file primitives it writes with live in :mod:`semid.model.data.files`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from semid.model.files import (
+from semid.model.data.files import (
     CRASH_STEPS,
     FAULT_ENV,
     TMP_PREFIX,

@@ -56,8 +56,8 @@ __all__ = [
 if TYPE_CHECKING:
     from semid import generation
     from semid.index import Index, PrefixPage
-    from semid.model.catalog import Catalog, read_catalog
     from semid.model.config import SemidConfig
+    from semid.model.data.catalog import Catalog, read_catalog
     from semid.service.errors import SemidError
     from semid.tokenizer import Tokenizer, train
 
@@ -65,12 +65,12 @@ if TYPE_CHECKING:
 _EXTRA = {
     "semid.index": "serve",
     "semid.tokenizer": "train",
-    "semid.model.catalog": "train",
+    "semid.model.data.catalog": "train",
     "semid.model.config": "train",
 }
 _LAZY = {
-    "Catalog": "semid.model.catalog",
-    "read_catalog": "semid.model.catalog",
+    "Catalog": "semid.model.data.catalog",
+    "read_catalog": "semid.model.data.catalog",
     "SemidConfig": "semid.model.config",
     "SemidError": "semid.service.errors",
     "Index": "semid.index",

@@ -1,6 +1,6 @@
 """`semid.train` and `semid.Tokenizer`: fit a tokenizer on embeddings, load it, encode with it.
 
-A facade over ``semid.model.job`` (training) and ``semid.service.encoder`` (batched encoding), so that a
+A facade over ``semid.model.training.job`` (training) and ``semid.service.encoder`` (batched encoding), so that a
 user never imports from those internal modules.
 """
 
@@ -100,7 +100,7 @@ def train(
 
     >>> tok = semid.train(embeddings, "ckpt/", tokenizer="rqkmeans", codebook_size=64)  # doctest: +SKIP
     """
-    from semid.model.job import train_tokenizer  # torch: only when training
+    from semid.model.training.job import train_tokenizer  # torch: only when training
 
     if config is None:
         cfg = SemidConfig().validate()

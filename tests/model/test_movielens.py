@@ -5,9 +5,9 @@ Skipped, with the reason, when ../shared is not beside the repository (a user's 
 
 import numpy as np
 
-from semid.model.catalog import read_catalog
 from semid.model.config import SemidConfig
-from semid.model.job import train_tokenizer
+from semid.model.data.catalog import read_catalog
+from semid.model.training.job import train_tokenizer
 
 
 def test_movielens_catalog_reads_and_tokenizes_with_healthy_codebooks(movielens, tmp_path):
@@ -25,12 +25,12 @@ def test_movielens_catalog_reads_and_tokenizes_with_healthy_codebooks(movielens,
 
 
 def test_movielens_graph_targets_keep_neighbours_together_with_balanced_codes(movielens):
-    """The first-level targets the RQ-VAE learns (model/graph_targets.py) meet issue 5's bar on the
+    """The first-level targets the RQ-VAE learns (model/first_level/graph_targets.py) meet issue 5's bar on the
     real catalog: neighbour share >= 0.45 with first-level perplexity >= 230 (k-means alone: ~0.40 / ~205)."""
     import torch
 
-    from semid.model.graph_targets import build_targets
-    from semid.model.metrics import level_health
+    from semid.model.first_level.graph_targets import build_targets
+    from semid.model.training.metrics import level_health
 
     x = torch.nn.functional.normalize(torch.from_numpy(read_catalog(movielens).embeddings), dim=1)
     targets = build_targets(x, 256, neighbours=10, balance=1.9, sweeps=8, seed=0, kmeans_iters=10, kmeans_sample=65536)

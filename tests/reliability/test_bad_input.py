@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 from semid.service.api.app import create_app
 from semid.service.api.settings import ServiceSettings
 from semid.service.api.state import ServiceState
@@ -195,7 +195,7 @@ def test_cli_bad_input(setup, tmp_path, case):
     if kind == "catalog":
         catalog = _catalog(tmp_path, how)
     elif kind == "checkpoint" and how == "other-seed":
-        from semid.model.job import train_tokenizer
+        from semid.model.training.job import train_tokenizer
         from tests.conftest import tiny_config as cfg
 
         checkpoint = tmp_path / "other"
@@ -213,7 +213,7 @@ def test_cli_bad_input(setup, tmp_path, case):
     if row == "cli-corrupt-checkpoint":
         assert str(checkpoint) in lines[0]
     if row == "cli-index-from-another-checkpoint":
-        from semid.model.checkpoint import load_checkpoint
+        from semid.model.training.checkpoint import load_checkpoint
 
         fingerprints = (load_checkpoint(setup["checkpoint"]).fingerprint, load_checkpoint(checkpoint).fingerprint)
         assert all(f in lines[0] for f in fingerprints), lines[0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 
 import httpx
@@ -25,6 +24,7 @@ from semid.service.index.handle import SemanticIdIndex
 from semid.service.index.store import CRASH_STEPS, FAULT_ENV
 from tests.conftest import ROOT
 from tests.reliability.conftest import SEMID, assign_args, run_semid
+from tests.servers import free_port
 
 # Online writes skip rewriting faiss.index, so the server only reaches the segment and manifest steps.
 ONLINE_STEPS = tuple(s for s in CRASH_STEPS if "-vectors-" not in s)
@@ -59,19 +59,11 @@ def _assert_sound(index_dir, acknowledged: dict) -> tuple[dict, list[str]]:
     return now, report.notes
 
 
-@pytest.fixture(scope="module")
-def base_index(tmp_path_factory, checkpoint, catalogs):
-    index = tmp_path_factory.mktemp("crash") / "base"
-    done = run_semid(*assign_args(checkpoint, catalogs["small"], index))
-    assert done.returncode == 0, done.stderr
-    return index
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("step", CRASH_STEPS)
-def test_sigkill_assign_at_each_write_step(step, tmp_path, base_index, checkpoint, catalogs):
+def test_sigkill_assign_at_each_write_step(step, tmp_path, small_index, checkpoint, catalogs):
     index = tmp_path / "idx"
-    shutil.copytree(base_index, index)
+    shutil.copytree(small_index, index)
     acknowledged = _ids(index)
     assert len(acknowledged) == 4_000
     env = {**os.environ, FAULT_ENV: step}
@@ -98,12 +90,6 @@ def test_sigkill_assign_at_each_write_step(step, tmp_path, base_index, checkpoin
     assert _leftovers(index) == []  # the re-run's writer cleaned up what the kill left
     assert notes == []
     print(f"assign killed at {step}: {len(now)} items after the kill, 7000 after the re-run")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_server(index, port: int, env: dict) -> subprocess.Popen:
@@ -140,12 +126,12 @@ def _batches(catalog, size: int = 20) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ONLINE_STEPS)
-def test_sigkill_server_at_each_write_step_keeps_acknowledged_ids(step, tmp_path, base_index, catalogs):
+def test_sigkill_server_at_each_write_step_keeps_acknowledged_ids(step, tmp_path, small_index, catalogs):
     index = tmp_path / "idx"
-    shutil.copytree(base_index, index)
+    shutil.copytree(small_index, index)
     acknowledged = _ids(index)
     batches = _batches(catalogs["other"])
-    port = _free_port()
+    port = free_port()
     server = _start_server(index, port, {**os.environ, FAULT_ENV: f"{step}:{WRITES_BEFORE_KILL + 1}"})
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"X-API-Key": "k"}, timeout=60) as client:

@@ -252,14 +252,6 @@ def test_failure_after_the_manifest_rename_says_the_write_is_in(tmp_path, monkey
     assert len(index) == 25 and len(SemanticIdIndex.open(tmp_path / "idx")) == 25
 
 
-@pytest.fixture(scope="module")
-def cli_index(tmp_path_factory, checkpoint, catalogs):
-    index = tmp_path_factory.mktemp("faults") / "base"
-    done = run_semid(*assign_args(checkpoint, catalogs["small"], index))
-    assert done.returncode == 0, done.stderr
-    return index
-
-
 def _export_ids(index_dir) -> dict:
     return _ids(SemanticIdIndex.open(index_dir))
 
@@ -274,9 +266,9 @@ def _export_ids(index_dir) -> dict:
         ("erofs-segment-write", "read-only file system", "segments/seg-000002.parquet"),
     ],
 )
-def test_assign_disk_full_or_read_only_fails_clearly(fault, reason, file, tmp_path, cli_index, checkpoint, catalogs):
+def test_assign_disk_full_or_read_only_fails_clearly(fault, reason, file, tmp_path, small_index, checkpoint, catalogs):
     index = tmp_path / "idx"
-    shutil.copytree(cli_index, index)
+    shutil.copytree(small_index, index)
     before = _export_ids(index)
     manifest = (index / "manifest.json").read_bytes()
     failed = run_semid(*assign_args(checkpoint, catalogs["other"], index), env={**os.environ, FAULT_ENV: fault})
@@ -344,9 +336,9 @@ def test_online_write_on_a_full_file_system(tiny_fs):
 
 
 @pytest.mark.slow
-def test_assign_on_a_full_file_system(tiny_fs, cli_index, checkpoint, catalogs):
+def test_assign_on_a_full_file_system(tiny_fs, small_index, checkpoint, catalogs):
     index = tiny_fs / "idx"
-    shutil.copytree(cli_index, index)
+    shutil.copytree(small_index, index)
     before = _export_ids(index)
     filler = fill(tiny_fs, leave=16 * 1024)
     failed = run_semid(*assign_args(checkpoint, catalogs["other"], index))
@@ -361,13 +353,13 @@ def test_assign_on_a_full_file_system(tiny_fs, cli_index, checkpoint, catalogs):
 
 
 @pytest.mark.slow
-def test_read_only_file_system_reads_but_refuses_writes_clearly(tiny_fs, cli_index, checkpoint, catalogs):
+def test_read_only_file_system_reads_but_refuses_writes_clearly(tiny_fs, small_index, checkpoint, catalogs):
     rng = np.random.default_rng(11)
     lib, _ = filled_index(tiny_fs / "lib", rng, batches=1)
     # faiss stale:
     lib.append(**make_batch(rng, 4, start=100, occupancy=lib.snapshot.occupancy()), persist_vectors=False)
     acknowledged = _ids(lib)
-    shutil.copytree(cli_index, tiny_fs / "cli")
+    shutil.copytree(small_index, tiny_fs / "cli")
     before = _export_ids(tiny_fs / "cli")
     done = subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], capture_output=True, text=True)
     if done.returncode != 0:

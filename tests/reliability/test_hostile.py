@@ -18,15 +18,20 @@ import httpx
 import numpy as np
 import psutil
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.service_speed import Server
 from semid.service.assign import assign_catalog
+from tests.servers import Server
 
 ARROW = {"content-type": "application/vnd.apache.arrow.stream"}
 API_KEY = "hostile-test-key"
 DIM = 16
+SERVER_ENV = {  # the `server` fixture's (conftest)
+    "SEMID_API_KEY": API_KEY,
+    "SEMID_HEADER_TIMEOUT": "1",
+    "SEMID_BODY_IDLE_TIMEOUT": "1",
+    "SEMID_WRITE_LOCK_TIMEOUT": "60",
+}
 
 
 def _stream(table: pa.Table, compression: str | None = None) -> bytes:
@@ -40,40 +45,6 @@ def _stream(table: pa.Table, compression: str | None = None) -> bytes:
 def _embeddings(n: int, seed: int = 0) -> pa.Array:
     x = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), DIM)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint, catalogs):
-    base = tmp_path_factory.mktemp("hostile")
-    table = pq.read_table(catalogs["small"])
-    ids = pa.array([f"item-{i}" for i in table.column("item_id").to_pylist()])
-    catalog = base / "str_ids.parquet"
-    pq.write_table(table.set_column(0, "item_id", ids), catalog)
-    index = base / "idx"
-    assign_catalog(checkpoint=checkpoint, catalog=catalog, index_dir=index)
-    srv = Server(index, base / "server.log", threads=1)
-    srv.env.update(
-        SEMID_API_KEY=API_KEY,
-        SEMID_HEADER_TIMEOUT="1",
-        SEMID_BODY_IDLE_TIMEOUT="1",
-        SEMID_WRITE_LOCK_TIMEOUT="60",
-    )
-    srv.start()
-    srv.index = index
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.base, timeout=60.0) as c:
-        yield c
-    # after every hostile request: the process is alive and answers
-    assert server.proc.poll() is None, server.log_tail()
-    with httpx.Client(base_url=server.base, timeout=10.0) as c:
-        assert c.get("/healthz").status_code == 200
 
 
 def _error(response: httpx.Response, status: int) -> dict:

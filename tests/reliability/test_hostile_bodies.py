@@ -14,12 +14,9 @@ import time
 
 import httpx
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.service_speed import Server
-from semid.service.assign import assign_catalog
+from tests.servers import Server
 
 API_KEY = "hostile-bodies-key"
 DIM = 16
@@ -28,31 +25,7 @@ JSON = {"content-type": "application/json"}
 WRITE = {**JSON, "X-API-Key": API_KEY}
 HEALTHZ_BOUND_S = 1.0  # generous for a shared machine; the stalls these bodies caused were seconds long
 RSS_SLACK = 50 << 20
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint, catalogs):
-    base = tmp_path_factory.mktemp("hostile_bodies")
-    table = pq.read_table(catalogs["small"])
-    ids = pa.array([f"item-{i}" for i in table.column("item_id").to_pylist()])
-    catalog = base / "str_ids.parquet"
-    pq.write_table(table.set_column(0, "item_id", ids), catalog)
-    index = base / "idx"
-    assign_catalog(checkpoint=checkpoint, catalog=catalog, index_dir=index, keep_columns=["title"])
-    srv = Server(index, base / "server.log", threads=1)
-    srv.env.update(SEMID_API_KEY=API_KEY, SEMID_MAX_BATCH=str(MAX_BATCH))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def client(server):
-    with httpx.Client(base_url=server.base, timeout=120.0) as c:
-        yield c
-    assert server.proc.poll() is None, server.log_tail()
+SERVER_ENV = {"SEMID_API_KEY": API_KEY, "SEMID_MAX_BATCH": str(MAX_BATCH)}  # the `server` fixture's (conftest)
 
 
 def _rss(server: Server) -> int:

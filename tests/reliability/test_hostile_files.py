@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from semid.model import files
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data import files
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 from semid.service.cli import main
 from semid.service.generation import vocab as vocab_module
 from semid.service.generation.trie import InvalidTrieError, SemanticIdTrie

@@ -11,9 +11,10 @@ import httpx
 import pytest
 
 from benchmarks.load_test import MIX, run_load
-from benchmarks.service_speed import Server, draw_prefixes
+from benchmarks.service_speed import draw_prefixes
 from semid.service.assign import assign_catalog
 from semid.service.index.check import check_index
+from tests.servers import Server
 
 DURATION_S = 5.0
 WORKERS = 4

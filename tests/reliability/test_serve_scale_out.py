@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,21 +20,16 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.reliability.conftest import SEMID, assign_args, run_semid
+from tests.servers import free_port
 
 KEY = {"X-API-Key": "k"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """A `semid serve` process and its base URL; stopped with SIGTERM (then SIGKILL)."""
 
     def __init__(self, index: Path, *args: str, env: dict | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [*SEMID, "serve", "--index", str(index), "--port", str(self.port), "--log-level", "warning", *args],
@@ -151,7 +145,7 @@ def test_workers_see_each_others_writes_and_serialise_concurrent_ones(index, cat
 
 @pytest.mark.slow
 def test_worker_start_failure_is_one_line_exit_2(tmp_path):
-    done = run_semid("serve", "--index", str(tmp_path / "missing"), "--workers", "2", "--port", str(_free_port()))
+    done = run_semid("serve", "--index", str(tmp_path / "missing"), "--workers", "2", "--port", str(free_port()))
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("error: no index at"), done.stderr
     assert "Traceback" not in done.stderr

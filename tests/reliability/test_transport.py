@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.service_speed import Server
 from semid.service.api.ratelimit import RateLimiter
 from semid.service.assign import assign_catalog
+from tests.servers import Server
 
 API_KEY = "transport-test-key"
 DIM = 16

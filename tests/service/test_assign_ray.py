@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from semid.model.catalog import Catalog
-from semid.model.synthetic import write_catalog
+from semid.model.data.catalog import Catalog
+from semid.model.data.synthetic import write_catalog
 from semid.service.cli import main
 from tests.conftest import assert_same_run, cli_export, colliding_catalog
 

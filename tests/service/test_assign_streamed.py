@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from semid.model.catalog import Catalog
-from semid.model.synthetic import write_catalog
+from semid.model.data.catalog import Catalog
+from semid.model.data.synthetic import write_catalog
 from semid.service import assign as assign_module
 from semid.service.assign import assign_catalog
 from semid.service.errors import CorruptIndexError

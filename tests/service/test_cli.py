@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from semid.model.catalog import Catalog
-from semid.model.checkpoint import load_checkpoint
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.catalog import Catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
+from semid.model.training.checkpoint import load_checkpoint
 from semid.service.cli import main
 from tests.conftest import tiny_config
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from semid.model.synthetic import synthetic_catalog, write_catalog
+from semid.model.data.synthetic import synthetic_catalog, write_catalog
 from semid.service.cli import main
 
 SEMID = [sys.executable, "-m", "semid.service.cli"]

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from semid.model.catalog import Catalog, read_catalog
-from semid.model.checkpoint import load_checkpoint
-from semid.model.job import train_tokenizer
-from semid.model.synthetic import write_catalog
+from semid.model.data.catalog import Catalog, read_catalog
+from semid.model.data.synthetic import write_catalog
+from semid.model.training.checkpoint import load_checkpoint
+from semid.model.training.job import train_tokenizer
 from semid.service.assign import assign_catalog
 from semid.service.cli import main
 from semid.service.index.handle import SemanticIdIndex

@@ -1,13 +1,11 @@
-"""Read-only headline figures of the served index (the web explorer's health view), and its evaluation report."""
+"""Read-only headline figures of the served index (the web explorer's health view; computed in
+semid.service.statistics), and its evaluation report."""
 
 from __future__ import annotations
 
 import json
-import threading
-import weakref
 from pathlib import Path
 
-import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from starlette.exceptions import HTTPException
@@ -16,6 +14,7 @@ from semid.service.api.deps import StateDep
 from semid.service.api.schemas import ERRORS, IndexStats
 from semid.service.api.threads import in_read_thread
 from semid.service.index.snapshot import IndexSnapshot
+from semid.service.statistics import snapshot_stats
 
 router = APIRouter(tags=["look-up"])
 
@@ -23,55 +22,6 @@ REPORT_URL = "/v1/stats/report"
 # the file names `semid evaluate` writes (semid.service.evaluation.run; a sibling layer, so not imported)
 REPORT_FILE, METRICS_FILE = "report.html", "metrics.json"
 MAX_METRICS_BYTES = 64 << 20
-
-_cache_lock = threading.Lock()
-_cache: list[tuple[weakref.ref, dict]] = []  # the last snapshot's figures: snapshots are immutable
-
-
-def snapshot_stats(snapshot: IndexSnapshot) -> dict:
-    """Items, base-code collisions, fallback count and per-position usage of one snapshot (cached per snapshot)."""
-    with _cache_lock:
-        for ref, figures in _cache:
-            if ref() is snapshot:
-                return figures
-    figures = _compute(snapshot)
-    with _cache_lock:
-        _cache[:] = [(weakref.ref(snapshot), figures)]
-    return figures
-
-
-def _compute(snapshot: IndexSnapshot) -> dict:
-    layout, state = snapshot.layout, snapshot.state
-    packed = state.sorted_packed  # active rows, sorted: a prefix of length p is a run of equal packed >> shift
-    mask = (1 << layout.bits) - 1
-    levels, parents = [], 1
-    for pos, size in enumerate(layout.sizes):
-        shift = layout.bits * (layout.width - 1 - pos)
-        prefixes = packed >> shift
-        nodes = int(np.count_nonzero(prefixes[1:] != prefixes[:-1]) + 1) if packed.shape[0] else 0
-        used = int(np.count_nonzero(np.bincount(prefixes & mask, minlength=size))) if packed.shape[0] else 0
-        levels.append(
-            {
-                "position": pos + 1,
-                "dedup": pos == layout.levels,
-                "codebook_size": int(size),
-                "codes_used": used,
-                "usage": used / size,
-                "prefixes": nodes,
-                "mean_fanout": nodes / parents if parents else 0.0,
-            }
-        )
-        parents = nodes
-    return {
-        "items": len(snapshot),
-        "retired": int(state.rows - state.size),
-        "fingerprint": snapshot.manifest.checkpoint_fingerprint,
-        "levels_count": layout.levels,
-        "base_codes": snapshot.base_code_stats(),
-        "fallback": int(np.count_nonzero(state.fallback[state.active])),
-        "keep_columns": list(snapshot.keep_columns),
-        "levels": levels,
-    }
 
 
 def _report_info(report_dir: Path | None, fingerprint: str) -> dict | None:

@@ -19,7 +19,7 @@ import pyarrow.ipc as ipc
 import pytest
 from fastapi.testclient import TestClient
 
-from semid.model.catalog import read_catalog
+from semid.model.data.catalog import read_catalog
 from semid.service.api.app import create_app
 from semid.service.api.settings import ServiceSettings
 from semid.service.api.state import ServiceState
@@ -777,7 +777,7 @@ def test_resolve_bad_bodies(api, body, field):
 
 
 def test_healthz_and_readyz(api, tiny_checkpoint):
-    from semid.model.checkpoint import load_checkpoint
+    from semid.model.training.checkpoint import load_checkpoint
 
     assert api.get("/healthz").json()["status"] == "ok"
     ready = api.get("/readyz")
@@ -854,7 +854,7 @@ def test_not_ready_without_state_then_ready_through_the_lifespan(base_index):
 
 
 def test_index_from_another_checkpoint_is_refused(base_index, tmp_path, tiny_catalog):
-    from semid.model.job import train_tokenizer
+    from semid.model.training.job import train_tokenizer
 
     other = tmp_path / "other"
     train_tokenizer(tiny_catalog.embeddings, tiny_config(seed=1), other)

@@ -33,7 +33,7 @@ def _items(emb: np.ndarray, start: int) -> list[dict]:
 
 
 def test_replica_refuses_writes_with_403_naming_the_writer(pair, tiny_catalog_file):
-    from semid.model.catalog import read_catalog
+    from semid.model.data.catalog import read_catalog
 
     writer, replica = pair
     emb = new_embeddings(read_catalog(tiny_catalog_file), 2)
@@ -52,7 +52,7 @@ def test_replica_refuses_writes_with_403_naming_the_writer(pair, tiny_catalog_fi
 
 
 def test_replica_answers_the_writers_registration_on_its_next_request(pair, tiny_catalog_file):
-    from semid.model.catalog import read_catalog
+    from semid.model.data.catalog import read_catalog
 
     writer, replica = pair
     before = replica.get("/readyz").json()["version"]
@@ -73,7 +73,7 @@ def test_worker_threads_split_the_cores_unless_set():
 
 
 def test_a_failed_refresh_keeps_serving_the_snapshot_held(pair, tiny_catalog_file, caplog):
-    from semid.model.catalog import read_catalog
+    from semid.model.data.catalog import read_catalog
 
     writer, replica = pair
     before = replica.get("/readyz").json()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from semid.model.catalog import read_catalog
+from semid.model.data.catalog import read_catalog
 from semid.service.api.app import create_app
 from semid.service.api.settings import ServiceSettings
 from semid.service.api.state import ServiceState
@@ -239,7 +239,7 @@ def test_duplicate_semantic_id_is_409_and_writes_nothing(client, catalog, monkey
 def test_index_replaced_by_another_checkpoints_is_409_on_write(client, catalog, tiny_checkpoint, tmp_path):
     import json
 
-    from semid.model.synthetic import synthetic_catalog, write_catalog
+    from semid.model.data.synthetic import synthetic_catalog, write_catalog
 
     index = state_of(client).index
     more = synthetic_catalog(items=20, dim=16, seed=8)

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from benchmarks.service_speed import Server
 from semid.service.assign import assign_catalog
 from semid.service.evaluation.run import run_evaluation
+from tests.servers import Server
 
 PAGE = 50  # items per page in app.js
 KEEP = ("title", "category")

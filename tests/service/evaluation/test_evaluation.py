@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from semid.model.catalog import Catalog
-from semid.model.synthetic import write_catalog
+from semid.model.data.catalog import Catalog
+from semid.model.data.synthetic import write_catalog
 from semid.service.cli import main
 from semid.service.evaluation.code_health import neighbour_share
 from semid.service.evaluation.figures import (
@@ -193,11 +193,11 @@ def test_evaluation_figures(evaluated):
 def test_per_level_figures_agree_across_training_evaluate_and_id_quality(evaluated, tiny_checkpoint, tiny_catalog):
     """One per-level figure, three readers: the checkpoint's training metrics (`semid train` / `inspect`), `semid
     evaluate` (levels, summary, verdicts, training curves) and the id-quality report, on the same codes, agree
-    exactly -- each calls semid.model.metrics.level_health and rounds with LevelHealth.to_json."""
+    exactly -- each calls semid.model.training.metrics.level_health and rounds with LevelHealth.to_json."""
     import torch
 
-    from semid.model.checkpoint import load_checkpoint
-    from semid.model.metrics import flat_levels, levels_from_flat
+    from semid.model.training.checkpoint import load_checkpoint
+    from semid.model.training.metrics import flat_levels, levels_from_flat
     from semid.service.evaluation.code_health import id_quality
 
     _, m = evaluated
@@ -303,8 +303,8 @@ def large_index(tmp_path_factory) -> tuple[Path, Path]:
     duplicates (where the scorer's "drop the first hit" differs from "drop the item itself") and fallback items
     (where base codes differ from the emitted ones): 3 levels of 12 codes, room for 2,700 items."""
     from semid.model.config import SemidConfig
-    from semid.model.job import train_tokenizer
-    from semid.model.synthetic import synthetic_catalog
+    from semid.model.data.synthetic import synthetic_catalog
+    from semid.model.training.job import train_tokenizer
     from semid.service.assign import assign_catalog
     from tests.conftest import tiny_config
 
@@ -366,7 +366,7 @@ def test_cli_evaluate_equals_the_reference_scorer_on_every_figure(tmp_path, larg
     assert ours == expected
 
     # the fixture exercises what it is meant to: fallback items, and sampled items whose first hit is a duplicate
-    from semid.model.catalog import read_catalog
+    from semid.model.data.catalog import read_catalog
     from semid.service.evaluation.code_health import sample_neighbours
 
     assert metrics["summary"]["fallback_items"] > 0

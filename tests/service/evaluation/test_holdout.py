@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from semid.model.checkpoint import load_checkpoint
+from semid.model.training.checkpoint import load_checkpoint
 from semid.service.cli import main
 from semid.service.evaluation.holdout import split_rows, subset_figures
 from tests.conftest import tiny_config

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from semid.model.catalog import read_catalog
+from semid.model.data.catalog import read_catalog
 from semid.service.api.app import create_app
 from semid.service.api.settings import ServiceSettings
 from semid.service.api.state import ServiceState

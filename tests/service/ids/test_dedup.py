@@ -65,6 +65,18 @@ def existing_ids(rng, layout, n):
 LAYOUT = IdLayout(codebook_sizes=(3, 3, 6), dedup_size=4)
 
 
+def resolve(codes, distances, item_ids, alternatives, occupancy, layout=LAYOUT):
+    """``resolve_collisions`` of a ``random_batch`` (its four arrays, in that order)."""
+    return resolve_collisions(
+        layout=layout,
+        base_codes=codes,
+        distances=distances,
+        item_ids=item_ids,
+        alternatives=alternatives,
+        occupancy=occupancy,
+    )
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("str_ids", [False, True])
 def test_matches_reference_with_fallback(seed, str_ids):
@@ -73,14 +85,7 @@ def test_matches_reference_with_fallback(seed, str_ids):
     codes, distances, item_ids, alts = random_batch(rng, LAYOUT, 80, str_ids=str_ids)
     expected, expected_fallback = reference_resolve(LAYOUT, codes, distances, item_ids, alts, existing.tolist())
     occupancy = BucketCounts.from_semantic_ids(LAYOUT, existing) if len(existing) else BucketCounts()
-    got = resolve_collisions(
-        layout=LAYOUT,
-        base_codes=codes,
-        distances=distances,
-        item_ids=item_ids,
-        alternatives=alts,
-        occupancy=occupancy,
-    )
+    got = resolve(codes, distances, item_ids, alts, occupancy)
     np.testing.assert_array_equal(got.semantic_ids, expected)
     assert set(np.flatnonzero(got.used_fallback).tolist()) == expected_fallback
     # unique together with the existing ids
@@ -125,14 +130,7 @@ def test_resolution_shards_refuses_zero():
 def test_fallback_actually_triggers_and_keeps_prefix():
     rng = np.random.default_rng(3)
     codes, distances, item_ids, alts = random_batch(rng, LAYOUT, 80)
-    got = resolve_collisions(
-        layout=LAYOUT,
-        base_codes=codes,
-        distances=distances,
-        item_ids=item_ids,
-        alternatives=alts,
-        occupancy=BucketCounts(),
-    )
+    got = resolve(codes, distances, item_ids, alts, BucketCounts())
     fb = got.used_fallback
     assert got.fallback_count > 0
     np.testing.assert_array_equal(got.semantic_ids[fb, :-2], codes[fb, :-1])
@@ -146,24 +144,10 @@ def test_deterministic_under_row_permutation(str_ids):
     rng = np.random.default_rng(7)
     codes, distances, item_ids, alts = random_batch(rng, LAYOUT, 90, str_ids=str_ids)
     occupancy = BucketCounts.from_semantic_ids(LAYOUT, existing_ids(rng, LAYOUT, 20))
-    base = resolve_collisions(
-        layout=LAYOUT,
-        base_codes=codes,
-        distances=distances,
-        item_ids=item_ids,
-        alternatives=alts,
-        occupancy=occupancy,
-    )
+    base = resolve(codes, distances, item_ids, alts, occupancy)
     for _ in range(3):
         perm = rng.permutation(len(item_ids))
-        got = resolve_collisions(
-            layout=LAYOUT,
-            base_codes=codes[perm],
-            distances=distances[perm],
-            item_ids=item_ids[perm],
-            alternatives=alts[perm],
-            occupancy=occupancy,
-        )
+        got = resolve(codes[perm], distances[perm], item_ids[perm], alts[perm], occupancy)
         np.testing.assert_array_equal(got.semantic_ids, base.semantic_ids[perm])
         np.testing.assert_array_equal(got.used_fallback, base.used_fallback[perm])
 

@@ -1,0 +1,1 @@
+"""Data in and out of training: catalogs, interactions files, the synthetic catalog and crash-safe file writes."""
