@@ -82,6 +82,9 @@ from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
 INTERACTIONS_ROW = "semid-rqvae-interactions"
 SMALL_SHAPE_ROW = "semid-rqvae-3x64"  # semid defaults but 64 codes a level: an ID shape for a ~4k-item catalog
+LETTER_ROW = "semid-rqvae-letter"  # the interactions row + LETTER-style alignment and code diversity
+LETTER = {"collab_align": 1.0, "code_diversity": 0.5}
+LIKES_ROWS = (INTERACTIONS_ROW, LETTER_ROW)  # rows that train on the generator's training interactions
 # benchmark name -> compare_tokenizers key (None: random codes, or the interactions row)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
@@ -92,6 +95,7 @@ SOURCES: dict[str, str | None] = {
     "semid-rqkmeans": "semid-rqkmeans",
     SMALL_SHAPE_ROW: None,  # built per run: semid rqvae with codebook_size 64 (the generator keeps 256 a level)
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
+    LETTER_ROW: None,  # built per run, as the interactions row
     "faiss-rq": "faiss-rq",
     "faiss-rqkmeans": None,  # residual k-means with faiss.Kmeans, 256 codes a level (FAISS_RQKMEANS)
     "semantic-id": "sid-rqkmeans",
@@ -159,6 +163,9 @@ def fit_ids(
     source = SOURCES[name]
     if name == INTERACTIONS_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()))
+        fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif name == LETTER_ROW:
+        runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()), **LETTER)
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif name == SMALL_SHAPE_ROW:
         fitted = _semid("rqvae", {"codebook_size": 64})(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
@@ -466,6 +473,8 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
 def _unsourced_label(name: str) -> str:
     if name == SMALL_SHAPE_ROW:
         return "semid rqvae, 3 x 64 codes (IDs in the generator's 256-code vocabulary)"
+    if name == LETTER_ROW:
+        return f"semid rqvae + interactions + LETTER-style terms {LETTER}"
     return "semid rqvae + interactions (the generator's training pairs)" if name == INTERACTIONS_ROW else "random codes"
 
 
@@ -866,7 +875,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     fit, held = split_rows(len(raw), args.holdout_share, 0) if args.holdout_share else (None, None)
     likes = None
-    if INTERACTIONS_ROW in wanted:
+    if any(row in wanted for row in LIKES_ROWS):
         hist_users = np.flatnonzero(np.diff(hist.starts) >= 3)[: s.max_users]  # as leave_one_out picks them
         scratch = Path(tempfile.mkdtemp(prefix="semid-gr-"))
         likes = training_interactions(args.interactions, np.asarray(cat.item_ids), hist_users, split, scratch)

@@ -21,6 +21,7 @@ from semid.model.checkpoint import (
     save_resume_state,
 )
 from semid.model.coliked import ColikedGraph, check_trainable
+from semid.model.collab import check_options
 from semid.model.config import SemidConfig
 from semid.model.cpu_threads import apply_threads
 from semid.model.rqvae import SemanticTokenizer, build_tokenizer
@@ -44,6 +45,7 @@ def train_tokenizer(
     ``coliked``: co-liked partners of the rows (semid.model.coliked), blended into the first-level
     graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
     with one line per phase (for a run without a progress bar)."""
+    check_options(config, interactions=coliked is not None)
     if coliked is not None:
         check_trainable(config)
     if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:
