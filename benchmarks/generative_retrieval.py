@@ -25,7 +25,9 @@ OUT/generative_retrieval_holdout.{json,md}.
 
 The ``semid-rqvae-interactions`` row trains semid with ``--interactions`` (co-liked pairs in the first level)
 on the interactions file minus every scored user's validation and test items (``training_interactions``),
-so the tokenizer never sees the pairs the generator is scored on.
+so the tokenizer never sees the pairs the generator is scored on. ``semid-rqvae-letter`` trains the same way with
+LETTER-style alignment and code diversity on (``LETTER``; semid.model.training.collab); ``semid-rqvae-adaptive`` sizes
+the codebooks from the catalog (``adaptive_codes``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
 INTERACTIONS_ROW = "semid-rqvae-interactions"
 SMALL_SHAPE_ROW = "semid-rqvae-3x64"  # semid defaults but 64 codes a level: an ID shape for a ~4k-item catalog
+LETTER_ROW = "semid-rqvae-letter"  # the interactions row + LETTER-style alignment and code diversity
+LETTER = {"collab_align": 1.0, "code_diversity": 0.5}
+ADAPTIVE_SHAPE_ROW = "semid-rqvae-adaptive"  # semid defaults, codes a level from the catalog size (adaptive_codes)
+LIKES_ROWS = (INTERACTIONS_ROW, LETTER_ROW)  # rows that train on the generator's training interactions
 # benchmark name -> compare_tokenizers key (None: random codes, or the interactions row)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
@@ -92,6 +98,8 @@ SOURCES: dict[str, str | None] = {
     "semid-rqkmeans": "semid-rqkmeans",
     SMALL_SHAPE_ROW: None,  # built per run: semid rqvae with codebook_size 64 (the generator keeps 256 a level)
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
+    LETTER_ROW: None,  # built per run, as the interactions row
+    ADAPTIVE_SHAPE_ROW: None,  # built per run: semid rqvae with adaptive_codes(catalog) codes a level
     "faiss-rq": "faiss-rq",
     "faiss-rqkmeans": None,  # residual k-means with faiss.Kmeans, 256 codes a level (FAISS_RQKMEANS)
     "semantic-id": "sid-rqkmeans",
@@ -144,6 +152,13 @@ def faiss_rqkmeans(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -
     return Fitted(np.stack(codes, axis=1).astype(np.int64), fit_s, 0.0, x - rest, settings)
 
 
+def adaptive_codes(items: int) -> int:
+    """Codes a level for a catalog of ``items``: the power of two nearest 2 * sqrt(items), between 16 and
+    CODEBOOK. Then the first level holds about K / 4 items a code, which the second level's K codes can still
+    split, where 256 codes over a ~4k-item catalog leave most second- and third-level codes empty."""
+    return int(min(CODEBOOK, max(16, 2 ** round(np.log2(2 * np.sqrt(items))))))
+
+
 def fit_ids(
     name: str,
     raw: np.ndarray,
@@ -160,6 +175,12 @@ def fit_ids(
     if name == INTERACTIONS_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()))
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif name == LETTER_ROW:
+        runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()), **LETTER)
+        fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif name == ADAPTIVE_SHAPE_ROW:
+        rows = np.arange(len(raw)) if fit is None else fit
+        fitted = _semid("rqvae", {"codebook_size": adaptive_codes(len(rows))})(raw, x, seed, rows)
     elif name == SMALL_SHAPE_ROW:
         fitted = _semid("rqvae", {"codebook_size": 64})(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif name == "faiss-rqkmeans":
@@ -466,6 +487,10 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
 def _unsourced_label(name: str) -> str:
     if name == SMALL_SHAPE_ROW:
         return "semid rqvae, 3 x 64 codes (IDs in the generator's 256-code vocabulary)"
+    if name == LETTER_ROW:
+        return f"semid rqvae + interactions + LETTER-style terms {LETTER}"
+    if name == ADAPTIVE_SHAPE_ROW:
+        return "semid rqvae, 3 x adaptive_codes(catalog) codes (IDs in the generator's 256-code vocabulary)"
     return "semid rqvae + interactions (the generator's training pairs)" if name == INTERACTIONS_ROW else "random codes"
 
 
@@ -866,7 +891,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     fit, held = split_rows(len(raw), args.holdout_share, 0) if args.holdout_share else (None, None)
     likes = None
-    if INTERACTIONS_ROW in wanted:
+    if any(row in wanted for row in LIKES_ROWS):
         hist_users = np.flatnonzero(np.diff(hist.starts) >= 3)[: s.max_users]  # as leave_one_out picks them
         scratch = Path(tempfile.mkdtemp(prefix="semid-gr-"))
         likes = training_interactions(args.interactions, np.asarray(cat.item_ids), hist_users, split, scratch)

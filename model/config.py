@@ -133,6 +133,17 @@ class TrainConfig(BaseModel):
     coliked_min_users: StrictInt = _int(3, 1, 1_000_000, "With --interactions: users who liked both, at least.")
     coliked_weight: StrictFloat = _float(0.75, 0.0, 1000.0, "With --interactions: a partner's vote (a neighbour's: 1).")
     coliked_max_user_likes: StrictInt = _int(500, 2, 1 << 24, "With --interactions: heavier users are sampled down.")
+    collab_align: StrictFloat = _float(
+        0.0,
+        0.0,
+        1000.0,
+        "With --interactions: weight of the LETTER-style alignment of each item's quantized latent with its "
+        "collaborative embedding (truncated SVD of the item-item PPMI of the likes; training.collab; 0: off).",
+    )
+    collab_temperature: StrictFloat = _float(0.1, 1e-3, 10.0, "Temperature of the alignment's cosine similarities.")
+    code_diversity: StrictFloat = _float(
+        0.0, 0.0, 1000.0, "Weight of the code-diversity term: 1 - entropy of the batch's mean soft code use / log K."
+    )
     seed: StrictInt = _int(0, 0, 2**63 - 1, "Random seed (training is reproducible for a seed).")
     threads: StrictInt = _int(0, 0, 1024, "torch threads (0: the CPUs this process may use; SEMID_THREADS overrides).")
 

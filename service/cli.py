@@ -219,6 +219,9 @@ def train(
         overrides.update(lowered)
     for section, kind in SECTIONS.items():
         config = config.with_overrides(section, **{k: v for k, v in overrides.items() if k in kind.model_fields})
+    from semid.model.training.collab import check_options
+
+    check_options(config, interactions=interactions is not None)  # e.g. --collab-align without --interactions
     cat = _load_catalog(catalog, ids, id_column, embedding_column, synthetic_items, synthetic_dim, config.train.seed)
     coliked = None
     if interactions is not None:

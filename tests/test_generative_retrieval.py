@@ -324,3 +324,28 @@ def test_seeds_must_be_integers():
     assert gr.seeds_of("0,1,2") == [0, 1, 2] and gr.seeds_of("3") == [3]
     with pytest.raises(SystemExit, match="error: --seeds"):
         gr.seeds_of("a,b")
+
+
+# ---------------------------------------------------------------------------------------------- ID levers
+
+
+def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
+    """The LETTER row trains semid on the training interactions with both terms on; the adaptive-shape row's
+    codes stay inside its smaller codebook; both end with unique IDs."""
+    from semid.model.data.catalog import read_catalog
+
+    root, item_ids = tiny_data
+    cat = read_catalog(root / "items.parquet")
+    raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
+    x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    hist = read_histories(root / "ratings.csv", item_ids)
+    split = leave_one_out(hist)
+    users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
+    sids, info = gr.fit_ids(gr.LETTER_ROW, raw, x, item_ids, 0, likes=likes)
+    assert "'collab_align': 1.0" in info["settings"]["config"] and "code_diversity" in info["settings"]["config"]
+    assert np.unique(sids, axis=0).shape[0] == ITEMS
+    sids, info = gr.fit_ids(gr.ADAPTIVE_SHAPE_ROW, raw, x, item_ids, 0)
+    assert info["settings"]["codebook_size"] == gr.adaptive_codes(ITEMS) == 32
+    assert sids[:, :3].max() < 32 and np.unique(sids, axis=0).shape[0] == ITEMS
+    assert [gr.adaptive_codes(n) for n in (100, 4344, 20_000)] == [16, 128, 256]

@@ -55,6 +55,7 @@ class ColikedGraph:
     scores: np.ndarray  # float32 [n, p]: their co-liked scores (0 where -1)
     weight: float  # vote of one partner relative to one content neighbour
     record: dict[str, Any]  # what the checkpoint stores: file, sha256, counts, settings
+    liked: np.ndarray | None = None  # int64 [m, 2]: (user index, row) of every known like (semid.model.training.collab)
 
     def blend(self, graph: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The content k-NN graph of the targets' ``rows`` ([m, k] positions in ``rows``) with each
@@ -132,7 +133,9 @@ def read_coliked(
         "settings": {name: getattr(config, name) for name in SETTINGS},
     }
     log.info("co-liked graph from %s: %s", path.name, {k: v for k, v in record.items() if k != "settings"})
-    return ColikedGraph(partners=partners, scores=scores, weight=config.coliked_weight, record=record)
+    _, user_index = np.unique(users[known].astype(str), return_inverse=True)
+    liked = np.stack([user_index.reshape(-1), rows[known]], axis=1).astype(np.int64)
+    return ColikedGraph(partners=partners, scores=scores, weight=config.coliked_weight, record=record, liked=liked)
 
 
 def coliked_partners(

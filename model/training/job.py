@@ -23,6 +23,7 @@ from semid.model.training.checkpoint import (
     save_checkpoint,
     save_resume_state,
 )
+from semid.model.training.collab import check_options
 from semid.model.training.cpu_threads import apply_threads
 from semid.model.training.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
 
@@ -44,6 +45,7 @@ def train_tokenizer(
     ``coliked``: co-liked partners of the rows (semid.model.first_level.coliked), blended into the first-level
     graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
     with one line per phase (for a run without a progress bar)."""
+    check_options(config, interactions=coliked is not None)
     if coliked is not None:
         check_trainable(config)
     if coliked is not None and coliked.partners.shape[0] != embeddings.shape[0]:

@@ -20,6 +20,7 @@ from semid.model.first_level.coliked import ColikedGraph, check_trainable
 from semid.model.first_level.graph_targets import GraphTargets, build_targets
 from semid.model.kmeans import squared_distances
 from semid.model.tokenizers.rqvae import SemanticTokenizer
+from semid.model.training.collab import CodeShaping
 from semid.model.training.metrics import codebook_health, levels_from_flat
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def fit_rqvae(
         tokenizer.normalizer.fit(x)
     if coliked is not None:
         check_trainable(cfg)
+    shaping = CodeShaping.build(cfg, n, coliked.liked if coliked is not None else None)  # LETTER-style terms
     targets = None
     if t.graph_targets:  # the catalog decides whether they are worth their cost (semid.model.first_level.adaptive)
         if note is not None:
@@ -196,6 +198,11 @@ def fit_rqvae(
                     graph_loss = _graph_loss(tokenizer, out.latent, targets, rows, cfg)
                     loss = loss + t.graph_weight * graph_loss
                     sums["graph_loss"] += float(graph_loss.detach())
+                if shaping is not None:
+                    terms = shaping.losses(q.quantized, out.latent, q.codes, tokenizer.quantizer.codebooks, rows)
+                    for name, (weight, value) in terms.items():
+                        loss = loss + weight * value
+                        sums[name] = sums.get(name, 0.0) + float(value.detach())
                 recent = (recent + [q.residuals])[-4:]
                 sums["commit_loss"] += float(q.commit_loss.detach())
                 sums["codebook_loss"] += float(q.codebook_loss.detach())
