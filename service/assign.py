@@ -10,7 +10,7 @@ batches (Parquet row groups), each batch is encoded and only compact per-item co
 items resolves collisions in shards of about ``RESOLVE_SHARD_ROWS`` items
 (``ids.dedup.resolution_shards``: the same IDs as one call, see there) and streams the items'
 vectors, computed from their resolved IDs a chunk at a time, into a vector file of the segment
-(``index.vector_file``), so they are never all in memory, and opening the index does not read them.
+(``index.segment_vectors``), so they are never all in memory, and opening the index does not read them.
 Smaller runs write the vectors inline, as before.
 
 Known items keep their IDs. A known item whose embedding changed is reported; with

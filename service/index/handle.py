@@ -4,7 +4,7 @@ Directory::
 
     manifest.json            which segments form the index (replaced last, atomically)
     segments/seg-NNNNNN.parquet
-    segments/seg-NNNNNN.vectors  raw float32 vectors of a large batch write, memory-mapped (vector_file.py)
+    segments/seg-NNNNNN.vectors  raw float32 vectors of a large batch write, memory-mapped (segment_vectors.py)
     faiss.index              IndexFlatL2 over the vectors in row order (rebuilt if stale); not used
                              once a segment has a vector file
     checkpoint/              copy of the tokenizer checkpoint the ids came from
@@ -46,6 +46,7 @@ from semid.service.errors import (
 from semid.service.ids.layout import IdLayout
 from semid.service.index.batch import validate_batch
 from semid.service.index.check import CheckReport, check_index
+from semid.service.index.faiss_file import load_vector_index, read_segment_vectors, write_vector_index
 from semid.service.index.manifest import (
     CHECKPOINT_DIR,
     FAISS_NAME,
@@ -57,13 +58,12 @@ from semid.service.index.manifest import (
     read_manifest,
     write_manifest,
 )
+from semid.service.index.segment_vectors import VECTORS_SUFFIX, StagedVectors, map_vectors, vectors_name
 from semid.service.index.segments import build_table, fold_into_tail, read_segment, write_segment
 from semid.service.index.snapshot import IndexSnapshot
 from semid.service.index.state import IndexState
 from semid.service.index.store import TMP_PREFIX, WriterLock, copy_dir_atomically
-from semid.service.index.vector_file import VECTORS_SUFFIX, StagedVectors, map_vectors, vectors_name
-from semid.service.index.vector_set import VectorSet
-from semid.service.index.vectors import load_vector_index, read_segment_vectors, write_vector_index
+from semid.service.index.vector_search import VectorSet
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ class SemanticIdIndex:
 
         ``vectors`` as ``StagedVectors`` (from ``stage_vectors``, finished): the segment keeps its
         vectors in that file (renamed to ``seg-NNNNNN.vectors``), not in the Parquet file, and from
-        then on the index does not use ``faiss.index`` (see ``vector_file.py``).
+        then on the index does not use ``faiss.index`` (see ``segment_vectors.py``).
 
         ``defer_load``: the handle keeps its current snapshot and the next ``refresh`` (or writer)
         loads the new segment from disk, so a one-shot batch writer can free its own arrays before
