@@ -294,7 +294,7 @@ def test_store_unreachable_replicas_serve_from_cache_and_turn_not_ready(moto, ba
             while (ready := replica.get("/readyz")).status_code == 200:
                 assert time.monotonic() - killed < 15, "still ready long after the store went away"
                 time.sleep(0.1)
-            assert time.monotonic() - killed >= 2.0  # not before the bound
+            assert time.monotonic() - killed >= 2.0 - 0.2 - 0.1  # not before the bound (less one poll interval)
             assert ready.status_code == 503 and ready.json()["error"]["code"] == "store_unreachable"
             assert ready.json()["store"]["error"] and ready.json()["items"] == 4_000
             assert replica.get(f"/v1/items/{item}").status_code == 200  # still serving, from its cache
