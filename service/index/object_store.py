@@ -144,7 +144,8 @@ class ObjectStore:
                 if _status(err) in (409, 412):  # 409: a concurrent conditional write to the same key
                     raise CommitConflictError(
                         f"{self.location.uri}/{name} was written by another writer first "
-                        f"({'it exists' if create_only else 'it changed since this writer read it'})"
+                        f"({'it exists' if create_only else 'it changed since this writer read it'}); "
+                        "nothing of this write is in the index: retry it"
                     ) from None
                 raise
 
