@@ -145,8 +145,8 @@ class StoreMirror:
         for path, name in store_files(manifest).items():
             if have.get(path) != name or not (self.local / path).is_file():
                 self._call(lambda n=name, p=path: self.store.download(n, self.local / p, sha256=_sha256(n)))
-        if not (self.local / CHECKPOINT_DIR).is_dir():
-            self._fetch_checkpoint()
+        if self._committed is None and not (self.local / CHECKPOINT_DIR).is_dir():
+            self._fetch_checkpoint()  # written once, at create: looked for on this process's first pull only
         write_manifest(self.local, manifest)
         self._etag, self._committed, self._store_version = etag, manifest, manifest.version
         self._remove_unlisted(manifest)

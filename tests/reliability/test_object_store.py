@@ -163,6 +163,10 @@ def test_bad_store_uris_are_one_line_errors(moto, tmp_path):
         done = run_semid("export", "--index", uri, "--out", str(tmp_path / "o.parquet"), env=env)
         assert done.returncode == 2 and done.stderr.startswith("error: ") and says in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+    nothing_there = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}"}  # no store, no cache
+    done = run_semid("check", "--index", f"s3://{BUCKET}/base", env=nothing_there)
+    assert done.returncode == 2 and done.stderr.startswith("error: object store unreachable"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -279,10 +283,19 @@ def test_two_writers_racing_exactly_one_commit_wins_and_nothing_is_lost(uri, mot
 
 
 @pytest.mark.slow
-def test_store_unreachable_replicas_serve_from_cache_and_turn_not_ready(moto, base_prefix, catalogs, tmp_path):
+def test_store_unreachable_replicas_serve_from_cache_and_turn_not_ready(
+    moto, base_prefix, catalogs, tmp_path, monkeypatch
+):
+    from semid.service.errors import StoreUnavailableError
+    from semid.service.index.handle import SemanticIdIndex
+
     outage = MotoServer()  # its own server: this test kills it
     try:
         uri = _copy(moto, base_prefix, outage, "outage")
+        for name, value in outage.env(tmp_path / "writer").items():
+            if name.startswith(("AWS_", "SEMID_CACHE")):
+                monkeypatch.setenv(name, value)
+        writer = SemanticIdIndex.open(uri)  # in this process: a writer that has read the store
         tuning = {"SEMID_STORE_POLL_SECONDS": "0.2", "SEMID_STORE_STALE_SECONDS": "2"}
         replica = _serve(uri, outage, tmp_path / "replica", "--read-only", **tuning)
         item = pq.read_table(catalogs["small"]).column("item_id")[0].as_py()
@@ -298,6 +311,8 @@ def test_store_unreachable_replicas_serve_from_cache_and_turn_not_ready(moto, ba
             assert ready.status_code == 503 and ready.json()["error"]["code"] == "store_unreachable"
             assert ready.json()["store"]["error"] and ready.json()["items"] == 4_000
             assert replica.get(f"/v1/items/{item}").status_code == 200  # still serving, from its cache
+            with pytest.raises(StoreUnavailableError, match="object store unreachable"), writer.writer():
+                pass  # a write needs the store's latest version: refused (HTTP 503 store_unavailable)
             # a replica (re)started during the outage opens the cached version and serves it
             restarted = Server.__new__(Server)
             port = _free_port()
