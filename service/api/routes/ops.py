@@ -19,7 +19,9 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
+@router.get(
+    "/readyz", response_model=Health, response_model_exclude_unset=True, responses={503: {"model": ErrorResponse}}
+)
 async def readyz(request: Request) -> dict | JSONResponse:
     """Readiness: the index and checkpoint are loaded; the snapshot version, role and process answering."""
     state = request.app.state.semid
