@@ -10,7 +10,7 @@ batches (Parquet row groups), each batch is encoded and only compact per-item co
 items resolves collisions in shards of about ``RESOLVE_SHARD_ROWS`` items
 (``ids.dedup.resolution_shards``: the same IDs as one call, see there) and streams the items'
 vectors, computed from their resolved IDs a chunk at a time, into a vector file of the segment
-(``index.vector_file``), so they are never all in memory, and opening the index does not read them.
+(``index.segment_vectors``), so they are never all in memory, and opening the index does not read them.
 Smaller runs write the vectors inline.
 
 Known items keep their IDs. A known item whose embedding changed is reported; with
@@ -34,7 +34,7 @@ from semid.service.encoder import CheckpointEncoder, EncodedBatch
 from semid.service.ids.dedup import resolution_shards, resolve_collisions
 from semid.service.ids.hashing import embedding_hash
 from semid.service.index.handle import SemanticIdIndex
-from semid.service.index.manifest import MANIFEST_NAME
+from semid.service.index.object_store import index_location
 from semid.service.placement import check_compatible, place_new_items, recoded_in_place
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,11 @@ class _Pending:
 
 
 def open_or_create_index(
-    index_dir: Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str], checkpoint_dir: Path
+    index_dir: str | Path, encoder: CheckpointEncoder, id_kind: str, keep_columns: Sequence[str], checkpoint_dir: Path
 ) -> SemanticIdIndex:
     """The index to extend (same checkpoint, id kind and kept columns, else an error) or a new empty one.
     Shared by both engines (this module and ``semid.service.assign_ray``)."""
-    if (index_dir / MANIFEST_NAME).is_file():
+    if SemanticIdIndex.exists(index_dir):
         index = SemanticIdIndex.open(index_dir, expected_fingerprint=encoder.fingerprint)
         check_compatible(index, encoder)
         if index.id_kind != id_kind:
@@ -208,7 +208,7 @@ def assign_catalog(
     vector_file_min_rows: int = VECTOR_FILE_MIN_ROWS,
 ) -> AssignSummary:
     start = time.perf_counter()
-    checkpoint, catalog, index_dir = Path(checkpoint), Path(catalog), Path(index_dir)
+    checkpoint, catalog, index_dir = Path(checkpoint), Path(catalog), index_location(index_dir)
     if not catalog.is_file():
         raise CatalogError(f"catalog file {catalog} does not exist")
     encoder = CheckpointEncoder.from_dir(checkpoint)

@@ -57,6 +57,7 @@ from semid.service.ids.dedup import BucketCounts, resolution_shards, resolve_col
 from semid.service.ids.hashing import embedding_hash
 from semid.service.ids.layout import IdLayout
 from semid.service.index.handle import SemanticIdIndex
+from semid.service.index.object_store import index_location
 from semid.service.placement import recoded_in_place
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def assign_catalog_ray(
     start = time.perf_counter()
     ray = import_ray()
     # Workers open these paths themselves, and on a cluster they do not run in this process's directory.
-    checkpoint, catalog, index_dir = Path(checkpoint).absolute(), _worker_path(str(catalog)), Path(index_dir)
+    checkpoint, catalog, index_dir = Path(checkpoint).absolute(), _worker_path(str(catalog)), index_location(index_dir)
     columns = CatalogColumns(id_column, embedding_column, tuple(keep_columns))
     id_kind = _catalog_id_kind(catalog, columns)
     encoder = CheckpointEncoder.from_dir(checkpoint)

@@ -441,8 +441,13 @@ def export(index_dir, out, vocab, trie, vocab_offset, special_tokens) -> None:
 def check(index_dir) -> None:
     """Consistency check: segments present and readable, counts match, no duplicate IDs or items."""
     from semid.service.index.check import check_index
+    from semid.service.index.handle import SemanticIdIndex
+    from semid.service.index.object_store import parse_store_uri
 
-    report = check_index(index_dir)
+    if parse_store_uri(index_dir) is not None:  # the store's files, fetched into the cache and checksummed
+        report = SemanticIdIndex.open(index_dir, read_only=True).check()
+    else:
+        report = check_index(index_dir)
     click.echo(f"{index_dir}: {report.item_count} items in {report.segment_count} segments")
     for note in report.notes:
         click.echo(f"note: {note}")
@@ -492,6 +497,8 @@ SERVE_FLAGS = {
     "--report-dir": "report_dir",
     "--workers": "workers",
     "--read-only": "read_only",
+    "--store-poll-seconds": "store_poll_seconds",
+    "--store-stale-seconds": "store_stale_seconds",
 }
 
 

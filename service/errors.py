@@ -246,6 +246,22 @@ class RateLimitedError(SemidError, RuntimeError):
         self.retry_after = retry_after
 
 
+class CommitConflictError(SemidError, RuntimeError):
+    """Another writer committed to an index on object storage first (its manifest changed since this
+    writer read it): nothing of this write is in the index; retry it (the writer catches up first)."""
+
+    code = "commit_conflict"
+    status = 409
+
+
+class StoreUnavailableError(SemidError, OSError):
+    """The object store holding the index cannot be reached, or refuses (credentials, missing object)."""
+
+    code = "store_unavailable"
+    status = 503
+    public_message = "the object store holding the index is unreachable; the server log names the problem"
+
+
 class ReadOnlyReplicaError(SemidError, PermissionError):
     """A write sent to a read-only replica (``semid serve --read-only``): writes go to the writer."""
 

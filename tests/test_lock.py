@@ -68,7 +68,7 @@ def test_every_dependency_of_every_ci_extra_is_pinned_with_hashes():
 def test_the_runtime_lock_holds_the_runtime_dependencies_at_the_same_versions():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime, full = _pins(RUNTIME_LOCK), _pins(LOCK)
-    assert _extra_names(project, ("serve",)) <= set(runtime)  # the Dockerfile installs semid[serve]
+    assert _extra_names(project, ("serve", "s3")) <= set(runtime)  # the Dockerfile installs semid[serve,s3]
     assert {name: version for name, (version, _) in runtime.items()} == {name: full[name][0] for name in runtime}, (
         "requirements-runtime.lock disagrees with requirements.lock: run `bash .ci/lock`"
     )

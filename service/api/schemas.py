@@ -132,6 +132,14 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class StoreHealth(BaseModel):
+    uri: str
+    version: int | None = Field(description="The store's manifest version when this process last reached it.")
+    behind: int | None = Field(description="Store version minus the snapshot's (0: serving the latest).")
+    seconds_since_contact: float | None = Field(description="Since the store last answered this process.")
+    error: str | None = Field(description="Why the last attempt to reach the store failed, if it did.")
+
+
 class Health(BaseModel):
     status: str
     items: int | None = None
@@ -139,6 +147,7 @@ class Health(BaseModel):
     version: int | None = Field(default=None, description="The snapshot's manifest version (grows with each commit).")
     role: str | None = Field(default=None, description="`writer`, or `replica` (served with --read-only).")
     pid: int | None = Field(default=None, description="The answering server process (one of --workers).")
+    store: StoreHealth | None = Field(default=None, description="An index on object storage: how far behind it.")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from semid.service.index.snapshot import MAX_PAGE_LIMIT
@@ -13,7 +14,7 @@ from semid.service.index.snapshot import MAX_PAGE_LIMIT
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEMID_", extra="ignore")
 
-    index_dir: Path = Field(default=Path("index"), description="Index directory to serve.")
+    index_dir: str = Field(default="index", description="Index directory, or s3://bucket/prefix, to serve.")
     checkpoint_dir: Path | None = Field(default=None, description="Checkpoint (default: the index's own copy).")
     api_key: str | None = Field(default=None, description="Required in X-API-Key on write routes when set.")
     max_batch: int = Field(default=8192, ge=1, le=1_000_000, description="Most embeddings or items per request.")
@@ -55,5 +56,17 @@ class ServiceSettings(BaseSettings):
     read_only: bool = Field(
         default=False, description="A read replica: write routes answer 403; reads follow the writer's manifest."
     )
+    store_poll_seconds: float = Field(
+        default=1.0, gt=0, le=3600, description="Index on object storage: seconds between polls of its manifest."
+    )
+    store_stale_seconds: float = Field(
+        default=30.0, gt=0, description="Index on object storage: /readyz answers 503 when unreachable this long."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+
+    @field_validator("index_dir", mode="before")
+    @classmethod
+    def _index_as_text(cls, value: object) -> object:
+        """A Path as given (an object-store URI stays a string: ``Path`` would fold its ``//``)."""
+        return os.fspath(value) if isinstance(value, os.PathLike) else value

@@ -31,6 +31,7 @@ class ServiceState:
         index = SemanticIdIndex.open(
             settings.index_dir, lock_timeout=settings.write_lock_timeout, read_only=settings.read_only
         )
+        index.follow_store(settings.store_poll_seconds)  # an index on object storage: poll its manifest
         checkpoint = settings.checkpoint_dir or index.checkpoint_dir
         if checkpoint is None or not Path(checkpoint).is_dir():
             raise CorruptIndexError(

@@ -9,11 +9,11 @@ from pathlib import Path
 import faiss
 
 from semid.service.errors import CorruptIndexError
+from semid.service.index.faiss_file import vectors_checksum_problem
 from semid.service.index.manifest import FAISS_NAME, MANIFEST_NAME, SEGMENTS_DIR, read_manifest
+from semid.service.index.segment_vectors import vectors_file_problem, vectors_name
 from semid.service.index.segments import SegmentData, read_segment, read_vectors, segment_checksum_problem
 from semid.service.index.state import IndexState
-from semid.service.index.vector_file import vectors_file_problem, vectors_name
-from semid.service.index.vectors import vectors_checksum_problem
 
 logger = logging.getLogger(__name__)
 

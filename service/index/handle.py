@@ -4,7 +4,7 @@ Directory::
 
     manifest.json            which segments form the index (replaced last, atomically)
     segments/seg-NNNNNN.parquet
-    segments/seg-NNNNNN.vectors  raw float32 vectors of a large batch write, memory-mapped (vector_file.py)
+    segments/seg-NNNNNN.vectors  raw float32 vectors of a large batch write, memory-mapped (segment_vectors.py)
     faiss.index              IndexFlatL2 over the vectors in row order (rebuilt if stale); not used
                              once a segment has a vector file
     checkpoint/              copy of the tokenizer checkpoint the ids came from
@@ -15,6 +15,11 @@ from memory. Writers hold ``index.lock``; under it a handle first catches up wit
 segments other processes appended, so ids are checked against the latest state.
 A long-lived reader (a server worker, a read-only replica) calls ``refresh_if_changed``
 before each request: one ``stat`` of the manifest, and a refresh only when it was replaced.
+
+An index on object storage (``s3://bucket/prefix``) is served from a local cache directory that
+``StoreMirror`` (``mirror.py``) keeps in step with the store: the handle works on that directory as
+on a local one; a writer pulls the store's manifest under the lock and commits with a conditional
+write of the store's manifest before its local one; a reader's poller pulls in the background.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from semid.service.errors import (
+    CommitConflictError,
     CorruptIndexError,
     FingerprintMismatchError,
     IndexExistsError,
@@ -42,10 +48,13 @@ from semid.service.errors import (
     IndexWriteError,
     InvalidInputError,
     ReadOnlyReplicaError,
+    SemidError,
+    StoreUnavailableError,
 )
 from semid.service.ids.layout import IdLayout
 from semid.service.index.batch import validate_batch
 from semid.service.index.check import CheckReport, check_index
+from semid.service.index.faiss_file import load_vector_index, read_segment_vectors, write_vector_index
 from semid.service.index.manifest import (
     CHECKPOINT_DIR,
     FAISS_NAME,
@@ -57,13 +66,14 @@ from semid.service.index.manifest import (
     read_manifest,
     write_manifest,
 )
+from semid.service.index.mirror import StoreMirror, StoreStatus
+from semid.service.index.object_store import local_path, parse_store_uri
+from semid.service.index.segment_vectors import VECTORS_SUFFIX, StagedVectors, map_vectors, vectors_name
 from semid.service.index.segments import build_table, fold_into_tail, read_segment, write_segment
 from semid.service.index.snapshot import IndexSnapshot
 from semid.service.index.state import IndexState
 from semid.service.index.store import TMP_PREFIX, WriterLock, copy_dir_atomically
-from semid.service.index.vector_file import VECTORS_SUFFIX, StagedVectors, map_vectors, vectors_name
-from semid.service.index.vector_set import VectorSet
-from semid.service.index.vectors import load_vector_index, read_segment_vectors, write_vector_index
+from semid.service.index.vector_search import VectorSet
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +97,10 @@ class SemanticIdIndex:
         lock_timeout: float,
         read_only: bool = False,
         seen: tuple[int, ...] | None = None,
+        mirror: StoreMirror | None = None,
     ) -> None:
         self._path = path
+        self._mirror = mirror
         self._snapshot = snapshot
         self._lock = WriterLock(path / LOCK_NAME, description=f"index {path}")
         self._lock_timeout = lock_timeout
@@ -119,7 +131,9 @@ class SemanticIdIndex:
         Raises ``IndexExistsError`` if ``path`` already holds an index or other files,
         ``InvalidInputError`` for bad arguments.
         """
-        root = Path(path)
+        location = parse_store_uri(path)
+        mirror = StoreMirror(location) if location is not None else None
+        root = mirror.local if mirror is not None else local_path(path)
         if not isinstance(layout, IdLayout):
             raise InvalidInputError(f"layout must be an IdLayout, got {type(layout).__name__}", field="layout")
         manifest = Manifest(
@@ -131,6 +145,8 @@ class SemanticIdIndex:
         )
         if checkpoint_dir is not None and not Path(checkpoint_dir).is_dir():
             raise InvalidInputError(f"checkpoint_dir {checkpoint_dir} is not a directory", field="checkpoint_dir")
+        if mirror is not None:
+            mirror.prepare_create()
         _refuse_existing(root)
         target = str(root)
         try:
@@ -149,13 +165,18 @@ class SemanticIdIndex:
                 target = FAISS_NAME
                 manifest = replace(manifest, faiss=write_vector_index(root, vectors))
                 target = MANIFEST_NAME
+                if mirror is not None:
+                    try:
+                        mirror.push(manifest, create=True)
+                    except CommitConflictError:
+                        raise IndexExistsError(f"{mirror.uri} was created by another writer meanwhile") from None
                 write_manifest(root, manifest)
         except OSError as exc:
             raise _write_error(root, exc, target) from exc
         logger.info("created index %s (layout %s, id_kind %s)", root, layout.to_dict(), id_kind)
         state = IndexState.from_segments(layout=layout, id_kind=id_kind, parts=[])
         snapshot = IndexSnapshot(manifest=manifest, state=state, vectors=VectorSet.from_index(vectors))
-        return cls(root, snapshot, lock_timeout=lock_timeout)
+        return cls(root, snapshot, lock_timeout=lock_timeout, mirror=mirror)
 
     @classmethod
     def open(
@@ -175,7 +196,11 @@ class SemanticIdIndex:
         handle never takes the lock nor writes (a rebuilt ``faiss.index`` stays in memory), and
         its writes raise ``ReadOnlyReplicaError``.
         """
-        root = Path(path)
+        location = parse_store_uri(path)
+        mirror = StoreMirror(location) if location is not None else None
+        root = mirror.local if mirror is not None else local_path(path)
+        if mirror is not None:
+            _pull_for_open(mirror, lock_timeout)
         seen = _manifest_key(root)  # before reading: a replacement in between is caught by the next check
         manifest = _read_manifest_or_raise(root)
         if expected_fingerprint is not None and manifest.checkpoint_fingerprint != expected_fingerprint:
@@ -186,17 +211,40 @@ class SemanticIdIndex:
                 actual=manifest.checkpoint_fingerprint,
             )
         snapshot, rebuilt = _load_snapshot(root, manifest, None)
-        index = cls(root, snapshot, lock_timeout=lock_timeout, read_only=read_only, seen=seen)
-        if rebuilt and not read_only:
+        index = cls(root, snapshot, lock_timeout=lock_timeout, read_only=read_only, seen=seen, mirror=mirror)
+        if rebuilt and not read_only and mirror is None:
             index._persist_rebuilt_vectors()
         logger.info("opened index %s: %d items in %d segments", root, len(index), len(manifest.segments))
         return index
+
+    @staticmethod
+    def exists(path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` (a directory or an object-store URI) holds an index (has a manifest)."""
+        location = parse_store_uri(path)
+        if location is not None:
+            return StoreMirror(location).exists()
+        return (local_path(path) / MANIFEST_NAME).is_file()
 
     # --- properties ----------------------------------------------------------------
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def location(self) -> str:
+        """What was opened: the local directory, or the object-store URI (then ``path`` is its cache)."""
+        return self._mirror.uri if self._mirror is not None else str(self._path)
+
+    def store_status(self) -> StoreStatus | None:
+        """For an index on object storage: the store's version when last reached and how long ago."""
+        return self._mirror.status() if self._mirror is not None else None
+
+    def follow_store(self, interval: float) -> None:
+        """For an index on object storage: poll its manifest every ``interval`` seconds in the background
+        (a server does; refreshes then follow as for a local index). No-op for a local index."""
+        if self._mirror is not None:
+            self._mirror.follow(interval)
 
     @property
     def layout(self) -> IdLayout:
@@ -290,6 +338,8 @@ class SemanticIdIndex:
             except OSError as exc:  # e.g. a read-only file system: index.lock cannot be opened for writing
                 raise _write_error(self._path, exc, LOCK_NAME) from exc
             try:
+                if self._mirror is not None:
+                    self._mirror.pull()  # the store's latest commit, which the conditional commit will name
                 self.refresh()
                 yield self
             finally:
@@ -374,7 +424,7 @@ class SemanticIdIndex:
 
         ``vectors`` as ``StagedVectors`` (from ``stage_vectors``, finished): the segment keeps its
         vectors in that file (renamed to ``seg-NNNNNN.vectors``), not in the Parquet file, and from
-        then on the index does not use ``faiss.index`` (see ``vector_file.py``).
+        then on the index does not use ``faiss.index`` (see ``segment_vectors.py``).
 
         ``defer_load``: the handle keeps its current snapshot and the next ``refresh`` (or writer)
         loads the new segment from disk, so a one-shot batch writer can free its own arrays before
@@ -451,6 +501,8 @@ class SemanticIdIndex:
                     SegmentInfo(name=name, rows=table.num_rows, sha256=sha256, vectors_sha256=vectors_sha256)
                 )
                 target = MANIFEST_NAME
+                if self._mirror is not None:
+                    self._mirror.push(new_manifest)  # the commit point; CommitConflictError if another won
                 write_manifest(self._path, new_manifest)
             except OSError as exc:
                 # The manifest is the commit point: if it was replaced (only its directory's fsync
@@ -491,6 +543,8 @@ class SemanticIdIndex:
         """Under the lock: write the snapshot's rebuilt faiss index and record its checksum in the
         manifest, if the manifest still lists the snapshot's segments. Best effort (derived data)."""
         snap = self._snapshot
+        if self._mirror is not None:  # derived data: not worth a commit to the store
+            return
         try:
             current = _read_manifest_or_raise(self._path)
             if current.segments != snap.manifest.segments:
@@ -516,6 +570,20 @@ def _manifest_key(root: Path) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _pull_for_open(mirror: StoreMirror, lock_timeout: float) -> None:
+    """Bring the cache up to the store before opening it. If the store is unreachable but the cache
+    holds a version, that version is opened (a replica restarted during an outage keeps serving)."""
+    lock = WriterLock(mirror.local / LOCK_NAME, description=f"cache {mirror.local}")
+    mirror.local.mkdir(parents=True, exist_ok=True)
+    try:
+        with lock.held_for(timeout=max(lock_timeout, 10.0)):
+            mirror.pull()
+    except (StoreUnavailableError, IndexLockedError) as exc:
+        if not (mirror.local / MANIFEST_NAME).is_file():
+            raise
+        logger.warning("index %s: opening the cached version in %s: %s", mirror.uri, mirror.local, exc)
+
+
 def _read_manifest_or_raise(root: Path) -> Manifest:
     try:
         return read_manifest(root)
@@ -523,9 +591,10 @@ def _read_manifest_or_raise(root: Path) -> Manifest:
         raise IndexNotFoundError(f"no index at {root} ({MANIFEST_NAME} missing)") from None
 
 
-def _write_error(root: Path, exc: OSError, target: str, *, committed: bool = False) -> IndexWriteError:
-    """A file-system failure while writing ``target`` (a name inside ``root``) as a domain error."""
-    if isinstance(exc, IndexWriteError):
+def _write_error(root: Path, exc: OSError, target: str, *, committed: bool = False) -> OSError:
+    """A file-system failure while writing ``target`` (a name inside ``root``) as a domain error; semid's
+    own errors (e.g. the object store unreachable, or created meanwhile) pass through."""
+    if isinstance(exc, SemidError):
         return exc
     reason = exc.strerror or str(exc) or type(exc).__name__
     reason = reason[:1].lower() + reason[1:]

@@ -4,7 +4,7 @@ Each segment entry records the SHA-256 of the file's bytes (``sha256``), and ``f
 records the row count and SHA-256 of the ``faiss.index`` written with it, so bit rot
 is detected instead of trusted. Both are optional: manifests written before checksums
 existed have neither, and their files are read unverified. A segment written with a
-vector file (large batch writes, see ``vector_file.py``) also records that file's SHA-256
+vector file (large batch writes, see ``segment_vectors.py``) also records that file's SHA-256
 (``vectors_sha256``); an index with such segments does not use ``faiss.index``.
 """
 
@@ -40,7 +40,7 @@ class SegmentInfo:
     name: str
     rows: int
     sha256: str | None = None  # None: written before checksums were recorded
-    vectors_sha256: str | None = None  # set: the vectors are in a segment vector file (``vector_file.py``)
+    vectors_sha256: str | None = None  # set: the vectors are in a segment vector file (``segment_vectors.py``)
 
     @property
     def has_vector_file(self) -> bool:

@@ -23,7 +23,7 @@ from semid.service.ids.dedup import BucketCounts
 from semid.service.ids.layout import IdLayout
 from semid.service.index.manifest import Manifest
 from semid.service.index.state import IndexState
-from semid.service.index.vector_set import VectorSet
+from semid.service.index.vector_search import VectorSet
 
 MAX_PAGE_LIMIT = 10_000  # the most rows one prefix page may hold
 

@@ -17,7 +17,7 @@ from semid.service import assign as assign_module
 from semid.service.assign import assign_catalog
 from semid.service.errors import CorruptIndexError
 from semid.service.export import export_table
-from semid.service.index import vector_set
+from semid.service.index import vector_search
 from semid.service.index.check import check_index
 from semid.service.index.handle import SemanticIdIndex
 from semid.service.index.manifest import FAISS_NAME, MANIFEST_NAME, read_manifest
@@ -138,7 +138,7 @@ def test_vector_file_is_mapped_not_read_on_open_and_check_reports_it(colliding, 
 def test_nearest_over_mapped_vectors_equals_a_flat_index(monkeypatch, colliding, tiny_checkpoint, tmp_path):
     """k-NN over a mapped chunk (searched in blocks), then online writes (tail and chunks after it), and
     re-coded rows skipped: the same rows and distances as one FAISS flat index over the active rows."""
-    monkeypatch.setattr(vector_set, "MAPPED_BLOCK_ROWS", 97)
+    monkeypatch.setattr(vector_search, "MAPPED_BLOCK_ROWS", 97)
     path = write_catalog(colliding, tmp_path / "cat.parquet")
     _run(tiny_checkpoint, path, tmp_path / "idx", streamed=True)
     index = SemanticIdIndex.open(tmp_path / "idx")

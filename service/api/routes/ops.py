@@ -19,7 +19,9 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}})
+@router.get(
+    "/readyz", response_model=Health, response_model_exclude_unset=True, responses={503: {"model": ErrorResponse}}
+)
 async def readyz(request: Request) -> dict | JSONResponse:
     """Readiness: the index and checkpoint are loaded; the snapshot version, role and process answering."""
     state = request.app.state.semid
@@ -27,7 +29,7 @@ async def readyz(request: Request) -> dict | JSONResponse:
         return JSONResponse({"error": {"code": "not_ready", "message": "the index is loading"}}, status_code=503)
     await catch_up(state)
     index = state.index
-    return {
+    body = {
         "status": "ready",
         "items": len(index),
         "fingerprint": index.fingerprint,
@@ -35,3 +37,20 @@ async def readyz(request: Request) -> dict | JSONResponse:
         "role": "replica" if state.settings.read_only else "writer",
         "pid": os.getpid(),
     }
+    store = index.store_status()
+    if store is None:
+        return body
+    since = store.seconds_since_contact
+    body["store"] = {
+        "uri": store.uri,
+        "version": store.store_version,
+        "behind": None if store.store_version is None else max(0, store.store_version - index.version),
+        "seconds_since_contact": None if since is None else round(since, 3),
+        "error": store.error,
+    }
+    bound = state.settings.store_stale_seconds
+    if since is None or since > bound:
+        body["status"] = "store_unreachable"
+        message = f"the object store has not answered for more than {bound:g} s; serving the cached version"
+        return JSONResponse({**body, "error": {"code": "store_unreachable", "message": message}}, status_code=503)
+    return body

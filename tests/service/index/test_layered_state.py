@@ -16,14 +16,14 @@ import pytest
 
 import semid.service.index.segments as segments_module
 import semid.service.index.state as state_module
-import semid.service.index.vector_set as vector_set_module
+import semid.service.index.vector_search as vector_search_module
 from semid.service.export import export_table
 from semid.service.ids.dedup import BucketCounts, resolve_collisions
 from semid.service.ids.layout import IdLayout
 from semid.service.index.buffers import AppendBuffer
 from semid.service.index.handle import SemanticIdIndex
 from semid.service.index.snapshot import IndexSnapshot
-from semid.service.index.vector_set import VectorSet
+from semid.service.index.vector_search import VectorSet
 from tests.service.index.test_handle import DIM, LAYOUT, make_batch, new_index
 from tests.service.index.test_recode import recode_batch
 
@@ -34,9 +34,9 @@ CROWDED = IdLayout(codebook_sizes=(2, 2, 4), dedup_size=3)  # many collisions, s
 def tiny_folds(monkeypatch):
     monkeypatch.setattr(state_module, "FOLD_MIN_ROWS", 7)
     monkeypatch.setattr(state_module, "FOLD_FRACTION", 2)
-    monkeypatch.setattr(vector_set_module, "TAIL_MIN_ROWS", 5)
-    monkeypatch.setattr(vector_set_module, "TAIL_FRACTION", 2)
-    monkeypatch.setattr(vector_set_module, "MAX_MERGE_ROWS", 12)
+    monkeypatch.setattr(vector_search_module, "TAIL_MIN_ROWS", 5)
+    monkeypatch.setattr(vector_search_module, "TAIL_FRACTION", 2)
+    monkeypatch.setattr(vector_search_module, "MAX_MERGE_ROWS", 12)
 
 
 def old_occupancy(snapshot: IndexSnapshot) -> BucketCounts:

@@ -1,4 +1,4 @@
-"""``faiss.index``: an exact L2 index over the items' vectors, in row order.
+"""``faiss.index``: the whole-index FAISS file on disk (an exact L2 index over the vectors, in row order).
 
 The file is derived data: if it is missing, unreadable, does not match the checksum
 the manifest records for it (bit rot, or a crash between writing it and the

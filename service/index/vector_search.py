@@ -9,7 +9,7 @@ are merged pairwise while the previous one is no larger (like a binary counter, 
 copied O(log) times) but never past ``MAX_MERGE_ROWS``, so no write copies the whole index.
 
 A chunk is either a FAISS flat index or a read-only float32 array memory-mapped from a segment
-vector file (``vector_file.py``: large batch writes). Mapped chunks are never merged or copied;
+vector file (``segment_vectors.py``: large batch writes). Mapped chunks are never merged or copied;
 they are searched block by block with ``faiss.knn`` (exhaustive, like a flat index), so only one
 block's pages need to be in memory at a time and opening the index reads none of them.
 
