@@ -8,7 +8,7 @@ import numpy as np
 from benchmarks.storage_engine_spike import count_requests, listing, semid_batch, semid_build, synthetic, written
 
 MOTO_LOG = [
-    ' * Running on http://127.0.0.1:5077',
+    " * Running on http://127.0.0.1:5077",
     '127.0.0.1 - - [05/Dec/2026 12:27:36] "GET /semid-spike?list-type=2&prefix=l/_versions/ HTTP/1.1" 200 -',
     '127.0.0.1 - - [05/Dec/2026 12:27:36] "PUT /semid-spike/l/data/0110.lance HTTP/1.1" 200 -',
     '127.0.0.1 - - [05/Dec/2026 12:28:10] "PUT /semid-spike/m.json HTTP/1.1" 412 -',
