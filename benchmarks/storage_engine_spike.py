@@ -15,7 +15,8 @@ sorts on) so its look-ups do not scan.
 Local disk, per engine:
 
 * open: a fresh read-only handle (today: `SemanticIdIndex.open`, which loads the arrays; Lance:
-  `lance.dataset`, lazy), and open + the first point look-up;
+  `lance.dataset`, lazy), open + the first point look-up, and for Lance open + reading the columns a semid
+  snapshot holds in memory (item id, packed ID, base code, fallback, hash, kept column);
 * point look-up by item id and by semantic-ID prefix (2 codes, first page of 10 rows): median and p99 over
   --lookups random keys (today: `IndexSnapshot.get_item` / `prefix_rows` + `items`; Lance: a filtered
   `to_table` on the indexed column);
@@ -281,6 +282,13 @@ def lance_build(uri: str, table: pa.Table, options: dict | None = None):
     return ds
 
 
+def lance_load_ids(path: Path) -> pa.Table:
+    import lance
+
+    columns = ["item_id", "packed_id", "base_code", "fallback", "embedding_hash", "category"]
+    return lance.dataset(str(path)).to_table(columns=columns)
+
+
 def lance_item(ds, key: int) -> pa.Table:
     return ds.to_table(filter=f"item_id = {key}")
 
@@ -329,6 +337,9 @@ def local_phase(workdir: Path, rows: dict, table: pa.Table, args: argparse.Names
             opens.append(s)
             firsts.append(s + first)
         out[engine]["open_s"] = statistics.median(opens)
+        if engine == "lance":  # what a semid snapshot holds in memory: every row's IDs, hash and kept column
+            loads = [timed(lance_load_ids, lance_path)[1] for _ in range(3)]
+            out[engine]["open_and_load_ids_s"] = statistics.median(loads)
         out[engine]["open_and_first_lookup_s"] = statistics.median(firsts)
         out[engine]["load_before_lookups"] = loadavg()
         if engine == "semid":
@@ -540,6 +551,7 @@ def summarise(local: dict, store: dict) -> list[dict]:
         ("build (s, not the comparison)", s["build_s"], la["build_s"]),
         ("open, local (s)", s["open_s"], la["open_s"]),
         ("open + first point look-up, local (s)", s["open_and_first_lookup_s"], la["open_and_first_lookup_s"]),
+        ("open + every row's IDs in memory, local (s)", s["open_s"], la["open_and_load_ids_s"]),
         ("point look-up by item, median (ms)", s["lookups"]["item"]["median_ms"], la["lookups"]["item"]["median_ms"]),
         ("point look-up by item, p99 (ms)", s["lookups"]["item"]["p99_ms"], la["lookups"]["item"]["p99_ms"]),
         (
