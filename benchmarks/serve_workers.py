@@ -17,7 +17,15 @@ other round so load on the shared machine hits both alike), and measures against
   the wall time.
 * prefix look-ups: `wrk -t2 -c16 -d{duration}s` over GET /v1/prefixes/{prefix}?limit=10 with random
   prefixes (length 1..3) of indexed items (a Lua script picks one per request): requests/s, p50/p99.
-* memory of each worker: /proc/PID/smaps_rollup (RSS, PSS, shared and private pages).
+* memory of each worker: /proc/PID/smaps_rollup (RSS, PSS, shared and private pages), and /proc/PID/smaps
+  summed by what is mapped: segment vector files (`*.vectors`, memory-mapped, shareable), other index files,
+  shared libraries, and anonymous memory (the model, the index's arrays, Arrow buffers: private to a worker).
+
+After the rounds, the 1,024-row encode's steps are timed one by one in this process with one torch thread (what
+each of 2 workers gets on 2 cores), on the same index and body, --stages times each: decode_encode_body (bound,
+parse, validation), the anchors' vote alone, encode_items (the vote, the model's other levels, look-ups of known
+items), the response (result dicts, EncodeResponse validation, JSON). Their sum is set against the time per
+request the 1-worker, 1-client phase measured; the rest is HTTP (the 8.6 MB body over the socket, ASGI).
 
 Every phase records the 1-minute load average before it. The machine is shared: figures are as measured.
 Writes benchmarks/results/serve_workers.{md,json} (or under SEMID_BENCH_RESULTS).
@@ -239,6 +247,78 @@ def memory(pids: list[int]) -> list[dict]:
     return rows
 
 
+def memory_by_mapping(pid: int) -> dict[str, dict[str, float]]:
+    """RSS and PSS (MB) of one process, summed per kind of mapping (from /proc/PID/smaps)."""
+    out: dict[str, dict[str, float]] = {}
+    kind = "anonymous"
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", head[0]):
+                path = head[5] if len(head) > 5 else ""
+                if path.endswith(".vectors"):
+                    kind = "segment vector files (mmap)"
+                elif ".so" in Path(path).name:
+                    kind = "shared libraries"
+                elif path.startswith("/") and not path.startswith("/dev/"):
+                    kind = "other files (index, Python)"
+                else:
+                    kind = "anonymous (model, index arrays, Arrow buffers)"
+                continue
+            if head and head[0] in ("Rss:", "Pss:"):
+                entry = out.setdefault(kind, {"rss_mb": 0.0, "pss_mb": 0.0})
+                entry[head[0].rstrip(":").lower() + "_mb"] += int(head[1]) / 1024
+    return out
+
+
+def stages(index: Path, body: bytes, repeat: int) -> list[dict]:
+    """The 1,024-row JSON encode's steps one by one, in this process, one torch thread (see the docstring)."""
+    import torch
+    from pydantic import TypeAdapter
+
+    from semid.service.api import bodies
+    from semid.service.api.schemas import EncodeResponse
+    from semid.service.api.settings import ServiceSettings
+    from semid.service.api.state import ServiceState
+    from semid.service.placement import encode_items
+
+    torch.set_num_threads(1)
+    state = ServiceState.load(ServiceSettings(index_dir=index))
+    tok = state.encoder.tokenizer
+    x = bodies.decode_encode_body(state, body, False, False).embeddings
+    target = tok.normalizer(torch.from_numpy(x))
+    out = encode_items(state.index, state.encoder, x)
+    token = state.index.layout.token
+    response = TypeAdapter(EncodeResponse)
+
+    def respond() -> bytes:
+        results = [
+            {"base_code": b, "semantic_id": s, "token": token(s) if s else None, "item_id": None, "existing": e}
+            for b, s, e in zip(out.base_codes.tolist(), out.semantic_ids, out.existing, strict=True)
+        ]
+        return response.dump_json(response.validate_python({"results": results, "segment": out.segment}))
+
+    steps = {
+        "parse + validate (decode_encode_body)": lambda: bodies.decode_encode_body(state, body, False, False),
+        "anchors' vote (inside encode_items)": (
+            (lambda: tok.anchors.vote(target, tok.quantizer.codebooks[0])) if tok.anchors is not None else None
+        ),
+        "encode_items (vote + other levels + look-ups)": lambda: encode_items(state.index, state.encoder, x),
+        "serialise (result dicts + EncodeResponse + JSON)": respond,
+    }
+    samples: dict[str, list[float]] = {name: [] for name, fn in steps.items() if fn is not None}
+    load = loadavg()
+    for _ in range(repeat):
+        for name in samples:
+            start = time.perf_counter()
+            steps[name]()
+            samples[name].append(time.perf_counter() - start)
+    return [
+        {"step": name, "median_ms": 1e3 * statistics.median(v), "best_ms": 1e3 * min(v), "load_1m": load}
+        for name, v in samples.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -247,6 +327,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--index", type=Path)
     parser.add_argument("--name", default="serve_workers")
+    parser.add_argument("--stages", type=int, default=10, help="Repeats of each in-process step (0: skip).")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("needs wrk (Debian: apt-get install wrk)")
@@ -266,10 +347,12 @@ def main() -> None:
                     run["encode_2_clients"] = encode_phase(server, body, 2, args.requests)
                     run["prefix_wrk"] = wrk_phase(server, script, args.duration)
                     run["memory"] = memory(server.pids)
+                    run["memory_by_mapping"] = [memory_by_mapping(pid) for pid in server.pids]
                 finally:
                     server.stop()
                 runs.append(run)
                 print(json.dumps(run), flush=True)
+        steps = stages(index, body, args.stages) if args.stages else []
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -307,14 +390,50 @@ def main() -> None:
         }
         for run in runs
     ]
+    two = summary[1]
+    goals = [
+        {"goal": "2 workers >= 1.8x one (encode, 2 clients)", "measured": f"{speedup:.2f}x", "met": speedup >= 1.8},
+        {
+            "goal": ">= 20,000 items/s (2 workers, 2 clients)",
+            "measured": round(two["encode items/s, 2 clients"]),
+            "met": two["encode items/s, 2 clients"] >= 20_000,
+        },
+        {
+            "goal": ">= 5,000 prefix req/s (2 workers, wrk 16 conn.)",
+            "measured": round(two["prefix req/s (wrk, 16 conn.)"]),
+            "met": two["prefix req/s (wrk, 16 conn.)"] >= 5_000,
+        },
+    ]
+    last_two = [run for run in runs if run["workers"] == 2][-1]
+    mapping_rows = [
+        {"worker pid": pid, "mapping": kind, "RSS MB": v["rss_mb"], "PSS MB": v["pss_mb"]}
+        for pid, kinds in zip([m["pid"] for m in last_two["memory"]], last_two["memory_by_mapping"], strict=True)
+        for kind, v in sorted(kinds.items())
+    ]
+    per_request_ms = 1e3 * ROWS / summary[0]["encode items/s, 1 client"]
+    stage_total = sum(row["median_ms"] for row in steps if not row["step"].startswith("anchors"))
     markdown = (
         "Medians over the rounds (MovieLens index, 9,742 items, first-level anchors on; 1,024-row JSON encode;"
         " wrk -t2 -c16 prefix look-ups). The machine is shared with other jobs: see the load averages.\n\n"
         + markdown_table(summary, list(summary[0]))
-        + f"\n\n2 workers / 1 worker, encode with 2 clients: {speedup:.2f}x\n\nEach run:\n\n"
+        + f"\n\n2 workers / 1 worker, encode with 2 clients: {speedup:.2f}x\n\n"
+        + markdown_table(goals, ["goal", "measured", "met"])
+        + "\n\nEach run:\n\n"
         + markdown_table(per_run, list(per_run[0]))
+        + "\n\nMemory of each worker of the last 2-worker run, by mapping (/proc/PID/smaps; PSS splits shared pages"
+        " between the processes mapping them):\n\n"
+        + markdown_table(mapping_rows, ["worker pid", "mapping", "RSS MB", "PSS MB"])
     )
-    path = write_results(args.name, {"rounds": runs, "summary": summary, "speedup_2_clients": speedup}, markdown)
+    if steps:
+        markdown += (
+            "\n\nWhere a 1,024-row JSON encode spends its time: each step in-process, 1 torch thread, same index and"
+            f" body (the vote is part of encode_items, not added twice). Steps' sum {stage_total:.1f} ms; one request"
+            f" to 1 worker with 1 client took {per_request_ms:.1f} ms (median over the rounds), so HTTP (the body over"
+            f" the socket, ASGI) and the server's threads took the other {per_request_ms - stage_total:.1f} ms.\n\n"
+            + markdown_table(steps, ["step", "median_ms", "best_ms", "load_1m"])
+        )
+    data = {"rounds": runs, "summary": summary, "speedup_2_clients": speedup, "goals": goals, "stages": steps}
+    path = write_results(args.name, data, markdown)
     print(markdown)
     print(f"wrote {path}")
 
