@@ -47,7 +47,8 @@ def all_items(client: TestClient) -> list[dict]:
 def labelled(tmp_path_factory, tiny_checkpoint, tiny_catalog):
     base = tmp_path_factory.mktemp("explain")
     plain = Catalog(item_ids=tiny_catalog.item_ids, embeddings=tiny_catalog.embeddings)
-    assign_catalog(checkpoint=tiny_checkpoint, catalog=write_catalog(plain, base / "plain.parquet"), index_dir=base / "a")
+    plain_file = write_catalog(plain, base / "plain.parquet")
+    assign_catalog(checkpoint=tiny_checkpoint, catalog=plain_file, index_dir=base / "a")
     sid_of = {it["item_id"]: it["semantic_id"] for it in all_items(make_client(base / "a"))}
     firsts = [sid_of[i][0] for i in tiny_catalog.item_ids.tolist()]
     horror = max(set(firsts), key=lambda c: (firsts.count(c), -c))
@@ -172,7 +173,7 @@ def test_cache_is_per_snapshot():
     assert cache.get(one, "k", lambda: calls.append(2) or "b") == "a"
     assert cache.get(two, "k", lambda: calls.append(3) or "c") == "c"  # a new snapshot: computed again
     for key in ("x", "y", "z"):
-        cache.get(two, key, lambda: key)
+        cache.get(two, key, str)
     assert cache.get(two, "k", lambda: "again") == "again"  # bounded: the oldest went
     assert calls == [1, 3]
 
