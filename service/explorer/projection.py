@@ -70,19 +70,26 @@ def _project(snapshot: IndexSnapshot, encoder: CheckpointEncoder, seed: int, siz
 
 def _pca2(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates on the two leading principal components (zeros where there are fewer), and the share of
-    the variance each explains."""
-    xy = np.zeros((vectors.shape[0], 2))
-    if vectors.shape[0] < 2:
-        return xy, np.zeros(2)
+    the variance each explains. An eigendecomposition of the smaller Gram matrix (d x d, or n x n when the
+    vectors are longer than the sample), not an SVD of the sample: far cheaper for a few thousand rows."""
+    n, d = vectors.shape
+    xy, explained = np.zeros((n, 2)), np.zeros(2)
+    if n < 2:
+        return xy, explained
     centred = vectors - vectors.mean(axis=0)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    k = min(2, vt.shape[0])
-    axes = vt[:k] * np.sign(vt[:k, np.abs(vt[:k]).argmax(axis=1)].diagonal())[:, None]
+    k = min(2, n, d)
+    if d <= n:
+        values, vecs = np.linalg.eigh(centred.T @ centred)  # ascending
+        axes = vecs[:, ::-1][:, :k].T
+    else:
+        values, vecs = np.linalg.eigh(centred @ centred.T)
+        axes = (centred.T @ vecs[:, ::-1][:, :k]).T
+        axes /= np.maximum(np.linalg.norm(axes, axis=1, keepdims=True), 1e-300)
+    values = np.clip(values[::-1], 0.0, None)
+    axes *= np.where(axes[np.arange(k), np.abs(axes).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # no flips
     xy[:, :k] = centred @ axes.T
-    variance = s**2
-    explained = np.zeros(2)
-    if variance.sum() > 0:
-        explained[:k] = variance[:k] / variance.sum()
+    if values.sum() > 0:
+        explained[:k] = values[:k] / values.sum()
     return xy, explained
 
 

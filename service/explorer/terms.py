@@ -1,7 +1,8 @@
 """Terms of the kept text columns: simple tokenising, and the ranking that says what sets a node apart.
 
 A term is a word of a kept text column (a string, or a list of strings: titles, genres, categories), lower
-cased: a letter followed by letters or digits, so "Sci-Fi|Horror (1982)" gives sci, fi, horror. English stop
+cased: a letter followed by letters or digits, hyphenated parts kept together, so "Sci-Fi|Horror (1982)" gives
+sci-fi and horror. English stop
 words and one-letter words are dropped. An item counts a term once, however often its columns repeat it.
 
 A node's terms are ranked against its parent: ``share`` is the fraction of the node's items holding the term,
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 
-_WORD = re.compile(r"[^\W\d_][^\W_]*")
+_WORD = re.compile(r"[^\W\d_][^\W_]*(?:-[^\W_]+)*")
 STOP_WORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
     between both but by can did do does doing down during each few for from further had has have having he her

@@ -231,11 +231,21 @@ def test_map_checks_its_arguments_when_called_directly(labelled):
 
 
 def test_terms_are_words_without_stop_words():
-    assert item_terms(["The Texas Chainsaw Massacre (1974)", ["Horror", "Sci-Fi"], None, 3]) == {
+    assert item_terms(["The Texas Chainsaw Massacre (1974)", ["Horror", "Sci-Fi"], None, 3, "a - b"]) == {
         "texas",
         "chainsaw",
         "massacre",
         "horror",
-        "sci",
-        "fi",
+        "sci-fi",
     }
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 6), (5, 30)])  # both Gram matrices: d x d, and n x n when d > n
+def test_projection_is_the_two_leading_principal_components(n, d):
+    vectors = np.random.default_rng(n).normal(size=(n, d)) * np.linspace(3, 1, d)
+    xy, explained = projection._pca2(vectors)
+    centred = vectors - vectors.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(xy), np.abs(centred @ vt[:2].T), atol=1e-8)
+    np.testing.assert_allclose(explained, s[:2] ** 2 / (s**2).sum(), atol=1e-10)
+    assert (projection._pca2(vectors[:1])[0] == 0).all()
