@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 
 import pyarrow as pa
 
+MAX_CHARS = 2_000  # of one text value: a long description costs no more than its start
 _WORD = re.compile(r"[^\W\d_][^\W_]*(?:-[^\W_]+)*")
 STOP_WORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
@@ -51,7 +52,7 @@ def item_terms(values: Iterable[object]) -> set[str]:
         parts = value if isinstance(value, (list, tuple)) else (value,)
         for part in parts:
             if isinstance(part, str):
-                terms.update(w for w in _WORD.findall(part.lower()) if len(w) > 1 and w not in STOP_WORDS)
+                terms.update(w for w in _WORD.findall(part[:MAX_CHARS].lower()) if len(w) > 1 and w not in STOP_WORDS)
     return terms
 
 

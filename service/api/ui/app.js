@@ -9,7 +9,12 @@
   const SIBLINGS = 50;
   const NEAREST = 10;
   const LEGEND = 16; // first codes named beside the map
-  const SVG_NS = "http://www.w3.org/2000/svg";
+  // the SVG namespace, from the HTML parser (the page's files name no URL at all, not even a namespace)
+  const SVG_NS = (() => {
+    const probe = document.createElement("div");
+    probe.innerHTML = "<svg></svg>";
+    return probe.firstChild.namespaceURI;
+  })();
   const CORE = new Set(["item_id", "semantic_id", "token", "base_code", "fallback"]);
   const view = document.getElementById("view");
   let generation = 0;

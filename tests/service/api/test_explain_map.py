@@ -238,6 +238,7 @@ def test_terms_are_words_without_stop_words():
         "horror",
         "sci-fi",
     }
+    assert item_terms(["x " * 5_000 + "tail"]) == set()  # read up to MAX_CHARS per value
 
 
 @pytest.mark.parametrize(("n", "d"), [(40, 6), (5, 30)])  # both Gram matrices: d x d, and n x n when d > n
