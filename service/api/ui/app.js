@@ -587,7 +587,8 @@
       points.map((p) =>
         svg(
           "a",
-          { href: itemHref(p.item_id), class: "point", "data-item": p.item_id, "data-code": p.semantic_id[0] },
+          // out of the tab order (thousands of points): the legend and the tree reach the same items by keyboard
+          { href: itemHref(p.item_id), class: "point", tabindex: -1, "data-item": p.item_id, "data-code": p.semantic_id[0] },
           svg("circle", { cx: px(p.x).toFixed(1), cy: py(p.y).toFixed(1), r: 4, fill: codeColour(p.semantic_id[0]) }),
           svg("title", {}, `${p.caption || p.item_id} (${dashed(p.semantic_id)})`),
         ),

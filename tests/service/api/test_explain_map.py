@@ -49,7 +49,8 @@ def labelled(tmp_path_factory, tiny_checkpoint, tiny_catalog):
     plain = Catalog(item_ids=tiny_catalog.item_ids, embeddings=tiny_catalog.embeddings)
     plain_file = write_catalog(plain, base / "plain.parquet")
     assign_catalog(checkpoint=tiny_checkpoint, catalog=plain_file, index_dir=base / "a")
-    sid_of = {it["item_id"]: it["semantic_id"] for it in all_items(make_client(base / "a"))}
+    plain_client = make_client(base / "a")
+    sid_of = {it["item_id"]: it["semantic_id"] for it in all_items(plain_client)}
     firsts = [sid_of[i][0] for i in tiny_catalog.item_ids.tolist()]
     horror = max(set(firsts), key=lambda c: (firsts.count(c), -c))
     seconds = [sid_of[i][1] for i in tiny_catalog.item_ids.tolist() if sid_of[i][0] == horror]
@@ -72,7 +73,8 @@ def labelled(tmp_path_factory, tiny_checkpoint, tiny_catalog):
     client = make_client(base / "b")
     items = all_items(client)
     assert {it["item_id"]: it["semantic_id"] for it in items} == sid_of  # the same IDs: the labels follow them
-    return {"client": client, "items": items, "horror": horror, "camp": camp, "index": base / "b"}
+    index = base / "b"
+    return {"client": client, "items": items, "horror": horror, "camp": camp, "index": index, "plain": plain_client}
 
 
 def by_code(body: dict) -> dict[int, dict]:
@@ -125,6 +127,32 @@ def test_a_child_is_ranked_against_its_parent(labelled):
     leaf = client.get("/v1/explain/" + "-".join(map(str, item["semantic_id"]))).json()
     assert leaf["children"] == [] and leaf["node"]["count"] == 1
     assert leaf["node"]["representatives"][0]["item_id"] == item["item_id"]
+
+
+def test_without_kept_text_there_are_no_terms_but_still_representatives(labelled):
+    body = labelled["plain"].get("/v1/explain").json()
+    assert body["columns"] == [] and body["children"]
+    for node in [body["node"], *body["children"]]:
+        assert node["terms"] == [] and node["label"] is None and len(node["representatives"]) == 3
+
+
+def test_a_prefix_no_item_has_is_an_empty_node(labelled):
+    client, items = labelled["client"], labelled["items"]
+    held = {tuple(it["semantic_id"]) for it in items}
+    dedup = client.get("/v1/stats").json()["levels"][-1]["codebook_size"]
+    free = next(
+        (*it["semantic_id"][:-1], d) for it in items for d in range(dedup) if (*it["semantic_id"][:-1], d) not in held
+    )
+    body = client.get("/v1/explain/" + "-".join(map(str, free))).json()
+    assert body["node"] == {
+        "prefix": list(free),
+        "count": 0,
+        "scanned": 0,
+        "label": None,
+        "terms": [],
+        "representatives": [],
+    }
+    assert body["children"] == []
 
 
 def test_representatives_are_nearest_the_mean_code_vector(labelled, tiny_checkpoint):
