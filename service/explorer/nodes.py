@@ -31,7 +31,10 @@ TERMS = 8
 LABEL_TERMS = 2
 REPRESENTATIVES = 3
 
-_cache = SnapshotCache(max_entries=128)
+# per snapshot, bounded in memory: answers (a root's can hold ~1,000 items' worth of JSON) and the samples behind
+# them (term counts per child; kept for a while so a node's children, opened next, reuse their parent's)
+_cache = SnapshotCache(max_entries=64)
+_samples = SnapshotCache(max_entries=16)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
@@ -60,7 +63,7 @@ def explain_prefix(snapshot: IndexSnapshot, encoder: CheckpointEncoder, prefix: 
     """``{"prefix", "columns", "scan_limit", "node", "children"}``: what ``prefix`` (0..L+1 codes; () is the
     root) and each of its children mean. Cached per snapshot."""
     codes = snapshot.layout.validate_prefix(prefix, min_length=0)
-    return _cache.get(snapshot, ("explain", codes), lambda: _explain(snapshot, encoder, codes))
+    return _cache.get(snapshot, codes, lambda: _explain(snapshot, encoder, codes))
 
 
 def _explain(snapshot: IndexSnapshot, encoder: CheckpointEncoder, codes: tuple[int, ...]) -> dict:
@@ -79,7 +82,7 @@ def _explain(snapshot: IndexSnapshot, encoder: CheckpointEncoder, codes: tuple[i
 
 
 def _sample(snapshot: IndexSnapshot, encoder: CheckpointEncoder, codes: tuple[int, ...]) -> _Sample:
-    return _cache.get(snapshot, ("sample", codes), lambda: _read_sample(snapshot, encoder, codes))
+    return _samples.get(snapshot, codes, lambda: _read_sample(snapshot, encoder, codes))
 
 
 def _read_sample(snapshot: IndexSnapshot, encoder: CheckpointEncoder, codes: tuple[int, ...]) -> _Sample:

@@ -176,6 +176,7 @@ def test_large_nodes_are_read_through_a_bounded_sample(labelled, monkeypatch):
     monkeypatch.setattr(nodes, "SCAN_ITEMS", 40)
     monkeypatch.setattr(nodes, "MIN_PER_CHILD", 3)
     monkeypatch.setattr(nodes, "_cache", SnapshotCache(max_entries=8))
+    monkeypatch.setattr(nodes, "_samples", SnapshotCache(max_entries=8))
     read = []
     real = nodes._read_sample
     monkeypatch.setattr(nodes, "_read_sample", lambda *a: read.append(a[2]) or real(*a))
