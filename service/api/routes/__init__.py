@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from semid.service.api.routes import encode_assign, generation, lookups, ops, stats
+from semid.service.api.routes import encode_assign, explorer, generation, lookups, ops, stats
 
 router = APIRouter()
-for module in (encode_assign, lookups, ops, stats, generation):
+for module in (encode_assign, lookups, ops, stats, generation, explorer):
     router.include_router(module.router)

@@ -1,5 +1,6 @@
 // semid explorer: a read-only view of the served index over its JSON API (/v1). No dependencies, no build step.
-// Where you are lives in the URL hash (#/tree/12-201?cursor=..., #/item/42, #/resolve/12-201-7-0, #/health),
+// Where you are lives in the URL hash (#/tree/12-201?cursor=..., #/item/42, #/resolve/12-201-7-0, #/map?seed=0,
+// #/health),
 // so a view can be shared and the back button works. The page never sends an API key.
 "use strict";
 
@@ -7,6 +8,13 @@
   const PAGE = 50; // items per page of a prefix: no view loads more than one page
   const SIBLINGS = 50;
   const NEAREST = 10;
+  const LEGEND = 16; // first codes named beside the map
+  // the SVG namespace, from the HTML parser (the page's files name no URL at all, not even a namespace)
+  const SVG_NS = (() => {
+    const probe = document.createElement("div");
+    probe.innerHTML = "<svg></svg>";
+    return probe.firstChild.namespaceURI;
+  })();
   const CORE = new Set(["item_id", "semantic_id", "token", "base_code", "fallback"]);
   const view = document.getElementById("view");
   let generation = 0;
@@ -26,6 +34,14 @@
       if (kid === null || kid === undefined || kid === false) continue;
       el.append(kid instanceof Node ? kid : String(kid));
     }
+    return el;
+  }
+
+  // the same for SVG elements (the map): attributes only, no inline style (the CSP allows none)
+  function svg(tag, attrs, ...kids) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, String(value));
+    for (const kid of kids.flat(Infinity)) if (kid !== null && kid !== undefined) el.append(kid instanceof Node ? kid : String(kid));
     return el;
   }
 
@@ -233,7 +249,67 @@
     return h("nav", { class: "breadcrumb", "aria-label": "Breadcrumb" }, h("ol", {}, crumbs));
   }
 
-  function childrenList(codes, children, total) {
+  // what a code means, from /v1/explain: its label, its terms, and up to three representative items
+  function captionOf(item, columns) {
+    const col = columns.find((c) => item[c] !== null && item[c] !== undefined);
+    return col ? cell(item[col]) : String(item.item_id);
+  }
+
+  function meaningLine(meaning, columns) {
+    const reps = meaning.representatives.map((item, i) => [
+      i ? "; " : "",
+      h("a", { href: itemHref(item.item_id) }, captionOf(item, columns)),
+    ]);
+    return h(
+      "div",
+      { class: "meaning", "data-code": meaning.prefix[meaning.prefix.length - 1] },
+      meaning.label ? h("span", { class: "label" }, meaning.label) : null,
+      meaning.terms.length > 2 ? h("span", { class: "terms" }, meaning.terms.slice(2).map((t) => t.term).join(" · ")) : null,
+      reps.length ? h("span", { class: "reps" }, "e.g. ", reps) : null,
+    );
+  }
+
+  function meaningSection(codes, explained) {
+    const node = explained.node;
+    const what = codes.length ? `What ${dashed(codes)} means` : "What the index holds";
+    const terms = node.terms.map((t) =>
+      h(
+        "li",
+        { title: `${fmt(t.items)} of ${fmt(node.scanned)} scanned items` },
+        h("span", { class: "term" }, t.term),
+        " ",
+        h("span", { class: "muted" }, codes.length ? `${pct(t.share, 0)}, ×${t.lift.toFixed(1)}` : pct(t.share, 0)),
+      ),
+    );
+    const sampled = node.scanned < node.count ? ` (from a sample of ${fmt(node.scanned)} items)` : "";
+    return h(
+      "section",
+      { "aria-labelledby": "meaning-h", class: "meaning-node" },
+      h("h3", { id: "meaning-h" }, what),
+      !explained.columns.length
+        ? h("p", { class: "hint" }, "The index keeps no text columns (semid assign --keep title,...): no terms to show.")
+        : [
+            h("p", {}, h("strong", { id: "node-label" }, node.label || "(no terms)"), h("span", { class: "muted" }, sampled)),
+            h("ul", { class: "terms", id: "node-terms", "aria-label": "Its most telling terms" }, terms),
+          ],
+      node.representatives.length
+        ? [
+            h("p", { class: "muted" }, "Representative items (nearest the node's mean code vector):"),
+            h(
+              "ol",
+              { class: "reps", id: "node-reps" },
+              node.representatives.map((item) =>
+                h("li", {}, h("a", { href: itemHref(item.item_id) }, captionOf(item, explained.columns)), " ", idLink(item.semantic_id)),
+              ),
+            ),
+          ]
+        : null,
+    );
+  }
+
+  function childrenList(codes, children, total, explained) {
+    const meanings = new Map(((explained && explained.children) || []).map((m) => [m.prefix[m.prefix.length - 1], m]));
+    const columns = explained ? explained.columns : [];
     const max = Math.max(1, ...children.map((c) => c.count));
     return h(
       "ol",
@@ -257,6 +333,7 @@
             h("span", { class: "count" }, fmt(child.count)),
             h("span", { class: "share" }, total ? pct(child.count / total) : ""),
           ),
+          meanings.has(child.code) && columns.length ? meaningLine(meanings.get(child.code), columns) : null,
         );
       }),
     );
@@ -282,9 +359,10 @@
     const L = await levels();
     const leaf = codes.length > L; // a full ID: no next code
     const path = enc(prefix);
-    const [kids, pageData] = await Promise.allSettled([
+    const [kids, pageData, meaning] = await Promise.allSettled([
       leaf ? Promise.resolve({ children: [] }) : api(prefix ? `/v1/prefixes/${path}/children` : "/v1/children"),
       prefix ? api(`/v1/prefixes/${path}?limit=${PAGE}${cursor ? `&cursor=${enc(cursor)}` : ""}`) : Promise.resolve(null),
+      api(prefix ? `/v1/explain/${path}` : "/v1/explain"),
     ]);
     if (kids.status === "rejected" && pageData.status === "rejected") {
       out.push(errorBox(pageData.reason));
@@ -307,6 +385,9 @@
         h("div", {}, h("dt", {}, "Depth"), h("dd", {}, depth)),
       ),
     );
+    const explained = meaning.status === "fulfilled" ? meaning.value : null;
+    if (explained) out.push(meaningSection(codes, explained));
+    else if (kids.status === "fulfilled") out.push(errorBox(meaning.reason));
     if (kids.status === "rejected") out.push(errorBox(kids.reason));
     else if (!leaf) {
       const what = codes.length === L ? "Dedup digits" : `Codes at level ${codes.length + 1}`;
@@ -315,7 +396,7 @@
           "section",
           { "aria-labelledby": "children-h" },
           h("h3", { id: "children-h" }, `${what} (${fmt(children.length)})`),
-          children.length ? childrenList(codes, children, count) : h("p", {}, "No items under this prefix."),
+          children.length ? childrenList(codes, children, count, explained) : h("p", {}, "No items under this prefix."),
         ),
       );
     }
@@ -464,6 +545,91 @@
     return out;
   }
 
+  // --- map ---------------------------------------------------------------------------------------
+
+  // a first code's colour: hues spread by the golden angle, so neighbouring codes differ
+  const codeColour = (code) => `hsl(${((code * 137.508) % 360).toFixed(1)}, 62%, 44%)`;
+
+  async function mapView(route) {
+    const seed = route.params.get("seed") || "0";
+    const out = [
+      heading("Map of a sample"),
+      searchForm({
+        id: "seed-input",
+        name: "seed",
+        label: "Seed of the sample (the same seed draws the same items)",
+        value: seed,
+        placeholder: "0",
+        button: "Draw",
+        onsubmit: (v) => go(`#/map?seed=${enc(v || "0")}`),
+      }),
+    ];
+    const [mapped, root] = await Promise.allSettled([api(`/v1/map?seed=${enc(seed)}`), api("/v1/explain")]);
+    if (mapped.status === "rejected") {
+      out.push(errorBox(mapped.reason));
+      return out;
+    }
+    const data = mapped.value;
+    const points = data.points;
+    const W = 900;
+    const H = 560;
+    const M = 12;
+    const xs = points.map((p) => p.x);
+    const ys = points.map((p) => p.y);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    const scale = Math.min((W - 2 * M) / (x1 - x0 || 1), (H - 2 * M) / (y1 - y0 || 1)); // one scale: distances stay true
+    const px = (x) => M + (x - x0) * scale + (W - 2 * M - (x1 - x0) * scale) / 2;
+    const py = (y) => H - M - (y - y0) * scale - (H - 2 * M - (y1 - y0) * scale) / 2;
+    const drawn = svg(
+      "svg",
+      { class: "map", viewBox: `0 0 ${W} ${H}`, role: "group", "aria-label": `Map of ${points.length} items, coloured by first code` },
+      svg("rect", { x: 0, y: 0, width: W, height: H, class: "map-bg" }),
+      points.map((p) =>
+        svg(
+          "a",
+          // out of the tab order (thousands of points): the legend and the tree reach the same items by keyboard
+          { href: itemHref(p.item_id), class: "point", tabindex: -1, "data-item": p.item_id, "data-code": p.semantic_id[0] },
+          svg("circle", { cx: px(p.x).toFixed(1), cy: py(p.y).toFixed(1), r: 4, fill: codeColour(p.semantic_id[0]) }),
+          svg("title", {}, `${p.caption || p.item_id} (${dashed(p.semantic_id)})`),
+        ),
+      ),
+    );
+    const ev = data.explained_variance.map((v) => pct(v, 0)).join(" and ");
+    out.push(
+      h(
+        "p",
+        { class: "hint" },
+        `${fmt(points.length)} of ${fmt(data.items)} items, drawn with seed ${data.seed}; their code vectors on their two`,
+        ` principal components (${ev} of the sample's variance). Colour: first code. Click a point to open its item.`,
+      ),
+    );
+    out.push(h("div", { class: "map-wrap" }, drawn));
+    const labels = new Map();
+    if (root.status === "fulfilled") for (const m of root.value.children) labels.set(m.prefix[0], m.label);
+    const counts = new Map();
+    for (const p of points) counts.set(p.semantic_id[0], (counts.get(p.semantic_id[0]) || 0) + 1);
+    const top = [...counts.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).slice(0, LEGEND);
+    out.push(
+      h(
+        "ul",
+        { class: "legend", "aria-label": "First codes on the map" },
+        top.map(([code, n]) => {
+          const swatch = h("span", { class: "swatch", "aria-hidden": "true" });
+          swatch.style.background = codeColour(code);
+          return h(
+            "li",
+            {},
+            swatch,
+            h("a", { href: treeHref([code]) }, `code ${code}`),
+            labels.get(code) ? ` ${labels.get(code)}` : "",
+            h("span", { class: "muted" }, ` (${fmt(n)})`),
+          );
+        }),
+      ),
+    );
+    return out;
+  }
+
   // --- health --------------------------------------------------------------------------------------
 
   async function healthView() {
@@ -538,7 +704,7 @@
 
   // --- routing -------------------------------------------------------------------------------------
 
-  const VIEWS = { tree: treeView, item: itemView, resolve: resolveView, health: healthView };
+  const VIEWS = { tree: treeView, item: itemView, resolve: resolveView, map: mapView, health: healthView };
 
   function parseHash() {
     const raw = location.hash.replace(/^#\/?/, "");

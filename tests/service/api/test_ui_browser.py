@@ -2,7 +2,7 @@
 
 Needs the `ui` extra (playwright) and a Chromium binary: Debian's `chromium` package, or the one named by
 SEMID_CHROMIUM (Playwright's own browser download is not used). With SEMID_UI_SCREENSHOTS=<dir> (e.g. docs/)
-the screenshots are also written there as ui-tree.png, ui-search.png, ui-resolve.png and ui-health.png.
+the screenshots are also written there as ui-tree.png, ui-search.png, ui-resolve.png, ui-map.png and ui-health.png.
 Without playwright or Chromium the test skips, saying which; CI sets SEMID_UI_REQUIRED=1 so that fails instead.
 """
 
@@ -15,14 +15,19 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import pyarrow as pa
 import pytest
 
+from semid.model.data.catalog import Catalog
+from semid.model.data.synthetic import write_catalog
 from semid.service.assign import assign_catalog
 from semid.service.evaluation.run import run_evaluation
 from tests.servers import Server
 
 PAGE = 50  # items per page in app.js
 KEEP = ("title", "category")
+GENRES = ("Horror", "Comedy", "Western", "Drama")  # titles by category and sub-category: codes get meanings
+THEMES = ("slasher", "road", "family")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -71,11 +76,20 @@ def _number(text: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_checkpoint, tiny_catalog_file):
+def server(tmp_path_factory, tiny_checkpoint, tiny_catalog):
     base = tmp_path_factory.mktemp("ui")
     index = base / "index"
-    assign_catalog(checkpoint=tiny_checkpoint, catalog=tiny_catalog_file, index_dir=index, keep_columns=KEEP)
-    run_evaluation(index, tiny_catalog_file, base / "evaluation")
+    titles = []
+    for item_id, title in zip(tiny_catalog.item_ids.tolist(), tiny_catalog.columns["title"].to_pylist(), strict=True):
+        category, sub = map(int, re.search(r"sub-category (\d+)\.(\d+)", title).groups())
+        titles.append(f"{GENRES[category]} {THEMES[sub]} {item_id}")
+    columns = pa.table({"title": titles, "category": tiny_catalog.columns["category"]})
+    catalog = write_catalog(
+        Catalog(item_ids=tiny_catalog.item_ids, embeddings=tiny_catalog.embeddings, columns=columns),
+        base / "catalog.parquet",
+    )
+    assign_catalog(checkpoint=tiny_checkpoint, catalog=catalog, index_dir=index, keep_columns=KEEP)
+    run_evaluation(index, catalog, base / "evaluation")
     srv = Server(index, base / "server.log", threads=1)
     srv.env.update(SEMID_API_KEY="never-in-the-page", SEMID_REPORT_DIR=str(base / "evaluation"))
     srv.start()
@@ -139,6 +153,22 @@ def _check_children(page, api, prefix: str) -> list[dict]:
     return children
 
 
+def _check_meanings(page, api, prefix: str) -> dict:
+    """The node's label, terms and representatives, and each child's, are the API's (GET /v1/explain)."""
+    explained = api.get(f"/v1/explain/{prefix}" if prefix else "/v1/explain").json()
+    node = explained["node"]
+    sync_api.expect(page.locator("#node-label")).to_have_text(node["label"])
+    sync_api.expect(page.locator("#node-terms .term")).to_have_text([t["term"] for t in node["terms"]])
+    sync_api.expect(page.locator("#node-reps > li > a:first-child")).to_have_text(
+        [r["title"] for r in node["representatives"]]
+    )
+    for child in explained["children"]:
+        line = page.locator(f'.meaning[data-code="{child["prefix"][-1]}"]')
+        sync_api.expect(line.locator(".label")).to_have_text(child["label"])
+        sync_api.expect(line.locator(".reps a")).to_have_text([r["title"] for r in child["representatives"]])
+    return explained
+
+
 def test_explorer_in_a_browser(server, api, page, tmp_path):
     page.goto(f"{server.base}/ui")
     assert page.url == f"{server.base}/ui/"
@@ -147,6 +177,10 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     # root: the first codes, counts against the API
     root = _check_children(page, api, "")
     first = max(root, key=lambda c: c["count"])["code"]
+    # what each first code means, without opening it: its label (a genre or theme word), terms, three titles
+    meanings = _check_meanings(page, api, "")
+    words = {w.lower() for w in GENRES + THEMES}
+    assert all(set(c["label"].split(" · ")) & words for c in meanings["children"]), meanings["children"]
 
     # one level down, with the keyboard: focus the code's link and press Enter
     page.locator(f'a.child[data-code="{first}"]').focus()
@@ -154,6 +188,7 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     sync_api.expect(page.get_by_role("heading", level=2)).to_have_text(f"Prefix {first}")
     assert page.url.endswith(f"#/tree/{first}")
     level1 = _check_children(page, api, str(first))
+    _check_meanings(page, api, str(first))
     count1 = api.get(f"/v1/prefixes/{first}?limit=1").json()["count"]
     assert count1 > PAGE  # the tiny index has > 50 items under its largest first code: the pager shows
     sync_api.expect(page.locator("table.items tbody tr")).to_have_count(PAGE)
@@ -247,6 +282,26 @@ def test_explorer_in_a_browser(server, api, page, tmp_path):
     sync_api.expect(resolved).to_have_count(len(nearest))
     sync_api.expect(resolved.locator("td:nth-child(2)")).to_have_text([str(n["item_id"]) for n in nearest])
     _shot(page, tmp_path, "resolve")
+
+    # map: the API's seeded sample, one point per item; a click on a point opens its item
+    page.get_by_role("link", name="Map", exact=True).click()
+    mapped = api.get("/v1/map?seed=0").json()
+    points = page.locator("svg.map a.point")
+    sync_api.expect(points).to_have_count(len(mapped["points"]))
+    assert [points.nth(i).get_attribute("data-item") for i in (0, len(mapped["points"]) - 1)] == [
+        str(mapped["points"][0]["item_id"]),
+        str(mapped["points"][-1]["item_id"]),
+    ]
+    _shot(page, tmp_path, "map")
+    seeded = api.get("/v1/map?seed=7").json()["points"]
+    page.get_by_label(re.compile("Seed of the sample")).fill("7")
+    page.get_by_label(re.compile("Seed of the sample")).press("Enter")
+    sync_api.expect(points.first).to_have_attribute("data-item", str(seeded[0]["item_id"]))
+    assert page.url.endswith("#/map?seed=7")
+    last = seeded[-1]  # drawn last: on top of any point it overlaps
+    points.last.click()
+    sync_api.expect(page.get_by_role("heading", level=2)).to_have_text(f"Item {last['item_id']}")
+    sync_api.expect(page.get_by_role("region", name="Its semantic ID")).to_contain_text(last["caption"])
 
     # health: the headline figures are the API's
     stats = api.get("/v1/stats").json()
