@@ -201,9 +201,13 @@ class _TigerLayer(nn.Module):
 
 class TigerGenerator(nn.Module):
     """Encoder over the history's flat ID tokens (``level * K + code``), decoder emitting the next item's W
-    tokens after a start token; one output head per level. Embeddings are shared by encoder and decoder."""
+    tokens after a start token; one output head per level. Embeddings are shared by encoder and decoder.
 
-    def __init__(self, width_ids: int, codes: int, max_items: int, budget: Budget) -> None:
+    With ``user_buckets`` > 0 the encoder input starts with a user token (TIGER: the user id hashed into
+    buckets, ``genrec_data.user_buckets``): its own embedding table, no position (it is first whatever the
+    history's length), never masked. With 0 (the default) the model and its initialisation are unchanged."""
+
+    def __init__(self, width_ids: int, codes: int, max_items: int, budget: Budget, user_buckets: int = 0) -> None:
         super().__init__()
         self.w, self.k = width_ids, codes
         self.pad, self.bos = width_ids * codes, width_ids * codes + 1
@@ -217,18 +221,29 @@ class TigerGenerator(nn.Module):
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop = nn.Dropout(budget.dropout)
         self.heads = nn.Parameter(torch.randn(width_ids, d, codes) / math.sqrt(d))
+        self.user = None
+        if user_buckets:  # created last: without it every other parameter starts as before
+            self.user = nn.Embedding(user_buckets, d)
+            nn.init.normal_(self.user.weight, std=0.02)
 
     def tokens(self, sids: torch.Tensor) -> torch.Tensor:
         offsets = torch.arange(sids.shape[-1], device=sids.device) * self.k
         flat = sids + offsets
         return torch.where(sids < 0, torch.full_like(flat, self.pad), flat).flatten(1)
 
-    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """History codes [B, n, W] (rows of -1: padding) -> memory [B, n * W, d] and its key mask [B, 1, 1, n*W]."""
+    def encode(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """History codes [B, n, W] (rows of -1: padding) and, with a user token, the users' buckets [B] ->
+        memory [B, (1 +) n * W, d] and its key mask [B, 1, 1, (1 +) n * W]."""
         tok = self.tokens(history)
         t = tok.shape[1]  # right-aligned positions: the newest token always sits at the last position
-        h = self.drop(self.embed(tok) + self.enc_pos(torch.arange(t) + self.enc_pos.num_embeddings - t))
-        mask = (tok != self.pad)[:, None, None, :]
+        h = self.embed(tok) + self.enc_pos(torch.arange(t) + self.enc_pos.num_embeddings - t)
+        mask = tok != self.pad
+        if self.user is not None:
+            if users is None:
+                raise ValueError("this generator has a user token: encode needs the users' buckets")
+            h = torch.cat([self.user(users)[:, None], h], dim=1)
+            mask = torch.cat([torch.ones(tok.shape[0], 1, dtype=torch.bool), mask], dim=1)
+        h, mask = self.drop(h), mask[:, None, None, :]
         for layer in self.encoder:
             h = layer(h, mask)
         return self.enc_norm(h), mask
@@ -245,15 +260,15 @@ class TigerGenerator(nn.Module):
     def head(self, h: torch.Tensor, level: int) -> torch.Tensor:
         return h @ self.heads[level]
 
-    def loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, history: torch.Tensor, target: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target's W tokens ([B, W]) given the history ([B, n, W])."""
-        mem, mask = self.encode(history)
+        mem, mask = self.encode(history, users)
         h = self.decode(mem, mask, target[:, :-1])
         logits = torch.einsum("btd,tdk->btk", h, self.heads)
         return nn.functional.cross_entropy(logits.reshape(-1, self.k), target.reshape(-1))
 
-    def begin(self, history: torch.Tensor) -> tuple:
-        return self.encode(history)
+    def begin(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple:
+        return self.encode(history, users)
 
     def step_logits(self, state: tuple, prefix: torch.Tensor) -> torch.Tensor:
         mem, mask = state
@@ -342,17 +357,19 @@ def train(
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def beam_search(model: nn.Module, history: torch.Tensor, beams: int, trie=None) -> tuple[np.ndarray, np.ndarray]:
+def beam_search(
+    model: nn.Module, history: torch.Tensor, beams: int, trie=None, users: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top ``beams`` next-item IDs for each of B histories of the same length ([B, n, W] codes), for any
     generator with ``begin(history)`` and ``step_logits(state, prefix [B, n, step])``.
 
     With ``trie``, every step keeps only the codes ``trie.allowed_next_batch`` allows after the beam's prefix,
     so every finished beam is a real item's ID; without it, any code of the level. Returns the IDs [B, beams, W]
     and their log-probabilities [B, beams] (-inf for beams that could not be filled: fewer valid completions
-    than beams)."""
+    than beams). ``users``: the users' buckets, for a generator with a user token."""
     b, w, k = history.shape[0], model.w, model.k
     with torch.inference_mode():
-        state = model.begin(history)
+        state = model.begin(history) if users is None else model.begin(history, users)
         prefix = torch.zeros(b, 1, 0, dtype=torch.long)
         score = torch.zeros(b, 1)
         for step in range(w):
