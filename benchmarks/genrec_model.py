@@ -177,6 +177,19 @@ class _Attention(nn.Module):
         y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dk))
 
+    def memory(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, h, T, dk] of a memory, computed once for every beam and step of a decode."""
+        return self.kv(mem).view(mem.shape[0], mem.shape[1], 2, self.h, self.dk).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attend(self, x: torch.Tensor, kv: tuple, mask: torch.Tensor, beams: int) -> torch.Tensor:
+        """Cross-attention (no dropout: decoding) of ``x`` [B * beams, t, d] to the memory keys/values ``kv`` of
+        its B histories: each history's beams join its query rows, so the memory is never repeated per beam."""
+        bn, t, _ = x.shape
+        b = bn // beams
+        q = self.q(x).view(b, beams, t, self.h, self.dk).permute(0, 3, 1, 2, 4).reshape(b, self.h, beams * t, self.dk)
+        y = nn.functional.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        return self.o(y.view(b, self.h, beams, t, self.dk).permute(0, 2, 3, 1, 4).reshape(bn, t, self.h * self.dk))
+
 
 class _TigerLayer(nn.Module):
     """Pre-norm T5-style layer: self-attention, cross-attention (decoder only), ReLU feed-forward."""
@@ -191,11 +204,16 @@ class _TigerLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Dropout(budget.dropout), nn.Linear(ff, d))
         self.drop = nn.Dropout(budget.dropout)
 
-    def forward(self, x, mask=None, mem=None, mem_mask=None):
+    def forward(self, x, mask=None, mem=None, mem_mask=None, mem_kv=None, beams=1):
+        """``mem_kv`` (decoding): this layer's cross-attention keys/values of the memory of ``x``'s histories,
+        each history's ``beams`` rows of ``x`` in a row (``_Attention.attend``)."""
         h = self.norms[0](x)
-        x = x + self.drop(self.self_attn(h, h, mask, causal=mem is not None))
+        x = x + self.drop(self.self_attn(h, h, mask, causal=self.cross is not None))
         if self.cross is not None:
-            x = x + self.drop(self.cross(self.norms[1](x), mem, mem_mask))
+            if mem_kv is not None:
+                x = x + self.drop(self.cross.attend(self.norms[1](x), mem_kv, mem_mask, beams))
+            else:
+                x = x + self.drop(self.cross(self.norms[1](x), mem, mem_mask))
         return x + self.drop(self.ff(self.norms[-1](x)))
 
 
@@ -248,13 +266,18 @@ class TigerGenerator(nn.Module):
             h = layer(h, mask)
         return self.enc_norm(h), mask
 
-    def decode(self, mem: torch.Tensor, mem_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, t + 1, d] after the start token and a prefix of t codes [B, t]."""
+    def decode(self, mem, mem_mask: torch.Tensor, prefix: torch.Tensor, beams: int = 0) -> torch.Tensor:
+        """Hidden states [B, t + 1, d] after the start token and a prefix of t codes [B, t]. With ``beams``,
+        ``mem`` is each decoder layer's memory keys/values (``begin``) and the rows of ``prefix`` are each
+        history's ``beams`` beams in a row."""
         offsets = torch.arange(prefix.shape[1]) * self.k
         tok = torch.cat([torch.full((prefix.shape[0], 1), self.bos), prefix + offsets], dim=1)
         h = self.drop(self.embed(tok) + self.dec_pos(torch.arange(tok.shape[1])))
-        for layer in self.decoder:
-            h = layer(h, mem=mem, mem_mask=mem_mask)
+        for i, layer in enumerate(self.decoder):
+            if beams:
+                h = layer(h, mem_mask=mem_mask, mem_kv=mem[i], beams=beams)
+            else:
+                h = layer(h, mem=mem, mem_mask=mem_mask)
         return self.dec_norm(h)
 
     def head(self, h: torch.Tensor, level: int) -> torch.Tensor:
@@ -268,12 +291,14 @@ class TigerGenerator(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, self.k), target.reshape(-1))
 
     def begin(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple:
-        return self.encode(history, users)
+        """Encode the histories once and every decoder layer's cross-attention keys/values of the memory."""
+        mem, mask = self.encode(history, users)
+        return [layer.cross.memory(mem) for layer in self.decoder], mask
 
     def step_logits(self, state: tuple, prefix: torch.Tensor) -> torch.Tensor:
-        mem, mask = state
+        kv, mask = state
         b, n, step = prefix.shape
-        h = self.decode(mem.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0), prefix.reshape(b * n, step))
+        h = self.decode(kv, mask, prefix.reshape(b * n, step), beams=n)
         return self.head(h[:, -1], step)
 
 
