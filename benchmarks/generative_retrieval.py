@@ -912,10 +912,12 @@ def _without_levers(signature: dict) -> dict:
     return {**signature, "settings": settings}
 
 
-def compared_rows(dirs: str, signature: dict, seeds: list[int], have: set[str]) -> dict[str, list[dict]]:
-    """Rows saved in other ``--rows-dir`` directories (``--compare-to``) whose data, users and budget are
-    this run's and whose generator levers differ, by their label; the same users in the same order, so
-    their per-user figures pair with this run's."""
+def compared_rows(
+    dirs: str, signature: dict, seeds: list[int], have: set[str], tokenizers: list[str]
+) -> dict[str, list[dict]]:
+    """Rows of this run's ``tokenizers`` saved in other ``--rows-dir`` directories (``--compare-to``) whose
+    data, users and budget are this run's and whose generator levers differ, by their label; the same users
+    in the same order, so their per-user figures pair with this run's."""
     out: dict[str, list[dict]] = {}
     for d in [p for p in dirs.split(",") if p.strip()]:
         folder = Path(d.strip())
@@ -923,7 +925,7 @@ def compared_rows(dirs: str, signature: dict, seeds: list[int], have: set[str]) 
             raise SystemExit(f"error: --compare-to {folder} is not a directory")
         for path in sorted(folder.glob("*.seed*.pkl")):
             name, _, seed = path.name[: -len(".pkl")].rpartition(".seed")
-            if name == "item-id" or not seed.isdigit() or int(seed) not in seeds:
+            if name not in tokenizers or not seed.isdigit() or int(seed) not in seeds:
                 continue
             with open(path, "rb") as fh:
                 saved = pickle.load(fh)
@@ -1045,7 +1047,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
         rows[labels[row_name]].append(run)
     if args.compare_to:
-        rows.update(compared_rows(args.compare_to, signature, seeds, set(rows)))
+        rows.update(compared_rows(args.compare_to, signature, seeds, set(rows), wanted))
     if args.no_item_baseline:
         del rows[ITEM_BASELINE]
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})
