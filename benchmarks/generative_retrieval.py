@@ -26,6 +26,11 @@ OUT/generative_retrieval_holdout.{json,md}.
 The ``semid-rqvae-interactions`` row trains semid with ``--interactions`` (co-liked pairs in the first level)
 on the interactions file minus every scored user's validation and test items (``training_interactions``),
 so the tokenizer never sees the pairs the generator is scored on.
+
+Generator levers (off by default, each part of the row signature, so run one per ``--rows-dir`` and pair them
+with ``--compare-to``): ``--user-token N`` (TIGER's user token, the user hashed into N buckets) and
+``--dedup-digit off`` (the generator reads and emits the 3 base codes only; a tuple several items share
+expands to them, most popular in training first).
 """
 
 from __future__ import annotations
