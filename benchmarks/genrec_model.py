@@ -177,6 +177,17 @@ class _Attention(nn.Module):
         y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dk))
 
+    def extend(self, x: torch.Tensor, past: tuple | None) -> tuple[torch.Tensor, tuple]:
+        """Causal self-attention (no dropout: decoding) of one new token ``x`` [B, 1, d] to the cached keys
+        and values of the tokens before it and itself; returns its output and the extended cache."""
+        b = x.shape[0]
+        q = self.q(x).view(b, 1, self.h, self.dk).transpose(1, 2)
+        k, v = self.kv(x).view(b, 1, 2, self.h, self.dk).permute(2, 0, 3, 1, 4).unbind(0)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, 1, self.h * self.dk)), (k, v)
+
     def memory(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [B, h, T, dk] of a memory, computed once for every beam and step of a decode."""
         return self.kv(mem).view(mem.shape[0], mem.shape[1], 2, self.h, self.dk).permute(2, 0, 3, 1, 4).unbind(0)
@@ -215,6 +226,14 @@ class _TigerLayer(nn.Module):
             else:
                 x = x + self.drop(self.cross(self.norms[1](x), mem, mem_mask))
         return x + self.drop(self.ff(self.norms[-1](x)))
+
+    def step(self, x, past, mem_kv, mem_mask, beams):
+        """Decoder layer on one new token per beam ``x`` [B * beams, 1, d] (decoding: no dropout), with the
+        cached self-attention keys/values ``past`` of the tokens before it; returns it and the new cache."""
+        y, cache = self.self_attn.extend(self.norms[0](x), past)
+        x = x + y
+        x = x + self.cross.attend(self.norms[1](x), mem_kv, mem_mask, beams)
+        return x + self.ff(self.norms[-1](x)), cache
 
 
 class TigerGenerator(nn.Module):
@@ -291,15 +310,43 @@ class TigerGenerator(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, self.k), target.reshape(-1))
 
     def begin(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple:
-        """Encode the histories once and every decoder layer's cross-attention keys/values of the memory."""
+        """Encode the histories once and every decoder layer's cross-attention keys/values of the memory;
+        the decoder's self-attention cache starts empty."""
         mem, mask = self.encode(history, users)
-        return [layer.cross.memory(mem) for layer in self.decoder], mask
+        return [layer.cross.memory(mem) for layer in self.decoder], mask, None
 
     def step_logits(self, state: tuple, prefix: torch.Tensor) -> torch.Tensor:
-        kv, mask = state
+        """Logits of level ``step`` after each beam's prefix [B, n, step], running the decoder over the whole
+        prefix (``next_logits`` runs only its newest token)."""
+        kv, mask = state[0], state[1]
         b, n, step = prefix.shape
         h = self.decode(kv, mask, prefix.reshape(b * n, step), beams=n)
         return self.head(h[:, -1], step)
+
+    def next_logits(self, state: tuple, prefix: torch.Tensor, parent: torch.Tensor | None) -> tuple:
+        """``step_logits`` with the decoder's self-attention keys/values cached: only each beam's newest
+        token [B, n] (the start token at step 0) goes through the decoder, after the cache of the beam it
+        extends (``parent`` [B, n]: the previous step's beam of each). Returns the logits and the new state."""
+        kv, mask, cache = state
+        b, n, step = prefix.shape
+        if step == 0:
+            tok = torch.full((b * n, 1), self.bos)
+        else:
+            tok = (prefix[:, :, -1] + (step - 1) * self.k).reshape(b * n, 1)
+            index = parent.reshape(b, n, 1, 1, 1)
+            cache = [
+                tuple(
+                    c.view(b, -1, *c.shape[1:]).gather(1, index.expand(-1, -1, *c.shape[1:])).flatten(0, 1)
+                    for c in layer
+                )
+                for layer in cache
+            ]
+        h = self.embed(tok) + self.dec_pos(torch.tensor([step]))
+        new = []
+        for i, layer in enumerate(self.decoder):
+            h, layer_cache = layer.step(h, cache[i] if cache else None, kv[i], mask, n)
+            new.append(layer_cache)
+        return self.head(self.dec_norm(h)[:, -1], step), (kv, mask, new)
 
 
 def _batches(examples: int, size: int, gen: torch.Generator, lengths: torch.Tensor | None) -> list[torch.Tensor]:
@@ -386,7 +433,8 @@ def beam_search(
     model: nn.Module, history: torch.Tensor, beams: int, trie=None, users: torch.Tensor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``beams`` next-item IDs for each of B histories of the same length ([B, n, W] codes), for any
-    generator with ``begin(history)`` and ``step_logits(state, prefix [B, n, step])``.
+    generator with ``begin(history)`` and ``step_logits(state, prefix [B, n, step])``, or
+    ``next_logits(state, prefix, parent)`` (which also returns the next state; used when the model has it).
 
     With ``trie``, every step keeps only the codes ``trie.allowed_next_batch`` allows after the beam's prefix,
     so every finished beam is a real item's ID; without it, any code of the level. Returns the IDs [B, beams, W]
@@ -397,9 +445,14 @@ def beam_search(
         state = model.begin(history) if users is None else model.begin(history, users)
         prefix = torch.zeros(b, 1, 0, dtype=torch.long)
         score = torch.zeros(b, 1)
+        incremental, parent = getattr(model, "next_logits", None) is not None, None
         for step in range(w):
             n = prefix.shape[1]
-            logp = torch.log_softmax(model.step_logits(state, prefix), dim=-1).view(b, n, k)
+            if incremental:
+                logits, state = model.next_logits(state, prefix, parent)
+            else:
+                logits = model.step_logits(state, prefix)
+            logp = torch.log_softmax(logits, dim=-1).view(b, n, k)
             if trie is not None:
                 logp = logp.masked_fill(~_allowed(trie, prefix, score, k), -math.inf)
             total = (score[:, :, None] + logp).view(b, n * k)

@@ -441,3 +441,23 @@ def test_tiny_dedup_off_and_user_token_runs_pair_with_the_baseline(tiny_data):
     np.testing.assert_array_equal(
         merged["rows"]["semid-rqkmeans"][0]["test"]["lists"], base["rows"]["semid-rqkmeans"][0]["test"]["lists"]
     )
+
+
+def test_tiger_decode_with_cached_memory_and_prefix_finds_the_same_beams_as_recomputing_them():
+    from benchmarks.genrec_speed import FoldedMemory, RepeatedMemory
+
+    torch.manual_seed(0)
+    model = TigerGenerator(4, 16, 5, SMALL_TIGER).eval()
+    history = torch.randint(0, 16, (6, 5, 4))
+    history[:, :2] = -1  # padded items
+    trie = SemanticIdTrie.from_semantic_ids(torch.randint(0, 16, (200, 4)).numpy(), None, sizes=(16,) * 4)
+    found = {}
+    for cls in (RepeatedMemory, FoldedMemory, TigerGenerator):
+        other = cls(4, 16, 5, SMALL_TIGER).eval()
+        other.load_state_dict(model.state_dict())
+        found[cls] = [beam_search(other, history, 7, trie), beam_search(other, history, 7)]
+    for cls in (FoldedMemory, TigerGenerator):
+        for (ids, score), (want_ids, want_score) in zip(found[cls], found[RepeatedMemory], strict=True):
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_allclose(score, want_score, atol=1e-4)
+    assert np.isfinite(found[TigerGenerator][0][1]).all()  # 200 IDs: every beam filled
