@@ -129,8 +129,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse(argv)
-    if args.out:
-        os.environ["SEMID_BENCH_RESULTS"] = args.out
+    if args.out:  # common.RESULTS is read when common is imported: set it, not the environment
+        import benchmarks.common as common
+
+        common.RESULTS = Path(args.out)
     load_start = [round(v, 2) for v in os.getloadavg()]
     cat = read_catalog(args.catalog)
     items = len(cat.item_ids)
