@@ -28,6 +28,11 @@ on the interactions file minus every scored user's validation and test items (``
 so the tokenizer never sees the pairs the generator is scored on. ``semid-rqvae-letter`` trains the same way with
 LETTER-style alignment and code diversity on (``LETTER``; semid.model.training.collab); ``semid-rqvae-adaptive`` sizes
 the codebooks from the catalog (``adaptive_codes``).
+
+Generator levers (off by default, each part of the row signature, so run one per ``--rows-dir`` and pair them
+with ``--compare-to``): ``--user-token N`` (TIGER's user token, the user hashed into N buckets) and
+``--dedup-digit off`` (the generator reads and emits the 3 base codes only; a tuple several items share
+expands to them, most popular in training first).
 """
 
 from __future__ import annotations
@@ -55,14 +60,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, command, machine  # noqa: E402
 from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS, Fitted, _semid  # noqa: E402
 from benchmarks.genrec_data import (  # noqa: E402
+    IdItems,
     Split,
     _catalog_rows,  # noqa: E402
+    example_users,
     leave_one_out,
     next_item_examples,
     random_codes,
     read_histories,
     training_windows,
     unique_ids,
+    user_buckets,
 )
 from benchmarks.genrec_model import (  # noqa: E402
     TIGER,
@@ -80,7 +88,6 @@ from semid.model.data.catalog import read_catalog  # noqa: E402
 from semid.model.first_level.coliked import read_coliked  # noqa: E402
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
 from semid.service.evaluation.interactions import InteractionsError, read_interactions  # noqa: E402
-from semid.service.generation.trie import SemanticIdTrie  # noqa: E402
 
 INTERACTIONS_ROW = "semid-rqvae-interactions"
 SMALL_SHAPE_ROW = "semid-rqvae-3x64"  # semid defaults but 64 codes a level: an ID shape for a ~4k-item catalog
@@ -124,6 +131,12 @@ class Settings:
     min_rating: float | None = None
     max_users: int | None = None
     valid: bool = False  # also decode the validation targets
+    user_token: int = 0  # tiger: buckets of the user token prepended to the encoder input (0: none)
+    dedup_digit: bool = True  # False: the generator learns and emits the 3 base codes only
+
+
+# generator levers: a row's signature leaves them out at their defaults, so rows saved before they existed match
+LEVER_DEFAULTS = {"user_token": 0, "dedup_digit": True}
 
 
 # ---------------------------------------------------------------------------------------------- IDs
@@ -253,11 +266,15 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
 
 
 def decode_semantic(
-    model, sids: np.ndarray, trie: SemanticIdTrie, split: Split, part: str, s: Settings, free: bool = True
+    model, sids: np.ndarray, id_items: IdItems, split: Split, part: str, s: Settings, free: bool = True
 ) -> dict:
     """Constrained and (with ``free``) unconstrained beam search for every user: top-k item rows, validity,
-    timings."""
+    timings. ``sids``: every item's ID as the generator spells it; ``id_items`` maps IDs back to items (an ID
+    several items share expands to all of them, most popular first). With ``s.user_token`` the generator gets
+    each user's bucket."""
     users = len(split.train)
+    trie = id_items.trie
+    buckets = torch.from_numpy(user_buckets(split.user_names(), s.user_token)) if s.user_token else None
     top = max(KS)
     lists = np.full((users, top), -1, dtype=np.int64)
     free_lists = np.full((users, top), -1, dtype=np.int64)
@@ -265,30 +282,31 @@ def decode_semantic(
     constrained_s = free_s = 0.0
     for batch in _by_length(split, part, s.history, s.eval_batch):
         history = torch.from_numpy(sids[_histories(split, batch, part, s.history)])
+        users_of = None if buckets is None else buckets[batch]
         start = time.perf_counter()
-        ids, score = beam_search(model, history, s.beams, trie)
+        ids, score = beam_search(model, history, s.beams, trie, users_of)
         constrained_s += time.perf_counter() - start
         for row, user in enumerate(batch):
             live = ids[row][np.isfinite(score[row])]
-            items = trie.items_of(live).astype(np.int64) if live.shape[0] else np.zeros(0, np.int64)
+            items = id_items.expand(id_items.positions(live), top) if live.shape[0] else np.zeros(0, np.int64)
             emitted.append(live)
-            lists[user, : min(top, items.shape[0])] = items[:top]
+            lists[user, : items.shape[0]] = items
         if not free:
             continue
         start = time.perf_counter()
-        free_ids, _ = beam_search(model, history, s.beams, None)
+        free_ids, _ = beam_search(model, history, s.beams, None, users_of)
         free_s += time.perf_counter() - start
-        rows = trie.items_of(free_ids.reshape(-1, free_ids.shape[2])).reshape(free_ids.shape[:2])  # -1: no item
-        invalid_free += int((rows < 0).sum())
-        invalid_free_top1 += int((rows[:, 0] < 0).sum())
-        beams_free += rows.size
+        pos = id_items.positions(free_ids.reshape(-1, free_ids.shape[2])).reshape(free_ids.shape[:2])  # -1: none
+        invalid_free += int((pos < 0).sum())
+        invalid_free_top1 += int((pos[:, 0] < 0).sum())
+        beams_free += pos.size
         for row, user in enumerate(batch):
-            valid = rows[row][rows[row] >= 0][:top]
+            valid = id_items.expand(pos[row], top)
             free_lists[user, : valid.shape[0]] = valid
     return {
         "lists": lists,
         "free_lists": free_lists,
-        "emitted": np.concatenate(emitted) if emitted else np.zeros((0, LEVELS + 1), np.int64),
+        "emitted": np.concatenate(emitted) if emitted else np.zeros((0, sids.shape[1]), np.int64),
         "invalid_rate_unconstrained": round(invalid_free / max(beams_free, 1), 4),
         "invalid_top1_unconstrained": round(invalid_free_top1 / max(users, 1), 4),
         "decode_ms_per_user": round(1000 * constrained_s / max(users, 1), 2),
@@ -309,7 +327,7 @@ def decode_items(model: ItemGenerator, split: Split, part: str, s: Settings) -> 
 
 
 def popularity_lists(split: Split, items: int) -> np.ndarray:
-    counts = np.bincount(np.concatenate(split.train), minlength=items)
+    counts = popularity(split, items)
     top = np.argsort(-counts, kind="stable")[: max(KS)]
     return np.broadcast_to(top, (len(split.train), top.shape[0]))
 
@@ -335,6 +353,7 @@ def subset(split: Split, users: np.ndarray) -> Split:
         train=[split.train[int(u)] for u in users],
         valid_target=split.valid_target[users],
         test_target=split.test_target[users],
+        users=split.user_names()[users],
     )
 
 
@@ -347,26 +366,34 @@ def run_semantic(
     name: str, sids: np.ndarray, split: Split, budget: Budget, s: Settings, parts: list[str], log=print
 ) -> dict:
     """Train one generator on a tokenizer's IDs (early stopping on the validation users' Recall@10) and
-    decode every part; per-part ranks and figures."""
+    decode every part; per-part ranks and figures. ``s.dedup_digit`` False: the generator reads and emits
+    the 3 base codes only (``generator_ids``)."""
     torch.manual_seed(budget.seed)
-    trie = SemanticIdTrie.from_semantic_ids(sids, np.arange(len(sids)), sizes=(CODEBOOK,) * (LEVELS + 1))
+    sids = generator_ids(sids, s)
+    width = sids.shape[1]
+    id_items = IdItems.build(sids, popularity(split, len(sids)), (CODEBOOK,) * width)
     codes = torch.from_numpy(sids)
     if s.generator == "tiger":
-        hist, target = next_item_examples(recent(split, s), s.history)
+        train_seqs = recent(split, s)
+        hist, target = next_item_examples(train_seqs, s.history)
         hist_t, target_t = torch.from_numpy(hist), torch.from_numpy(target)
-        model = TigerGenerator(LEVELS + 1, CODEBOOK, s.history, budget)
+        model = TigerGenerator(width, CODEBOOK, s.history, budget, user_buckets=s.user_token)
+        users_t = None
+        if s.user_token:
+            users_t = torch.from_numpy(user_buckets(split.user_names(), s.user_token)[example_users(train_seqs)])
 
         lengths = (hist_t >= 0).sum(dim=1)
 
         def loss_of(idx: torch.Tensor) -> torch.Tensor:
             longest = max(1, int(lengths[idx].max()))  # left-padded: keep the last `longest` columns
-            return model.loss(_gather(codes, hist_t[idx, -longest:]), codes[target_t[idx]])
+            users = None if users_t is None else users_t[idx]
+            return model.loss(_gather(codes, hist_t[idx, -longest:]), codes[target_t[idx]], users)
 
         examples = int(target.shape[0])
     else:
         windows, learn = training_windows(recent(split, s), s.history + 1)
         windows_t, learn_t = torch.from_numpy(windows), torch.from_numpy(learn)
-        model = SemanticGenerator(LEVELS + 1, CODEBOOK, s.history + 1, budget)
+        model = SemanticGenerator(width, CODEBOOK, s.history + 1, budget)
 
         lengths = (windows_t >= 0).sum(dim=1)
 
@@ -378,17 +405,28 @@ def run_semantic(
     val = subset(split, valid_users(split, s))
 
     def evaluate() -> float:
-        lists = decode_semantic(model, sids, trie, val, "valid", s, free=False)["lists"]
+        lists = decode_semantic(model, sids, id_items, val, "valid", s, free=False)["lists"]
         return float(metric_values(ranks_of(val.valid_target, lists))["recall@10"].mean())
 
     log(f"  [{name}] {s.generator} generator, training on {examples} examples")
     trained = train(model, examples, loss_of, budget, evaluate, log, label=name, lengths=lengths)
     out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
     for part in parts:
-        decoded = decode_semantic(model, sids, trie, split, part, s)
+        decoded = decode_semantic(model, sids, id_items, split, part, s)
         out[part] = decoded
         log(f"  [{name}] {part}: decoded, unconstrained invalid rate {decoded['invalid_rate_unconstrained']}")
     return out
+
+
+def generator_ids(sids: np.ndarray, s: Settings) -> np.ndarray:
+    """The IDs the generator reads and emits: the full unique IDs, or (``--dedup-digit off``) their 3 base
+    codes, which several items may share."""
+    return sids if s.dedup_digit else np.ascontiguousarray(sids[:, :LEVELS])
+
+
+def popularity(split: Split, items: int) -> np.ndarray:
+    """Each item's count in the training sequences."""
+    return np.bincount(np.concatenate(split.train), minlength=items) if split.train else np.zeros(items, np.int64)
 
 
 def item_budget(budget: Budget, epochs: int = 200) -> Budget:
@@ -646,6 +684,24 @@ def training_table(table: list[dict], rows_wall: dict) -> list[str]:
     return lines
 
 
+def lever_notes(table: list[dict]) -> str:
+    """What the generator-lever marks in row names mean (empty when no row has one)."""
+    names = " ".join(r["generator"] for r in table)
+    notes = []
+    if "+user-token" in names:
+        notes.append(
+            "Rows marked `+user-token N`: the encoder input starts with a user token (the user's name hashed "
+            "into N buckets, TIGER's user token). "
+        )
+    if "-dedup-digit" in names:
+        notes.append(
+            "Rows marked `-dedup-digit`: the generator reads and emits only the 3 base codes; a decoded code "
+            "tuple several items share stands for all of them, most popular in training first (ties: lower "
+            "catalog row), so Recall and NDCG count items as in the other rows. "
+        )
+    return "".join(notes)
+
+
 def markdown(data: dict, table: list[dict]) -> str:
     lines = results_table(table, "test")
     d = data["data"]
@@ -681,7 +737,7 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"{list(s.get('item_lrs', []))} x "
             f"{list(s.get('item_dropouts', []))} chosen on validation. Beam search with "
             f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
-            "dedup digit), constrained by `SemanticIdTrie`. Seeds: "
+            "dedup digit), constrained by `SemanticIdTrie`. " + lever_notes(table) + "Seeds: "
             f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min "
             f"(rows reused from earlier processes count their own time below); load average "
             f"{data.get('load_avg_start')} at start, {data['load_avg_end']} at end.",
@@ -772,6 +828,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch/faiss threads (1: on a shared machine 2 threads run far slower)"
     )
+    ap.add_argument(
+        "--user-token",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tiger: prepend a user token (the user's name hashed into N buckets) to the encoder input; 0: none",
+    )
+    ap.add_argument(
+        "--dedup-digit",
+        choices=("on", "off"),
+        default="on",
+        help="off: the generator learns and emits only the 3 base codes; a decoded code tuple several items "
+        "share stands for all of them, most popular in training first",
+    )
+    ap.add_argument(
+        "--compare-to",
+        default=None,
+        metavar="DIRS",
+        help="comma-separated --rows-dir directories of runs with other generator levers on the same data and "
+        "budget: their rows join the table and the paired comparisons (paired by user)",
+    )
     ap.add_argument("--tiny", action="store_true", help="smoke run: 2 epochs, 40 users, history 5, 5 beams")
     ap.add_argument("--name", default=None, help="results file name (default generative_retrieval[_holdout])")
     ap.add_argument("--rows-dir", default=None, help="where each finished row is kept (default OUT/NAME_rows)")
@@ -828,6 +905,8 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
         min_rating=args.min_rating,
         max_users=args.max_users,
         valid=args.valid,
+        user_token=args.user_token,
+        dedup_digit=args.dedup_digit == "on",
     )
     if args.tiny:
         small = {"epochs": 2, "width": 32, "layers": 1, "heads": 2, "ff": 64, "d_kv": 16, "patience": 2}
@@ -836,6 +915,59 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
             s, history=5, beams=5, max_users=args.max_users or 40, val_users=20, item_lrs=(3e-3,), item_dropouts=(0.2,)
         )
     return budget, s
+
+
+def check_levers(args: argparse.Namespace) -> None:
+    if args.user_token < 0:
+        raise SystemExit(f"error: --user-token must be 0 (none) or a number of buckets, not {args.user_token}")
+    if args.user_token and args.generator != "tiger":
+        raise SystemExit("error: --user-token needs --generator tiger")
+
+
+def signature_settings(s: Settings) -> dict:
+    """``asdict(s)`` without the generator levers left at their defaults (rows saved before them match)."""
+    return {k: v for k, v in asdict(s).items() if not (k in LEVER_DEFAULTS and v == LEVER_DEFAULTS[k])}
+
+
+def row_label(name: str, settings: dict) -> str:
+    """A row's name in the table: the ID scheme plus the generator levers that differ from the defaults."""
+    levers = {**LEVER_DEFAULTS, **{k: v for k, v in settings.items() if k in LEVER_DEFAULTS}}
+    parts = [f"+user-token {levers['user_token']}"] if levers["user_token"] else []
+    parts += [] if levers["dedup_digit"] else ["-dedup-digit"]
+    return " ".join([name, *parts])
+
+
+def _without_levers(signature: dict) -> dict:
+    settings = {k: v for k, v in signature["settings"].items() if k not in LEVER_DEFAULTS}
+    return {**signature, "settings": settings}
+
+
+def compared_rows(
+    dirs: str, signature: dict, seeds: list[int], have: set[str], tokenizers: list[str]
+) -> dict[str, list[dict]]:
+    """Rows of this run's ``tokenizers`` saved in other ``--rows-dir`` directories (``--compare-to``) whose
+    data, users and budget are this run's and whose generator levers differ, by their label; the same users
+    in the same order, so their per-user figures pair with this run's."""
+    out: dict[str, list[dict]] = {}
+    for d in [p for p in dirs.split(",") if p.strip()]:
+        folder = Path(d.strip())
+        if not folder.is_dir():
+            raise SystemExit(f"error: --compare-to {folder} is not a directory")
+        for path in sorted(folder.glob("*.seed*.pkl")):
+            name, _, seed = path.name[: -len(".pkl")].rpartition(".seed")
+            if name not in tokenizers or not seed.isdigit() or int(seed) not in seeds:
+                continue
+            with open(path, "rb") as fh:
+                saved = pickle.load(fh)
+            theirs = saved.get("signature") or {}
+            if not theirs or _without_levers(theirs) != _without_levers(signature):
+                print(f"--compare-to: {path} was run on other data or settings; left out", flush=True)
+                continue
+            label = row_label(name, theirs["settings"])
+            if label in have:
+                continue
+            out.setdefault(label, []).append(saved["run"])
+    return out
 
 
 def _row_file(rows_dir: Path, name: str, seed: int) -> Path:
@@ -861,6 +993,7 @@ def _save_row(path: Path, signature: dict, run: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    check_levers(args)
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     wanted = args.tokenizers.split(",") if args.tokenizers else []
@@ -911,11 +1044,13 @@ def main(argv: list[str] | None = None) -> dict:
         "interactions": str(args.interactions),
         "users": len(split.train),
         "budget": asdict(replace(budget, seed=0)),
-        "settings": asdict(s),
+        "settings": signature_settings(s),
         "holdout": args.holdout_share,
     }
     rows: dict[str, list[dict]] = {ITEM_BASELINE: [], POPULARITY: []}
-    rows.update({n: [] for n in wanted})
+    labels = {n: row_label(n, asdict(s)) for n in wanted}
+    labels[ITEM_BASELINE] = ITEM_BASELINE
+    rows.update({labels[n]: [] for n in wanted})
     jobs = [(n, seed) for seed in seeds for n in wanted]
     if not args.no_item_baseline:
         jobs += [(ITEM_BASELINE, seed) for seed in seeds]
@@ -940,7 +1075,9 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
         elif args.reuse or args.merge_only:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
-        rows[row_name].append(run)
+        rows[labels[row_name]].append(run)
+    if args.compare_to:
+        rows.update(compared_rows(args.compare_to, signature, seeds, set(rows), wanted))
     if args.no_item_baseline:
         del rows[ITEM_BASELINE]
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})

@@ -7,6 +7,7 @@ time column the same way among ``TIME_COLUMNS`` (file order when there is none).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 
 from semid.model.data.interactions_file import read_interaction_columns
 from semid.service.evaluation.interactions import InteractionsError
+from semid.service.generation.trie import SemanticIdTrie
 from semid.service.ids.dedup import BucketCounts, resolve_collisions
 from semid.service.ids.layout import IdLayout
 
@@ -29,6 +31,7 @@ class Histories:
     rows: np.ndarray  # int64 [M]
     starts: np.ndarray  # int64 [U + 1]
     info: dict
+    names: np.ndarray | None = None  # str [U]: each user's name in the interactions file
 
     @property
     def users(self) -> int:
@@ -46,6 +49,7 @@ class Split:
     train: list[np.ndarray]
     valid_target: np.ndarray  # int64 [U]
     test_target: np.ndarray  # int64 [U]
+    users: np.ndarray | None = None  # str [U]: the users' names (None: their numbers)
 
     def history(self, user: int, part: str, cap: int) -> np.ndarray:
         seq = self.train[user] if part == "valid" else np.r_[self.train[user], self.valid_target[user]]
@@ -53,6 +57,9 @@ class Split:
 
     def target(self, part: str) -> np.ndarray:
         return self.valid_target if part == "valid" else self.test_target
+
+    def user_names(self) -> np.ndarray:
+        return self.users if self.users is not None else np.arange(len(self.train)).astype(str)
 
 
 def _time_column(path: Path, names: list[str]) -> str | None:
@@ -119,7 +126,7 @@ def read_histories(
     else:
         rating = np.ones(n)
     rows = _catalog_rows(np.asarray(item_ids), np.asarray(table.column("item").to_numpy(zero_copy_only=False)))
-    _, users = np.unique(
+    labels, users = np.unique(
         np.asarray(table.column("user").to_numpy(zero_copy_only=False)).astype(str), return_inverse=True
     )
     keep = rows >= 0
@@ -130,7 +137,7 @@ def read_histories(
     u, r = users[idx], rows[idx]
     first = _first_occurrence(u, r)
     u, r = u[first], r[first]
-    _, u = np.unique(u, return_inverse=True)
+    kept_users, u = np.unique(u, return_inverse=True)
     starts = np.searchsorted(u, np.arange(u.max() + 2 if u.shape[0] else 1))
     columns = {**columns, "time": time_name or "(file order)"}
     info = {
@@ -140,7 +147,7 @@ def read_histories(
         "not_in_catalog": int((rows < 0).sum()),
         "min_rating": min_rating,
     }
-    return Histories(rows=r.astype(np.int64), starts=starts.astype(np.int64), info=info)
+    return Histories(rows=r.astype(np.int64), starts=starts.astype(np.int64), info=info, names=labels[kept_users])
 
 
 def _first_occurrence(users: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -161,10 +168,12 @@ def leave_one_out(hist: Histories, *, min_items: int = 3, max_users: int | None 
     if users.shape[0] == 0:
         raise InteractionsError(f"no user has {min_items} or more interactions with catalog items")
     seqs = [hist.of(int(u)) for u in users]
+    names = getattr(hist, "names", None)
     return Split(
         train=[s[:-2] for s in seqs],
         valid_target=np.array([s[-2] for s in seqs], dtype=np.int64),
         test_target=np.array([s[-1] for s in seqs], dtype=np.int64),
+        users=None if names is None else names[users],
     )
 
 
@@ -222,3 +231,47 @@ def next_item_examples(train: list[np.ndarray], history: int) -> tuple[np.ndarra
     if not hist:
         return np.zeros((0, history), dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.stack(hist).astype(np.int64), np.asarray(target, dtype=np.int64)
+
+
+def example_users(train: list[np.ndarray]) -> np.ndarray:
+    """The user (position in ``train``) of each of ``next_item_examples(train, ...)``'s examples."""
+    return np.repeat(np.arange(len(train)), [max(s.shape[0] - 1, 0) for s in train]).astype(np.int64)
+
+
+def user_buckets(names: np.ndarray, buckets: int) -> np.ndarray:
+    """Each user's token for the generator: its name hashed into ``buckets`` buckets (TIGER's user token).
+    BLAKE2b of the name, so a user gets the same bucket in every process and on every machine (Python's
+    ``hash`` of a string changes per process)."""
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(str(n).encode(), digest_size=8).digest(), "little") % buckets for n in names],
+        dtype=np.int64,
+    )
+
+
+@dataclass(frozen=True)
+class IdItems:
+    """The generator's IDs mapped back to catalog items: ``trie`` holds the distinct IDs; the items of the
+    ``i``-th ID in the trie's order are ``items[starts[i]:starts[i + 1]]``, the most popular in training
+    first (ties: lower catalog row). With unique IDs (the dedup digit) every ID has one item; with base codes
+    only, an ID shared by several items stands for all of them in that order."""
+
+    trie: SemanticIdTrie
+    starts: np.ndarray  # int64 [distinct IDs + 1]
+    items: np.ndarray  # int64 [N] catalog rows
+
+    @classmethod
+    def build(cls, ids: np.ndarray, popularity: np.ndarray, sizes: tuple[int, ...]) -> IdItems:
+        trie = SemanticIdTrie.from_semantic_ids(ids, None, sizes=sizes)
+        position = trie.rows_of(ids)
+        order = np.lexsort((np.arange(ids.shape[0]), -popularity, position))
+        starts = np.searchsorted(position[order], np.arange(len(trie) + 1))
+        return cls(trie=trie, starts=starts.astype(np.int64), items=order.astype(np.int64))
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Position of each ID of ``ids [B, W]`` among the distinct IDs, -1 for an ID no item has."""
+        return self.trie.rows_of(ids)
+
+    def expand(self, positions: np.ndarray, top: int) -> np.ndarray:
+        """The first ``top`` items of the IDs at ``positions`` (in order; -1 skipped)."""
+        out = [self.items[self.starts[p] : self.starts[p + 1]] for p in positions.tolist() if p >= 0]
+        return np.concatenate(out)[:top] if out else np.zeros(0, np.int64)

@@ -177,6 +177,30 @@ class _Attention(nn.Module):
         y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.o(y.transpose(1, 2).reshape(b, t, self.h * self.dk))
 
+    def extend(self, x: torch.Tensor, past: tuple | None) -> tuple[torch.Tensor, tuple]:
+        """Causal self-attention (no dropout: decoding) of one new token ``x`` [B, 1, d] to the cached keys
+        and values of the tokens before it and itself; returns its output and the extended cache."""
+        b = x.shape[0]
+        q = self.q(x).view(b, 1, self.h, self.dk).transpose(1, 2)
+        k, v = self.kv(x).view(b, 1, 2, self.h, self.dk).permute(2, 0, 3, 1, 4).unbind(0)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, 1, self.h * self.dk)), (k, v)
+
+    def memory(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, h, T, dk] of a memory, computed once for every beam and step of a decode."""
+        return self.kv(mem).view(mem.shape[0], mem.shape[1], 2, self.h, self.dk).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attend(self, x: torch.Tensor, kv: tuple, mask: torch.Tensor, beams: int) -> torch.Tensor:
+        """Cross-attention (no dropout: decoding) of ``x`` [B * beams, t, d] to the memory keys/values ``kv`` of
+        its B histories: each history's beams join its query rows, so the memory is never repeated per beam."""
+        bn, t, _ = x.shape
+        b = bn // beams
+        q = self.q(x).view(b, beams, t, self.h, self.dk).permute(0, 3, 1, 2, 4).reshape(b, self.h, beams * t, self.dk)
+        y = nn.functional.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        return self.o(y.view(b, self.h, beams, t, self.dk).permute(0, 2, 3, 1, 4).reshape(bn, t, self.h * self.dk))
+
 
 class _TigerLayer(nn.Module):
     """Pre-norm T5-style layer: self-attention, cross-attention (decoder only), ReLU feed-forward."""
@@ -191,19 +215,36 @@ class _TigerLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Dropout(budget.dropout), nn.Linear(ff, d))
         self.drop = nn.Dropout(budget.dropout)
 
-    def forward(self, x, mask=None, mem=None, mem_mask=None):
+    def forward(self, x, mask=None, mem=None, mem_mask=None, mem_kv=None, beams=1):
+        """``mem_kv`` (decoding): this layer's cross-attention keys/values of the memory of ``x``'s histories,
+        each history's ``beams`` rows of ``x`` in a row (``_Attention.attend``)."""
         h = self.norms[0](x)
-        x = x + self.drop(self.self_attn(h, h, mask, causal=mem is not None))
+        x = x + self.drop(self.self_attn(h, h, mask, causal=self.cross is not None))
         if self.cross is not None:
-            x = x + self.drop(self.cross(self.norms[1](x), mem, mem_mask))
+            if mem_kv is not None:
+                x = x + self.drop(self.cross.attend(self.norms[1](x), mem_kv, mem_mask, beams))
+            else:
+                x = x + self.drop(self.cross(self.norms[1](x), mem, mem_mask))
         return x + self.drop(self.ff(self.norms[-1](x)))
+
+    def step(self, x, past, mem_kv, mem_mask, beams):
+        """Decoder layer on one new token per beam ``x`` [B * beams, 1, d] (decoding: no dropout), with the
+        cached self-attention keys/values ``past`` of the tokens before it; returns it and the new cache."""
+        y, cache = self.self_attn.extend(self.norms[0](x), past)
+        x = x + y
+        x = x + self.cross.attend(self.norms[1](x), mem_kv, mem_mask, beams)
+        return x + self.ff(self.norms[-1](x)), cache
 
 
 class TigerGenerator(nn.Module):
     """Encoder over the history's flat ID tokens (``level * K + code``), decoder emitting the next item's W
-    tokens after a start token; one output head per level. Embeddings are shared by encoder and decoder."""
+    tokens after a start token; one output head per level. Embeddings are shared by encoder and decoder.
 
-    def __init__(self, width_ids: int, codes: int, max_items: int, budget: Budget) -> None:
+    With ``user_buckets`` > 0 the encoder input starts with a user token (TIGER: the user id hashed into
+    buckets, ``genrec_data.user_buckets``): its own embedding table, no position (it is first whatever the
+    history's length), never masked. With 0 (the default) the model and its initialisation are unchanged."""
+
+    def __init__(self, width_ids: int, codes: int, max_items: int, budget: Budget, user_buckets: int = 0) -> None:
         super().__init__()
         self.w, self.k = width_ids, codes
         self.pad, self.bos = width_ids * codes, width_ids * codes + 1
@@ -217,49 +258,95 @@ class TigerGenerator(nn.Module):
         self.enc_norm, self.dec_norm = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop = nn.Dropout(budget.dropout)
         self.heads = nn.Parameter(torch.randn(width_ids, d, codes) / math.sqrt(d))
+        self.user = None
+        if user_buckets:  # created last: without it every other parameter starts as before
+            self.user = nn.Embedding(user_buckets, d)
+            nn.init.normal_(self.user.weight, std=0.02)
 
     def tokens(self, sids: torch.Tensor) -> torch.Tensor:
         offsets = torch.arange(sids.shape[-1], device=sids.device) * self.k
         flat = sids + offsets
         return torch.where(sids < 0, torch.full_like(flat, self.pad), flat).flatten(1)
 
-    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """History codes [B, n, W] (rows of -1: padding) -> memory [B, n * W, d] and its key mask [B, 1, 1, n*W]."""
+    def encode(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """History codes [B, n, W] (rows of -1: padding) and, with a user token, the users' buckets [B] ->
+        memory [B, (1 +) n * W, d] and its key mask [B, 1, 1, (1 +) n * W]."""
         tok = self.tokens(history)
         t = tok.shape[1]  # right-aligned positions: the newest token always sits at the last position
-        h = self.drop(self.embed(tok) + self.enc_pos(torch.arange(t) + self.enc_pos.num_embeddings - t))
-        mask = (tok != self.pad)[:, None, None, :]
+        h = self.embed(tok) + self.enc_pos(torch.arange(t) + self.enc_pos.num_embeddings - t)
+        mask = tok != self.pad
+        if self.user is not None:
+            if users is None:
+                raise ValueError("this generator has a user token: encode needs the users' buckets")
+            h = torch.cat([self.user(users)[:, None], h], dim=1)
+            mask = torch.cat([torch.ones(tok.shape[0], 1, dtype=torch.bool), mask], dim=1)
+        h, mask = self.drop(h), mask[:, None, None, :]
         for layer in self.encoder:
             h = layer(h, mask)
         return self.enc_norm(h), mask
 
-    def decode(self, mem: torch.Tensor, mem_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Hidden states [B, t + 1, d] after the start token and a prefix of t codes [B, t]."""
+    def decode(self, mem, mem_mask: torch.Tensor, prefix: torch.Tensor, beams: int = 0) -> torch.Tensor:
+        """Hidden states [B, t + 1, d] after the start token and a prefix of t codes [B, t]. With ``beams``,
+        ``mem`` is each decoder layer's memory keys/values (``begin``) and the rows of ``prefix`` are each
+        history's ``beams`` beams in a row."""
         offsets = torch.arange(prefix.shape[1]) * self.k
         tok = torch.cat([torch.full((prefix.shape[0], 1), self.bos), prefix + offsets], dim=1)
         h = self.drop(self.embed(tok) + self.dec_pos(torch.arange(tok.shape[1])))
-        for layer in self.decoder:
-            h = layer(h, mem=mem, mem_mask=mem_mask)
+        for i, layer in enumerate(self.decoder):
+            if beams:
+                h = layer(h, mem_mask=mem_mask, mem_kv=mem[i], beams=beams)
+            else:
+                h = layer(h, mem=mem, mem_mask=mem_mask)
         return self.dec_norm(h)
 
     def head(self, h: torch.Tensor, level: int) -> torch.Tensor:
         return h @ self.heads[level]
 
-    def loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def loss(self, history: torch.Tensor, target: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy of the target's W tokens ([B, W]) given the history ([B, n, W])."""
-        mem, mask = self.encode(history)
+        mem, mask = self.encode(history, users)
         h = self.decode(mem, mask, target[:, :-1])
         logits = torch.einsum("btd,tdk->btk", h, self.heads)
         return nn.functional.cross_entropy(logits.reshape(-1, self.k), target.reshape(-1))
 
-    def begin(self, history: torch.Tensor) -> tuple:
-        return self.encode(history)
+    def begin(self, history: torch.Tensor, users: torch.Tensor | None = None) -> tuple:
+        """Encode the histories once and every decoder layer's cross-attention keys/values of the memory;
+        the decoder's self-attention cache starts empty."""
+        mem, mask = self.encode(history, users)
+        return [layer.cross.memory(mem) for layer in self.decoder], mask, None
 
     def step_logits(self, state: tuple, prefix: torch.Tensor) -> torch.Tensor:
-        mem, mask = state
+        """Logits of level ``step`` after each beam's prefix [B, n, step], running the decoder over the whole
+        prefix (``next_logits`` runs only its newest token)."""
+        kv, mask = state[0], state[1]
         b, n, step = prefix.shape
-        h = self.decode(mem.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0), prefix.reshape(b * n, step))
+        h = self.decode(kv, mask, prefix.reshape(b * n, step), beams=n)
         return self.head(h[:, -1], step)
+
+    def next_logits(self, state: tuple, prefix: torch.Tensor, parent: torch.Tensor | None) -> tuple:
+        """``step_logits`` with the decoder's self-attention keys/values cached: only each beam's newest
+        token [B, n] (the start token at step 0) goes through the decoder, after the cache of the beam it
+        extends (``parent`` [B, n]: the previous step's beam of each). Returns the logits and the new state."""
+        kv, mask, cache = state
+        b, n, step = prefix.shape
+        if step == 0:
+            tok = torch.full((b * n, 1), self.bos)
+        else:
+            tok = (prefix[:, :, -1] + (step - 1) * self.k).reshape(b * n, 1)
+            index = parent.reshape(b, n, 1, 1, 1)
+            cache = [
+                tuple(
+                    c.view(b, -1, *c.shape[1:]).gather(1, index.expand(-1, -1, *c.shape[1:])).flatten(0, 1)
+                    for c in layer
+                )
+                for layer in cache
+            ]
+        h = self.embed(tok) + self.dec_pos(torch.tensor([step]))
+        new = []
+        for i, layer in enumerate(self.decoder):
+            h, layer_cache = layer.step(h, cache[i] if cache else None, kv[i], mask, n)
+            new.append(layer_cache)
+        return self.head(self.dec_norm(h)[:, -1], step), (kv, mask, new)
 
 
 def _batches(examples: int, size: int, gen: torch.Generator, lengths: torch.Tensor | None) -> list[torch.Tensor]:
@@ -342,22 +429,30 @@ def train(
 # ---------------------------------------------------------------------------------------------- decoding
 
 
-def beam_search(model: nn.Module, history: torch.Tensor, beams: int, trie=None) -> tuple[np.ndarray, np.ndarray]:
+def beam_search(
+    model: nn.Module, history: torch.Tensor, beams: int, trie=None, users: torch.Tensor | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top ``beams`` next-item IDs for each of B histories of the same length ([B, n, W] codes), for any
-    generator with ``begin(history)`` and ``step_logits(state, prefix [B, n, step])``.
+    generator with ``begin(history)`` and ``step_logits(state, prefix [B, n, step])``, or
+    ``next_logits(state, prefix, parent)`` (which also returns the next state; used when the model has it).
 
     With ``trie``, every step keeps only the codes ``trie.allowed_next_batch`` allows after the beam's prefix,
     so every finished beam is a real item's ID; without it, any code of the level. Returns the IDs [B, beams, W]
     and their log-probabilities [B, beams] (-inf for beams that could not be filled: fewer valid completions
-    than beams)."""
+    than beams). ``users``: the users' buckets, for a generator with a user token."""
     b, w, k = history.shape[0], model.w, model.k
     with torch.inference_mode():
-        state = model.begin(history)
+        state = model.begin(history) if users is None else model.begin(history, users)
         prefix = torch.zeros(b, 1, 0, dtype=torch.long)
         score = torch.zeros(b, 1)
+        incremental, parent = getattr(model, "next_logits", None) is not None, None
         for step in range(w):
             n = prefix.shape[1]
-            logp = torch.log_softmax(model.step_logits(state, prefix), dim=-1).view(b, n, k)
+            if incremental:
+                logits, state = model.next_logits(state, prefix, parent)
+            else:
+                logits = model.step_logits(state, prefix)
+            logp = torch.log_softmax(logits, dim=-1).view(b, n, k)
             if trie is not None:
                 logp = logp.masked_fill(~_allowed(trie, prefix, score, k), -math.inf)
             total = (score[:, :, None] + logp).view(b, n * k)

@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from benchmarks import generative_retrieval as gr
-from benchmarks.genrec_data import leave_one_out, read_histories, training_windows, unique_ids
-from benchmarks.genrec_model import Budget, SemanticGenerator, beam_search, train
+from benchmarks.genrec_data import (
+    IdItems,
+    example_users,
+    leave_one_out,
+    next_item_examples,
+    read_histories,
+    training_windows,
+    unique_ids,
+    user_buckets,
+)
+from benchmarks.genrec_model import Budget, SemanticGenerator, TigerGenerator, beam_search, train
 from semid.model.data.synthetic import synthetic_catalog, write_catalog
 from semid.service.generation.trie import SemanticIdTrie
 
@@ -349,3 +358,131 @@ def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
     assert info["settings"]["codebook_size"] == gr.adaptive_codes(ITEMS) == 32
     assert sids[:, :3].max() < 32 and np.unique(sids, axis=0).shape[0] == ITEMS
     assert [gr.adaptive_codes(n) for n in (100, 4344, 20_000)] == [16, 128, 256]
+
+
+# ---------------------------------------------------------------------------------------------- generator levers
+
+SMALL_TIGER = Budget(width=32, layers=1, heads=2, ff=64, d_kv=16, dropout=0.0)
+
+
+def test_user_token_is_prepended_to_the_encoder_input_and_changes_the_memory():
+    history = torch.tensor([[[-1, -1, -1, -1], [1, 2, 3, 0], [4, 5, 6, 1]]] * 2)  # one padded item, two real
+    torch.manual_seed(0)
+    plain = TigerGenerator(4, 8, 3, SMALL_TIGER).eval()
+    torch.manual_seed(0)
+    model = TigerGenerator(4, 8, 3, SMALL_TIGER, user_buckets=10).eval()
+    # the user token's table is created last: every other parameter starts as without it
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+    mem, mask = model.encode(history, torch.tensor([3, 7]))
+    plain_mem, plain_mask = plain.encode(history)
+    assert mem.shape[1] == plain_mem.shape[1] + 1 == 13
+    assert mask[:, 0, 0, 0].all() and torch.equal(mask[:, :, :, 1:], plain_mask)  # never masked, then the history
+    assert not torch.allclose(mem[0], mem[1])  # same history, other users: other memory
+    same, _ = model.encode(history, torch.tensor([3, 3]))
+    torch.testing.assert_close(same[0], same[1])
+    with pytest.raises(ValueError, match="user token"):
+        model.encode(history)
+    assert model.loss(history, torch.tensor([[1, 2, 3, 0]] * 2), torch.tensor([3, 7])).isfinite()
+    ids, _ = beam_search(model, history, 3, users=torch.tensor([3, 7]))
+    assert ids.shape == (2, 3, 4)
+
+
+def test_user_buckets_are_stable_across_processes_and_in_range():
+    # BLAKE2b of the name: fixed values (Python's hash of a str would differ from process to process)
+    assert user_buckets(np.array(["A1B2C3", "u0", "12345"]), 2000).tolist() == [215, 687, 964]
+    many = user_buckets(np.arange(500).astype(str), 7)
+    assert many.min() >= 0 and many.max() < 7 and len(set(many.tolist())) == 7
+    train = [np.arange(4), np.arange(1), np.arange(3)]  # 3 + 0 + 2 examples
+    hist, target = next_item_examples(train, 2)
+    users = example_users(train)
+    assert users.tolist() == [0, 0, 0, 2, 2] and target.tolist() == [1, 2, 3, 1, 2]
+
+
+def test_user_token_needs_the_tiger_generator_and_a_positive_count():
+    base = ["--interactions", "x.csv", "--out", "o"]
+    with pytest.raises(SystemExit, match="error: --user-token needs --generator tiger"):
+        gr.check_levers(gr.parse([*base, "--user-token", "5"]))
+    with pytest.raises(SystemExit, match="error: --user-token must be"):
+        gr.check_levers(gr.parse([*base, "--generator", "tiger", "--user-token", "-1"]))
+
+
+def test_shared_base_codes_expand_to_their_items_most_popular_first():
+    base = np.array([[1, 2, 3], [4, 5, 6], [1, 2, 3], [1, 2, 3], [7, 7, 7]])
+    popularity = np.array([5, 9, 8, 5, 0])
+    id_items = IdItems.build(base, popularity, (8, 8, 8))
+    assert len(id_items.trie) == 3
+    shared = id_items.positions(np.array([[1, 2, 3]]))
+    assert id_items.expand(shared, 10).tolist() == [2, 0, 3]  # count 8, then 5 (row 0 before row 3)
+    beams = id_items.positions(np.array([[4, 5, 6], [0, 0, 0], [1, 2, 3], [7, 7, 7]]))
+    assert beams[1] == -1  # no item has it
+    assert id_items.expand(beams, 10).tolist() == [1, 2, 0, 3, 4] and id_items.expand(beams, 2).tolist() == [1, 2]
+    unique = IdItems.build(np.array([[0, 1], [1, 0]]), np.zeros(2), (2, 2))
+    assert unique.expand(unique.positions(np.array([[1, 0], [0, 1]])), 5).tolist() == [1, 0]
+
+
+def test_lever_rows_keep_the_old_signature_at_defaults_and_are_labelled():
+    s = gr.Settings()
+    assert "user_token" not in gr.signature_settings(s) and "dedup_digit" not in gr.signature_settings(s)
+    on = replace(s, user_token=2000, dedup_digit=False)
+    assert gr.signature_settings(on)["user_token"] == 2000 and gr.signature_settings(on)["dedup_digit"] is False
+    assert gr.row_label("semid-rqvae", gr.signature_settings(s)) == "semid-rqvae"
+    assert gr.row_label("semid-rqvae", gr.signature_settings(on)) == "semid-rqvae +user-token 2000 -dedup-digit"
+
+
+def test_tiny_dedup_off_and_user_token_runs_pair_with_the_baseline(tiny_data):
+    root, item_ids = tiny_data
+    _implicit_csv(root / "levers.csv", item_ids, users=30, per_user=10)
+    out = root / "out_levers"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "levers.csv"), "--out", str(out)]
+    argv += ["--tokenizers", "semid-rqkmeans", "--generator", "tiger", "--tiny", "--threads", "1"]
+    argv += ["--no-item-baseline"]
+    base = gr.main([*argv, "--rows-dir", str(out / "base"), "--name", "base"])
+    user = gr.main([*argv, "--rows-dir", str(out / "user"), "--name", "user", "--user-token", "50"])
+    off = gr.main([*argv, "--rows-dir", str(out / "off"), "--name", "off", "--dedup-digit", "off"])
+    row = off["rows"]["semid-rqkmeans -dedup-digit"][0]
+    assert row["test"]["emitted"].shape[1] == 3  # base codes only
+    base_codes = row["sids"][:, :3]
+    lists = row["test"]["lists"]
+    assert (lists >= 0).any()
+    for items in lists:
+        items = items[items >= 0]
+        assert len(set(items.tolist())) == items.shape[0]  # an item once per list
+    # the first item of each list is the most popular of its code tuple
+    counts = gr.popularity(off["split"], len(item_ids))
+    for first in lists[:, 0][lists[:, 0] >= 0]:
+        sharing = np.flatnonzero((base_codes == base_codes[first]).all(axis=1))
+        assert counts[first] == counts[sharing].max()
+    assert user["rows"]["semid-rqkmeans +user-token 50"][0]["status"] == "ok"
+    merged = gr.main(
+        [*argv, "--rows-dir", str(out / "off"), "--name", "all", "--dedup-digit", "off", "--merge-only"]
+        + ["--compare-to", f"{out / 'base'},{out / 'user'}"]
+    )
+    names = {r["generator"] for r in merged["table"]}
+    assert {"semid-rqkmeans", "semid-rqkmeans +user-token 50", "semid-rqkmeans -dedup-digit"} <= names
+    pairs = {(c["semid"], c["other"]) for c in merged["data"]["comparisons"]}
+    assert ("semid-rqkmeans -dedup-digit", "semid-rqkmeans") in pairs
+    # the baseline's per-user lists come through unchanged, so the pairing is by user
+    np.testing.assert_array_equal(
+        merged["rows"]["semid-rqkmeans"][0]["test"]["lists"], base["rows"]["semid-rqkmeans"][0]["test"]["lists"]
+    )
+
+
+def test_tiger_decode_with_cached_memory_and_prefix_finds_the_same_beams_as_recomputing_them():
+    from benchmarks.genrec_speed import FoldedMemory, RepeatedMemory
+
+    torch.manual_seed(0)
+    model = TigerGenerator(4, 16, 5, SMALL_TIGER).eval()
+    history = torch.randint(0, 16, (6, 5, 4))
+    history[:, :2] = -1  # padded items
+    trie = SemanticIdTrie.from_semantic_ids(torch.randint(0, 16, (200, 4)).numpy(), None, sizes=(16,) * 4)
+    found = {}
+    for cls in (RepeatedMemory, FoldedMemory, TigerGenerator):
+        other = cls(4, 16, 5, SMALL_TIGER).eval()
+        other.load_state_dict(model.state_dict())
+        found[cls] = [beam_search(other, history, 7, trie), beam_search(other, history, 7)]
+    for cls in (FoldedMemory, TigerGenerator):
+        for (ids, score), (want_ids, want_score) in zip(found[cls], found[RepeatedMemory], strict=True):
+            np.testing.assert_array_equal(ids, want_ids)
+            np.testing.assert_allclose(score, want_score, atol=1e-4)
+    assert np.isfinite(found[TigerGenerator][0][1]).all()  # 200 IDs: every beam filled
