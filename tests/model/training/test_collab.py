@@ -17,7 +17,7 @@ from semid.model.training.collab import CodeShaping, CollabError, alignment_loss
 from semid.model.training.job import train_tokenizer
 from semid.service.cli import main
 from tests.conftest import tiny_config
-from tests.model.test_coliked import first_code_lift, planted_catalog, planted_files, taste_interactions
+from tests.model.first_level.test_coliked import first_code_lift, planted_catalog, planted_files, taste_interactions
 
 __all__ = ["planted_files"]  # the fixture, imported for the CLI tests
 
