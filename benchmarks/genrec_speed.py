@@ -44,7 +44,7 @@ from benchmarks.genrec_data import (  # noqa: E402
     unique_ids,
 )
 from benchmarks.genrec_model import TIGER, Budget, TigerGenerator, _batches, beam_search  # noqa: E402
-from semid.model.catalog import read_catalog  # noqa: E402
+from semid.model.data.catalog import read_catalog  # noqa: E402
 
 SCIENTIFIC = SHARED_DATA / "amazon-scientific"
 
