@@ -50,11 +50,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
+# idle OpenMP threads sleep instead of spinning, as `semid` sets it (semid.model.training.cpu_threads): must come
+# before torch and faiss load their OpenMP runtime
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS, command, machine  # noqa: E402

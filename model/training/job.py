@@ -44,7 +44,26 @@ def train_tokenizer(
 
     ``coliked``: co-liked partners of the rows (semid.model.first_level.coliked), blended into the first-level
     graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
-    with one line per phase (for a run without a progress bar)."""
+    with one line per phase (for a run without a progress bar). Training picks its own torch thread count
+    (semid.model.training.cpu_threads) and gives the caller's back when it returns or raises."""
+    previous = torch.get_num_threads()
+    try:
+        return _train(embeddings, config, out_dir, resume=resume, progress=progress, coliked=coliked, note=note)
+    finally:
+        torch.set_num_threads(previous)  # a caller that goes on (a benchmark, a notebook) keeps its own count
+
+
+def _train(
+    embeddings: np.ndarray,
+    config: SemidConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    coliked: ColikedGraph | None = None,
+    note: Callable[[str], None] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """train_tokenizer's work, on the thread count it picks here."""
     check_options(config, interactions=coliked is not None)
     if coliked is not None:
         check_trainable(config)

@@ -45,3 +45,32 @@ def test_checkpoint_records_the_thread_count(tmp_path, monkeypatch, tiny_catalog
     monkeypatch.setenv("SEMID_THREADS", "1")
     _, metrics = train_tokenizer(tiny_catalog.embeddings, tiny_config(), tmp_path / "ck")
     assert metrics["threads"] == 1
+
+
+def test_training_gives_the_callers_thread_count_back(tmp_path, monkeypatch, tiny_catalog):
+    """A benchmark or notebook that trains and then goes on (e.g. trains a generator on 1 thread) must not
+    inherit training's count: two spinning threads per process on a shared machine slowed such a run ~10x."""
+    import torch
+
+    from semid.model.training.job import train_tokenizer
+    from tests.conftest import tiny_config
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SEMID_THREADS", "2")
+    torch.set_num_threads(1)
+    try:
+        _, metrics = train_tokenizer(tiny_catalog.embeddings, tiny_config(), tmp_path / "ck")
+        assert metrics["threads"] == 2
+        assert torch.get_num_threads() == 1
+        seen = []
+
+        def failing_fit(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            raise RuntimeError("fit failed")
+
+        monkeypatch.setattr("semid.model.training.job.fit_rqvae", failing_fit)
+        with pytest.raises(RuntimeError, match="fit failed"):  # and on the way out of a failed run too
+            train_tokenizer(tiny_catalog.embeddings, tiny_config(), tmp_path / "bad")
+        assert seen == [2] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
