@@ -20,9 +20,12 @@ environment is left alone.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +68,23 @@ def apply_threads(requested: int = 0) -> int:
     torch.set_num_threads(threads)
     log.info("training on %d thread(s) (OMP_WAIT_POLICY=%s)", threads, os.environ.get("OMP_WAIT_POLICY", "unset"))
     return threads
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def gives_threads_back(fn: F) -> F:
+    """Wrap a function that sets torch's thread count (``apply_threads``) so its caller gets its own count back
+    when it returns or raises: a benchmark or notebook that goes on after training keeps its threads."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        previous = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper  # type: ignore[return-value]

@@ -24,12 +24,13 @@ from semid.model.training.checkpoint import (
     save_resume_state,
 )
 from semid.model.training.collab import check_options
-from semid.model.training.cpu_threads import apply_threads
+from semid.model.training.cpu_threads import apply_threads, gives_threads_back
 from semid.model.training.train import TrainState, evaluate, fit_rqkmeans, fit_rqvae
 
 log = logging.getLogger(__name__)
 
 
+@gives_threads_back
 def train_tokenizer(
     embeddings: np.ndarray,
     config: SemidConfig,
@@ -46,24 +47,6 @@ def train_tokenizer(
     graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
     with one line per phase (for a run without a progress bar). Training picks its own torch thread count
     (semid.model.training.cpu_threads) and gives the caller's back when it returns or raises."""
-    previous = torch.get_num_threads()
-    try:
-        return _train(embeddings, config, out_dir, resume=resume, progress=progress, coliked=coliked, note=note)
-    finally:
-        torch.set_num_threads(previous)  # a caller that goes on (a benchmark, a notebook) keeps its own count
-
-
-def _train(
-    embeddings: np.ndarray,
-    config: SemidConfig,
-    out_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = False,
-    coliked: ColikedGraph | None = None,
-    note: Callable[[str], None] | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """train_tokenizer's work, on the thread count it picks here."""
     check_options(config, interactions=coliked is not None)
     if coliked is not None:
         check_trainable(config)
