@@ -89,6 +89,15 @@ VERIFY_TIMEOUT_S = 600.0
 COLUMNS = ["type", "share", "requests", "errors", "error_kinds", "req_per_s", "p50_ms", "p99_ms", "max_ms", "mean_ms"]
 
 
+def _error_code(response: httpx.Response) -> str:
+    """The error code of a semid JSON error body (``{"error": {"code": ...}}``) after a space, or ""."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return f" {code}" if isinstance(code, str) else ""
+
+
 def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -160,7 +169,7 @@ class _Worker:
             return None
         self.ns[kind].append(time.perf_counter_ns() - t0)
         if not 200 <= response.status_code < 300:
-            self.errors[kind][f"HTTP {response.status_code}"] += 1
+            self.errors[kind][f"HTTP {response.status_code}{_error_code(response)}"] += 1
             return None
         return response
 

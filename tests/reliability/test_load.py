@@ -48,7 +48,8 @@ def test_short_mixed_load(served_index):
         seed=0,
         server_pid=server.proc.pid,
     )
-    assert result["errors_total"] == 0, [(r["type"], r["error_kinds"]) for r in result["rows"]]
+    errors = [(r["type"], r["error_kinds"]) for r in result["rows"] if r["error_kinds"]]
+    assert result["errors_total"] == 0, (errors, server.log_tail())
     assert not result["worker_crashes"] and result["workers_still_running"] == 0
     assert len(result["rows"]) == len(MIX)
     assert all(r["requests"] > 0 for r in result["rows"]), [(r["type"], r["requests"]) for r in result["rows"]]
