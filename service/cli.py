@@ -1,4 +1,4 @@
-"""The `semid` command line: train, inspect, assign, export, serve, check, evaluate, quickstart."""
+"""The `semid` command line: train, inspect, assign, export, serve, check, gc, evaluate, quickstart."""
 
 from __future__ import annotations
 
@@ -456,6 +456,31 @@ def check(index_dir) -> None:
     if not report.ok:
         raise click.exceptions.Exit(1)
     click.echo("ok")
+
+
+@main.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False), help="Directory or s3://...")
+@click.option(
+    "--grace-minutes",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Object storage: keep unlisted objects younger than this (a write in flight uploads before it commits).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+def gc(index_dir, grace_minutes, dry_run) -> None:
+    """Delete the files or objects no manifest lists: crashed or losing writers' uploads, folded segments."""
+    from semid.service.index.garbage import collect_garbage
+
+    report = collect_garbage(index_dir, grace_seconds=grace_minutes * 60.0, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    kept = f"; kept {len(report.young)} younger than {grace_minutes:g} min" if report.index.startswith("s3://") else ""
+    click.echo(
+        f"{report.index}: version {report.version}, {report.listed} listed; "
+        f"{verb} {len(report.removed)} unlisted ({report.removed_bytes} bytes){kept}"
+    )
+    for name in report.removed:
+        click.echo(f"{'would delete' if dry_run else 'deleted'}: {name}")
 
 
 def _cap_malloc_arenas(arenas: int = 2) -> None:

@@ -625,27 +625,34 @@ def _refuse_existing(root: Path) -> None:
 
 
 def _remove_leftovers(root: Path, manifest: Manifest, *, keep: Path | None = None) -> None:
-    """Delete temp files, segments and vector files the manifest does not list (crashed writes), and
-    ``faiss.index`` once segments have vector files (it is not used then). Under the lock; ``keep``
-    is the caller's own staged file."""
+    """Delete :func:`find_leftovers` (under the lock; ``keep`` is the caller's own staged file)."""
+    for entry in find_leftovers(root, manifest):
+        if keep is not None and entry.name == keep.name:
+            continue
+        logger.info("removing leftover %s", entry)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def find_leftovers(root: Path, manifest: Manifest) -> list[Path]:
+    """Temp files, segments and vector files the manifest does not list (crashed writes, segments folded
+    away), and ``faiss.index`` once segments have vector files (it is not used then)."""
     listed = {s.name for s in manifest.segments}
     listed_vectors = {vectors_name(s.name) for s in manifest.segments if s.has_vector_file}
+    found: list[Path] = []
     for directory in (root, root / SEGMENTS_DIR):
         if not directory.is_dir():
             continue
-        for entry in directory.iterdir():
-            if keep is not None and entry.name == keep.name:
-                continue
+        for entry in sorted(directory.iterdir()):
             in_segments = directory.name == SEGMENTS_DIR
             orphan = in_segments and entry.name.endswith(".parquet") and entry.name not in listed
             orphan |= in_segments and entry.name.endswith(VECTORS_SUFFIX) and entry.name not in listed_vectors
             orphan |= directory == root and entry.name == FAISS_NAME and manifest.has_vector_files
             if entry.name.startswith(TMP_PREFIX) or orphan:
-                logger.info("removing leftover %s", entry)
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+                found.append(entry)
+    return found
 
 
 def _load_snapshot(root: Path, manifest: Manifest, base: IndexSnapshot | None) -> tuple[IndexSnapshot, bool]:

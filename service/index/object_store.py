@@ -38,6 +38,7 @@ CHUNK_BYTES = 8 << 20
 CONNECT_TIMEOUT_SECONDS = 3.0
 READ_TIMEOUT_SECONDS = 30.0
 ATTEMPTS = 3  # botocore's retries of throttling and transient errors, before StoreUnavailableError
+DELETE_BATCH = 1000  # S3's DeleteObjects takes at most 1,000 keys
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ def local_path(text: str | os.PathLike[str]) -> Path:
     """A local ``--index`` (a path, or ``file://path``) as a Path."""
     raw = os.fspath(text)
     return Path(raw[len("file://") :]) if raw.startswith("file://") else Path(raw)
+
+
+@dataclass(frozen=True)
+class StoreObject:
+    name: str  # relative to the index's prefix
+    size: int
+    modified: float  # seconds since the epoch
 
 
 class ObjectStore:
@@ -190,6 +198,36 @@ class ObjectStore:
             )
             start = len(self.location.key(""))
             return [obj["Key"][start:] for page in pages for obj in page.get("Contents", ())]
+
+    def entries(self, prefix: str) -> list[StoreObject]:
+        """The objects under ``prefix`` with their size and last-modified time (seconds since the epoch)."""
+        with self._calls(prefix) as calls:
+            pages = calls.get_paginator("list_objects_v2").paginate(
+                Bucket=self.location.bucket, Prefix=self.location.key(prefix)
+            )
+            start = len(self.location.key(""))
+            return [
+                StoreObject(obj["Key"][start:], int(obj["Size"]), obj["LastModified"].timestamp())
+                for page in pages
+                for obj in page.get("Contents", ())
+            ]
+
+    def delete(self, names: list[str]) -> None:
+        """Delete objects, 1,000 a call (S3's most); a refusal of any is ``StoreUnavailableError``."""
+        for start in range(0, len(names), DELETE_BATCH):
+            batch = names[start : start + DELETE_BATCH]
+            with self._calls(batch[0]) as calls:
+                reply = calls.delete_objects(
+                    Bucket=self.location.bucket,
+                    Delete={"Objects": [{"Key": self.location.key(n)} for n in batch], "Quiet": True},
+                )
+            refused = reply.get("Errors") or []
+            if refused:
+                first = refused[0]
+                raise StoreUnavailableError(
+                    f"the store refused to delete {len(refused)} object(s), e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
 
     def _calls(self, name: str) -> _Calls:
         return _Calls(self, name)

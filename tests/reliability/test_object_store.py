@@ -282,6 +282,23 @@ def test_two_writers_racing_exactly_one_commit_wins_and_nothing_is_lost(uri, mot
     assert all(sid(final, i) == s for i, s in {**won, **retried}.items())
     assert not set(map(tuple, won.values())) & set(map(tuple, retried.values()))
 
+    # the loser's upload is unlisted garbage (as is the faiss index the create committed and a later commit
+    # dropped): gc deletes such objects only, and the index reads whole from the store afterwards
+    from semid.service.index.garbage import collect_garbage
+    from semid.service.index.mirror import store_files
+
+    prefix = uri.split("/", 3)[3]
+    listed = set(store_files(final.snapshot.manifest).values())
+    written = {k for k in moto.keys(prefix) if k.startswith(("segments/", "faiss/"))}
+    unlisted = written - listed
+    assert any(k.startswith("segments/") for k in unlisted), "the losing write left its uploaded segment behind"
+    assert collect_garbage(uri).young == sorted(unlisted)  # minutes old: kept by the default grace period
+    report = collect_garbage(uri, grace_seconds=0)
+    assert report.removed == sorted(unlisted) and report.removed_bytes > 0
+    assert {k for k in moto.keys(prefix) if k.startswith(("segments/", "faiss/"))} == listed
+    fresh = open_writer("e")
+    assert len(fresh) == 4_008 and fresh.check().ok
+
 
 @pytest.mark.slow
 def test_store_unreachable_replicas_serve_from_cache_and_turn_not_ready(
@@ -346,3 +363,29 @@ def test_store_unreachable_replicas_serve_from_cache_and_turn_not_ready(
     finally:
         if outage.process.poll() is None:
             outage.stop()
+
+
+def test_gc_through_the_cli_keeps_listed_and_young_objects(uri, moto, tmp_path, monkeypatch):
+    from semid.service.index.garbage import collect_garbage
+
+    prefix = uri.split("/", 3)[3]
+    env = moto.env(tmp_path / "cache")
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(name, env[name])  # for this process's own dry run
+    already = collect_garbage(uri, grace_seconds=0, dry_run=True).removed  # the create's superseded faiss index
+    stray = f"segments/{'0' * 64}.parquet"  # as a crashed writer's upload is named
+    moto.client().put_object(Bucket=BUCKET, Key=f"{prefix}/{stray}", Body=b"never committed")
+    before = moto.keys(prefix)
+    kept = run_semid("gc", "--index", uri, env=env)  # the default grace: an object seconds old may be a write in flight
+    assert kept.returncode == 0 and "deleted 0 unlisted" in kept.stdout, kept.stdout + kept.stderr
+    assert f"kept {len(already) + 1} younger" in kept.stdout, kept.stdout
+    dry = run_semid("gc", "--index", uri, "--grace-minutes", "0", "--dry-run", env=env)
+    assert dry.returncode == 0 and f"would delete: {stray}" in dry.stdout, dry.stdout + dry.stderr
+    assert moto.keys(prefix) == before
+    done = run_semid("gc", "--index", uri, "--grace-minutes", "0", env=env)
+    assert done.returncode == 0 and f"deleted: {stray}" in done.stdout, done.stdout + done.stderr
+    assert moto.keys(prefix) == sorted(set(before) - {stray, *already})  # the manifest, listed files, checkpoint stay
+    checked = run_semid("check", "--index", uri, env=moto.env(tmp_path / "checker"))
+    assert checked.returncode == 0 and checked.stdout.rstrip().endswith("ok"), checked.stdout + checked.stderr
+    bad = run_semid("gc", "--index", uri, "--grace-minutes", "-1", env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
