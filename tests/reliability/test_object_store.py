@@ -389,3 +389,19 @@ def test_gc_through_the_cli_keeps_listed_and_young_objects(uri, moto, tmp_path, 
     assert checked.returncode == 0 and checked.stdout.rstrip().endswith("ok"), checked.stdout + checked.stderr
     bad = run_semid("gc", "--index", uri, "--grace-minutes", "-1", env=env)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_the_python_index_opens_an_index_on_the_store(uri, moto, catalogs, tmp_path, monkeypatch):
+    import semid
+
+    for name, value in moto.env(tmp_path / "py-cache").items():
+        if name.startswith(("AWS_", "SEMID_CACHE")):
+            monkeypatch.setenv(name, value)
+    index = semid.Index.open(uri)
+    assert len(index) == 4_000
+    item = _new_items(catalogs, 800, 1)[0]
+    assigned = index.assign([item["item_id"]], np.array([item["embedding"]], dtype=np.float32))
+    other = semid.Index.open(uri)  # another handle, as on another machine: sees the write through the store
+    assert len(other) == 4_001
+    assert list(other.lookup(item["item_id"])["semantic_id"]) == assigned.semantic_ids[0].tolist()
+    assert not assigned.existing[0] and index.prefix(assigned.semantic_ids[0][:1].tolist()).count >= 1
