@@ -79,7 +79,7 @@ def evaluate_index(
         raise CatalogError(f"catalog file {catalog_path} does not exist")
     if interactions is not None and not Path(interactions).is_file():
         raise InteractionsError(f"interactions file {interactions} does not exist")
-    index = SemanticIdIndex.open(index_dir)
+    index = SemanticIdIndex.open(index_dir, read_only=True)  # a directory or s3://...: evaluation only reads
     state = index.state
     n, levels = state.size, index.layout.levels
     if n < 2:

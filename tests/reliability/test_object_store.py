@@ -8,6 +8,7 @@ writes came through the store.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -405,3 +406,14 @@ def test_the_python_index_opens_an_index_on_the_store(uri, moto, catalogs, tmp_p
     assert len(other) == 4_001
     assert list(other.lookup(item["item_id"])["semantic_id"]) == assigned.semantic_ids[0].tolist()
     assert not assigned.existing[0] and index.prefix(assigned.semantic_ids[0][:1].tolist()).count >= 1
+
+
+def test_evaluate_reads_an_index_on_the_store(uri, moto, catalogs, tmp_path):
+    out = tmp_path / "report"
+    done = run_semid(
+        "evaluate", "--index", uri, "--catalog", str(catalogs["small"]), "--out", str(out), env=moto.env(tmp_path / "c")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["index"] == uri and metrics["items"] == 4_000
+    assert (out / "report.html").is_file()
