@@ -24,6 +24,7 @@ from semid.model.training.checkpoint import CONFIG_FILE, load_checkpoint
 from semid.service.encoder import CheckpointEncoder
 from semid.service.ids.layout import IdLayout
 from semid.service.index.handle import SemanticIdIndex
+from semid.service.index.object_store import parse_store_uri
 from semid.service.index.snapshot import IndexSnapshot
 
 BOTH, ONLY_OLD, ONLY_NEW = "both", "only_old", "only_new"
@@ -41,7 +42,7 @@ class IndexIds:
 
     @classmethod
     def open(cls, path: str | Path) -> IndexIds:
-        index = SemanticIdIndex.open(path)
+        index = SemanticIdIndex.open(path, read_only=True)  # a directory or s3://...: only read
         snap = index.snapshot
         return cls(str(path), index.fingerprint, snap.layout, snap, snap.state.order)
 
@@ -225,11 +226,11 @@ class AlignmentSummary:
 def old_codes_for(target: str | Path, item_ids: np.ndarray, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(catalog positions, base codes [n, L]) of the old side: a checkpoint encodes the catalog; an index
     gives the base codes it holds for the catalog's items (items it lacks are left out)."""
-    target = Path(target)
-    if (target / CONFIG_FILE).is_file():
-        codes = CheckpointEncoder.from_dir(target, alternatives=1).encode(embeddings, alternatives=1).base_codes
+    if parse_store_uri(target) is None and (Path(target) / CONFIG_FILE).is_file():
+        encoder = CheckpointEncoder.from_dir(Path(target), alternatives=1)
+        codes = encoder.encode(embeddings, alternatives=1).base_codes
         return np.arange(codes.shape[0]), codes
-    snap = SemanticIdIndex.open(target).snapshot
+    snap = SemanticIdIndex.open(target, read_only=True).snapshot  # a directory or s3://...
     rows = snap.lookup_items(item_ids)
     found = np.flatnonzero(rows >= 0)
     return found, snap.state.base_codes[rows[found]]

@@ -417,3 +417,21 @@ def test_evaluate_reads_an_index_on_the_store(uri, moto, catalogs, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["index"] == uri and metrics["items"] == 4_000
     assert (out / "report.html").is_file()
+
+
+def test_migrate_and_align_read_indexes_on_the_store(uri, moto, base_prefix, checkpoint, catalogs, tmp_path):
+    env = moto.env(tmp_path / "c")
+    base = f"s3://{BUCKET}/{base_prefix}"
+    out = tmp_path / "map.parquet"
+    done = run_semid("migrate", "--from", base, "--to", uri, "--out", str(out), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = pq.read_table(out)
+    assert table.num_rows == 4_000
+    assert table.column("old_semantic_id").to_pylist() == table.column("new_semantic_id").to_pylist()  # same IDs
+    aligned = tmp_path / "aligned"
+    done = run_semid(
+        "align", "--checkpoint", str(checkpoint), "--to", uri, "--catalog", str(catalogs["small"]), "--out",
+        str(aligned), env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (aligned / "config.json").is_file()
