@@ -161,8 +161,18 @@ class StoreMirror:
             with lock.held_for(timeout=0.0):
                 self.pull()
         except IndexLockedError:
-            return
+            self._peek()  # another worker is bringing the cache up to date: only note what the store holds
         except (SemidError, OSError) as exc:
+            logger.warning("index %s: poll failed, serving the cached version: %s", self.uri, exc)
+
+    def _peek(self) -> None:
+        """Read the store's manifest version (and so record contact) without touching the cache."""
+        try:
+            got = self._call(lambda: self.store.get(MANIFEST_NAME, if_none_match=self._etag))
+            if got is not None:
+                manifest = Manifest.from_dict(json.loads(got[0]), source=f"{self.uri}/{MANIFEST_NAME}")
+                self._store_version = max(manifest.version, self._store_version or 0)
+        except (SemidError, OSError, ValueError) as exc:
             logger.warning("index %s: poll failed, serving the cached version: %s", self.uri, exc)
 
     def follow(self, interval: float) -> None:

@@ -435,3 +435,31 @@ def test_migrate_and_align_read_indexes_on_the_store(uri, moto, base_prefix, che
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert (aligned / "config.json").is_file()
+
+
+def test_a_poll_that_finds_the_cache_busy_still_reads_the_store_version(uri, moto, catalogs, tmp_path, monkeypatch):
+    """Two workers share one cache: the one that finds it locked (the other is pulling) still reads the store's
+    manifest, so its /readyz neither lags the store nor drifts toward not-ready."""
+    import semid
+    from semid.service.index.manifest import read_manifest
+    from semid.service.index.mirror import LOCK_NAME
+    from semid.service.index.store import WriterLock
+
+    for name, value in moto.env(tmp_path / "reader-cache").items():
+        if name.startswith(("AWS_", "SEMID_CACHE")):
+            monkeypatch.setenv(name, value)
+    reader = semid.Index.open(uri)
+    mirror = reader._handle._mirror
+    before = mirror.status()
+    assert before.store_version == reader._handle.version
+    monkeypatch.setenv("SEMID_CACHE_DIR", str(tmp_path / "writer-cache"))  # another machine's cache
+    item = _new_items(catalogs, 900, 1)[0]
+    semid.Index.open(uri).assign([item["item_id"]], np.array([item["embedding"]], dtype=np.float32))
+    with WriterLock(mirror.local / LOCK_NAME, description="another worker").held_for(timeout=1.0):
+        mirror.poll_once()
+    after = mirror.status()
+    assert after.store_version == before.store_version + 1 and after.error is None
+    assert after.seconds_since_contact is not None and after.seconds_since_contact < 1.0
+    assert read_manifest(mirror.local).version == before.store_version  # the cache is the puller's to change
+    mirror.poll_once()  # the lock is free again: this poll pulls
+    assert read_manifest(mirror.local).version == before.store_version + 1

@@ -41,10 +41,13 @@ async def readyz(request: Request) -> dict | JSONResponse:
     if store is None:
         return body
     since = store.seconds_since_contact
+    # the snapshot came from the store, so the store is at least at its version (another worker sharing
+    # this cache may have pulled it since this process last read the store's manifest)
+    seen = None if store.store_version is None else max(store.store_version, index.version)
     body["store"] = {
         "uri": store.uri,
-        "version": store.store_version,
-        "behind": None if store.store_version is None else max(0, store.store_version - index.version),
+        "version": seen,
+        "behind": None if seen is None else seen - index.version,
         "seconds_since_contact": None if since is None else round(since, 3),
         "error": store.error,
     }
