@@ -135,10 +135,7 @@ class StoreMirror:
         if got is None:
             return False
         data, etag = got
-        try:
-            manifest = Manifest.from_dict(json.loads(data), source=f"{self.uri}/{MANIFEST_NAME}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptIndexError(f"{self.uri}/{MANIFEST_NAME}: not valid JSON: {exc}") from None
+        manifest = self._parse_manifest(data)
         self.local.mkdir(parents=True, exist_ok=True)
         (self.local / SEGMENTS_DIR).mkdir(exist_ok=True)
         have = self._cached_files()
@@ -158,22 +155,19 @@ class StoreMirror:
         brings it up to date). Failures are recorded for ``status``, not raised."""
         lock = WriterLock(self.local / LOCK_NAME, description=f"cache {self.local}")
         try:
-            with lock.held_for(timeout=0.0):
-                self.pull()
-        except IndexLockedError:
-            self._peek()  # another worker is bringing the cache up to date: only note what the store holds
+            try:
+                with lock.held_for(timeout=0.0):
+                    self.pull()
+            except IndexLockedError:
+                self._peek()  # another worker is bringing the cache up to date: only note what the store holds
         except (SemidError, OSError) as exc:
             logger.warning("index %s: poll failed, serving the cached version: %s", self.uri, exc)
 
     def _peek(self) -> None:
         """Read the store's manifest version (and so record contact) without touching the cache."""
-        try:
-            got = self._call(lambda: self.store.get(MANIFEST_NAME, if_none_match=self._etag))
-            if got is not None:
-                manifest = Manifest.from_dict(json.loads(got[0]), source=f"{self.uri}/{MANIFEST_NAME}")
-                self._store_version = max(manifest.version, self._store_version or 0)
-        except (SemidError, OSError, ValueError) as exc:
-            logger.warning("index %s: poll failed, serving the cached version: %s", self.uri, exc)
+        got = self._call(lambda: self.store.get(MANIFEST_NAME, if_none_match=self._etag))
+        if got is not None:
+            self._store_version = self._parse_manifest(got[0]).version
 
     def follow(self, interval: float) -> None:
         """Poll the store every ``interval`` seconds in a daemon thread (idempotent)."""
@@ -230,6 +224,12 @@ class StoreMirror:
             raise
         self._contact, self._error = time.monotonic(), None
         return result
+
+    def _parse_manifest(self, data: bytes) -> Manifest:
+        try:
+            return Manifest.from_dict(json.loads(data), source=f"{self.uri}/{MANIFEST_NAME}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptIndexError(f"{self.uri}/{MANIFEST_NAME}: not valid JSON: {exc}") from None
 
     def _cached_files(self) -> dict[str, str]:
         """What the cache's own manifest says its files are (empty if it has none or it is unreadable)."""
