@@ -463,3 +463,39 @@ def test_a_poll_that_finds_the_cache_busy_still_reads_the_store_version(uri, mot
     assert read_manifest(mirror.local).version == before.store_version  # the cache is the puller's to change
     mirror.poll_once()  # the lock is free again: this poll pulls
     assert read_manifest(mirror.local).version == before.store_version + 1
+
+
+def test_the_ray_engine_extends_an_index_on_the_store_as_the_local_engine_extends_a_local_one(
+    uri, moto, checkpoint, catalogs, tmp_path
+):
+    """`semid assign --engine ray --index s3://...`: the driver opens the store's index (through its cache),
+    Ray's actors encode, the driver commits one segment and one manifest version. Same IDs as the local
+    engine's run on a local copy: byte-identical `semid export`."""
+    if os.environ.get("SEMID_RAY_REQUIRED") != "1":
+        pytest.importorskip("ray", reason="the Ray engine's extra is not installed: pip install 'semid[ray]'")
+    env = moto.env(tmp_path / "cache")
+    client = moto.client()
+    prefix = uri.split("/", 3)[3]
+    before = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    args = assign_args(checkpoint, catalogs["other"], uri, "--engine", "ray", "--workers", "2", "--json")
+    done = run_semid(*args, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    assert summary["new_items"] == 3_000 and summary["existing_items"] == 0
+    after = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    assert len(after["segments"]) == len(before["segments"]) + 1  # one commit: one segment
+    assert after["item_count"] == before["item_count"] + 3_000
+    local = tmp_path / "local"
+    for catalog in (catalogs["small"], catalogs["other"]):
+        assert run_semid(*assign_args(checkpoint, catalog, local)).returncode == 0
+    exported = {}
+    for name, index in (("store", uri), ("local", str(local))):
+        exported[name] = tmp_path / f"{name}.parquet"
+        done = run_semid("export", "--index", index, "--out", str(exported[name]), env=env)
+        assert done.returncode == 0, done.stderr
+    store, plain = pq.read_table(exported["store"]), pq.read_table(exported["local"])
+    assert store.num_rows == 7_000 and store.equals(plain)
+    again = run_semid(*args, env=env)  # the same catalog again: every item known, nothing committed
+    assert again.returncode == 0, again.stdout + again.stderr
+    last = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    assert last["segments"] == after["segments"]
