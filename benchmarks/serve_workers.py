@@ -17,6 +17,8 @@ other round so load on the shared machine hits both alike), and measures against
   the wall time.
 * prefix look-ups: `wrk -t2 -c16 -d{duration}s` over GET /v1/prefixes/{prefix}?limit=10 with random
   prefixes (length 1..3) of indexed items (a Lua script picks one per request): requests/s, p50/p99.
+  Then the same wrk phase against a server of the same worker count started with SEMID_FAST_READS=false
+  (every look-up through FastAPI's routing, as before service/api/fast_reads.py): before and after, one run.
 * memory of each worker: /proc/PID/smaps_rollup (RSS, PSS, shared and private pages), and /proc/PID/smaps
   summed by what is mapped: segment vector files (`*.vectors`, memory-mapped, shareable), other index files,
   shared libraries, and anonymous memory (the model, the index's arrays, Arrow buffers: private to a worker).
@@ -80,7 +82,7 @@ def semid_command() -> list[str]:
 
 
 class Server:
-    def __init__(self, index: Path, workers: int, log: Path) -> None:
+    def __init__(self, index: Path, workers: int, log: Path, **env_extra: str) -> None:
         self.port = free_port()
         self.base = f"http://{HOST}:{self.port}"
         self.cmd = [
@@ -97,7 +99,7 @@ class Server:
         ]
         if workers > 1:
             self.cmd += ["--workers", str(workers)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEMID_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SEMID_")} | env_extra
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.log = log
@@ -350,6 +352,12 @@ def main() -> None:
                     run["memory_by_mapping"] = [memory_by_mapping(pid) for pid in server.pids]
                 finally:
                     server.stop()
+                # the same look-ups with every request through FastAPI's routing (the fast path off): before/after
+                server = Server(index, workers, workdir / f"serve-{r}-{workers}-routes.log", SEMID_FAST_READS="false")
+                try:
+                    run["prefix_wrk_routes"] = wrk_phase(server, script, args.duration)
+                finally:
+                    server.stop()
                 runs.append(run)
                 print(json.dumps(run), flush=True)
         steps = stages(index, body, args.stages) if args.stages else []
@@ -365,9 +373,10 @@ def main() -> None:
         summary.append(
             {
                 "workers": workers,
-                "encode items/s, 1 client": median(workers, "encode_1_client", "items_per_s"),
-                "encode items/s, 2 clients": median(workers, "encode_2_clients", "items_per_s"),
-                "prefix req/s (wrk, 16 conn.)": median(workers, "prefix_wrk", "requests_per_s"),
+                "encode items/s, 1 client": round(median(workers, "encode_1_client", "items_per_s")),
+                "encode items/s, 2 clients": round(median(workers, "encode_2_clients", "items_per_s")),
+                "prefix req/s (wrk, 16 conn.)": round(median(workers, "prefix_wrk", "requests_per_s")),
+                "prefix req/s, fast path off": round(median(workers, "prefix_wrk_routes", "requests_per_s")),
                 "prefix p99 ms": median(workers, "prefix_wrk", "p99_ms"),
                 "RSS MB per worker": statistics.mean(m["rss_mb"] for m in mem),
                 "PSS MB per worker": statistics.mean(m["pss_mb"] for m in mem),
@@ -379,14 +388,16 @@ def main() -> None:
         {
             "round": run["round"],
             "workers": run["workers"],
-            "encode 1 client": run["encode_1_client"]["items_per_s"],
-            "encode 2 clients": run["encode_2_clients"]["items_per_s"],
-            "prefix req/s": run["prefix_wrk"]["requests_per_s"],
+            "encode 1 client": round(run["encode_1_client"]["items_per_s"]),
+            "encode 2 clients": round(run["encode_2_clients"]["items_per_s"]),
+            "prefix req/s": round(run["prefix_wrk"]["requests_per_s"]),
+            "prefix req/s, fast path off": round(run["prefix_wrk_routes"]["requests_per_s"]),
             "load before encode": run["encode_1_client"]["load_1m"],
             "load before wrk": run["prefix_wrk"]["load_1m"],
             "errors": run["encode_1_client"]["errors"]
             + run["encode_2_clients"]["errors"]
-            + run["prefix_wrk"]["non_2xx"],
+            + run["prefix_wrk"]["non_2xx"]
+            + run["prefix_wrk_routes"]["non_2xx"],
         }
         for run in runs
     ]

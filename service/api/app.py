@@ -13,11 +13,12 @@ from fastapi.staticfiles import StaticFiles
 from semid.service import __version__
 from semid.service.api.docs import add_offline_docs
 from semid.service.api.error_handlers import add_error_handlers
+from semid.service.api.fast_reads import FastReadsMiddleware
 from semid.service.api.http_guard import BodyGuardMiddleware
 from semid.service.api.limits import default_body_limit
 from semid.service.api.observability import MetricsMiddleware, ServiceMetrics
 from semid.service.api.ratelimit import RateLimitMiddleware, RateLimits
-from semid.service.api.routes import router
+from semid.service.api.routes import lookups, router
 from semid.service.api.settings import ServiceSettings
 from semid.service.api.state import ServiceState
 
@@ -63,6 +64,9 @@ def create_app(settings: ServiceSettings | None = None, *, state: ServiceState |
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     add_error_handlers(app)
+    # innermost: the guard, the metrics and the rate limit see every request the fast path answers
+    if settings.fast_reads:
+        app.add_middleware(FastReadsMiddleware, routes=lookups.router.routes)
     app.add_middleware(RateLimitMiddleware, limits=RateLimits(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 

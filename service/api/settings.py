@@ -56,6 +56,11 @@ class ServiceSettings(BaseSettings):
     read_only: bool = Field(
         default=False, description="A read replica: write routes answer 403; reads follow the writer's manifest."
     )
+    fast_reads: bool = Field(
+        default=True,
+        description="Answer plain prefix, item and ID look-ups without FastAPI's routing (service/api/fast_reads.py); "
+        "false: every request takes the routes (same answers, slower).",
+    )
     store_poll_seconds: float = Field(
         default=1.0, gt=0, le=3600, description="Index on object storage: seconds between polls of its manifest."
     )
