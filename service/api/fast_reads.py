@@ -3,12 +3,14 @@
 ``GET /v1/prefixes/{prefix}``, ``/v1/items/{item_id}`` and ``/v1/ids/{semantic_id}`` are what a fleet of
 generative models calls most (prefix pages while decoding, items to map IDs back). Each request spent about
 three quarters of its time in FastAPI's route matching, dependency solving and query parsing, not in the
-look-up (a cProfile of one worker under wrk; the throughput before and after: docs/scale-out.md, Measured). :class:`FastReadsMiddleware` answers the plain, successful
-case of these three routes itself, with the route's own functions and response model, so the bytes and
-headers are the route's; anything else (another query parameter, a value out of range, a look-up that
-raises, the index not loaded) passes through untouched to the app, which answers it (errors included) as
-before. It sits inside the guard, metrics and rate-limit middlewares: they see every request either way, and
-the metrics keep the route's template (``scope["route"]``) as their label.
+look-up (a cProfile of one worker under wrk; the throughput before and after: docs/scale-out.md, Measured).
+
+:class:`FastReadsMiddleware` answers the plain, successful case of these three routes itself, with the
+route's own functions and response model, so the bytes and headers are the route's; anything else (another
+query parameter, a value out of range, a look-up that raises, the index not loaded) passes through untouched
+to the app, which answers it (errors included) as before. It sits inside the guard, metrics and rate-limit
+middlewares: they see every request either way, and the metrics keep the route's template
+(``scope["route"]``) as their label.
 """
 
 from __future__ import annotations
