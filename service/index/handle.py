@@ -237,8 +237,15 @@ class SemanticIdIndex:
         return self._mirror.uri if self._mirror is not None else str(self._path)
 
     def store_status(self) -> StoreStatus | None:
-        """For an index on object storage: the store's version when last reached and how long ago."""
-        return self._mirror.status() if self._mirror is not None else None
+        """For an index on object storage: the store's version when last reached and how long ago. The version
+        is at least this snapshot's: the snapshot came from the store, and another process sharing the cache
+        may have pulled it since this one last read the store's manifest."""
+        if self._mirror is None:
+            return None
+        status = self._mirror.status()
+        if status.store_version is not None and status.store_version < self.version:
+            status = replace(status, store_version=self.version)
+        return status
 
     def follow_store(self, interval: float) -> None:
         """For an index on object storage: poll its manifest every ``interval`` seconds in the background

@@ -40,10 +40,7 @@ async def readyz(request: Request) -> dict | JSONResponse:
     store = index.store_status()
     if store is None:
         return body
-    since = store.seconds_since_contact
-    # the snapshot came from the store, so the store is at least at its version (another worker sharing
-    # this cache may have pulled it since this process last read the store's manifest)
-    seen = None if store.store_version is None else max(store.store_version, index.version)
+    since, seen = store.seconds_since_contact, store.store_version
     body["store"] = {
         "uri": store.uri,
         "version": seen,
