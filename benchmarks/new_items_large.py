@@ -14,7 +14,9 @@ but the anchors:
 * ``shipped``: what ``semid train`` keeps now (``model.job._set_anchors`` with the config's
   ``first_level_anchors``: every item up to the cap, a bounded sample above it, semid.model.first_level.anchors);
 * ``random-S``: a seeded uniform sample of S trained items (the sample the old docstring measured on
-  MovieLens, for comparison).
+  MovieLens, for comparison);
+* ``projected-P``: every trained item an anchor, the search in P dimensions (``_set_projected``; a probe of a
+  cheaper vote over all trained items, not shipped).
 
 ``agree_all``: share of the held-out items whose first code equals the ``all`` row's (the cause measurement:
 without anchors the encoder's nearest centroid disagrees with the vote of the trained partition).
@@ -91,6 +93,28 @@ def _set_representatives(tok: Any, raw_fit: np.ndarray, budget: int, seed: int) 
     tok.anchors.set(vectors, codes, tok.quantizer.codebooks[0], trained=x)
 
 
+def _set_projected(tok: Any, raw_fit: np.ndarray, dim: int) -> None:
+    """Every trained item an anchor, searched in ``dim`` dimensions: inputs and anchors are projected on the
+    top right singular vectors of the trained items' normalised inputs (no centring: it keeps dot products
+    best) and normalised again; digests keep the trained items' own codes. The probe of a cheaper search over
+    all trained items (the vote's cost is anchors x dim), set against the representatives at equal cost."""
+    from semid.model.training.job import _first_codes
+
+    x = torch.from_numpy(raw_fit)
+    with torch.inference_mode():
+        target = F.normalize(tok.normalizer(x), dim=1)
+    basis = torch.linalg.svd(target, full_matrices=False).Vh[:dim].T.contiguous()
+    tok.anchors.set(F.normalize(target @ basis, dim=1), _first_codes(tok, x), tok.quantizer.codebooks[0], trained=x)
+    plain = type(tok.anchors).vote
+
+    def vote(t: torch.Tensor, codebook: torch.Tensor, raw: torch.Tensor | None = None) -> torch.Tensor:
+        if t.shape[1] == dim:  # the vote's own call for the rows that are not training items: projected already
+            return plain(tok.anchors, t, codebook, raw)
+        return plain(tok.anchors, F.normalize(F.normalize(t.to(torch.float32), dim=1) @ basis, dim=1), codebook, raw)
+
+    tok.anchors.vote = vote
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -103,6 +127,9 @@ def main() -> None:
     ap.add_argument("--samples", default="16384", help="comma-separated sizes of the random-S rows ('' : none)")
     ap.add_argument("--protos", default="", help="comma-separated budgets of representatives-M rows ('': none)")
     ap.add_argument("--digests", action="store_true", help="random-S rows keep the trained items' codes too")
+    ap.add_argument(
+        "--projections", default="", help="comma-separated dims P of projected-P rows ('': none; see _set_projected)"
+    )
     ap.add_argument("--cap", type=int, help="first_level_anchors for the shipped row (default: the checkpoint's)")
     ap.add_argument("--peers", default="semid-rqkmeans,faiss-rq")
     ap.add_argument("--sample", type=int, default=2000, help="items per subset for the neighbour figures")
@@ -145,15 +172,19 @@ def main() -> None:
     variants: list[tuple[str, Any]] = [("semid rqvae, all", "all"), ("semid rqvae, none", None)]
     variants += [(f"semid rqvae, random-{s}", int(s)) for s in args.samples.split(",") if s]
     variants += [(f"semid rqvae, representatives-{m}", f"protos:{m}") for m in args.protos.split(",") if m]
+    variants += [(f"semid rqvae, projected-{p}", f"proj:{p}") for p in args.projections.split(",") if p]
     variants += [("semid rqvae, shipped", "shipped")]
     all_codes = None
     for label, how in variants:
+        tok.anchors.__dict__.pop("vote", None)  # a projected row's vote is undone before the next row
         if how is None:
             tok.anchors.set(torch.zeros(0, raw.shape[1]), torch.zeros(0, dtype=torch.long), tok.quantizer.codebooks[0])
         elif how == "all":
             _set_rows(tok, raw[fit], np.arange(len(fit)), False)
         elif how == "shipped":
             _set_anchors(tok, raw[fit], cfg_used.with_overrides("model", first_level_anchors=args.cap or limit))
+        elif isinstance(how, str) and how.startswith("proj:"):
+            _set_projected(tok, raw[fit], int(how.split(":")[1]))
         elif isinstance(how, str):
             _set_representatives(tok, raw[fit], int(how.split(":")[1]), args.seed)
         else:
