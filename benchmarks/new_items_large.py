@@ -106,11 +106,17 @@ def _set_projected(tok: Any, raw_fit: np.ndarray, dim: int) -> None:
     basis = torch.linalg.svd(target, full_matrices=False).Vh[:dim].T.contiguous()
     tok.anchors.set(F.normalize(target @ basis, dim=1), _first_codes(tok, x), tok.quantizer.codebooks[0], trained=x)
     plain = type(tok.anchors).vote
+    inside = [False]  # the vote calls itself once for the rows that are not training items: projected already
 
     def vote(t: torch.Tensor, codebook: torch.Tensor, raw: torch.Tensor | None = None) -> torch.Tensor:
-        if t.shape[1] == dim:  # the vote's own call for the rows that are not training items: projected already
+        if inside[0]:
             return plain(tok.anchors, t, codebook, raw)
-        return plain(tok.anchors, F.normalize(F.normalize(t.to(torch.float32), dim=1) @ basis, dim=1), codebook, raw)
+        inside[0] = True
+        try:
+            projected = F.normalize(F.normalize(t.to(torch.float32), dim=1) @ basis, dim=1)
+            return plain(tok.anchors, projected, codebook, raw)
+        finally:
+            inside[0] = False
 
     tok.anchors.vote = vote
 
