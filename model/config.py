@@ -55,7 +55,7 @@ class ModelConfig(BaseModel):
         1 << 24,
         "RQ-VAE: a training catalog of at most this many items is kept in the checkpoint as first-level anchors; "
         "a new item's first code is the weighted majority code of its nearest anchors (a larger catalog keeps "
-        "at most min(this, 4096) per-code representatives and its items' digests; 0: off).",
+        "at most min(this, 8192) per-code representatives and its items' digests; 0: off).",
     )
     anchor_neighbours: StrictInt = _int(10, 1, 1000, "k of the first-level anchors' vote (anchor_vote.md).")
     anchor_balance: StrictFloat = _float(

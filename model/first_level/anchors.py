@@ -42,7 +42,8 @@ from semid.model.first_level.anchor_search import Bf16Prefilter
 EXACT = 0.9999  # cosine at which an input is taken to be the anchor itself (vectors are float16)
 SEARCH_CHUNK = 4096  # query rows per similarity matmul (bounds memory: chunk x anchors floats)
 TOPK_GROUP = 16  # columns per group in top_k: one max per group, then a top-k over k groups' columns
-REPRESENTATIVES = 4096  # anchors kept above first_level_anchors (at most that many): bounds the vote's cost
+REPRESENTATIVES = 8192  # anchors kept above first_level_anchors (at most that many): bounds the vote's cost
+# (half a catalog at the default limit's; 4,096 before: benchmarks/results/new_items_large.md)
 TOPK_MIN_ROWS = 16  # below this many rows top_k calls topk (its extra steps cost more than they save)
 
 
