@@ -4,6 +4,7 @@ parts: histories in time order, leave-one-out, training windows, unique IDs, con
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import replace
 
 import numpy as np
@@ -281,6 +282,12 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
     first, second = result["rows"]["random"][1], again["rows"]["random"][1]
     np.testing.assert_array_equal(second["test"]["lists"], first["test"]["lists"])
     assert second["train"] == first["train"]  # the saved run, not a retrained one (its seconds would differ)
+    # a kept row leaves out the unconstrained beams (never read by the report): the same table from it
+    with open(out / "gr_tiger_rows" / "random.seed1.pkl", "rb") as fh:
+        kept = pickle.load(fh)["run"]
+    assert "emitted" in first["test"] and "emitted" not in kept["test"]
+    assert kept["test"]["invalid_rate_unconstrained"] == first["test"]["invalid_rate_unconstrained"]
+    assert json.loads((out / "gr_tiger.json").read_text())["rows"] == saved["rows"]
     # --merge-only reports the saved rows and marks a row never run instead of training it
     merged = gr.main([*argv[:7], "faiss-rq,semid-rqkmeans", *argv[8:], "--merge-only"])
     status = {r["generator"]: r["status"] for r in merged["table"]}
