@@ -1,16 +1,16 @@
 """The hot read routes' answers without FastAPI's per-request machinery.
 
 ``GET /v1/prefixes/{prefix}``, ``/v1/items/{item_id}`` and ``/v1/ids/{semantic_id}`` are what a fleet of
-generative models calls most (prefix pages while decoding, items to map IDs back). Each request spent about
-three quarters of its time in FastAPI's route matching, dependency solving and query parsing, not in the
-look-up (a cProfile of one worker under wrk; the throughput before and after: docs/scale-out.md, Measured).
+generative models calls most (prefix pages while decoding, items to map IDs back). Each request spent most of
+its time in FastAPI's route matching, dependency solving and query parsing, not in the look-up (a cProfile of
+one worker under wrk; the throughput with and without this path: benchmarks/results/serve_workers.md).
 
 :class:`FastReadsMiddleware` answers the plain, successful case of these three routes itself, with the
-route's own functions and response model, so the bytes and headers are the route's; anything else (another
-query parameter, a value out of range, a look-up that raises, the index not loaded) passes through untouched
-to the app, which answers it (errors included) as before. It sits inside the guard, metrics and rate-limit
-middlewares: they see every request either way, and the metrics keep the route's template
-(``scope["route"]``) as their label.
+routes' own bodies (``routes.lookups``: ``item_answer``, ``by_id_answer``, ``prefix_answer``) and response
+models, so the bytes and headers are the routes'; anything else (another query parameter, a value out of
+range, a look-up that raises, the index not loaded) passes through untouched to the app, which answers it
+(errors included) as before. It sits inside the guard, metrics and rate-limit middlewares: they see every
+request either way, and the metrics keep the route's template (``scope["route"]``) as their label.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from semid.service.api.deps import catch_up
-from semid.service.api.limits import check_string_id
-from semid.service.api.pages import DEFAULT_PAGE, prefix_page
+from semid.service.api.routes.lookups import by_id_answer, item_answer, prefix_answer
 from semid.service.api.schemas import ItemPublic, PrefixPage
 from semid.service.api.state import ServiceState
 from semid.service.errors import SemidError
@@ -37,33 +36,26 @@ MAX_QUERY_BYTES = 256  # longer query strings (a cursor is 11 characters) take t
 def _prefix_page(state: ServiceState, prefix: str, query: dict[str, str]) -> dict | None:
     if not query.keys() <= {"limit", "cursor"}:
         return None
-    limit = min(DEFAULT_PAGE, state.settings.max_page)
-    if "limit" in query:
+    limit = None
+    if "limit" in query:  # the route's query bounds (1..MAX_PAGE_LIMIT); outside them the app answers 422
         text = query["limit"]
         if not (text.isascii() and text.isdigit() and len(text) <= 6):
             return None
         limit = int(text)
-        if not 1 <= limit <= min(MAX_PAGE_LIMIT, state.settings.max_page):
+        if not 1 <= limit <= MAX_PAGE_LIMIT:
             return None
     cursor = query.get("cursor")
     if cursor is not None and len(cursor) > 64:
         return None
-    snapshot = state.index.snapshot
-    return prefix_page(snapshot, snapshot.layout.parse(prefix), limit=limit, cursor=cursor)
+    return prefix_answer(state, prefix, limit, cursor)
 
 
 def _item(state: ServiceState, item_id: str, query: dict[str, str]) -> dict | None:
-    if query:
-        return None
-    check_string_id(item_id, "item_id")
-    return state.index.snapshot.get_item(item_id)
+    return None if query else item_answer(state, item_id)
 
 
 def _by_id(state: ServiceState, semantic_id: str, query: dict[str, str]) -> dict | None:
-    if query:
-        return None
-    snapshot = state.index.snapshot
-    return snapshot.get_by_semantic_id(snapshot.layout.parse(semantic_id, field="semantic_id"))
+    return None if query else by_id_answer(state, semantic_id)
 
 
 Answer = Callable[[ServiceState, str, dict[str, str]], "dict | None"]

@@ -18,6 +18,7 @@ from semid.service.api.schemas import (
     ResolveRequest,
     ResolveResponse,
 )
+from semid.service.api.state import ServiceState
 from semid.service.api.threads import in_read_thread
 from semid.service.errors import InvalidInputError
 from semid.service.index.snapshot import MAX_PAGE_LIMIT, IndexSnapshot
@@ -26,18 +27,38 @@ from semid.service.lookup import resolve_codes
 router = APIRouter(tags=["look-up"])
 
 
+# The bodies of the hot read routes, called by the routes and by the fast path (service/api/fast_reads.py)
+
+
+def item_answer(state: ServiceState, item_id: str) -> dict:
+    check_string_id(item_id, "item_id")
+    return state.index.snapshot.get_item(item_id)
+
+
+def by_id_answer(state: ServiceState, semantic_id: str) -> dict:
+    snapshot = state.index.snapshot
+    return snapshot.get_by_semantic_id(snapshot.layout.parse(semantic_id, field="semantic_id"))
+
+
+def prefix_answer(state: ServiceState, prefix: str, limit: int | None, cursor: str | None) -> dict:
+    """``limit`` already within 1..MAX_PAGE_LIMIT (the route's query bounds); None: the default page."""
+    limit = min(DEFAULT_PAGE, state.settings.max_page) if limit is None else limit
+    if limit > state.settings.max_page:
+        raise InvalidInputError(f"limit is {limit}; at most {state.settings.max_page}", field="limit")
+    snapshot = state.index.snapshot
+    return prefix_page(snapshot, snapshot.layout.parse(prefix), limit=limit, cursor=cursor)
+
+
 @router.get("/v1/items/{item_id}", response_model=ItemPublic, responses=ERRORS)
 async def get_item(item_id: str, state: StateDep) -> dict:
     """The semantic ID (and kept columns) of one item."""
-    check_string_id(item_id, "item_id")
-    return state.index.snapshot.get_item(item_id)
+    return item_answer(state, item_id)
 
 
 @router.get("/v1/ids/{semantic_id}", response_model=ItemPublic, responses=ERRORS)
 async def get_by_id(semantic_id: str, state: StateDep) -> dict:
     """The item holding a full semantic ID, written with dashes: 12-201-7-0."""
-    snapshot = state.index.snapshot
-    return snapshot.get_by_semantic_id(snapshot.layout.parse(semantic_id, field="semantic_id"))
+    return by_id_answer(state, semantic_id)
 
 
 @router.get("/v1/prefixes/{prefix}", response_model=PrefixPage, responses=ERRORS)
@@ -51,11 +72,7 @@ async def prefix_items(
     cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page.")] = None,
 ) -> dict:
     """Items under an ID prefix (1..L+1 codes), in ID order, paginated, with the total count."""
-    limit = min(DEFAULT_PAGE, state.settings.max_page) if limit is None else limit
-    if limit > state.settings.max_page:
-        raise InvalidInputError(f"limit is {limit}; at most {state.settings.max_page}", field="limit")
-    snapshot = state.index.snapshot
-    return prefix_page(snapshot, snapshot.layout.parse(prefix), limit=limit, cursor=cursor)
+    return prefix_answer(state, prefix, limit, cursor)
 
 
 def _children(snapshot: IndexSnapshot, codes: tuple[int, ...]) -> dict:
