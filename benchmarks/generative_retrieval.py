@@ -997,7 +997,7 @@ def _save_row(path: Path, signature: dict, run: dict) -> None:
 
 def slim_row(run: dict) -> dict:
     """The row without what the report never reads: each part's ``emitted`` (every unconstrained beam's
-    tokens, four fifths of a full-size row's bytes; the invalid rates computed from it are kept), so that the
+    tokens, most of a full-size row's bytes; the invalid rates computed from it are kept), so that the
     rows of a long run are small enough to keep with its results."""
     return {k: {n: v for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else p for k, p in run.items()}
 
