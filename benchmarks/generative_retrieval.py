@@ -518,12 +518,47 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
                 if key in ok[0][part]:
                     row[part][key] = round(float(np.mean([r[part][key] for r in ok])), 4)
         row["seeds"] = len(ok)
+        row["per_seed"] = [seed_figures(r, split.target(parts[0]), parts[0]) for r in ok]
         row["train_s"] = round(float(np.mean([r["train"]["train_s"] for r in ok])), 1) if "train" in ok[0] else None
         row["ids"] = ok[0].get("ids")
         if "train" in ok[0]:
             row["train_info"] = {k: v for k, v in ok[0]["train"].items() if k != "grid"}
         table.append(row)
     return table
+
+
+def seed_figures(run: dict, target: np.ndarray, part: str) -> dict:
+    """One seed's run of a row: its mean Recall@10 / NDCG@10 on ``part`` and how its training ended."""
+    values = metric_values(ranks_of(target, run[part]["lists"]))
+    t = run.get("train") or {}
+    return {
+        "seed": run.get("seed"),
+        "recall@10": round(float(values["recall@10"].mean()), 4),
+        "ndcg@10": round(float(values["ndcg@10"].mean()), 4),
+        "epochs_run": t.get("epochs_run"),
+        "best_epoch": t.get("best_epoch"),
+        "stopped": t.get("stopped"),
+        "best_valid_recall10": t.get("best_valid_recall10"),
+        "train_s": t.get("train_s"),
+    }
+
+
+def seeds_table(table: list[dict]) -> list[str]:
+    """Per row and seed: the test figures and how training ended (the spread the seed average hides)."""
+    lines = [
+        "| generator | seed | Recall@10 | NDCG@10 | epochs run | best epoch | stopped by | valid Recall@10 (sample) "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        for f in r.get("per_seed") or []:
+            if f["epochs_run"] is None:  # popularity: nothing trained, one list for every seed
+                continue
+            lines.append(
+                f"| {r['generator']} | {f['seed']} | {f['recall@10']:.4f} | {f['ndcg@10']:.4f} | {f['epochs_run']} | "
+                f"{f['best_epoch']} | {f['stopped']} | {f['best_valid_recall10']} | {f['train_s']} |"
+            )
+    return lines
 
 
 def _unsourced_label(name: str) -> str:
@@ -581,10 +616,11 @@ def _mean_values(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def comparisons(table: list[dict], part: str, seed: int) -> list[dict]:
     """Paired bootstrap differences (Recall@10, NDCG@10) of each semid generator against every other row."""
     have = {r["generator"]: r[f"_{part}_values"] for r in table if f"_{part}_values" in r}
+    seeds = {r["generator"]: r.get("seeds") for r in table}
     out = []
     for mine in [g for g in have if g.startswith("semid")]:
         for other in [g for g in have if g != mine]:
-            entry = {"semid": mine, "other": other}
+            entry = {"semid": mine, "other": other, "seeds": [seeds.get(mine), seeds.get(other)]}
             for metric in ("recall@10", "ndcg@10"):
                 entry[metric] = paired_difference(have[mine][metric], have[other][metric], seed)
             out.append(entry)
@@ -624,10 +660,20 @@ def results_table(table: list[dict], part: str) -> list[str]:
 
 
 def difference_table(comparisons: list[dict]) -> list[str]:
+    """Paired differences; the seeds column says how many seeds' runs each side averages per user (popularity
+    is deterministic: one list for every seed)."""
+
+    def seeds(c: dict) -> str:
+        mine, other = c.get("seeds") or (None, None)
+        return f"{mine or '-'} / {other or '-'}"
+
     return [
-        "| semid | other | Recall@10 difference | NDCG@10 difference |",
-        "|---|---|---|---|",
-        *(f"| {c['semid']} | {c['other']} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} |" for c in comparisons),
+        "| semid | other | seeds (semid / other) | Recall@10 difference | NDCG@10 difference |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {c['semid']} | {c['other']} | {seeds(c)} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} |"
+            for c in comparisons
+        ),
     ]
 
 
@@ -759,6 +805,11 @@ def markdown(data: dict, table: list[dict]) -> str:
             "## Training (first seed)",
             "",
             *training_table(table, data.get("row_wall_s", {})),
+            *(
+                ["", "## Each seed (test)", "", *seeds_table(table)]
+                if any((r.get("seeds") or 0) > 1 for r in table) or len(data.get("seeds") or []) > 1
+                else []
+            ),
             "",
             "## semid against each other row (paired bootstrap over the same users, test)",
             "",

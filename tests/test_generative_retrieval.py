@@ -277,6 +277,15 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
         assert 0.0 <= result["rows"][name][0]["test"]["invalid_rate_unconstrained"] <= 1.0
     md = (out / "gr_tiger.md").read_text()
     assert "TIGER-shaped encoder-decoder" in md and "| faiss-rqkmeans |" in md and "## Training" in md
+    # each seed's run of a row is reported on its own, and its figures average to the row's
+    rows = {r["generator"]: r for r in saved["rows"]}
+    per_seed = rows["random"]["per_seed"]
+    assert [f["seed"] for f in per_seed] == [0, 1] and all(f["epochs_run"] >= 1 for f in per_seed)
+    assert np.mean([f["recall@10"] for f in per_seed]) == pytest.approx(
+        rows["random"]["test"]["recall@10"]["mean"], abs=1e-4
+    )
+    assert "## Each seed (test)" in md and "| random | 1 |" in md
+
     # every finished row was kept: a second run with --reuse trains nothing and gives the same lists
     again = gr.main([*argv, "--reuse"])
     first, second = result["rows"]["random"][1], again["rows"]["random"][1]
