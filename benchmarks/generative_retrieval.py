@@ -779,7 +779,8 @@ def markdown(data: dict, table: list[dict]) -> str:
             "",
             f"Generator (same for every ID row): {gen}. AdamW lr {b['lr']}, batches of {b['batch_size']}, linear "
             f"warm-up over the first epoch; at most {b['epochs']} epochs, early stopping on the Recall@10 of "
-            f"{s.get('val_users') or 'all'} validation users (a fixed sample) every {b['eval_every']} epoch(s), "
+            + (f"{s['val_users']} validation users (a fixed sample)" if s.get("val_users") else "every validation user")
+            + f" every {b['eval_every']} epoch(s), "
             f"patience {b['patience']}, best state kept"
             + (f", training capped at {b['budget_s'] / 60:.0f} CPU-min" if b.get("budget_s") else "")
             + f". Item-id baseline: SASRec-shaped (width {ib['width']}, {ib['layers']} layers, full softmax over "
@@ -860,7 +861,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--item-epochs", type=int, default=200, help="most epochs of the item-id model")
     ap.add_argument("--patience", type=int, default=Budget.patience, help="evaluations without improvement")
     ap.add_argument("--eval-every", type=int, default=Budget.eval_every, help="epochs between validation scores")
-    ap.add_argument("--val-users", type=int, default=Settings.val_users, help="validation users early stopping scores")
+    ap.add_argument(
+        "--val-users",
+        type=val_users_of,
+        default=Settings.val_users,
+        help="validation users early stopping scores (a fixed seeded sample), or 'all'",
+    )
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--dropout", type=float, default=None)
     ap.add_argument("--width", type=int, default=None, help="d_model")
@@ -919,6 +925,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "whose test item is held out; writes generative_retrieval_holdout.{json,md}",
     )
     return ap.parse_args(argv)
+
+
+def val_users_of(text: str) -> int | None:
+    """``--val-users``: a positive count, or ``all`` (None: every user; a count above the users is all too)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number or 'all', got {text!r}")
+    return value
 
 
 def seeds_of(text: str) -> list[int]:

@@ -351,6 +351,18 @@ def test_seeds_must_be_integers():
         gr.seeds_of("a,b")
 
 
+def test_val_users_takes_a_positive_count_or_all(capsys):
+    base = ["--catalog", "c.parquet", "--interactions", "i.csv", "--out", "out"]
+    assert gr.parse([*base, "--val-users", "all"]).val_users is None
+    assert gr.parse([*base, "--val-users", "250"]).val_users == 250
+    assert gr.parse(base).val_users == gr.Settings.val_users
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit) as err:
+            gr.parse([*base, "--val-users", bad])
+        assert err.value.code == 2
+        assert "--val-users: expected a positive whole number or 'all'" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- ID levers
 
 
