@@ -511,6 +511,9 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
             per_user = _mean_values([metric_values(ranks_of(target, r[part]["lists"])) for r in ok])
             row[part] = {m: bootstrap(v, seed) for m, v in per_user.items()}
             row[f"_{part}_values"] = per_user
+            row[f"_{part}_seed_values"] = {
+                r.get("seed"): metric_values(ranks_of(target, r[part]["lists"])) for r in ok
+            }  # popularity: one run, seed None (the same list for every seed)
             if "free_lists" in ok[0][part]:
                 free = _mean_values([metric_values(ranks_of(target, r[part]["free_lists"])) for r in ok])
                 row[part]["recall@10_unconstrained"] = bootstrap(free["recall@10"], seed)
@@ -613,16 +616,49 @@ def _mean_values(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]}
 
 
+def seeds_and_users_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int, resamples: int = BOOTSTRAP) -> dict:
+    """Mean of a - b with a 95 % two-level bootstrap interval: each resample draws the seeds (runs) and then
+    the users, both with replacement, the same users in every seed (paired). ``a[i]``, ``b[i]``: per-user values
+    of the i-th seed both rows ran. Unlike the users-only interval, it widens with the spread between seeds."""
+    d = np.stack([x - y for x, y in zip(a, b, strict=True)])
+    rng = np.random.default_rng([seed, 11])
+    n_seeds, n_users = d.shape
+    means = np.empty(resamples)
+    for i in range(resamples):
+        users = rng.integers(0, n_users, size=n_users)
+        means[i] = d[rng.integers(0, n_seeds, size=n_seeds)][:, users].mean()
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean": round(float(d.mean()), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
+
+
 def comparisons(table: list[dict], part: str, seed: int) -> list[dict]:
-    """Paired bootstrap differences (Recall@10, NDCG@10) of each semid generator against every other row."""
+    """Paired bootstrap differences (Recall@10, NDCG@10) of each semid generator against every other row: over
+    the users of the seed-averaged values; per seed both rows ran; and, with two or more such seeds, with the
+    seeds resampled too (:func:`seeds_and_users_difference`)."""
     have = {r["generator"]: r[f"_{part}_values"] for r in table if f"_{part}_values" in r}
+    runs = {r["generator"]: r.get(f"_{part}_seed_values") or {} for r in table}
     seeds = {r["generator"]: r.get("seeds") for r in table}
     out = []
     for mine in [g for g in have if g.startswith("semid")]:
         for other in [g for g in have if g != mine]:
-            entry = {"semid": mine, "other": other, "seeds": [seeds.get(mine), seeds.get(other)]}
+            entry: dict[str, Any] = {"semid": mine, "other": other, "seeds": [seeds.get(mine), seeds.get(other)]}
             for metric in ("recall@10", "ndcg@10"):
                 entry[metric] = paired_difference(have[mine][metric], have[other][metric], seed)
+            theirs = runs[other]
+            if list(theirs) == [None]:  # popularity: the same lists whatever the seed
+                theirs = {k: theirs[None] for k in runs[mine]}
+            common = sorted(k for k in runs[mine] if k in theirs and k is not None)
+            entry["per_seed"] = {
+                k: {m: round(float((runs[mine][k][m] - theirs[k][m]).mean()), 4) for m in ("recall@10", "ndcg@10")}
+                for k in common
+            }
+            if len(common) >= 2:
+                entry["seeds_and_users"] = {
+                    m: seeds_and_users_difference(
+                        [runs[mine][k][m] for k in common], [theirs[k][m] for k in common], seed
+                    )
+                    for m in ("recall@10", "ndcg@10")
+                }
             out.append(entry)
     return out
 
@@ -667,11 +703,20 @@ def difference_table(comparisons: list[dict]) -> list[str]:
         mine, other = c.get("seeds") or (None, None)
         return f"{mine or '-'} / {other or '-'}"
 
+    def per_seed(c: dict) -> str:
+        return ", ".join(f"{k}: {v['recall@10']:+.4f}" for k, v in (c.get("per_seed") or {}).items()) or "-"
+
+    def both(c: dict) -> str:
+        two = c.get("seeds_and_users")
+        return f"{_ci(two['recall@10'])} | {_ci(two['ndcg@10'])}" if two else "- | -"
+
     return [
-        "| semid | other | seeds (semid / other) | Recall@10 difference | NDCG@10 difference |",
-        "|---|---|---|---|---|",
+        "| semid | other | seeds (semid / other) | Recall@10 difference | NDCG@10 difference | Recall@10 difference "
+        "per seed | Recall@10, seeds and users resampled | NDCG@10, seeds and users resampled |",
+        "|---|---|---|---|---|---|---|---|",
         *(
-            f"| {c['semid']} | {c['other']} | {seeds(c)} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} |"
+            f"| {c['semid']} | {c['other']} | {seeds(c)} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} | "
+            f"{per_seed(c)} | {both(c)} |"
             for c in comparisons
         ),
     ]
@@ -813,6 +858,10 @@ def markdown(data: dict, table: list[dict]) -> str:
             ),
             "",
             "## semid against each other row (paired bootstrap over the same users, test)",
+            "",
+            "Difference: of the seed-averaged per-user values, users resampled. Per seed: each seed both rows ran. "
+            "Seeds and users resampled: a two-level bootstrap over the seeds both rows ran (seeds drawn, then "
+            "users), so the interval also carries the spread between training runs.",
             "",
             *difference_table(data["comparisons"]),
             *held_out_section(data, table),

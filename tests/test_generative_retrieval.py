@@ -351,6 +351,36 @@ def test_seeds_must_be_integers():
         gr.seeds_of("a,b")
 
 
+def test_differences_per_seed_and_over_seeds_and_users():
+    rng = np.random.default_rng(0)
+    users = 4000
+
+    def values(p: float) -> dict[str, np.ndarray]:
+        hit = (rng.random(users) < p).astype(np.float64)
+        return {"recall@10": hit, "ndcg@10": hit / 2}
+
+    # seed 0: a clear win; seed 1: a clear loss; popularity ran once (seed None) and pairs with every seed
+    mine = {0: values(0.30), 1: values(0.10)}
+    other = {0: values(0.10), 1: values(0.30)}
+    pop = {None: values(0.05)}
+    table = []
+    for name, runs in (("semid-x", mine), ("other", other), (gr.POPULARITY, pop)):
+        avg = {m: np.mean([r[m] for r in runs.values()], axis=0) for m in ("recall@10", "ndcg@10")}
+        table.append({"generator": name, "seeds": len(runs), "_test_values": avg, "_test_seed_values": runs})
+    out = {c["other"]: c for c in gr.comparisons(table, "test", seed=0)}
+    versus = out["other"]
+    assert versus["per_seed"][0]["recall@10"] > 0.15 and versus["per_seed"][1]["recall@10"] < -0.15
+    users_only, two_level = versus["recall@10"], versus["seeds_and_users"]["recall@10"]
+    # the seed-averaged difference is near 0 with a narrow users-only interval; resampling the seeds too
+    # shows that one run of either seed could have given +0.2 or -0.2
+    assert users_only["hi"] - users_only["lo"] < 0.05
+    assert two_level["lo"] < -0.1 and two_level["hi"] > 0.1
+    assert abs(two_level["mean"] - users_only["mean"]) < 1e-3
+    assert sorted(out[gr.POPULARITY]["per_seed"]) == [0, 1] and out[gr.POPULARITY]["seeds_and_users"]
+    lines = gr.difference_table(list(out.values()))
+    assert "Recall@10, seeds and users resampled" in lines[0] and "0: +0.19" in lines[2]
+
+
 def test_val_users_takes_a_positive_count_or_all(capsys):
     base = ["--catalog", "c.parquet", "--interactions", "i.csv", "--out", "out"]
     assert gr.parse([*base, "--val-users", "all"]).val_users is None
