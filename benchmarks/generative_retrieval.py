@@ -530,6 +530,51 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
     return table
 
 
+POPULARITY_EDGES = (0, 1, 5, 20, 50)  # training-count buckets of the test item: 0, 1-4, 5-19, 20-49, 50+
+
+
+def popularity_buckets(split: Split, items: int) -> tuple[np.ndarray, list[str]]:
+    """Each test user's bucket of its test item's count in the training sequences, and the buckets' names."""
+    counts = popularity(split, items)[split.test_target]
+    edges = POPULARITY_EDGES
+    names = [f"{a}-{b - 1}" for a, b in zip(edges[1:-1], edges[2:], strict=True)]
+    names = ["0 (never in training)", *names, f"{edges[-1]}+"]
+    return np.searchsorted(np.asarray(POPULARITY_EDGES), counts, side="right") - 1, names
+
+
+def by_popularity(table: list[dict], split: Split, items: int) -> dict:
+    """Test Recall@10 (seed-averaged per user) of every row within each bucket of the test item's training count:
+    where in the catalog's head or tail a row wins or loses."""
+    bucket, names = popularity_buckets(split, items)
+    users = np.bincount(bucket, minlength=len(names))
+    out = {"buckets": names, "users": users.tolist(), "rows": {}}
+    for r in table:
+        values = r.get("_test_values")
+        if values is not None:
+            out["rows"][r["generator"]] = [
+                round(float(values["recall@10"][bucket == i].mean()), 4) if users[i] else None
+                for i in range(len(names))
+            ]
+    return out
+
+
+def popularity_table(data: dict) -> list[str]:
+    b = data.get("by_popularity")
+    if not b or not b["rows"]:
+        return []
+    head = " | ".join(f"{name} ({n} users)" for name, n in zip(b["buckets"], b["users"], strict=True))
+    lines = [
+        "",
+        "## Recall@10 by how often the test item appears in training (test)",
+        "",
+        f"| generator | {head} |",
+        "|---|" + "---|" * len(b["buckets"]),
+    ]
+    for name, values in b["rows"].items():
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    return lines
+
+
 def seed_figures(run: dict, target: np.ndarray, part: str) -> dict:
     """One seed's run of a row: its mean Recall@10 / NDCG@10 on ``part`` and how its training ended."""
     values = metric_values(ranks_of(target, run[part]["lists"]))
@@ -864,6 +909,7 @@ def markdown(data: dict, table: list[dict]) -> str:
             "users), so the interval also carries the spread between training runs.",
             "",
             *difference_table(data["comparisons"]),
+            *popularity_table(data),
             *held_out_section(data, table),
         ]
     )
@@ -1233,6 +1279,7 @@ def main(argv: list[str] | None = None) -> dict:
         "published": published_for(args.catalog),
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
+    data["by_popularity"] = by_popularity(table, split, len(raw))
     if held is not None:
         users, held_comparisons = held_out_figures(table, split, held, seed=0)
         data["holdout"] = {"share": args.holdout_share, "seed": 0, "fit_items": int(fit.shape[0]), "users": users}

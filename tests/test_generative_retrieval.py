@@ -285,6 +285,9 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
         rows["random"]["test"]["recall@10"]["mean"], abs=1e-4
     )
     assert "## Each seed (test)" in md and "| random | 1 |" in md
+    pop = saved["by_popularity"]
+    assert sum(pop["users"]) == saved["users"] and set(pop["rows"]) == names
+    assert "## Recall@10 by how often the test item appears in training" in md
 
     # every finished row was kept: a second run with --reuse trains nothing and gives the same lists
     again = gr.main([*argv, "--reuse"])
@@ -379,6 +382,19 @@ def test_differences_per_seed_and_over_seeds_and_users():
     assert sorted(out[gr.POPULARITY]["per_seed"]) == [0, 1] and out[gr.POPULARITY]["seeds_and_users"]
     lines = gr.difference_table(list(out.values()))
     assert "Recall@10, seeds and users resampled" in lines[0] and "0: +0.19" in lines[2]
+
+
+def test_test_items_are_bucketed_by_their_training_count():
+    # item i appears counts[i] times in the training sequences; user u's test item is item u
+    counts = [0, 1, 4, 5, 19, 20, 49, 50, 1000]
+    train = [np.repeat(np.arange(len(counts)), counts)]
+    split = gr.Split(train=train, valid_target=np.zeros(len(counts), int), test_target=np.arange(len(counts)))
+    bucket, names = gr.popularity_buckets(split, len(counts))
+    assert bucket.tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert names == ["0 (never in training)", "1-4", "5-19", "20-49", "50+"]
+    hits = {"recall@10": np.array([0, 1, 0, 1, 1, 0, 0, 1, 0], float)}
+    table = [{"generator": "semid-x", "_test_values": hits}]
+    assert gr.by_popularity(table, split, len(counts))["rows"]["semid-x"] == [0.0, 0.5, 1.0, 0.0, 0.5]
 
 
 def test_val_users_takes_a_positive_count_or_all(capsys):
