@@ -105,6 +105,7 @@ class SemanticIdIndex:
         self._lock = WriterLock(path / LOCK_NAME, description=f"index {path}")
         self._lock_timeout = lock_timeout
         self._thread_lock = threading.RLock()
+        self._writer_thread: int | None = None  # the thread inside ``writer()``, which alone may write files
         self._read_only = read_only
         self._install_lock = threading.Lock()  # snapshot swaps: never an older version over a newer one
         self._refresh_lock = threading.Lock()  # one reader refresh at a time; the others wait for it
@@ -314,7 +315,7 @@ class SemanticIdIndex:
         """A vector file to fill batch by batch, then hand to ``append(vectors=...)`` (under the writer
         lock, which the caller holds: the next writer removes unlisted files). For large batches:
         their vectors never need to be in memory at once, and opening the index maps them."""
-        if not self._lock.held:
+        if self._writer_thread != threading.get_ident():
             raise RuntimeError("stage_vectors() needs the writer lock: call it inside `with index.writer()`")
         return StagedVectors(self._path / SEGMENTS_DIR, dim=self.vector_dim)
 
@@ -344,12 +345,14 @@ class SemanticIdIndex:
                 self._lock.acquire(timeout=wait)
             except OSError as exc:  # e.g. a read-only file system: index.lock cannot be opened for writing
                 raise _write_error(self._path, exc, LOCK_NAME) from exc
+            self._writer_thread = threading.get_ident()
             try:
                 if self._mirror is not None:
                     self._mirror.pull()  # the store's latest commit, which the conditional commit will name
                 self.refresh()
                 yield self
             finally:
+                self._writer_thread = None
                 self._lock.release()
         finally:
             self._thread_lock.release()
@@ -403,7 +406,9 @@ class SemanticIdIndex:
         loaded, rebuilt = _load_snapshot(self._path, manifest, current if extends else None)
         if not self._install(loaded):
             return
-        if rebuilt and self._lock.held:
+        # Only the thread inside ``writer()`` may record the rebuilt file: a reader's refresh that ran while
+        # another thread of this process writes would replace the manifest that write just committed.
+        if rebuilt and self._writer_thread == threading.get_ident():
             self._store_rebuilt_vectors()
         logger.info("index %s refreshed: %d items", self._path, self.item_count)
 

@@ -75,3 +75,35 @@ def test_concurrent_readers_refresh_once_and_agree(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(calls) == 1 and len(reader) == 25
+
+
+def test_a_readers_refresh_during_this_processs_write_never_writes_the_manifest(tmp_path, monkeypatch):
+    """The race the mixed load test caught: a server thread's refresh that rebuilt the stale FAISS file while
+    another thread held the writer lock recorded it in a manifest read before that thread's next commit,
+    so the commit's segment dropped out of the index on disk (the server still served its items)."""
+    rng = np.random.default_rng(6)
+    index, _ = filled_index(tmp_path / "idx", rng, batches=1)
+    real_write = index_module.write_manifest
+    writers: list[str] = []
+    reader_refreshed = []
+
+    def write_then_let_a_reader_in(root, manifest):
+        writers.append(threading.current_thread().name)
+        real_write(root, manifest)
+        if threading.current_thread() is threading.main_thread() and not reader_refreshed:
+            # the window between the commit and this handle's install: a reader thread catches up from disk
+            t = threading.Thread(target=lambda: reader_refreshed.append(index.refresh_if_changed()), name="reader")
+            t.start()
+            t.join()
+
+    monkeypatch.setattr(index_module, "write_manifest", write_then_let_a_reader_in)
+    index._checked_at -= index_module.REVALIDATE_SECONDS  # the reader looks
+    with index.writer():
+        for start in (100, 200):  # online writes: the FAISS file goes stale, readers rebuild it on refresh
+            batch = make_batch(rng, 4, start=start, occupancy=index.snapshot.occupancy())
+            index.append(**batch, persist_vectors=False)
+    assert reader_refreshed == [True]
+    assert writers == ["MainThread", "MainThread"]  # the reader never wrote the manifest
+    assert len(index) == 28
+    report = index.check()
+    assert report.ok and report.item_count == 28
