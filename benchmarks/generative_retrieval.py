@@ -1002,8 +1002,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-to",
         default=None,
         metavar="DIRS",
-        help="comma-separated --rows-dir directories of runs with other generator levers on the same data and "
-        "budget: their rows join the table and the paired comparisons (paired by user)",
+        help="comma-separated --rows-dir directories of runs with other generator levers or another "
+        "--budget-minutes on the same data and settings: their rows join the table, labelled, and the paired "
+        "comparisons (paired by user)",
     )
     ap.add_argument("--tiny", action="store_true", help="smoke run: 2 epochs, 40 users, history 5, 5 beams")
     ap.add_argument("--name", default=None, help="results file name (default generative_retrieval[_holdout])")
@@ -1107,15 +1108,27 @@ def row_label(name: str, settings: dict) -> str:
 
 
 def _without_levers(signature: dict) -> dict:
+    """The signature without the generator levers and the training time cap: what a compared row must share."""
     settings = {k: v for k, v in signature["settings"].items() if k not in LEVER_DEFAULTS}
-    return {**signature, "settings": settings}
+    budget = {k: v for k, v in signature["budget"].items() if k != "budget_s"}
+    return {**signature, "settings": settings, "budget": budget}
+
+
+def compared_label(name: str, theirs: dict, signature: dict) -> str:
+    """A compared row's label: its levers, and its training cap when it is not this run's (a slower machine
+    needs a larger cap to reach the same epoch cap; the row's own stopping is in the report)."""
+    label = row_label(name, theirs["settings"])
+    cap = theirs["budget"].get("budget_s")
+    if cap != signature["budget"].get("budget_s"):
+        label += f" (cap {cap / 60:g} CPU-min)" if cap else " (no time cap)"
+    return label
 
 
 def compared_rows(
     dirs: str, signature: dict, seeds: list[int], have: set[str], tokenizers: list[str]
 ) -> dict[str, list[dict]]:
     """Rows of this run's ``tokenizers`` saved in other ``--rows-dir`` directories (``--compare-to``) whose
-    data, users and budget are this run's and whose generator levers differ, by their label; the same users
+    data and users are this run's and whose generator levers or training cap differ, by their label; the same users
     in the same order, so their per-user figures pair with this run's."""
     out: dict[str, list[dict]] = {}
     for d in [p for p in dirs.split(",") if p.strip()]:
@@ -1132,7 +1145,7 @@ def compared_rows(
             if not theirs or _without_levers(theirs) != _without_levers(signature):
                 print(f"--compare-to: {path} was run on other data or settings; left out", flush=True)
                 continue
-            label = row_label(name, theirs["settings"])
+            label = compared_label(name, theirs, signature)
             if label in have:
                 continue
             out.setdefault(label, []).append(saved["run"])
@@ -1253,7 +1266,12 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
         rows[labels[row_name]].append(run)
     if args.compare_to:
-        rows.update(compared_rows(args.compare_to, signature, seeds, set(rows), wanted))
+        compared = compared_rows(args.compare_to, signature, seeds, set(rows), wanted)
+        for label in compared:  # a scheme this run never ran shows up once, as the compared row
+            own = label.split(" ")[0]
+            if own in rows and all(r.get("status") == "not run" for r in rows[own]):
+                del rows[own]
+        rows.update(compared)
     if args.no_item_baseline:
         del rows[ITEM_BASELINE]
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})

@@ -542,6 +542,36 @@ def test_tiny_dedup_off_and_user_token_runs_pair_with_the_baseline(tiny_data):
     )
 
 
+def test_a_row_run_with_another_time_cap_joins_labelled_in_place_of_the_row_never_run(tiny_data):
+    root, item_ids = tiny_data
+    _implicit_csv(root / "capped.csv", item_ids, users=30, per_user=10)
+    out = root / "out_capped"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "capped.csv"), "--out", str(out)]
+    argv += ["--generator", "tiger", "--tiny", "--threads", "1", "--no-item-baseline", "--budget-minutes", "20"]
+    gr.main([*argv, "--tokenizers", "semid-rqkmeans", "--rows-dir", str(out / "base"), "--name", "base"])
+    other = [a if a != "20" else "40" for a in argv]
+    capped = gr.main([*other, "--tokenizers", "random", "--rows-dir", str(out / "cap40"), "--name", "cap40"])
+    merged = gr.main(
+        [*argv, "--tokenizers", "semid-rqkmeans,random", "--rows-dir", str(out / "base"), "--name", "all"]
+        + ["--merge-only", "--compare-to", str(out / "cap40")]
+    )
+    names = {r["generator"] for r in merged["table"]}
+    assert "random (cap 40 CPU-min)" in names and "random" not in names  # no empty "not run" row beside it
+    pairs = {(c["semid"], c["other"]) for c in merged["data"]["comparisons"]}
+    assert ("semid-rqkmeans", "random (cap 40 CPU-min)") in pairs
+    np.testing.assert_array_equal(
+        merged["rows"]["random (cap 40 CPU-min)"][0]["test"]["lists"], capped["rows"]["random"][0]["test"]["lists"]
+    )
+    # a row trained another way (here another learning rate) is not comparable: left out, whatever its cap
+    gr.main([*other, "--tokenizers", "random", "--rows-dir", str(out / "lr"), "--name", "lr", "--lr", "0.01"])
+    merged = gr.main(
+        [*argv, "--tokenizers", "semid-rqkmeans,random", "--rows-dir", str(out / "base"), "--name", "all_lr"]
+        + ["--merge-only", "--compare-to", str(out / "lr")]
+    )
+    assert {r["generator"] for r in merged["table"]} == {"semid-rqkmeans", "random", "popularity"}
+    assert [r["status"] for r in merged["rows"]["random"]] == ["not run"]
+
+
 def test_tiger_decode_with_cached_memory_and_prefix_finds_the_same_beams_as_recomputing_them():
     from benchmarks.genrec_speed import FoldedMemory, RepeatedMemory
 
