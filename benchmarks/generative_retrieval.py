@@ -440,6 +440,7 @@ def item_budget(budget: Budget, epochs: int = 200) -> Budget:
         Budget(),
         epochs=epochs,
         patience=budget.patience,
+        min_epochs=budget.min_epochs,
         eval_every=budget.eval_every,
         seed=budget.seed,
         budget_s=budget.budget_s,
@@ -871,7 +872,9 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"warm-up over the first epoch; at most {b['epochs']} epochs, early stopping on the Recall@10 of "
             + (f"{s['val_users']} validation users (a fixed sample)" if s.get("val_users") else "every validation user")
             + f" every {b['eval_every']} epoch(s), "
-            f"patience {b['patience']}, best state kept"
+            f"patience {b['patience']}"
+            + (f" (not before epoch {b['min_epochs']})" if b.get("min_epochs") else "")
+            + ", best state kept"
             + (f", training capped at {b['budget_s'] / 60:.0f} CPU-min" if b.get("budget_s") else "")
             + f". Item-id baseline: SASRec-shaped (width {ib['width']}, {ib['layers']} layers, full softmax over "
             f"the catalog, at most {ib['epochs']} epochs), same stopping rule, lr x dropout grid "
@@ -955,6 +958,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--item-epochs", type=int, default=200, help="most epochs of the item-id model")
     ap.add_argument("--patience", type=int, default=Budget.patience, help="evaluations without improvement")
+    ap.add_argument(
+        "--min-epochs",
+        type=int,
+        default=0,
+        help="patience cannot stop a model before this epoch (a plateau in the first epochs stops none)",
+    )
     ap.add_argument("--eval-every", type=int, default=Budget.eval_every, help="epochs between validation scores")
     ap.add_argument(
         "--val-users",
@@ -1063,6 +1072,7 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
     budget = replace(
         budget,
         patience=args.patience,
+        min_epochs=args.min_epochs,
         eval_every=args.eval_every,
         budget_s=None if args.budget_minutes is None else 60 * args.budget_minutes,
     )
@@ -1088,6 +1098,8 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
 
 
 def check_levers(args: argparse.Namespace) -> None:
+    if args.min_epochs < 0:
+        raise SystemExit(f"error: --min-epochs must be 0 (patience may stop any epoch) or more, not {args.min_epochs}")
     if args.user_token < 0:
         raise SystemExit(f"error: --user-token must be 0 (none) or a number of buckets, not {args.user_token}")
     if args.user_token and args.generator != "tiger":
@@ -1105,6 +1117,15 @@ def row_label(name: str, settings: dict) -> str:
     parts = [f"+user-token {levers['user_token']}"] if levers["user_token"] else []
     parts += [] if levers["dedup_digit"] else ["-dedup-digit"]
     return " ".join([name, *parts])
+
+
+def budget_signature(budget: Budget) -> dict:
+    """The budget as saved rows are matched on: without the seed, and without ``min_epochs`` at 0 (rows saved
+    before it existed match)."""
+    out = asdict(replace(budget, seed=0))
+    if not out["min_epochs"]:
+        del out["min_epochs"]
+    return out
 
 
 def _without_levers(signature: dict) -> dict:
@@ -1232,7 +1253,7 @@ def main(argv: list[str] | None = None) -> dict:
         "catalog": str(args.catalog),
         "interactions": str(args.interactions),
         "users": len(split.train),
-        "budget": asdict(replace(budget, seed=0)),
+        "budget": budget_signature(budget),
         "settings": signature_settings(s),
         "holdout": args.holdout_share,
     }

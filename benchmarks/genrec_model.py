@@ -39,6 +39,7 @@ class Budget:
     patience: int = 3  # evaluations without a better validation Recall@10 before stopping
     eval_every: int = 1  # epochs between validation evaluations
     budget_s: float | None = None  # cap on training in this process's CPU seconds (quick runs only)
+    min_epochs: int = 0  # patience cannot stop training before this epoch (early plateaus)
 
 
 TIGER = dict(width=128, layers=4, heads=6, ff=1024, d_kv=64, dropout=0.1, lr=1e-3, batch_size=256, epochs=60)
@@ -367,9 +368,10 @@ def train(
     """AdamW (linear warm-up over the first epoch, then constant) over shuffled examples; ``loss_of(index
     tensor)`` is the mean loss of those examples. With ``evaluate`` (a no-argument function returning the
     validation Recall@10), early stopping: evaluated every ``budget.eval_every`` epochs, stops after
-    ``budget.patience`` evaluations without a better value or at ``budget.epochs``, and keeps the best
-    state. ``budget.budget_s`` also stops it (recorded as ``stopped: budget``); it counts the process's CPU
-    seconds, not wall time, so other jobs on a shared machine do not cut a row short."""
+    ``budget.patience`` evaluations without a better value (not before epoch ``budget.min_epochs``) or at
+    ``budget.epochs``, and keeps the best state. ``budget.budget_s`` also stops it (recorded as ``stopped:
+    budget``); it counts the process's CPU seconds, not wall time, so other jobs on a shared machine do not cut
+    a row short."""
     from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(budget.seed)
@@ -404,7 +406,7 @@ def train(
             else:
                 bad += 1
         log(line + f" ({time.perf_counter() - start:.0f} s)")
-        if bad >= budget.patience:
+        if bad >= budget.patience and epoch + 1 >= budget.min_epochs:
             stopped = "patience"
             break
         if budget.budget_s is not None and time.process_time() - cpu_start > budget.budget_s:

@@ -348,6 +348,32 @@ def test_early_stopping_keeps_the_best_state_and_stops_after_patience():
     torch.testing.assert_close(model.weight.detach(), states[1])  # the epoch-2 weights, not the last
 
 
+def test_min_epochs_keeps_patience_from_stopping_on_an_early_plateau():
+    model = torch.nn.Linear(2, 1)
+    budget = Budget(epochs=6, batch_size=4, patience=1, min_epochs=4)
+
+    def run(b):
+        scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+        return train(
+            model,
+            8,
+            lambda idx: model(torch.ones(len(idx), 2)).pow(2).mean(),
+            b,
+            lambda: next(scores),
+            log=lambda *_: None,
+        )
+
+    assert run(replace(budget, min_epochs=0))["epochs_run"] == 2  # patience 1 stops right after the first dip
+    out = run(budget)
+    assert out["epochs_run"] == 4 and out["stopped"] == "patience" and out["best_epoch"] == 1
+    assert gr.item_budget(budget).min_epochs == 4  # the item-id model gets the same rule
+    assert "min_epochs" not in gr.budget_signature(replace(budget, min_epochs=0))  # older saved rows still match
+    assert gr.budget_signature(budget)["min_epochs"] == 4
+    base = ["--catalog", "c.parquet", "--interactions", "i.csv", "--out", "out"]
+    with pytest.raises(SystemExit, match="error: --min-epochs"):
+        gr.check_levers(gr.parse([*base, "--min-epochs", "-1"]))
+
+
 def test_seeds_must_be_integers():
     assert gr.seeds_of("0,1,2") == [0, 1, 2] and gr.seeds_of("3") == [3]
     with pytest.raises(SystemExit, match="error: --seeds"):
