@@ -559,6 +559,25 @@ def by_popularity(table: list[dict], split: Split, items: int) -> dict:
     return out
 
 
+def recommended_by_popularity(rows: dict[str, list[dict]], split: Split, items: int) -> dict[str, list[float]]:
+    """Share of each row's test top-10 recommendations (over users and seeds) in each bucket of the recommended
+    item's training count, beside ``test items``, the share of the test targets themselves: whether a row
+    recommends the head more than users go there."""
+    counts = popularity(split, items)
+    edges = np.asarray(POPULARITY_EDGES)
+    n = len(POPULARITY_EDGES)
+    target = np.bincount(np.searchsorted(edges, counts[split.test_target], side="right") - 1, minlength=n)
+    out = {"test items": [round(float(v), 4) for v in target / max(int(target.sum()), 1)]}
+    for name, runs in rows.items():
+        lists = [r["test"]["lists"][:, :10] for r in runs if r.get("status") == "ok" and "test" in r]
+        if not lists:
+            continue
+        recommended = np.concatenate([x[x >= 0] for x in lists])
+        shares = np.bincount(np.searchsorted(edges, counts[recommended], side="right") - 1, minlength=n)
+        out[name] = [round(float(v), 4) for v in shares / max(int(shares.sum()), 1)]
+    return out
+
+
 def popularity_table(data: dict) -> list[str]:
     b = data.get("by_popularity")
     if not b or not b["rows"]:
@@ -573,6 +592,19 @@ def popularity_table(data: dict) -> list[str]:
     ]
     for name, values in b["rows"].items():
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    if b.get("recommended"):
+        lines += [
+            "",
+            "## Where the top-10 recommendations come from (test)",
+            "",
+            "Share of each row's top-10 items (all users and seeds) by the item's count in training; `test items`: "
+            "the same shares for the held-out test items.",
+            "",
+            "| generator | " + " | ".join(b["buckets"]) + " |",
+            "|---|" + "---|" * len(b["buckets"]),
+        ]
+        for name, values in b["recommended"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     return lines
 
 
@@ -1319,6 +1351,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
     data["by_popularity"] = by_popularity(table, split, len(raw))
+    data["by_popularity"]["recommended"] = recommended_by_popularity(rows, split, len(raw))
     if held is not None:
         users, held_comparisons = held_out_figures(table, split, held, seed=0)
         data["holdout"] = {"share": args.holdout_share, "seed": 0, "fit_items": int(fit.shape[0]), "users": users}

@@ -288,6 +288,8 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
     pop = saved["by_popularity"]
     assert sum(pop["users"]) == saved["users"] and set(pop["rows"]) == names
     assert "## Recall@10 by how often the test item appears in training" in md
+    assert set(pop["recommended"]) == names | {"test items"} and "## Where the top-10 recommendations come from" in md
+    assert all(abs(sum(v) - 1) < 1e-3 for v in pop["recommended"].values())
 
     # every finished row was kept: a second run with --reuse trains nothing and gives the same lists
     again = gr.main([*argv, "--reuse"])
@@ -421,6 +423,20 @@ def test_test_items_are_bucketed_by_their_training_count():
     hits = {"recall@10": np.array([0, 1, 0, 1, 1, 0, 0, 1, 0], float)}
     table = [{"generator": "semid-x", "_test_values": hits}]
     assert gr.by_popularity(table, split, len(counts))["rows"]["semid-x"] == [0.0, 0.5, 1.0, 0.0, 0.5]
+    # where the recommendations come from: row "head" recommends only item 8 (count 1000) and padding (-1)
+    lists = np.full((len(counts), 12), -1)
+    lists[:, 0] = 8
+    lists[:, 11] = 0  # beyond the top 10: not counted
+    spread = np.tile(np.array([1, 3, 5, 7, 8, -1, -1, -1, -1, -1, 0, 0]), (len(counts), 1))
+    rows = {
+        "head": [{"status": "ok", "test": {"lists": lists}}],
+        "spread": [{"status": "ok", "test": {"lists": spread}}],
+    }
+    rows["failed"] = [{"status": "failed"}]
+    shares = gr.recommended_by_popularity(rows, split, len(counts))
+    assert shares["head"] == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert shares["spread"] == [0.0, 0.2, 0.2, 0.2, 0.4] and "failed" not in shares
+    assert shares["test items"] == [round(v / 9, 4) for v in (1, 2, 2, 2, 2)]
 
 
 def test_val_users_takes_a_positive_count_or_all(capsys):
