@@ -534,13 +534,17 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
 POPULARITY_EDGES = (0, 1, 5, 20, 50)  # training-count buckets of the test item: 0, 1-4, 5-19, 20-49, 50+
 
 
+def count_bucket(counts: np.ndarray) -> np.ndarray:
+    """The ``POPULARITY_EDGES`` bucket of each training count."""
+    return np.searchsorted(np.asarray(POPULARITY_EDGES), counts, side="right") - 1
+
+
 def popularity_buckets(split: Split, items: int) -> tuple[np.ndarray, list[str]]:
     """Each test user's bucket of its test item's count in the training sequences, and the buckets' names."""
-    counts = popularity(split, items)[split.test_target]
     edges = POPULARITY_EDGES
     names = [f"{a}-{b - 1}" for a, b in zip(edges[1:-1], edges[2:], strict=True)]
     names = ["0 (never in training)", *names, f"{edges[-1]}+"]
-    return np.searchsorted(np.asarray(POPULARITY_EDGES), counts, side="right") - 1, names
+    return count_bucket(popularity(split, items)[split.test_target]), names
 
 
 def by_popularity(table: list[dict], split: Split, items: int) -> dict:
@@ -564,17 +568,17 @@ def recommended_by_popularity(rows: dict[str, list[dict]], split: Split, items: 
     item's training count, beside ``test items``, the share of the test targets themselves: whether a row
     recommends the head more than users go there."""
     counts = popularity(split, items)
-    edges = np.asarray(POPULARITY_EDGES)
     n = len(POPULARITY_EDGES)
-    target = np.bincount(np.searchsorted(edges, counts[split.test_target], side="right") - 1, minlength=n)
-    out = {"test items": [round(float(v), 4) for v in target / max(int(target.sum()), 1)]}
+
+    def shares(bucket: np.ndarray) -> list[float]:
+        found = np.bincount(bucket, minlength=n)
+        return [round(float(v), 4) for v in found / max(int(found.sum()), 1)]
+
+    out = {"test items": shares(popularity_buckets(split, items)[0])}
     for name, runs in rows.items():
         lists = [r["test"]["lists"][:, :10] for r in runs if r.get("status") == "ok" and "test" in r]
-        if not lists:
-            continue
-        recommended = np.concatenate([x[x >= 0] for x in lists])
-        shares = np.bincount(np.searchsorted(edges, counts[recommended], side="right") - 1, minlength=n)
-        out[name] = [round(float(v), 4) for v in shares / max(int(shares.sum()), 1)]
+        if lists:
+            out[name] = shares(count_bucket(counts[np.concatenate([x[x >= 0] for x in lists])]))
     return out
 
 
