@@ -87,6 +87,7 @@ from benchmarks.genrec_model import (  # noqa: E402
     train,
 )
 from benchmarks.genrec_published import published_for  # noqa: E402
+from benchmarks.genrec_rerank import SUFFIX, corrected_rows, log_counts  # noqa: E402
 from semid.model.config import TrainConfig  # noqa: E402
 from semid.model.data.catalog import read_catalog  # noqa: E402
 from semid.model.first_level.coliked import read_coliked  # noqa: E402
@@ -282,6 +283,8 @@ def decode_semantic(
     top = max(KS)
     lists = np.full((users, top), -1, dtype=np.int64)
     free_lists = np.full((users, top), -1, dtype=np.int64)
+    cand_items = np.full((users, s.beams), -1, dtype=np.int64)
+    cand_scores = np.full((users, s.beams), -np.inf, dtype=np.float32)
     emitted, invalid_free, invalid_free_top1, beams_free = [], 0, 0, 0
     constrained_s = free_s = 0.0
     for batch in _by_length(split, part, s.history, s.eval_batch):
@@ -291,10 +294,12 @@ def decode_semantic(
         ids, score = beam_search(model, history, s.beams, trie, users_of)
         constrained_s += time.perf_counter() - start
         for row, user in enumerate(batch):
-            live = ids[row][np.isfinite(score[row])]
-            items = id_items.expand(id_items.positions(live), top) if live.shape[0] else np.zeros(0, np.int64)
+            finite = np.isfinite(score[row])
+            live = ids[row][finite]
+            items, values = id_items.expand_scored(id_items.positions(live), score[row][finite], s.beams)
             emitted.append(live)
-            lists[user, : items.shape[0]] = items
+            lists[user, : min(top, items.shape[0])] = items[:top]
+            cand_items[user, : items.shape[0]], cand_scores[user, : items.shape[0]] = items, values
         if not free:
             continue
         start = time.perf_counter()
@@ -309,6 +314,7 @@ def decode_semantic(
             free_lists[user, : valid.shape[0]] = valid
     return {
         "lists": lists,
+        "candidates": {"items": cand_items, "scores": cand_scores},
         "free_lists": free_lists,
         "emitted": np.concatenate(emitted) if emitted else np.zeros((0, sids.shape[1]), np.int64),
         "invalid_rate_unconstrained": round(invalid_free / max(beams_free, 1), 4),
@@ -319,15 +325,29 @@ def decode_semantic(
 
 
 def decode_items(model: ItemGenerator, split: Split, part: str, s: Settings) -> dict:
+    """The item-id model's top-k lists, and its top ``max(k, s.beams)`` items with their log-probabilities
+    (the candidates ``--pop-correction`` re-ranks: as many as the generators' beams, and never fewer than k)."""
     users, top = len(split.train), max(KS)
-    lists = np.full((users, top), -1, dtype=np.int64)
+    wide = max(top, s.beams)
+    items = np.full((users, wide), -1, dtype=np.int64)
+    scores = np.full((users, wide), -np.inf, dtype=np.float32)
     spent = 0.0
     for batch in _by_length(split, part, s.history, s.eval_batch):
         history = torch.from_numpy(_histories(split, batch, part, s.history))
         start = time.perf_counter()
-        lists[batch] = rank_items(model, history, top)
+        found, logp = rank_items(model, history, wide)
+        items[batch, : found.shape[1]], scores[batch, : found.shape[1]] = found, logp
         spent += time.perf_counter() - start
-    return {"lists": lists, "decode_ms_per_user": round(1000 * spent / max(users, 1), 2)}
+    return {
+        "lists": np.ascontiguousarray(items[:, :top]),
+        "candidates": {"items": items, "scores": scores},
+        "decode_ms_per_user": round(1000 * spent / max(users, 1), 2),
+    }
+
+
+def tune_candidates(decoded: dict, val: Split) -> dict:
+    """The validation users' candidates and targets: what ``--pop-correction`` chooses its alpha on."""
+    return {**decoded["candidates"], "target": val.valid_target}
 
 
 def popularity_lists(split: Split, items: int) -> np.ndarray:
@@ -415,6 +435,7 @@ def run_semantic(
     log(f"  [{name}] {s.generator} generator, training on {examples} examples")
     trained = train(model, examples, loss_of, budget, evaluate, log, label=name, lengths=lengths)
     out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
+    out["tune"] = tune_candidates(decode_semantic(model, sids, id_items, val, "valid", s, free=False), val)
     for part in parts:
         decoded = decode_semantic(model, sids, id_items, split, part, s)
         out[part] = decoded
@@ -487,6 +508,7 @@ def run_items(
         "grid": grid,
     }
     out: dict[str, Any] = {"train": trained, "parameters": sum(p.numel() for p in model.parameters())}
+    out["tune"] = tune_candidates(decode_items(model, val, "valid", s), val)
     for part in parts:
         out[part] = decode_items(model, split, part, s)
     return out
@@ -525,6 +547,8 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
         row["per_seed"] = [seed_figures(r, split.target(parts[0]), parts[0]) for r in ok]
         row["train_s"] = round(float(np.mean([r["train"]["train_s"] for r in ok])), 1) if "train" in ok[0] else None
         row["ids"] = ok[0].get("ids")
+        if "pop_correction" in ok[0]:
+            row["pop_alpha"] = [r["pop_correction"]["alpha"] for r in ok]
         if "train" in ok[0]:
             row["train_info"] = {k: v for k, v in ok[0]["train"].items() if k != "grid"}
         table.append(row)
@@ -870,6 +894,15 @@ def lever_notes(table: list[dict]) -> str:
             "Rows marked `+user-token N`: the encoder input starts with a user token (the user's name hashed "
             "into N buckets, TIGER's user token). "
         )
+    if SUFFIX.strip() in names:
+        alphas = {r["generator"]: r.get("pop_alpha") for r in table if r["generator"].endswith(SUFFIX)}
+        notes.append(
+            "Rows marked `+pop-correction`: the row above them (the same trained models) with each user's "
+            "top candidates (the beams; item-id: its top items, as many) re-ranked by log p(item) - alpha x "
+            "log(1 + the item's training count), alpha chosen per model on the validation users (alpha per seed: "
+            + "; ".join(f"{n.removesuffix(SUFFIX)} {a}" for n, a in alphas.items())
+            + "). "
+        )
     if "-dedup-digit" in names:
         notes.append(
             "Rows marked `-dedup-digit`: the generator reads and emits only the 3 base codes; a decoded code "
@@ -1050,6 +1083,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated --rows-dir directories of runs with other generator levers or another "
         "--budget-minutes on the same data and settings: their rows join the table, labelled, and the paired "
         "comparisons (paired by user)",
+    )
+    ap.add_argument(
+        "--pop-correction",
+        action="store_true",
+        help="also report each row re-ranked at decode time by log p(item) - alpha * log(1 + training count), "
+        "alpha chosen per model on the validation users (benchmarks/genrec_rerank.py); rows saved before "
+        "candidates were kept get none",
     )
     ap.add_argument("--tiny", action="store_true", help="smoke run: 2 epochs, 40 users, history 5, 5 beams")
     ap.add_argument("--name", default=None, help="results file name (default generative_retrieval[_holdout])")
@@ -1331,6 +1371,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.update(compared)
     if args.no_item_baseline:
         del rows[ITEM_BASELINE]
+    if args.pop_correction:
+        rows = with_corrected_rows(rows, split, len(raw))
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})
 
     table = summarise(rows, split, parts, seed=0)
@@ -1363,6 +1405,17 @@ def main(argv: list[str] | None = None) -> dict:
     path = write(Path(args.out), data, table, name)
     print(path.read_text())
     return {"data": data, "table": table, "rows": rows, "split": split}
+
+
+def with_corrected_rows(rows: dict[str, list[dict]], split: Split, items: int) -> dict[str, list[dict]]:
+    """``rows`` with each row's ``+pop-correction`` row right after it (``genrec_rerank.corrected_rows``)."""
+    corrected = corrected_rows(rows, log_counts(popularity(split, items)), max(KS))
+    out: dict[str, list[dict]] = {}
+    for label, runs in rows.items():
+        out[label] = runs
+        if label + SUFFIX in corrected:
+            out[label + SUFFIX] = corrected[label + SUFFIX]
+    return out
 
 
 def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None, likes=None) -> dict:

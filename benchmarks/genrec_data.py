@@ -275,3 +275,14 @@ class IdItems:
         """The first ``top`` items of the IDs at ``positions`` (in order; -1 skipped)."""
         out = [self.items[self.starts[p] : self.starts[p + 1]] for p in positions.tolist() if p >= 0]
         return np.concatenate(out)[:top] if out else np.zeros(0, np.int64)
+
+    def expand_scored(self, positions: np.ndarray, scores: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """``expand`` with each item's score: the score of the ID it came from."""
+        items, values = [], []
+        for p, score in zip(positions.tolist(), scores.tolist(), strict=True):
+            if p >= 0:
+                items.append(self.items[self.starts[p] : self.starts[p + 1]])
+                values.append(np.full(items[-1].shape[0], score, np.float32))
+        if not items:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return np.concatenate(items)[:top], np.concatenate(values)[:top]

@@ -474,9 +474,11 @@ def _allowed(trie, prefix: torch.Tensor, score: torch.Tensor, k: int) -> torch.T
     return mask[:, :k].reshape(b, n, k) & live[:, :, None]
 
 
-def rank_items(model: ItemGenerator, history: torch.Tensor, top: int) -> np.ndarray:
-    """Top ``top`` catalog rows by the model's next-item scores, for B histories of the same length."""
+def rank_items(model: ItemGenerator, history: torch.Tensor, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``top`` catalog rows by the model's next-item scores, for B histories of the same length, with
+    their log-probabilities (softmax over the catalog)."""
     with torch.inference_mode():
         h, _ = model.backbone(model.tokens(history))
-        logits = model.logits(h[:, -1])
-        return logits.topk(min(top, logits.shape[1]), dim=1).indices.numpy()
+        logp = torch.log_softmax(model.logits(h[:, -1]), dim=1)
+        best = logp.topk(min(top, logp.shape[1]), dim=1)
+        return best.indices.numpy(), best.values.numpy()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from benchmarks import generative_retrieval as gr
+from benchmarks import genrec_rerank
 from benchmarks.genrec_data import (
     IdItems,
     example_users,
@@ -172,6 +173,31 @@ def test_tiny_run_emits_only_real_items_and_writes_results(tiny_run):
     assert saved["tiny"] is True and saved["machine"]["cpus"] >= 1
     md = (out / "generative_retrieval.md").read_text()
     assert "| faiss-rq |" in md and "Recall@10" in md
+
+
+def test_the_tiny_run_reports_a_corrected_row_beside_every_trained_row(tiny_run):
+    result, out = tiny_run
+    argv = ["--catalog", str(out.parent / "items.parquet"), "--interactions", str(out.parent / "ratings.csv")]
+    argv += ["--out", str(out), "--tokenizers", "faiss-rq,random", "--tiny", "--threads", "1"]
+    rows_dir = str(out / "generative_retrieval_rows")
+    merged = gr.main([*argv, "--merge-only", "--pop-correction", "--name", "corrected", "--rows-dir", rows_dir])
+    names = [r["generator"] for r in merged["table"]]
+    for name in ("faiss-rq", "random", gr.ITEM_BASELINE):
+        assert names.index(name + genrec_rerank.SUFFIX) == names.index(name) + 1  # right after its own row
+    assert gr.POPULARITY + genrec_rerank.SUFFIX not in names  # nothing to re-rank
+    split = result["split"]
+    for name in ("faiss-rq", gr.ITEM_BASELINE):
+        raw, fixed = merged["rows"][name][0], merged["rows"][name + genrec_rerank.SUFFIX][0]
+        cand = raw["test"]["candidates"]
+        # the candidates hold the row's own list: alpha 0 gives it back
+        counts = genrec_rerank.log_counts(gr.popularity(split, ITEMS))
+        assert (genrec_rerank.rerank(cand["items"], cand["scores"], counts, 0.0, 10) == raw["test"]["lists"]).all()
+        alpha = fixed["pop_correction"]["alpha"]
+        assert alpha in genrec_rerank.ALPHAS and "free_lists" not in fixed["test"]
+        again = genrec_rerank.rerank(cand["items"], cand["scores"], counts, alpha, 10)
+        assert (again == fixed["test"]["lists"]).all()
+    md = (out / "corrected.md").read_text()
+    assert "| faiss-rq +pop-correction |" in md and "alpha chosen per model" in md
 
 
 def test_holdout_run_fits_on_the_split_and_reports_the_held_out_users(tiny_data):
