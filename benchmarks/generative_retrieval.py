@@ -33,6 +33,9 @@ Generator levers (off by default, each part of the row signature, so run one per
 with ``--compare-to``): ``--user-token N`` (TIGER's user token, the user hashed into N buckets) and
 ``--dedup-digit off`` (the generator reads and emits the 3 base codes only; a tuple several items share
 expands to them, most popular in training first).
+
+Decode-time lever ``--pop-correction`` (no retraining; rows saved by this version keep their candidates): each row
+gets a ``+pop-correction`` twin re-ranked by ``benchmarks/genrec_rerank.py``.
 """
 
 from __future__ import annotations
