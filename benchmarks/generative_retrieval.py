@@ -552,6 +552,7 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
         row["ids"] = ok[0].get("ids")
         if "pop_correction" in ok[0]:
             row["pop_alpha"] = [r["pop_correction"]["alpha"] for r in ok]
+            row["pop_valid_recall10_by_alpha"] = [r["pop_correction"]["valid_recall10_by_alpha"] for r in ok]
         if "train" in ok[0]:
             row["train_info"] = {k: v for k, v in ok[0]["train"].items() if k != "grid"}
         table.append(row)
