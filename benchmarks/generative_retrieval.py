@@ -90,7 +90,7 @@ from benchmarks.genrec_model import (  # noqa: E402
     train,
 )
 from benchmarks.genrec_published import published_for  # noqa: E402
-from benchmarks.genrec_rerank import SUFFIX, corrected_rows, log_counts  # noqa: E402
+from benchmarks.genrec_rerank import SUFFIX, log_counts, with_corrected_rows  # noqa: E402
 from semid.model.config import TrainConfig  # noqa: E402
 from semid.model.data.catalog import read_catalog  # noqa: E402
 from semid.model.first_level.coliked import read_coliked  # noqa: E402
@@ -1376,7 +1376,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.no_item_baseline:
         del rows[ITEM_BASELINE]
     if args.pop_correction:
-        rows = with_corrected_rows(rows, split, len(raw))
+        rows = with_corrected_rows(rows, log_counts(popularity(split, len(raw))), max(KS))
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})
 
     table = summarise(rows, split, parts, seed=0)
@@ -1409,17 +1409,6 @@ def main(argv: list[str] | None = None) -> dict:
     path = write(Path(args.out), data, table, name)
     print(path.read_text())
     return {"data": data, "table": table, "rows": rows, "split": split}
-
-
-def with_corrected_rows(rows: dict[str, list[dict]], split: Split, items: int) -> dict[str, list[dict]]:
-    """``rows`` with each row's ``+pop-correction`` row right after it (``genrec_rerank.corrected_rows``)."""
-    corrected = corrected_rows(rows, log_counts(popularity(split, items)), max(KS))
-    out: dict[str, list[dict]] = {}
-    for label, runs in rows.items():
-        out[label] = runs
-        if label + SUFFIX in corrected:
-            out[label + SUFFIX] = corrected[label + SUFFIX]
-    return out
 
 
 def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None, likes=None) -> dict:

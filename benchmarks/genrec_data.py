@@ -273,8 +273,7 @@ class IdItems:
 
     def expand(self, positions: np.ndarray, top: int) -> np.ndarray:
         """The first ``top`` items of the IDs at ``positions`` (in order; -1 skipped)."""
-        out = [self.items[self.starts[p] : self.starts[p + 1]] for p in positions.tolist() if p >= 0]
-        return np.concatenate(out)[:top] if out else np.zeros(0, np.int64)
+        return self.expand_scored(positions, np.zeros(positions.shape[0], np.float32), top)[0]
 
     def expand_scored(self, positions: np.ndarray, scores: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
         """``expand`` with each item's score: the score of the ID it came from."""

@@ -62,10 +62,12 @@ def corrected_run(run: dict, log_count: np.ndarray, top: int) -> dict | None:
     return out
 
 
-def corrected_rows(rows: dict[str, list[dict]], log_count: np.ndarray, top: int) -> dict[str, list[dict]]:
-    """A ``<label> +pop-correction`` row for every row whose runs all kept their candidates."""
-    out = {}
+def with_corrected_rows(rows: dict[str, list[dict]], log_count: np.ndarray, top: int) -> dict[str, list[dict]]:
+    """``rows`` with a ``<label> +pop-correction`` row right after every row whose runs all kept their
+    candidates."""
+    out: dict[str, list[dict]] = {}
     for label, runs in rows.items():
+        out[label] = runs
         fixed = [corrected_run(r, log_count, top) for r in runs]
         if runs and all(f is not None for f in fixed):
             out[label + SUFFIX] = fixed
