@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import pickle
 import sys
@@ -64,7 +63,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import MOVIELENS, command, machine  # noqa: E402
+from benchmarks.common import MOVIELENS  # noqa: E402
 from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS, Fitted, _semid  # noqa: E402
 from benchmarks.genrec_data import (  # noqa: E402
     IdItems,
@@ -73,11 +72,21 @@ from benchmarks.genrec_data import (  # noqa: E402
     example_users,
     leave_one_out,
     next_item_examples,
+    popularity,
     random_codes,
     read_histories,
     training_windows,
     unique_ids,
     user_buckets,
+)
+from benchmarks.genrec_metrics import (  # noqa: E402
+    KS,
+    by_popularity,
+    comparisons,
+    held_out_figures,
+    recall_at,
+    recommended_by_popularity,
+    summarise,
 )
 from benchmarks.genrec_model import (  # noqa: E402
     TIGER,
@@ -90,7 +99,8 @@ from benchmarks.genrec_model import (  # noqa: E402
     train,
 )
 from benchmarks.genrec_published import published_for  # noqa: E402
-from benchmarks.genrec_rerank import SUFFIX, log_counts, with_corrected_rows  # noqa: E402
+from benchmarks.genrec_report import write  # noqa: E402
+from benchmarks.genrec_rerank import log_counts, with_corrected_rows  # noqa: E402
 from semid.model.config import TrainConfig  # noqa: E402
 from semid.model.data.catalog import read_catalog  # noqa: E402
 from semid.model.first_level.coliked import read_coliked  # noqa: E402
@@ -122,8 +132,6 @@ SOURCES: dict[str, str | None] = {
 }
 DEFAULT_TOKENIZERS = "semid-rqvae,semid-rqkmeans,faiss-rq,faiss-rqkmeans,semantic-id,random"
 ITEM_BASELINE, POPULARITY = "item-id (SASRec-style)", "popularity"
-KS = (5, 10)
-BOOTSTRAP = 1000
 
 
 @dataclass(frozen=True)
@@ -242,35 +250,6 @@ def _by_length(split: Split, part: str, cap: int, batch: int) -> list[np.ndarray
 
 def _histories(split: Split, users: np.ndarray, part: str, cap: int) -> np.ndarray:
     return np.stack([split.history(int(u), part, cap) for u in users])
-
-
-def ranks_of(target: np.ndarray, lists: np.ndarray) -> np.ndarray:
-    """0-based rank of each user's target in its list [U, k] (-1: absent)."""
-    hit = lists == target[:, None]
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-
-
-def metric_values(rank: np.ndarray) -> dict[str, np.ndarray]:
-    """Per user Recall@k (hit) and NDCG@k (one relevant item: 1 / log2(rank + 2))."""
-    out = {}
-    for k in KS:
-        hit = (rank >= 0) & (rank < k)
-        out[f"recall@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(np.maximum(rank, 0) + 2), 0.0)
-    return out
-
-
-def bootstrap(values: np.ndarray, seed: int, resamples: int = BOOTSTRAP) -> dict:
-    """Mean over users with a 95 % percentile bootstrap interval (users resampled)."""
-    rng = np.random.default_rng([seed, 7])
-    means = values[rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(values.mean()), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, seed: int) -> dict:
-    """Mean of a - b over the same users with a paired 95 % bootstrap interval."""
-    return bootstrap(a - b, seed)
 
 
 def decode_semantic(
@@ -433,7 +412,7 @@ def run_semantic(
 
     def evaluate() -> float:
         lists = decode_semantic(model, sids, id_items, val, "valid", s, free=False)["lists"]
-        return float(metric_values(ranks_of(val.valid_target, lists))["recall@10"].mean())
+        return recall_at(lists, val.valid_target)
 
     log(f"  [{name}] {s.generator} generator, training on {examples} examples")
     trained = train(model, examples, loss_of, budget, evaluate, log, label=name, lengths=lengths)
@@ -450,11 +429,6 @@ def generator_ids(sids: np.ndarray, s: Settings) -> np.ndarray:
     """The IDs the generator reads and emits: the full unique IDs, or (``--dedup-digit off``) their 3 base
     codes, which several items may share."""
     return sids if s.dedup_digit else np.ascontiguousarray(sids[:, :LEVELS])
-
-
-def popularity(split: Split, items: int) -> np.ndarray:
-    """Each item's count in the training sequences."""
-    return np.bincount(np.concatenate(split.train), minlength=items) if split.train else np.zeros(items, np.int64)
 
 
 def item_budget(budget: Budget, epochs: int = 200) -> Budget:
@@ -488,7 +462,7 @@ def run_items(
 
             def evaluate(model=model) -> float:
                 lists = decode_items(model, val, "valid", s)["lists"]
-                return float(metric_values(ranks_of(val.valid_target, lists))["recall@10"].mean())
+                return recall_at(lists, val.valid_target)
 
             log(f"  [{ITEM_BASELINE}] lr {lr} dropout {dropout}: training on {len(windows)} windows")
             trained = train(
@@ -518,160 +492,6 @@ def run_items(
 
 
 # ---------------------------------------------------------------------------------------------- summary
-
-
-def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed: int) -> list[dict]:
-    """Per generator: metrics averaged over seeds per user, then bootstrapped over users."""
-    table = []
-    for name, runs in rows.items():
-        if not runs:
-            continue
-        ok = [r for r in runs if r.get("status") == "ok"]
-        row: dict[str, Any] = {"generator": name, "status": ok[0]["status"] if ok else runs[0]["status"]}
-        if not ok:
-            row["error"] = runs[0].get("error")
-            table.append(row)
-            continue
-        for part in parts:
-            target = split.target(part)
-            per_user = _mean_values([metric_values(ranks_of(target, r[part]["lists"])) for r in ok])
-            row[part] = {m: bootstrap(v, seed) for m, v in per_user.items()}
-            row[f"_{part}_values"] = per_user
-            row[f"_{part}_seed_values"] = {
-                r.get("seed"): metric_values(ranks_of(target, r[part]["lists"])) for r in ok
-            }  # popularity: one run, seed None (the same list for every seed)
-            if "free_lists" in ok[0][part]:
-                free = _mean_values([metric_values(ranks_of(target, r[part]["free_lists"])) for r in ok])
-                row[part]["recall@10_unconstrained"] = bootstrap(free["recall@10"], seed)
-            for key in ("invalid_rate_unconstrained", "invalid_top1_unconstrained", "decode_ms_per_user"):
-                if key in ok[0][part]:
-                    row[part][key] = round(float(np.mean([r[part][key] for r in ok])), 4)
-        row["seeds"] = len(ok)
-        row["per_seed"] = [seed_figures(r, split.target(parts[0]), parts[0]) for r in ok]
-        row["train_s"] = round(float(np.mean([r["train"]["train_s"] for r in ok])), 1) if "train" in ok[0] else None
-        row["ids"] = ok[0].get("ids")
-        if "pop_correction" in ok[0]:
-            row["pop_alpha"] = [r["pop_correction"]["alpha"] for r in ok]
-            row["pop_valid_recall10_by_alpha"] = [r["pop_correction"]["valid_recall10_by_alpha"] for r in ok]
-        if "train" in ok[0]:
-            row["train_info"] = {k: v for k, v in ok[0]["train"].items() if k != "grid"}
-        table.append(row)
-    return table
-
-
-POPULARITY_EDGES = (0, 1, 5, 20, 50)  # training-count buckets of the test item: 0, 1-4, 5-19, 20-49, 50+
-
-
-def count_bucket(counts: np.ndarray) -> np.ndarray:
-    """The ``POPULARITY_EDGES`` bucket of each training count."""
-    return np.searchsorted(np.asarray(POPULARITY_EDGES), counts, side="right") - 1
-
-
-def popularity_buckets(split: Split, items: int) -> tuple[np.ndarray, list[str]]:
-    """Each test user's bucket of its test item's count in the training sequences, and the buckets' names."""
-    edges = POPULARITY_EDGES
-    names = [f"{a}-{b - 1}" for a, b in zip(edges[1:-1], edges[2:], strict=True)]
-    names = ["0 (never in training)", *names, f"{edges[-1]}+"]
-    return count_bucket(popularity(split, items)[split.test_target]), names
-
-
-def by_popularity(table: list[dict], split: Split, items: int) -> dict:
-    """Test Recall@10 (seed-averaged per user) of every row within each bucket of the test item's training count:
-    where in the catalog's head or tail a row wins or loses."""
-    bucket, names = popularity_buckets(split, items)
-    users = np.bincount(bucket, minlength=len(names))
-    out = {"buckets": names, "users": users.tolist(), "rows": {}}
-    for r in table:
-        values = r.get("_test_values")
-        if values is not None:
-            out["rows"][r["generator"]] = [
-                round(float(values["recall@10"][bucket == i].mean()), 4) if users[i] else None
-                for i in range(len(names))
-            ]
-    return out
-
-
-def recommended_by_popularity(rows: dict[str, list[dict]], split: Split, items: int) -> dict[str, list[float]]:
-    """Share of each row's test top-10 recommendations (over users and seeds) in each bucket of the recommended
-    item's training count, beside ``test items``, the share of the test targets themselves: whether a row
-    recommends the head more than users go there."""
-    counts = popularity(split, items)
-    n = len(POPULARITY_EDGES)
-
-    def shares(bucket: np.ndarray) -> list[float]:
-        found = np.bincount(bucket, minlength=n)
-        return [round(float(v), 4) for v in found / max(int(found.sum()), 1)]
-
-    out = {"test items": shares(popularity_buckets(split, items)[0])}
-    for name, runs in rows.items():
-        lists = [r["test"]["lists"][:, :10] for r in runs if r.get("status") == "ok" and "test" in r]
-        if lists:
-            out[name] = shares(count_bucket(counts[np.concatenate([x[x >= 0] for x in lists])]))
-    return out
-
-
-def popularity_table(data: dict) -> list[str]:
-    b = data.get("by_popularity")
-    if not b or not b["rows"]:
-        return []
-    head = " | ".join(f"{name} ({n} users)" for name, n in zip(b["buckets"], b["users"], strict=True))
-    lines = [
-        "",
-        "## Recall@10 by how often the test item appears in training (test)",
-        "",
-        f"| generator | {head} |",
-        "|---|" + "---|" * len(b["buckets"]),
-    ]
-    for name, values in b["rows"].items():
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
-    if b.get("recommended"):
-        lines += [
-            "",
-            "## Where the top-10 recommendations come from (test)",
-            "",
-            "Share of each row's top-10 items (all users and seeds) by the item's count in training; `test items`: "
-            "the same shares for the held-out test items.",
-            "",
-            "| generator | " + " | ".join(b["buckets"]) + " |",
-            "|---|" + "---|" * len(b["buckets"]),
-        ]
-        for name, values in b["recommended"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
-    return lines
-
-
-def seed_figures(run: dict, target: np.ndarray, part: str) -> dict:
-    """One seed's run of a row: its mean Recall@10 / NDCG@10 on ``part`` and how its training ended."""
-    values = metric_values(ranks_of(target, run[part]["lists"]))
-    t = run.get("train") or {}
-    return {
-        "seed": run.get("seed"),
-        "recall@10": round(float(values["recall@10"].mean()), 4),
-        "ndcg@10": round(float(values["ndcg@10"].mean()), 4),
-        "epochs_run": t.get("epochs_run"),
-        "best_epoch": t.get("best_epoch"),
-        "stopped": t.get("stopped"),
-        "best_valid_recall10": t.get("best_valid_recall10"),
-        "train_s": t.get("train_s"),
-    }
-
-
-def seeds_table(table: list[dict]) -> list[str]:
-    """Per row and seed: the test figures and how training ended (the spread the seed average hides)."""
-    lines = [
-        "| generator | seed | Recall@10 | NDCG@10 | epochs run | best epoch | stopped by | valid Recall@10 (sample) "
-        "| train s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        for f in r.get("per_seed") or []:
-            if f["epochs_run"] is None:  # popularity: nothing trained, one list for every seed
-                continue
-            lines.append(
-                f"| {r['generator']} | {f['seed']} | {f['recall@10']:.4f} | {f['ndcg@10']:.4f} | {f['epochs_run']} | "
-                f"{f['best_epoch']} | {f['stopped']} | {f['best_valid_recall10']} | {f['train_s']} |"
-            )
-    return lines
 
 
 def _unsourced_label(name: str) -> str:
@@ -708,297 +528,6 @@ def training_interactions(path: str, item_ids: np.ndarray, hist_users: np.ndarra
     pq.write_table(keep, target)
     print(f"tokenizer interactions: {keep.num_rows} of {table.num_rows} rows ({int(drop.sum())} held out)")
     return target
-
-
-def held_out_figures(table: list[dict], split: Split, held: np.ndarray, seed: int) -> tuple[int, list[dict]]:
-    """Test figures of the users whose test item is one the tokenizers never saw (``--holdout-share``), and
-    the paired differences of each semid row against the others on those users."""
-    users = np.flatnonzero(np.isin(split.target("test"), held))
-    for row in table:
-        values = row.get("_test_values")
-        if values is not None:
-            row["test_heldout"] = {m: bootstrap(v[users], seed) for m, v in values.items()}
-            row["_test_heldout_values"] = {m: v[users] for m, v in values.items()}
-    return int(users.shape[0]), comparisons(table, "test_heldout", seed)
-
-
-def _mean_values(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {m: np.mean([r[m] for r in runs], axis=0) for m in runs[0]}
-
-
-def seeds_and_users_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int, resamples: int = BOOTSTRAP) -> dict:
-    """Mean of a - b with a 95 % two-level bootstrap interval: each resample draws the seeds (runs) and then
-    the users, both with replacement, the same users in every seed (paired). ``a[i]``, ``b[i]``: per-user values
-    of the i-th seed both rows ran. Unlike the users-only interval, it widens with the spread between seeds."""
-    d = np.stack([x - y for x, y in zip(a, b, strict=True)])
-    rng = np.random.default_rng([seed, 11])
-    n_seeds, n_users = d.shape
-    means = np.empty(resamples)
-    for i in range(resamples):
-        users = rng.integers(0, n_users, size=n_users)
-        means[i] = d[rng.integers(0, n_seeds, size=n_seeds)][:, users].mean()
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"mean": round(float(d.mean()), 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4)}
-
-
-def comparisons(table: list[dict], part: str, seed: int) -> list[dict]:
-    """Paired bootstrap differences (Recall@10, NDCG@10) of each semid generator against every other row: over
-    the users of the seed-averaged values; per seed both rows ran; and, with two or more such seeds, with the
-    seeds resampled too (:func:`seeds_and_users_difference`)."""
-    have = {r["generator"]: r[f"_{part}_values"] for r in table if f"_{part}_values" in r}
-    runs = {r["generator"]: r.get(f"_{part}_seed_values") or {} for r in table}
-    seeds = {r["generator"]: r.get("seeds") for r in table}
-    out = []
-    for mine in [g for g in have if g.startswith("semid")]:
-        for other in [g for g in have if g != mine]:
-            entry: dict[str, Any] = {"semid": mine, "other": other, "seeds": [seeds.get(mine), seeds.get(other)]}
-            for metric in ("recall@10", "ndcg@10"):
-                entry[metric] = paired_difference(have[mine][metric], have[other][metric], seed)
-            theirs = runs[other]
-            if list(theirs) == [None]:  # popularity: the same lists whatever the seed
-                theirs = {k: theirs[None] for k in runs[mine]}
-            common = sorted(k for k in runs[mine] if k in theirs and k is not None)
-            entry["per_seed"] = {
-                k: {m: round(float((runs[mine][k][m] - theirs[k][m]).mean()), 4) for m in ("recall@10", "ndcg@10")}
-                for k in common
-            }
-            if len(common) >= 2:
-                entry["seeds_and_users"] = {
-                    m: seeds_and_users_difference(
-                        [runs[mine][k][m] for k in common], [theirs[k][m] for k in common], seed
-                    )
-                    for m in ("recall@10", "ndcg@10")
-                }
-            out.append(entry)
-    return out
-
-
-def _ci(m: dict) -> str:
-    return f"{m['mean']:.4f} [{m['lo']:.4f}, {m['hi']:.4f}]"
-
-
-def results_table(table: list[dict], part: str) -> list[str]:
-    """The markdown table of every generator's figures on one part (test, test_heldout, ...)."""
-    head = (
-        "| generator | IDs | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | invalid IDs unconstrained (top-1) | "
-        "Recall@10 unconstrained | decode ms/user | train s |"
-    )
-    lines = [head, "|" + "---|" * 10]
-    for r in table:
-        if r["status"] != "ok" or part not in r:
-            lines.append(f"| {r['generator']} | {r['status']}: {r.get('error', '')} |" + " |" * 8)
-            continue
-        m = r[part]
-        ids = r.get("ids") or {}
-        ids_text = f"collisions {ids['base_collision_rate']:.2%}" if ids else "-"
-        invalid = (
-            f"{m['invalid_rate_unconstrained']:.2%} ({m['invalid_top1_unconstrained']:.2%})"
-            if "invalid_rate_unconstrained" in m
-            else "-"
-        )
-        free = _ci(m["recall@10_unconstrained"]) if "recall@10_unconstrained" in m else "-"
-        lines.append(
-            f"| {r['generator']} | {ids_text} | {_ci(m['recall@5'])} | {_ci(m['recall@10'])} | {_ci(m['ndcg@5'])} | "
-            f"{_ci(m['ndcg@10'])} | {invalid} | {free} | {m.get('decode_ms_per_user', '-')} | "
-            f"{r.get('train_s') if r.get('train_s') is not None else '-'} |"
-        )
-    return lines
-
-
-def difference_table(comparisons: list[dict]) -> list[str]:
-    """Paired differences; the seeds column says how many seeds' runs each side averages per user (popularity
-    is deterministic: one list for every seed)."""
-
-    def seeds(c: dict) -> str:
-        mine, other = c.get("seeds") or (None, None)
-        return f"{mine or '-'} / {other or '-'}"
-
-    def per_seed(c: dict) -> str:
-        return ", ".join(f"{k}: {v['recall@10']:+.4f}" for k, v in (c.get("per_seed") or {}).items()) or "-"
-
-    def both(c: dict) -> str:
-        two = c.get("seeds_and_users")
-        return f"{_ci(two['recall@10'])} | {_ci(two['ndcg@10'])}" if two else "- | -"
-
-    return [
-        "| semid | other | seeds (semid / other) | Recall@10 difference | NDCG@10 difference | Recall@10 difference "
-        "per seed | Recall@10, seeds and users resampled | NDCG@10, seeds and users resampled |",
-        "|---|---|---|---|---|---|---|---|",
-        *(
-            f"| {c['semid']} | {c['other']} | {seeds(c)} | {_ci(c['recall@10'])} | {_ci(c['ndcg@10'])} | "
-            f"{per_seed(c)} | {both(c)} |"
-            for c in comparisons
-        ),
-    ]
-
-
-def held_out_section(data: dict, table: list[dict]) -> list[str]:
-    h = data.get("holdout")
-    if not h:
-        return []
-    return [
-        "",
-        f"## Test users whose test item the tokenizers never saw ({h['users']} users)",
-        "",
-        f"Every tokenizer was fitted on the same seeded {h['fit_items']} items (`split_rows(n, {h['share']}, "
-        f"seed={h['seed']})`) and encoded all {data['items']} items; the generators are the same as above. "
-        "These users' figures (95 % bootstrap intervals over them):",
-        "",
-        *results_table(table, "test_heldout"),
-        "",
-        "Paired differences on these users:",
-        "",
-        *difference_table(h["comparisons"]),
-    ]
-
-
-def published_section(data: dict) -> list[str]:
-    entries = data.get("published") or []
-    if not entries:
-        return ["", "## Published figures", "", "None recorded for this data set (benchmarks/genrec_published.py)."]
-    lines = [
-        "",
-        "## Published figures (not run here)",
-        "",
-        "| model | data | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | source |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for e in entries:
-        cells = [f"{e[m]:.4f}" if e.get(m) is not None else "-" for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")]
-        data_text = e["dataset"] + ("" if e.get("same_data") else " (other data)")
-        lines.append(f"| {e['model']} | {data_text} | " + " | ".join(cells) + f" | {e['source']} |")
-    return lines
-
-
-def training_table(table: list[dict], rows_wall: dict) -> list[str]:
-    """Per row: epochs run, best epoch, why it stopped, validation Recall@10 at the best epoch, wall time."""
-    lines = [
-        "| generator | epochs run | best epoch | stopped by | valid Recall@10 (sample) | train s | row wall s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in table:
-        t = r.get("train_info")
-        if not t:
-            continue
-        chosen = f" (lr {t['chosen']['lr']}, dropout {t['chosen']['dropout']})" if t.get("chosen") else ""
-        wall = ", ".join(str(w) for w in rows_wall.get(r["generator"], []) if w is not None) or "-"
-        lines.append(
-            f"| {r['generator']}{chosen} | {t.get('epochs_run')} | {t.get('best_epoch')} | "
-            f"{t.get('stopped')} | {t.get('best_valid_recall10')} | {r.get('train_s')} | {wall} |"
-        )
-    return lines
-
-
-def lever_notes(table: list[dict]) -> str:
-    """What the generator-lever marks in row names mean (empty when no row has one)."""
-    names = " ".join(r["generator"] for r in table)
-    notes = []
-    if "+user-token" in names:
-        notes.append(
-            "Rows marked `+user-token N`: the encoder input starts with a user token (the user's name hashed "
-            "into N buckets, TIGER's user token). "
-        )
-    if SUFFIX.strip() in names:
-        alphas = {r["generator"]: r.get("pop_alpha") for r in table if r["generator"].endswith(SUFFIX)}
-        notes.append(
-            "Rows marked `+pop-correction`: the row above them (the same trained models) with each user's "
-            "top candidates (the beams; item-id: its top items, as many) re-ranked by log p(item) - alpha x "
-            "log(1 + the item's training count), alpha chosen per model on the validation users (alpha per seed: "
-            + "; ".join(f"{n.removesuffix(SUFFIX)} {a}" for n, a in alphas.items())
-            + "). "
-        )
-    if "-dedup-digit" in names:
-        notes.append(
-            "Rows marked `-dedup-digit`: the generator reads and emits only the 3 base codes; a decoded code "
-            "tuple several items share stands for all of them, most popular in training first (ties: lower "
-            "catalog row), so Recall and NDCG count items as in the other rows. "
-        )
-    return "".join(notes)
-
-
-def markdown(data: dict, table: list[dict]) -> str:
-    lines = results_table(table, "test")
-    d = data["data"]
-    b = data["budget"]
-    s = data["settings"]
-    if s.get("generator") == "tiger":
-        gen = (
-            f"TIGER-shaped encoder-decoder (d_model {b['width']}, {b['layers']} encoder + {b['layers']} decoder "
-            f"layers, {b['heads']} heads of {b['d_kv']}, feed-forward {b['ff']}, dropout {b['dropout']}), one "
-            f"example per training item (its up to {s['history']} previous items)"
-        )
-    else:
-        gen = (
-            f"decoder-only transformer, width {b['width']}, {b['layers']} layers, {b['heads']} heads, "
-            f"dropout {b['dropout']}; {data['windows']} training windows of up to {s['history'] + 1} items"
-        )
-    ib = data.get("item_budget", b)
-    return "\n".join(
-        [
-            f"Catalog `{data['catalog']}` ({data['items']} items); interactions `{data['interactions']}` "
-            f"(columns {d['columns']}; {d['kept']} kept of {d['interactions']}, "
-            f"{'every row' if s['min_rating'] is None else 'rating >= ' + str(s['min_rating'])}); "
-            f"{data['users']} users, leave-one-out (last item test, second-last validation, held out of training); "
-            f"history capped at the last {s['history']} items.",
-            "",
-            f"Generator (same for every ID row): {gen}. AdamW lr {b['lr']}, batches of {b['batch_size']}, linear "
-            f"warm-up over the first epoch; at most {b['epochs']} epochs, early stopping on the Recall@10 of "
-            + (f"{s['val_users']} validation users (a fixed sample)" if s.get("val_users") else "every validation user")
-            + f" every {b['eval_every']} epoch(s), "
-            f"patience {b['patience']}"
-            + (f" (not before epoch {b['min_epochs']})" if b.get("min_epochs") else "")
-            + ", best state kept"
-            + (f", training capped at {b['budget_s'] / 60:.0f} CPU-min" if b.get("budget_s") else "")
-            + f". Item-id baseline: SASRec-shaped (width {ib['width']}, {ib['layers']} layers, full softmax over "
-            f"the catalog, at most {ib['epochs']} epochs), same stopping rule, lr x dropout grid "
-            f"{list(s.get('item_lrs', []))} x "
-            f"{list(s.get('item_dropouts', []))} chosen on validation. Beam search with "
-            f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
-            "dedup digit), constrained by `SemanticIdTrie`. " + lever_notes(table) + "Seeds: "
-            f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min "
-            f"(rows reused from earlier processes count their own time below); load average "
-            f"{data.get('load_avg_start')} at start, {data['load_avg_end']} at end.",
-            "",
-            f"## Test ({data['users']} users), 95 % bootstrap intervals over users",
-            "",
-            *lines,
-            "",
-            "Invalid IDs unconstrained: share of all beams (of the top-1 beam) of the same beam search without the "
-            "trie that are no item's ID; Recall@10 unconstrained: those beams with the invalid ones dropped. "
-            "decode ms/user: constrained beam search (item-id: one forward pass and a top-k). Collisions: share "
-            "of items sharing their 3 base codes with an earlier item (resolved by the dedup digit).",
-            *published_section(data),
-            "",
-            "## Training (first seed)",
-            "",
-            *training_table(table, data.get("row_wall_s", {})),
-            *(
-                ["", "## Each seed (test)", "", *seeds_table(table)]
-                if any((r.get("seeds") or 0) > 1 for r in table) or len(data.get("seeds") or []) > 1
-                else []
-            ),
-            "",
-            "## semid against each other row (paired bootstrap over the same users, test)",
-            "",
-            "Difference: of the seed-averaged per-user values, users resampled. Per seed: each seed both rows ran. "
-            "Seeds and users resampled: a two-level bootstrap over the seeds both rows ran (seeds drawn, then "
-            "users), so the interval also carries the spread between training runs.",
-            "",
-            *difference_table(data["comparisons"]),
-            *popularity_table(data),
-            *held_out_section(data, table),
-        ]
-    )
-
-
-def write(out: Path, data: dict, table: list[dict], name: str = "generative_retrieval") -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command(), "machine": machine(), **data}
-    payload["rows"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in table]
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    header = f"# {name}\n\nCommand: `{payload['command']}`\n\nMachine: {json.dumps(payload['machine'])}\n\n"
-    (out / f"{name}.md").write_text(header + markdown(data, table) + "\n")
-    return out / f"{name}.md"
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -1084,9 +613,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--compare-to",
         default=None,
         metavar="DIRS",
-        help="comma-separated --rows-dir directories of runs with other generator levers or another "
-        "--budget-minutes on the same data and settings: their rows join the table, labelled, and the paired "
-        "comparisons (paired by user)",
+        help="comma-separated --rows-dir directories of runs with other generator levers or another training "
+        "length or stopping (--epochs, --min-epochs, --patience, --val-users, --budget-minutes) on the same data, "
+        "model and settings: their "
+        "rows join the table, labelled, and the paired comparisons (paired by user)",
     )
     ap.add_argument(
         "--pop-correction",
@@ -1171,8 +701,9 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
     if args.tiny:
         small = {"epochs": 2, "width": 32, "layers": 1, "heads": 2, "ff": 64, "d_kv": 16, "patience": 2}
         budget = replace(budget, **{k: v for k, v in small.items() if given.get(k) is None})
+        val = 20 if args.val_users == Settings.val_users else args.val_users  # 20 unless --val-users says otherwise
         s = replace(
-            s, history=5, beams=5, max_users=args.max_users or 40, val_users=20, item_lrs=(3e-3,), item_dropouts=(0.2,)
+            s, history=5, beams=5, max_users=args.max_users or 40, val_users=val, item_lrs=(3e-3,), item_dropouts=(0.2,)
         )
     return budget, s
 
@@ -1208,19 +739,38 @@ def budget_signature(budget: Budget) -> dict:
     return out
 
 
+# how long a model trains and what stops it: a compared row may differ in these (its label says how); its data,
+# model and test users may not
+STOPPING = ("epochs", "min_epochs", "patience", "budget_s")
+STOPPING_SETTINGS = ("val_users",)
+
+
 def _without_levers(signature: dict) -> dict:
-    """The signature without the generator levers and the training time cap: what a compared row must share."""
-    settings = {k: v for k, v in signature["settings"].items() if k not in LEVER_DEFAULTS}
-    budget = {k: v for k, v in signature["budget"].items() if k != "budget_s"}
+    """The signature without the generator levers and the training length and stopping (``STOPPING``,
+    ``STOPPING_SETTINGS``): what a compared row must share."""
+    dropped = (*LEVER_DEFAULTS, *STOPPING_SETTINGS)
+    settings = {k: v for k, v in signature["settings"].items() if k not in dropped}
+    budget = {k: v for k, v in signature["budget"].items() if k not in STOPPING}
     return {**signature, "settings": settings, "budget": budget}
 
 
 def compared_label(name: str, theirs: dict, signature: dict) -> str:
-    """A compared row's label: its levers, and its training cap when it is not this run's (a slower machine
-    needs a larger cap to reach the same epoch cap; the row's own stopping is in the report)."""
+    """A compared row's label: its levers, and how its training length and stopping differ from this run's (its
+    epoch cap, ``--min-epochs``, patience, validation users, time cap: a slower machine needs a larger time cap to
+    reach the same epoch cap; the row's own stopping is in the report)."""
     label = row_label(name, theirs["settings"])
-    cap = theirs["budget"].get("budget_s")
-    if cap != signature["budget"].get("budget_s"):
+    mine, its = signature["budget"], theirs["budget"]
+    if its.get("epochs") != mine.get("epochs"):
+        label += f" (max {its.get('epochs')} epochs)"
+    if its.get("min_epochs", 0) != mine.get("min_epochs", 0):
+        label += f" (min {its.get('min_epochs', 0)} epochs)"
+    if its.get("patience") != mine.get("patience"):
+        label += f" (patience {its.get('patience')})"
+    val_users = theirs["settings"].get("val_users")
+    if val_users != signature["settings"].get("val_users"):
+        label += f" (valid {val_users} users)" if val_users else " (valid every user)"
+    cap = its.get("budget_s")
+    if cap != mine.get("budget_s"):
         label += f" (cap {cap / 60:g} CPU-min)" if cap else " (no time cap)"
     return label
 
@@ -1229,8 +779,8 @@ def compared_rows(
     dirs: str, signature: dict, seeds: list[int], have: set[str], tokenizers: list[str]
 ) -> dict[str, list[dict]]:
     """Rows of this run's ``tokenizers`` saved in other ``--rows-dir`` directories (``--compare-to``) whose
-    data and users are this run's and whose generator levers or training cap differ, by their label; the same users
-    in the same order, so their per-user figures pair with this run's."""
+    data, users and model are this run's and whose generator levers or training length differ, by their label; the
+    same users in the same order, so their per-user figures pair with this run's."""
     out: dict[str, list[dict]] = {}
     for d in [p for p in dirs.split(",") if p.strip()]:
         folder = Path(d.strip())

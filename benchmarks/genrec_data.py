@@ -177,6 +177,11 @@ def leave_one_out(hist: Histories, *, min_items: int = 3, max_users: int | None 
     )
 
 
+def popularity(split: Split, items: int) -> np.ndarray:
+    """Each item's count in the training sequences."""
+    return np.bincount(np.concatenate(split.train), minlength=items) if split.train else np.zeros(items, np.int64)
+
+
 def training_windows(train: list[np.ndarray], length: int) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping windows of up to ``length`` items over every training sequence, cut from the end (so
     the most recent items keep the longest context), each window after the first of a sequence starting one

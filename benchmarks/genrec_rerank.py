@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.genrec_metrics import recall_at
+
 ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))  # 0 (no correction) .. 1 (divide by the count)
 SUFFIX = " +pop-correction"
 # the unconstrained beam search's figures: the correction re-ranks the constrained candidates only
@@ -27,11 +29,6 @@ def rerank(items: np.ndarray, scores: np.ndarray, log_count: np.ndarray, alpha: 
     order = np.argsort(-adjusted, axis=1, kind="stable")[:, :top]
     picked = np.where(np.take_along_axis(live, order, axis=1), np.take_along_axis(items, order, axis=1), -1)
     return np.pad(picked, ((0, 0), (0, top - picked.shape[1])), constant_values=-1)
-
-
-def recall_at(lists: np.ndarray, target: np.ndarray, k: int = 10) -> float:
-    """Share of users whose target is in the first ``k`` of their list."""
-    return float((lists[:, :k] == target[:, None]).any(axis=1).mean()) if len(target) else 0.0
 
 
 def choose_alpha(tune: dict, log_count: np.ndarray, top: int) -> tuple[float, list[list[float]]]:

@@ -12,12 +12,15 @@ import pytest
 import torch
 
 from benchmarks import generative_retrieval as gr
+from benchmarks import genrec_metrics as metrics
+from benchmarks import genrec_report as report
 from benchmarks import genrec_rerank
 from benchmarks.genrec_data import (
     IdItems,
     example_users,
     leave_one_out,
     next_item_examples,
+    popularity,
     read_histories,
     training_windows,
     unique_ids,
@@ -127,12 +130,12 @@ def test_constrained_beam_search_only_emits_real_ids_and_marks_missing_beams():
 
 def test_metrics_rank_and_ndcg():
     lists = np.array([[5, 6, 7], [1, 2, 3], [9, 9, 9]])
-    rank = gr.ranks_of(np.array([6, 1, 4]), lists)
+    rank = metrics.ranks_of(np.array([6, 1, 4]), lists)
     assert rank.tolist() == [1, 0, -1]
-    values = gr.metric_values(rank)
+    values = metrics.metric_values(rank)
     assert values["recall@5"].tolist() == [1, 1, 0]
     np.testing.assert_allclose(values["ndcg@10"], [1 / np.log2(3), 1.0, 0.0])
-    ci = gr.bootstrap(values["recall@5"], seed=0)
+    ci = metrics.bootstrap(values["recall@5"], seed=0)
     assert ci["lo"] <= ci["mean"] <= ci["hi"] and ci["mean"] == pytest.approx(2 / 3, abs=1e-4)
 
 
@@ -190,7 +193,7 @@ def test_the_tiny_run_reports_a_corrected_row_beside_every_trained_row(tiny_run)
         raw, fixed = merged["rows"][name][0], merged["rows"][name + genrec_rerank.SUFFIX][0]
         cand = raw["test"]["candidates"]
         # the candidates hold the row's own list: alpha 0 gives it back
-        counts = genrec_rerank.log_counts(gr.popularity(split, ITEMS))
+        counts = genrec_rerank.log_counts(popularity(split, ITEMS))
         assert (genrec_rerank.rerank(cand["items"], cand["scores"], counts, 0.0, 10) == raw["test"]["lists"]).all()
         alpha = fixed["pop_correction"]["alpha"]
         assert alpha in genrec_rerank.ALPHAS and "free_lists" not in fixed["test"]
@@ -353,7 +356,7 @@ def test_tiger_learns_a_perfectly_predictable_sequence_far_above_chance():
     s = gr.Settings(generator="tiger", history=4, beams=10, val_users=None)
     torch.set_num_threads(1)
     run = gr.run_semantic("random", sids, split, budget, s, ["test"], log=lambda *_: None)
-    recall = gr.metric_values(gr.ranks_of(split.test_target, run["test"]["lists"]))["recall@10"].mean()
+    recall = metrics.metric_values(metrics.ranks_of(split.test_target, run["test"]["lists"]))["recall@10"].mean()
     assert recall > 0.8  # ranking at chance would give 10 / 48
     assert run["train"]["best_valid_recall10"] > 0.8
 
@@ -424,7 +427,7 @@ def test_differences_per_seed_and_over_seeds_and_users():
     for name, runs in (("semid-x", mine), ("other", other), (gr.POPULARITY, pop)):
         avg = {m: np.mean([r[m] for r in runs.values()], axis=0) for m in ("recall@10", "ndcg@10")}
         table.append({"generator": name, "seeds": len(runs), "_test_values": avg, "_test_seed_values": runs})
-    out = {c["other"]: c for c in gr.comparisons(table, "test", seed=0)}
+    out = {c["other"]: c for c in metrics.comparisons(table, "test", seed=0)}
     versus = out["other"]
     assert versus["per_seed"][0]["recall@10"] > 0.15 and versus["per_seed"][1]["recall@10"] < -0.15
     users_only, two_level = versus["recall@10"], versus["seeds_and_users"]["recall@10"]
@@ -434,7 +437,7 @@ def test_differences_per_seed_and_over_seeds_and_users():
     assert two_level["lo"] < -0.1 and two_level["hi"] > 0.1
     assert abs(two_level["mean"] - users_only["mean"]) < 1e-3
     assert sorted(out[gr.POPULARITY]["per_seed"]) == [0, 1] and out[gr.POPULARITY]["seeds_and_users"]
-    lines = gr.difference_table(list(out.values()))
+    lines = report.difference_table(list(out.values()))
     assert "Recall@10, seeds and users resampled" in lines[0] and "0: +0.19" in lines[2]
 
 
@@ -443,12 +446,12 @@ def test_test_items_are_bucketed_by_their_training_count():
     counts = [0, 1, 4, 5, 19, 20, 49, 50, 1000]
     train = [np.repeat(np.arange(len(counts)), counts)]
     split = gr.Split(train=train, valid_target=np.zeros(len(counts), int), test_target=np.arange(len(counts)))
-    bucket, names = gr.popularity_buckets(split, len(counts))
+    bucket, names = metrics.popularity_buckets(split, len(counts))
     assert bucket.tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert names == ["0 (never in training)", "1-4", "5-19", "20-49", "50+"]
     hits = {"recall@10": np.array([0, 1, 0, 1, 1, 0, 0, 1, 0], float)}
     table = [{"generator": "semid-x", "_test_values": hits}]
-    assert gr.by_popularity(table, split, len(counts))["rows"]["semid-x"] == [0.0, 0.5, 1.0, 0.0, 0.5]
+    assert metrics.by_popularity(table, split, len(counts))["rows"]["semid-x"] == [0.0, 0.5, 1.0, 0.0, 0.5]
     # where the recommendations come from: row "head" recommends only item 8 (count 1000) and padding (-1)
     lists = np.full((len(counts), 12), -1)
     lists[:, 0] = 8
@@ -459,7 +462,7 @@ def test_test_items_are_bucketed_by_their_training_count():
         "spread": [{"status": "ok", "test": {"lists": spread}}],
     }
     rows["failed"] = [{"status": "failed"}]
-    shares = gr.recommended_by_popularity(rows, split, len(counts))
+    shares = metrics.recommended_by_popularity(rows, split, len(counts))
     assert shares["head"] == [0.0, 0.0, 0.0, 0.0, 1.0]
     assert shares["spread"] == [0.0, 0.2, 0.2, 0.2, 0.4] and "failed" not in shares
     assert shares["test items"] == [round(v / 9, 4) for v in (1, 2, 2, 2, 2)]
@@ -591,7 +594,7 @@ def test_tiny_dedup_off_and_user_token_runs_pair_with_the_baseline(tiny_data):
         items = items[items >= 0]
         assert len(set(items.tolist())) == items.shape[0]  # an item once per list
     # the first item of each list is the most popular of its code tuple
-    counts = gr.popularity(off["split"], len(item_ids))
+    counts = popularity(off["split"], len(item_ids))
     for first in lists[:, 0][lists[:, 0] >= 0]:
         sharing = np.flatnonzero((base_codes == base_codes[first]).all(axis=1))
         assert counts[first] == counts[sharing].max()
@@ -638,6 +641,31 @@ def test_a_row_run_with_another_time_cap_joins_labelled_in_place_of_the_row_neve
     )
     assert {r["generator"] for r in merged["table"]} == {"semid-rqkmeans", "random", "popularity"}
     assert [r["status"] for r in merged["rows"]["random"]] == ["not run"]
+
+
+def test_a_row_trained_longer_and_stopped_on_every_user_joins_labelled_with_how(tiny_data):
+    root, item_ids = tiny_data
+    _implicit_csv(root / "longer.csv", item_ids, users=30, per_user=10)
+    out = root / "out_longer"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "longer.csv"), "--out", str(out)]
+    argv += ["--generator", "tiger", "--tiny", "--threads", "1", "--no-item-baseline"]
+    gr.main([*argv, "--tokenizers", "semid-rqkmeans", "--rows-dir", str(out / "base"), "--name", "base"])
+    longer = gr.main(
+        [*argv, "--tokenizers", "semid-rqkmeans", "--rows-dir", str(out / "long"), "--name", "long"]
+        + ["--epochs", "3", "--min-epochs", "3", "--val-users", "all"]
+    )
+    assert longer["rows"]["semid-rqkmeans"][0]["train"]["epochs_run"] == 3  # patience cannot stop it before
+    assert longer["data"]["settings"]["val_users"] is None  # every validation user scores early stopping
+    merged = gr.main(
+        [*argv, "--tokenizers", "semid-rqkmeans", "--rows-dir", str(out / "base"), "--name", "all", "--merge-only"]
+        + ["--compare-to", str(out / "long")]
+    )
+    label = "semid-rqkmeans (max 3 epochs) (min 3 epochs) (valid every user)"
+    assert {r["generator"] for r in merged["table"]} == {"semid-rqkmeans", label, "popularity"}
+    assert (label, "semid-rqkmeans") in {(c["semid"], c["other"]) for c in merged["data"]["comparisons"]}
+    np.testing.assert_array_equal(
+        merged["rows"][label][0]["test"]["lists"], longer["rows"]["semid-rqkmeans"][0]["test"]["lists"]
+    )
 
 
 def test_tiger_decode_with_cached_memory_and_prefix_finds_the_same_beams_as_recomputing_them():
