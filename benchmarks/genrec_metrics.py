@@ -15,8 +15,6 @@ import numpy as np
 from benchmarks.genrec_data import Split, popularity
 
 KS = (5, 10)
-
-
 BOOTSTRAP = 1000
 
 
@@ -68,11 +66,12 @@ def summarise(rows: dict[str, list[dict]], split: Split, parts: list[str], seed:
             continue
         for part in parts:
             target = split.target(part)
-            per_user = mean_values([metric_values(ranks_of(target, r[part]["lists"])) for r in ok])
+            each = [metric_values(ranks_of(target, r[part]["lists"])) for r in ok]
+            per_user = mean_values(each)
             row[part] = {m: bootstrap(v, seed) for m, v in per_user.items()}
             row[f"_{part}_values"] = per_user
             row[f"_{part}_seed_values"] = {
-                r.get("seed"): metric_values(ranks_of(target, r[part]["lists"])) for r in ok
+                r.get("seed"): values for r, values in zip(ok, each, strict=True)
             }  # popularity: one run, seed None (the same list for every seed)
             if "free_lists" in ok[0][part]:
                 free = mean_values([metric_values(ranks_of(target, r[part]["free_lists"])) for r in ok])
