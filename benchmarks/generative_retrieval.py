@@ -826,9 +826,22 @@ def _save_row(path: Path, signature: dict, run: dict) -> None:
 
 def slim_row(run: dict) -> dict:
     """The row without what the report never reads: each part's ``emitted`` (every unconstrained beam's
-    tokens, most of a full-size row's bytes; the invalid rates computed from it are kept), so that the
-    rows of a long run are small enough to keep with its results."""
-    return {k: {n: v for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else p for k, p in run.items()}
+    tokens, most of a full-size row's bytes; the invalid rates computed from it are kept), and with its
+    catalog rows (top-k lists, candidates) stored as int32, so that the rows of a long run are small enough
+    to keep with its results."""
+    return {
+        k: {n: _narrow(v) for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else p for k, p in run.items()
+    }
+
+
+def _narrow(value):
+    """int64 arrays whose values fit int32 (catalog rows, -1 for none) as int32, inside dicts too."""
+    if isinstance(value, dict):
+        return {k: _narrow(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.dtype == np.int64 and value.size:
+        if value.min() >= np.iinfo(np.int32).min and value.max() <= np.iinfo(np.int32).max:
+            return value.astype(np.int32)
+    return value
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -330,6 +330,11 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
         kept = pickle.load(fh)["run"]
     assert "emitted" in first["test"] and "emitted" not in kept["test"]
     assert kept["test"]["invalid_rate_unconstrained"] == first["test"]["invalid_rate_unconstrained"]
+    # ... and keeps its catalog rows as int32, the same values
+    assert kept["test"]["lists"].dtype == np.int32 and kept["test"]["candidates"]["items"].dtype == np.int32
+    np.testing.assert_array_equal(kept["test"]["lists"], first["test"]["lists"])
+    np.testing.assert_array_equal(kept["test"]["candidates"]["items"], first["test"]["candidates"]["items"])
+    assert kept["test"]["candidates"]["scores"].dtype == np.float32
     assert json.loads((out / "gr_tiger.json").read_text())["rows"] == saved["rows"]
     # --merge-only reports the saved rows and marks a row never run instead of training it
     merged = gr.main([*argv[:7], "faiss-rq,semid-rqkmeans", *argv[8:], "--merge-only"])
