@@ -570,8 +570,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--val-users",
         type=val_users_of,
-        default=Settings.val_users,
-        help="validation users early stopping scores (a fixed seeded sample), or 'all'",
+        default=argparse.SUPPRESS,  # absent unless given, so that --tiny can tell "not given" from 1000
+        help=f"validation users early stopping scores (a fixed seeded sample), or 'all' (default {Settings.val_users})",
     )
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--dropout", type=float, default=None)
@@ -639,7 +639,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="fit every tokenizer on a seeded 1-S of the items (new items: the rest) and also report the users "
         "whose test item is held out; writes generative_retrieval_holdout.{json,md}",
     )
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.val_users_given = "val_users" in vars(args)
+    if not args.val_users_given:
+        args.val_users = Settings.val_users
+    return args
 
 
 def val_users_of(text: str) -> int | None:
@@ -701,7 +705,7 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
     if args.tiny:
         small = {"epochs": 2, "width": 32, "layers": 1, "heads": 2, "ff": 64, "d_kv": 16, "patience": 2}
         budget = replace(budget, **{k: v for k, v in small.items() if given.get(k) is None})
-        val = 20 if args.val_users == Settings.val_users else args.val_users  # 20 unless --val-users says otherwise
+        val = args.val_users if args.val_users_given else 20
         s = replace(
             s, history=5, beams=5, max_users=args.max_users or 40, val_users=val, item_lrs=(3e-3,), item_dropouts=(0.2,)
         )

@@ -478,6 +478,11 @@ def test_val_users_takes_a_positive_count_or_all(capsys):
     assert gr.parse([*base, "--val-users", "all"]).val_users is None
     assert gr.parse([*base, "--val-users", "250"]).val_users == 250
     assert gr.parse(base).val_users == gr.Settings.val_users
+    # --tiny scores 20 validation users unless --val-users is given, even as the default's value
+    assert gr.settings_of(gr.parse([*base, "--tiny"]))[1].val_users == 20
+    tiny_1000 = gr.parse([*base, "--tiny", "--val-users", str(gr.Settings.val_users)])
+    assert gr.settings_of(tiny_1000)[1].val_users == gr.Settings.val_users
+    assert gr.settings_of(gr.parse([*base, "--tiny", "--val-users", "all"]))[1].val_users is None
     for bad in ("0", "-3", "many"):
         with pytest.raises(SystemExit) as err:
             gr.parse([*base, "--val-users", bad])
