@@ -696,3 +696,16 @@ def test_tiger_decode_with_cached_memory_and_prefix_finds_the_same_beams_as_reco
             np.testing.assert_array_equal(ids, want_ids)
             np.testing.assert_allclose(score, want_score, atol=1e-4)
     assert np.isfinite(found[TigerGenerator][0][1]).all()  # 200 IDs: every beam filled
+
+
+def test_published_figures_are_picked_by_the_catalogs_data_set_and_name_their_source():
+    from benchmarks.genrec_published import published_for
+
+    for folder in ("amazon-scientific", "movielens-small"):
+        entries = published_for(f"../shared/data/{folder}/items.parquet")
+        assert entries, folder
+        for e in entries:
+            assert e["source"] and e["dataset"] and e["same_data"] is False  # none is on our exact preprocessing
+            figures = [e[m] for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10") if e[m] is not None]
+            assert figures and all(0.0 < f < 1.0 for f in figures)
+    assert published_for("../shared/data/goodbooks-10k/items.parquet") == []
