@@ -954,6 +954,7 @@ def main(argv: list[str] | None = None) -> dict:
         "users": len(split.train),
         "windows": int(len(windows)),
         "training_targets": int(learn.sum()),
+        "all_training_targets": int(training_windows(split.train, s.history + 1)[1].sum()),
         "data": hist.info,
         "budget": asdict(budget),
         "item_budget": asdict(item_budget(budget, item_epochs)),

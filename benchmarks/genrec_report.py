@@ -219,6 +219,12 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"decoder-only transformer, width {b['width']}, {b['layers']} layers, {b['heads']} heads, "
             f"dropout {b['dropout']}; {data['windows']} training windows of up to {s['history'] + 1} items"
         )
+    if s.get("train_items"):
+        gen += (
+            f"; every row learns from each user's {s['train_items']} most recent training items only "
+            f"(`--train-items`: {data['training_targets']} of "
+            f"{data.get('all_training_targets', '?')} training targets)"
+        )
     ib = data.get("item_budget", b)
     return "\n".join(
         [

@@ -709,3 +709,16 @@ def test_published_figures_are_picked_by_the_catalogs_data_set_and_name_their_so
             figures = [e[m] for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10") if e[m] is not None]
             assert figures and all(0.0 < f < 1.0 for f in figures)
     assert published_for("../shared/data/goodbooks-10k/items.parquet") == []
+
+
+def test_train_items_bounds_what_every_row_learns_and_the_report_says_so(tiny_data, tmp_path):
+    root, item_ids = tiny_data
+    _implicit_csv(tmp_path / "inter.csv", item_ids, users=10, per_user=10)
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(tmp_path / "inter.csv")]
+    argv += ["--out", str(tmp_path), "--tokenizers", "random", "--generator", "tiger", "--tiny", "--threads", "1"]
+    gr.main([*argv, "--no-item-baseline", "--train-items", "3", "--name", "bounded"])
+    saved = json.loads((tmp_path / "bounded.json").read_text())
+    # 10 items a user, 2 held out: 8 training items, 7 of them with a history to learn from; the 3 most recent: 2
+    assert (saved["training_targets"], saved["all_training_targets"]) == (10 * 2, 10 * 7)
+    md = (tmp_path / "bounded.md").read_text()
+    assert "each user's 3 most recent training items only (`--train-items`: 20 of 70 training targets)" in md
