@@ -954,7 +954,7 @@ def main(argv: list[str] | None = None) -> dict:
         "users": len(split.train),
         "windows": int(len(windows)),
         "training_targets": int(learn.sum()),
-        "all_training_targets": int(training_windows(split.train, s.history + 1)[1].sum()),
+        "all_training_targets": int(example_users(split.train).shape[0]),  # one per item after a user's first
         "data": hist.info,
         "budget": asdict(budget),
         "item_budget": asdict(item_budget(budget, item_epochs)),
