@@ -831,10 +831,11 @@ def _save_row(path: Path, signature: dict, run: dict) -> None:
 def slim_row(run: dict) -> dict:
     """The row without what the report never reads: each part's ``emitted`` (every unconstrained beam's
     tokens, most of a full-size row's bytes; the invalid rates computed from it are kept), and with its
-    catalog rows (top-k lists, candidates) stored as int32, so that the rows of a long run are small enough
-    to keep with its results."""
+    catalog rows (top-k lists, candidates) and every item's ID (``sids``) stored as int32, so that the rows
+    of a long run are small enough to keep with its results."""
     return {
-        k: {n: _narrow(v) for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else p for k, p in run.items()
+        k: {n: _narrow(v) for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else _narrow(p)
+        for k, p in run.items()
     }
 
 

@@ -334,6 +334,9 @@ def test_tiger_run_end_to_end_writes_every_row(tiny_data):
     assert kept["test"]["lists"].dtype == np.int32 and kept["test"]["candidates"]["items"].dtype == np.int32
     np.testing.assert_array_equal(kept["test"]["lists"], first["test"]["lists"])
     np.testing.assert_array_equal(kept["test"]["candidates"]["items"], first["test"]["candidates"]["items"])
+    # ... and every item's ID too
+    assert kept["sids"].dtype == np.int32 and first["sids"].dtype == np.int64
+    np.testing.assert_array_equal(kept["sids"], first["sids"])
     assert kept["test"]["candidates"]["scores"].dtype == np.float32
     assert json.loads((out / "gr_tiger.json").read_text())["rows"] == saved["rows"]
     # --merge-only reports the saved rows and marks a row never run instead of training it
