@@ -833,10 +833,9 @@ def slim_row(run: dict) -> dict:
     tokens, most of a full-size row's bytes; the invalid rates computed from it are kept), and with its
     catalog rows (top-k lists, candidates) and every item's ID (``sids``) stored as int32, so that the rows
     of a long run are small enough to keep with its results."""
-    return {
-        k: {n: _narrow(v) for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else _narrow(p)
-        for k, p in run.items()
-    }
+    return _narrow(
+        {k: {n: v for n, v in p.items() if n != "emitted"} if isinstance(p, dict) else p for k, p in run.items()}
+    )
 
 
 def _narrow(value):
