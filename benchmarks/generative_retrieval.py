@@ -112,6 +112,8 @@ SMALL_SHAPE_ROW = "semid-rqvae-3x64"  # semid defaults but 64 codes a level: an 
 LETTER_ROW = "semid-rqvae-letter"  # the interactions row + LETTER-style alignment and code diversity
 LETTER = {"collab_align": 1.0, "code_diversity": 0.5}
 ADAPTIVE_SHAPE_ROW = "semid-rqvae-adaptive"  # semid defaults, codes a level from the catalog size (adaptive_codes)
+ADAPTIVE_KMEANS_ROW = "semid-rqkmeans-adaptive"  # semid residual k-means, codes a level from the catalog size
+ADAPTIVE_ROWS = {ADAPTIVE_SHAPE_ROW: "rqvae", ADAPTIVE_KMEANS_ROW: "rqkmeans"}
 LIKES_ROWS = (INTERACTIONS_ROW, LETTER_ROW)  # rows that train on the generator's training interactions
 # benchmark name -> compare_tokenizers key (None: random codes, or the interactions row)
 SOURCES: dict[str, str | None] = {
@@ -125,6 +127,7 @@ SOURCES: dict[str, str | None] = {
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
     LETTER_ROW: None,  # built per run, as the interactions row
     ADAPTIVE_SHAPE_ROW: None,  # built per run: semid rqvae with adaptive_codes(catalog) codes a level
+    ADAPTIVE_KMEANS_ROW: None,  # built per run: semid rqkmeans with adaptive_codes(catalog) codes a level
     "faiss-rq": "faiss-rq",
     "faiss-rqkmeans": None,  # residual k-means with faiss.Kmeans, 256 codes a level (FAISS_RQKMEANS)
     "semantic-id": "sid-rqkmeans",
@@ -207,9 +210,9 @@ def fit_ids(
     elif name == LETTER_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()), **LETTER)
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
-    elif name == ADAPTIVE_SHAPE_ROW:
+    elif name in ADAPTIVE_ROWS:
         rows = np.arange(len(raw)) if fit is None else fit
-        fitted = _semid("rqvae", {"codebook_size": adaptive_codes(len(rows))})(raw, x, seed, rows)
+        fitted = _semid(ADAPTIVE_ROWS[name], {"codebook_size": adaptive_codes(len(rows))})(raw, x, seed, rows)
     elif name == SMALL_SHAPE_ROW:
         fitted = _semid("rqvae", {"codebook_size": 64})(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif name == "faiss-rqkmeans":
@@ -499,8 +502,8 @@ def _unsourced_label(name: str) -> str:
         return "semid rqvae, 3 x 64 codes (IDs in the generator's 256-code vocabulary)"
     if name == LETTER_ROW:
         return f"semid rqvae + interactions + LETTER-style terms {LETTER}"
-    if name == ADAPTIVE_SHAPE_ROW:
-        return "semid rqvae, 3 x adaptive_codes(catalog) codes (IDs in the generator's 256-code vocabulary)"
+    if name in ADAPTIVE_ROWS:
+        return f"semid {ADAPTIVE_ROWS[name]}, 3 x adaptive_codes(catalog) codes (IDs in the generator's 256-code vocabulary)"
     return "semid rqvae + interactions (the generator's training pairs)" if name == INTERACTIONS_ROW else "random codes"
 
 

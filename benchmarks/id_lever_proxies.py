@@ -4,7 +4,8 @@
         --interactions ../shared/data/amazon-scientific/interactions.csv --threads 1
 
 For each setting (the settings of ``benchmarks/generative_retrieval.py``'s semid rows: defaults, ``--interactions``,
-the LETTER-style terms together and one at a time, the adaptive codebook size) it runs ``semid train``, ``semid
+the LETTER-style terms together and one at a time, the adaptive codebook size, residual k-means at 256 codes and
+at the adaptive size) it runs ``semid train``, ``semid
 assign`` and ``semid export`` and scores the exported IDs with ``../shared/tools/score_ids.py`` (the reference
 scorer: base collisions, largest bucket, per-level utilisation of 256 codes and perplexity, and the share of each
 item's 10 nearest embedding neighbours sharing its first d codes). The interactions are the whole file here (no
@@ -54,6 +55,11 @@ def settings(items: int, interactions: str) -> dict[str, list[str]]:
         "interactions + collab_align only": ["--interactions", interactions, letter[0]],
         "code_diversity only": [letter[1]],
         f"adaptive, {adaptive_codes(items)} codes [semid-rqvae-adaptive]": [f"--codebook-size={adaptive_codes(items)}"],
+        "rqkmeans [semid-rqkmeans]": ["--tokenizer=rqkmeans"],
+        f"rqkmeans, adaptive {adaptive_codes(items)} codes [semid-rqkmeans-adaptive]": [
+            "--tokenizer=rqkmeans",
+            f"--codebook-size={adaptive_codes(items)}",
+        ],
     }
 
 
@@ -82,13 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--interactions", required=True)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", help="comma-separated setting names (default: all)")
+    ap.add_argument("--only", help="comma-separated setting names, or their [bracketed] row names (default: all)")
     ap.add_argument("--name", default="id_lever_proxies")
     args = ap.parse_args(argv)
     items = pq.ParquetFile(args.catalog).metadata.num_rows
     wanted = settings(items, args.interactions)
     if args.only:
-        wanted = {k: v for k, v in wanted.items() if k in args.only.split(",")}
+        only = args.only.split(",")
+        wanted = {k: v for k, v in wanted.items() if k in only or any(f"[{o}]" in k for o in only)}
     load_start = [round(v, 2) for v in os.getloadavg()]
     rows = []
     for name, flags in wanted.items():

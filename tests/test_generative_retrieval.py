@@ -515,6 +515,9 @@ def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
     sids, info = gr.fit_ids(gr.ADAPTIVE_SHAPE_ROW, raw, x, item_ids, 0)
     assert info["settings"]["codebook_size"] == gr.adaptive_codes(ITEMS) == 32
     assert sids[:, :3].max() < 32 and np.unique(sids, axis=0).shape[0] == ITEMS
+    sids, info = gr.fit_ids(gr.ADAPTIVE_KMEANS_ROW, raw, x, item_ids, 0)
+    assert info["settings"]["codebook_size"] == 32 and "rqkmeans" in info["tokenizer"]
+    assert sids[:, :3].max() < 32 and np.unique(sids, axis=0).shape[0] == ITEMS
     assert [gr.adaptive_codes(n) for n in (100, 4344, 20_000)] == [16, 128, 256]
 
 
