@@ -503,7 +503,8 @@ def _unsourced_label(name: str) -> str:
     if name == LETTER_ROW:
         return f"semid rqvae + interactions + LETTER-style terms {LETTER}"
     if name in ADAPTIVE_ROWS:
-        return f"semid {ADAPTIVE_ROWS[name]}, 3 x adaptive_codes(catalog) codes (IDs in the generator's 256-code vocabulary)"
+        kind = ADAPTIVE_ROWS[name]
+        return f"semid {kind}, 3 x adaptive_codes(catalog) codes (IDs in the generator's 256-code vocabulary)"
     return "semid rqvae + interactions (the generator's training pairs)" if name == INTERACTIONS_ROW else "random codes"
 
 
