@@ -104,6 +104,7 @@ from benchmarks.genrec_rerank import log_counts, with_corrected_rows  # noqa: E4
 from semid.model.config import TrainConfig  # noqa: E402
 from semid.model.data.catalog import read_catalog  # noqa: E402
 from semid.model.first_level.coliked import read_coliked  # noqa: E402
+from semid.model.training.collab import ppmi_svd  # noqa: E402
 from semid.service.evaluation.holdout import split_rows  # noqa: E402
 from semid.service.evaluation.interactions import InteractionsError, read_interactions  # noqa: E402
 
@@ -114,7 +115,10 @@ LETTER = {"collab_align": 1.0, "code_diversity": 0.5}
 ADAPTIVE_SHAPE_ROW = "semid-rqvae-adaptive"  # semid defaults, codes a level from the catalog size (adaptive_codes)
 ADAPTIVE_KMEANS_ROW = "semid-rqkmeans-adaptive"  # semid residual k-means, codes a level from the catalog size
 ADAPTIVE_ROWS = {ADAPTIVE_SHAPE_ROW: "rqvae", ADAPTIVE_KMEANS_ROW: "rqkmeans"}
-LIKES_ROWS = (INTERACTIONS_ROW, LETTER_ROW)  # rows that train on the generator's training interactions
+COLLAB_KMEANS_ROW = "semid-rqkmeans-collab"  # semid residual k-means on content + collaborative embeddings
+COLLAB_WEIGHT = 0.5  # the collaborative part's length beside the unit content row, before the row is normalised
+COLLAB_DIM = 64  # rank of the collaborative embeddings (ppmi_svd)
+LIKES_ROWS = (INTERACTIONS_ROW, LETTER_ROW, COLLAB_KMEANS_ROW)  # rows that train on the generator's training pairs
 # benchmark name -> compare_tokenizers key (None: random codes, or the interactions row)
 SOURCES: dict[str, str | None] = {
     "semid-rqvae": "semid-rqvae",
@@ -128,6 +132,7 @@ SOURCES: dict[str, str | None] = {
     LETTER_ROW: None,  # built per run, as the interactions row
     ADAPTIVE_SHAPE_ROW: None,  # built per run: semid rqvae with adaptive_codes(catalog) codes a level
     ADAPTIVE_KMEANS_ROW: None,  # built per run: semid rqkmeans with adaptive_codes(catalog) codes a level
+    COLLAB_KMEANS_ROW: None,  # built per run: semid rqkmeans on content_and_collab (the generator's training pairs)
     "faiss-rq": "faiss-rq",
     "faiss-rqkmeans": None,  # residual k-means with faiss.Kmeans, 256 codes a level (FAISS_RQKMEANS)
     "semantic-id": "sid-rqkmeans",
@@ -184,6 +189,21 @@ def faiss_rqkmeans(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -
     return Fitted(np.stack(codes, axis=1).astype(np.int64), fit_s, 0.0, x - rest, settings)
 
 
+def content_and_collab(x: np.ndarray, item_ids: np.ndarray, likes: Path, seed: int) -> tuple[np.ndarray, dict]:
+    """float32 [N, d + COLLAB_DIM]: each unit content row ``x`` followed by COLLAB_WEIGHT x its unit collaborative
+    embedding (``ppmi_svd`` of the likes in ``likes``, the generator's training pairs; zeros for an item nobody
+    liked alongside another), and facts about them. semid's l2 input normalisation then gives the two parts equal
+    length for every item with likes at COLLAB_WEIGHT 1; at 0.5 the content part weighs twice the other."""
+    graph = read_coliked(likes, item_ids, TrainConfig())
+    assert graph.liked is not None
+    emb = ppmi_svd(graph.liked[:, 0], graph.liked[:, 1], x.shape[0], COLLAB_DIM, seed)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+    fused = np.concatenate([x, COLLAB_WEIGHT * unit], axis=1).astype(np.float32)
+    facts = {"collab_items": int((norms[:, 0] > 0).sum()), "collab_dim": COLLAB_DIM, "collab_weight": COLLAB_WEIGHT}
+    return fused, facts
+
+
 def adaptive_codes(items: int) -> int:
     """Codes a level for a catalog of ``items``: the power of two nearest 2 * sqrt(items), between 16 and
     CODEBOOK. Then the first level holds about K / 4 items a code, which the second level's K codes can still
@@ -204,12 +224,19 @@ def fit_ids(
     ``fit`` (default: the whole catalog) and encodes every item. ``likes``: the interactions file the
     interactions row trains with (``training_interactions``)."""
     source = SOURCES[name]
+    space = x  # where the reconstruction lives (the dedup digit orders an ID's items by distance in it)
     if name == INTERACTIONS_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()))
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif name == LETTER_ROW:
         runner = _semid("rqvae", coliked=lambda rows: read_coliked(likes, item_ids[rows], TrainConfig()), **LETTER)
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
+    elif name == COLLAB_KMEANS_ROW:
+        assert likes is not None
+        fused, facts = content_and_collab(x, item_ids, likes, seed)
+        fitted = _semid("rqkmeans")(fused, fused, seed, np.arange(len(raw)) if fit is None else fit)
+        fitted.settings.update(facts)
+        space = fused / np.linalg.norm(fused, axis=1, keepdims=True)  # the dedup digit's distances: fused space
     elif name in ADAPTIVE_ROWS:
         rows = np.arange(len(raw)) if fit is None else fit
         fitted = _semid(ADAPTIVE_ROWS[name], {"codebook_size": adaptive_codes(len(rows))})(raw, x, seed, rows)
@@ -223,7 +250,7 @@ def fit_ids(
         fitted = TOKENIZERS[source][1](raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     codes = fitted.codes
     if fitted.reconstruction is not None:
-        distances = np.linalg.norm(x - fitted.reconstruction.astype(np.float32), axis=1)
+        distances = np.linalg.norm(space - fitted.reconstruction.astype(np.float32), axis=1)
     else:
         distances = np.zeros(len(codes))
     sids = unique_ids(codes, distances, item_ids, CODEBOOK)
@@ -502,6 +529,8 @@ def _unsourced_label(name: str) -> str:
         return "semid rqvae, 3 x 64 codes (IDs in the generator's 256-code vocabulary)"
     if name == LETTER_ROW:
         return f"semid rqvae + interactions + LETTER-style terms {LETTER}"
+    if name == COLLAB_KMEANS_ROW:
+        return f"semid rqkmeans on content + collaborative (PPMI-SVD) embeddings, weight {COLLAB_WEIGHT}"
     if name in ADAPTIVE_ROWS:
         kind = ADAPTIVE_ROWS[name]
         return f"semid {kind}, 3 x adaptive_codes(catalog) codes (IDs in the generator's 256-code vocabulary)"

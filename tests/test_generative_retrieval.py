@@ -521,6 +521,34 @@ def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
     assert [gr.adaptive_codes(n) for n in (100, 4344, 20_000)] == [16, 128, 256]
 
 
+def test_collab_kmeans_row_clusters_content_and_collaborative_embeddings(tiny_data, tmp_path):
+    """The fused row appends each item's unit collaborative embedding (from the training pairs only) at
+    COLLAB_WEIGHT to its unit content row, clusters that with semid's residual k-means and ends with unique IDs;
+    items nobody liked keep a zero collaborative part."""
+    from semid.model.data.catalog import read_catalog
+
+    root, item_ids = tiny_data
+    cat = read_catalog(root / "items.parquet")
+    raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
+    x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    hist = read_histories(root / "ratings.csv", item_ids)
+    split = leave_one_out(hist)
+    users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
+    fused, facts = gr.content_and_collab(x, item_ids, likes, 0)
+    assert fused.shape == (ITEMS, x.shape[1] + gr.COLLAB_DIM)
+    np.testing.assert_array_equal(fused[:, : x.shape[1]], x)
+    collab = np.linalg.norm(fused[:, x.shape[1] :], axis=1)
+    liked = collab > 0
+    assert facts["collab_items"] == int(liked.sum()) > 0
+    np.testing.assert_allclose(collab[liked], gr.COLLAB_WEIGHT, rtol=1e-5)
+    sids, info = gr.fit_ids(gr.COLLAB_KMEANS_ROW, raw, x, item_ids, 0, likes=likes)
+    assert np.unique(sids, axis=0).shape[0] == ITEMS
+    assert info["settings"]["collab_weight"] == gr.COLLAB_WEIGHT and "collaborative" in info["tokenizer"]
+    plain, _ = gr.fit_ids("semid-rqkmeans", raw, x, item_ids, 0)
+    assert not np.array_equal(plain[:, :3], sids[:, :3])  # the collaborative part moves codes
+
+
 # ---------------------------------------------------------------------------------------------- generator levers
 
 SMALL_TIGER = Budget(width=32, layers=1, heads=2, ff=64, d_kv=16, dropout=0.0)
