@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import benchmarks.generative_retrieval as gr  # noqa: E402
 from benchmarks.common import markdown_table, write_results  # noqa: E402
-from benchmarks.genrec_data import Split, leave_one_out, read_histories  # noqa: E402
+from benchmarks.genrec_data import Split, leave_one_out, read_histories, split_users  # noqa: E402
 from semid.model.data.catalog import read_catalog  # noqa: E402
 
 WEIGHTS = (0.0, 0.3, 0.5, 1.0)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     x = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
     hist = read_histories(args.interactions, item_ids)
     split = leave_one_out(hist)
-    hist_users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    hist_users = split_users(hist)
     train_pairs, valid_pairs = pairs_of(split)
     load_start = [round(v, 2) for v in os.getloadavg()]
     rows = []

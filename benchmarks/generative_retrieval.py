@@ -75,6 +75,7 @@ from benchmarks.genrec_data import (  # noqa: E402
     popularity,
     random_codes,
     read_histories,
+    split_users,
     training_windows,
     unique_ids,
     user_buckets,
@@ -915,7 +916,7 @@ def main(argv: list[str] | None = None) -> dict:
     fit, held = split_rows(len(raw), args.holdout_share, 0) if args.holdout_share else (None, None)
     likes = None
     if any(row in wanted for row in LIKES_ROWS):
-        hist_users = np.flatnonzero(np.diff(hist.starts) >= 3)[: s.max_users]  # as leave_one_out picks them
+        hist_users = split_users(hist, max_users=s.max_users)
         scratch = Path(tempfile.mkdtemp(prefix="semid-gr-"))
         likes = training_interactions(args.interactions, np.asarray(cat.item_ids), hist_users, split, scratch)
     windows, learn = training_windows(recent(split, s), s.history + 1)

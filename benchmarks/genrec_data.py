@@ -159,12 +159,16 @@ def _first_occurrence(users: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return mask
 
 
+def split_users(hist: Histories, *, min_items: int = 3, max_users: int | None = None) -> np.ndarray:
+    """The user numbers ``leave_one_out`` splits, in its order: users with at least ``min_items`` items (at most
+    ``max_users`` of them, the first by user number)."""
+    users = np.flatnonzero(np.diff(hist.starts) >= min_items)
+    return users if max_users is None else users[:max_users]
+
+
 def leave_one_out(hist: Histories, *, min_items: int = 3, max_users: int | None = None) -> Split:
     """Users with at least ``min_items`` items (at most ``max_users`` of them, the first by user number)."""
-    lengths = np.diff(hist.starts)
-    users = np.flatnonzero(lengths >= min_items)
-    if max_users is not None:
-        users = users[:max_users]
+    users = split_users(hist, min_items=min_items, max_users=max_users)
     if users.shape[0] == 0:
         raise InteractionsError(f"no user has {min_items} or more interactions with catalog items")
     seqs = [hist.of(int(u)) for u in users]

@@ -22,6 +22,7 @@ from benchmarks.genrec_data import (
     next_item_examples,
     popularity,
     read_histories,
+    split_users,
     training_windows,
     unique_ids,
     user_buckets,
@@ -242,7 +243,7 @@ def test_tokenizer_interactions_leave_out_every_scored_pair(tiny_data, tmp_path)
     root, item_ids = tiny_data
     hist = read_histories(root / "ratings.csv", item_ids)
     split = leave_one_out(hist)
-    users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    users = split_users(hist)
     path = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
     kept = pq.read_table(path).to_pydict()
     pairs = {(str(u), int(i)) for u, i in zip(kept["user"], kept["item"], strict=True)}
@@ -507,7 +508,7 @@ def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
     x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     hist = read_histories(root / "ratings.csv", item_ids)
     split = leave_one_out(hist)
-    users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    users = split_users(hist)
     likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
     sids, info = gr.fit_ids(gr.LETTER_ROW, raw, x, item_ids, 0, likes=likes)
     assert "'collab_align': 1.0" in info["settings"]["config"] and "code_diversity" in info["settings"]["config"]
@@ -533,7 +534,7 @@ def test_collab_kmeans_row_clusters_content_and_collaborative_embeddings(tiny_da
     x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
     hist = read_histories(root / "ratings.csv", item_ids)
     split = leave_one_out(hist)
-    users = np.flatnonzero(np.diff(hist.starts) >= 3)
+    users = split_users(hist)
     likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
     fused, facts = gr.content_and_collab(x, item_ids, likes, 0)
     assert fused.shape == (ITEMS, x.shape[1] + gr.COLLAB_DIM)
