@@ -69,29 +69,26 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="semid-probe-") as tmp:
         likes = gr.training_interactions(args.interactions, item_ids, hist_users, split, Path(tmp))
-        saved = gr.COLLAB_WEIGHT
-        try:
-            for weight in WEIGHTS:
-                gr.COLLAB_WEIGHT = weight
-                name = "semid-rqkmeans" if weight == 0 else gr.COLLAB_KMEANS_ROW
-                sids, info = gr.fit_ids(name, raw, x, item_ids, 0, likes=likes)
-                tc1, tc2 = pair_shares(sids, train_pairs)
-                vc1, vc2 = pair_shares(sids, valid_pairs)
-                row = {"weight": weight, "row": name, "base_collision_rate": info["base_collision_rate"]}
-                row.update(train_same_c1=tc1, train_same_c1c2=tc2, valid_same_c1=vc1, valid_same_c1c2=vc2)
-                print(row, flush=True)
-                rows.append(row)
-        finally:
-            gr.COLLAB_WEIGHT = saved
+        for weight in WEIGHTS:
+            name = "semid-rqkmeans" if weight == 0 else gr.COLLAB_KMEANS_ROW
+            sids, info = gr.fit_ids(name, raw, x, item_ids, 0, likes=likes, collab_weight=weight)
+            tc1, tc2 = pair_shares(sids, train_pairs)
+            vc1, vc2 = pair_shares(sids, valid_pairs)
+            row = {"weight": weight, "row": name, "base_collision_rate": info["base_collision_rate"]}
+            row.update(train_same_c1=tc1, train_same_c1c2=tc2, valid_same_c1=vc1, valid_same_c1c2=vc2)
+            print(row, flush=True)
+            rows.append(row)
     load_end = [round(v, 2) for v in os.getloadavg()]
     md = [
         f"Catalog `{args.catalog}` ({len(raw)} items); interactions `{args.interactions}`; {len(split.train)} users, "
         f"{len(train_pairs)} training pairs, {len(valid_pairs)} validation pairs. Seed 0. The row shipped in "
-        f"`generative_retrieval.py` uses weight {saved}. Load average {load_start} at start, {load_end} at end.",
+        f"`generative_retrieval.py` uses weight {gr.COLLAB_WEIGHT}. "
+        f"Load average {load_start} at start, {load_end} at end.",
         "",
         markdown_table(rows, COLUMNS),
     ]
-    data = {"catalog": args.catalog, "interactions": args.interactions, "rows": rows, "shipped_weight": saved}
+    data = {"catalog": args.catalog, "interactions": args.interactions, "rows": rows}
+    data["shipped_weight"] = gr.COLLAB_WEIGHT
     print(write_results(args.name, data, "\n".join(md)))
     return data
 

@@ -190,18 +190,20 @@ def faiss_rqkmeans(raw: np.ndarray, x: np.ndarray, seed: int, fit: np.ndarray) -
     return Fitted(np.stack(codes, axis=1).astype(np.int64), fit_s, 0.0, x - rest, settings)
 
 
-def content_and_collab(x: np.ndarray, item_ids: np.ndarray, likes: Path, seed: int) -> tuple[np.ndarray, dict]:
-    """float32 [N, d + COLLAB_DIM]: each unit content row ``x`` followed by COLLAB_WEIGHT x its unit collaborative
+def content_and_collab(
+    x: np.ndarray, item_ids: np.ndarray, likes: Path, seed: int, weight: float = COLLAB_WEIGHT
+) -> tuple[np.ndarray, dict]:
+    """float32 [N, d + COLLAB_DIM]: each unit content row ``x`` followed by ``weight`` x its unit collaborative
     embedding (``ppmi_svd`` of the likes in ``likes``, the generator's training pairs; zeros for an item nobody
     liked alongside another), and facts about them. semid's l2 input normalisation then gives the two parts equal
-    length for every item with likes at COLLAB_WEIGHT 1; at 0.5 the content part weighs twice the other."""
+    length for every item with likes at weight 1; at 0.5 the content part weighs twice the other."""
     graph = read_coliked(likes, item_ids, TrainConfig())
     assert graph.liked is not None
     emb = ppmi_svd(graph.liked[:, 0], graph.liked[:, 1], x.shape[0], COLLAB_DIM, seed)
     norms = np.linalg.norm(emb, axis=1, keepdims=True)
     unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
-    fused = np.concatenate([x, COLLAB_WEIGHT * unit], axis=1).astype(np.float32)
-    facts = {"collab_items": int((norms[:, 0] > 0).sum()), "collab_dim": COLLAB_DIM, "collab_weight": COLLAB_WEIGHT}
+    fused = np.concatenate([x, weight * unit], axis=1).astype(np.float32)
+    facts = {"collab_items": int((norms[:, 0] > 0).sum()), "collab_dim": COLLAB_DIM, "collab_weight": weight}
     return fused, facts
 
 
@@ -220,10 +222,11 @@ def fit_ids(
     seed: int,
     fit: np.ndarray | None = None,
     likes: Path | None = None,
+    collab_weight: float = COLLAB_WEIGHT,
 ) -> tuple[np.ndarray, dict]:
     """Unique [N, LEVELS + 1] IDs of one tokenizer and facts about them; the tokenizer is fitted on the rows
     ``fit`` (default: the whole catalog) and encodes every item. ``likes``: the interactions file the
-    interactions row trains with (``training_interactions``)."""
+    interactions row trains with (``training_interactions``); ``collab_weight``: the collaborative row's weight."""
     source = SOURCES[name]
     space = x  # where the reconstruction lives (the dedup digit orders an ID's items by distance in it)
     if name == INTERACTIONS_ROW:
@@ -234,7 +237,7 @@ def fit_ids(
         fitted = runner(raw, x, seed, np.arange(len(raw)) if fit is None else fit)
     elif name == COLLAB_KMEANS_ROW:
         assert likes is not None
-        fused, facts = content_and_collab(x, item_ids, likes, seed)
+        fused, facts = content_and_collab(x, item_ids, likes, seed, collab_weight)
         fitted = _semid("rqkmeans")(fused, fused, seed, np.arange(len(raw)) if fit is None else fit)
         fitted.settings.update(facts)
         space = fused / np.linalg.norm(fused, axis=1, keepdims=True)  # the dedup digit's distances: fused space
