@@ -497,19 +497,21 @@ def test_val_users_takes_a_positive_count_or_all(capsys):
 # ---------------------------------------------------------------------------------------------- ID levers
 
 
-def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
-    """The LETTER row trains semid on the training interactions with both terms on; the adaptive-shape row's
-    codes stay inside its smaller codebook; both end with unique IDs."""
+def _levers_inputs(tiny_data, out):
+    """(raw embeddings, their unit rows, item ids, the likes file the interactions rows train with) of the tiny set."""
     from semid.model.data.catalog import read_catalog
 
     root, item_ids = tiny_data
-    cat = read_catalog(root / "items.parquet")
-    raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
-    x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    raw = np.ascontiguousarray(read_catalog(root / "items.parquet").embeddings, dtype=np.float32)
     hist = read_histories(root / "ratings.csv", item_ids)
-    split = leave_one_out(hist)
-    users = split_users(hist)
-    likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
+    likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, split_users(hist), leave_one_out(hist), out)
+    return raw, raw / np.linalg.norm(raw, axis=1, keepdims=True), item_ids, likes
+
+
+def test_id_lever_rows_train_with_their_settings(tiny_data, tmp_path):
+    """The LETTER row trains semid on the training interactions with both terms on; the adaptive-shape row's
+    codes stay inside its smaller codebook; both end with unique IDs."""
+    raw, x, item_ids, likes = _levers_inputs(tiny_data, tmp_path)
     sids, info = gr.fit_ids(gr.LETTER_ROW, raw, x, item_ids, 0, likes=likes)
     assert "'collab_align': 1.0" in info["settings"]["config"] and "code_diversity" in info["settings"]["config"]
     assert np.unique(sids, axis=0).shape[0] == ITEMS
@@ -526,16 +528,7 @@ def test_collab_kmeans_row_clusters_content_and_collaborative_embeddings(tiny_da
     """The fused row appends each item's unit collaborative embedding (from the training pairs only) at
     COLLAB_WEIGHT to its unit content row, clusters that with semid's residual k-means and ends with unique IDs;
     items nobody liked keep a zero collaborative part."""
-    from semid.model.data.catalog import read_catalog
-
-    root, item_ids = tiny_data
-    cat = read_catalog(root / "items.parquet")
-    raw = np.ascontiguousarray(cat.embeddings, dtype=np.float32)
-    x = raw / np.linalg.norm(raw, axis=1, keepdims=True)
-    hist = read_histories(root / "ratings.csv", item_ids)
-    split = leave_one_out(hist)
-    users = split_users(hist)
-    likes = gr.training_interactions(str(root / "ratings.csv"), item_ids, users, split, tmp_path)
+    raw, x, item_ids, likes = _levers_inputs(tiny_data, tmp_path)
     fused, facts = gr.content_and_collab(x, item_ids, likes, 0)
     assert fused.shape == (ITEMS, x.shape[1] + gr.COLLAB_DIM)
     np.testing.assert_array_equal(fused[:, : x.shape[1]], x)
