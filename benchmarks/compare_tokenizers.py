@@ -251,6 +251,10 @@ TOKENIZERS: dict[str, tuple[str, Runner]] = {
         _semid("rqvae", {"anchor_rank_scale": 0.0}),
     ),
     "semid-rqkmeans": ("semid rqkmeans", _semid("rqkmeans")),
+    "semid-rqkmeans-balanced": (
+        "semid rqkmeans, levels 2 and 3 balanced (--kmeans-balance-from 2)",
+        _semid("rqkmeans", kmeans_balance_from=2),
+    ),
     "faiss-rq": ("faiss ResidualQuantizer 3x8", _faiss_rq),
     "sid-rqkmeans": ("semantic-id RQKMeans", _sid_rqkmeans("kmeans")),
     "sid-rqkmeans-constrained": ("semantic-id RQKMeans constrained", _sid_rqkmeans("constrained")),
@@ -262,6 +266,7 @@ VARIANTS = (
     "semid-rqvae-noanchors",
     "semid-rqvae-anchors-k8",
     "semid-rqvae-equal-votes",
+    "semid-rqkmeans-balanced",
 )  # run only when asked for
 DEFAULT = [key for key in TOKENIZERS if key not in VARIANTS]
 

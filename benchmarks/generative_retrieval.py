@@ -128,6 +128,7 @@ SOURCES: dict[str, str | None] = {
     "semid-rqvae-equal-votes": "semid-rqvae-equal-votes",
     "semid-rqvae-plain": "semid-rqvae-plain",
     "semid-rqkmeans": "semid-rqkmeans",
+    "semid-rqkmeans-balanced": "semid-rqkmeans-balanced",
     SMALL_SHAPE_ROW: None,  # built per run: semid rqvae with codebook_size 64 (the generator keeps 256 a level)
     INTERACTIONS_ROW: None,  # built per run: it learns from the generator's training interactions only
     LETTER_ROW: None,  # built per run, as the interactions row

@@ -105,6 +105,14 @@ class TrainConfig(BaseModel):
     kmeans_iters: StrictInt = _int(25, 1, 1000, "k-means iterations of the codebook initialisation.")
     kmeans_sample: StrictInt = _int(65536, 2, 1 << 24, "Items sampled for the k-means initialisation.")
     kmeans_restarts: StrictInt = _int(3, 1, 100, "k-means restarts (the best inertia wins).")
+    kmeans_balance_from: StrictInt = _int(
+        0,
+        0,
+        8,
+        "--tokenizer rqkmeans: the levels from this one on (1: the first) are fitted by balanced k-means, each code "
+        "taking about the same share of the items; their offsets are kept in the checkpoint, so encoding assigns "
+        "codes the same way (0: off; semid.model.balanced_kmeans).",
+    )
     dead_code_threshold: StrictFloat = _float(1.0, 0.0, 1e9, "Codes used fewer times per epoch are dead.")
     dead_code_reset_every: StrictInt = _int(1, 0, 100_000, "Reset dead codes every N epochs (0: never).")
     dead_code_reset_until: StrictFloat = _float(0.8, 0.0, 1.0, "Stop resetting after this share of epochs.")
@@ -193,6 +201,7 @@ class SemidConfig(BaseModel):
             if not isinstance(values, dict):
                 raise ValueError(f"config section {name!r} must be an object")
             sections[name] = _build(kind, values, name)
+        _check_across_sections(sections["model"], sections["train"])  # type: ignore[arg-type]
         return cls(**sections)
 
     @classmethod
@@ -211,6 +220,21 @@ class SemidConfig(BaseModel):
         data = self.to_dict()
         data[section].update({k: v for k, v in values.items() if v is not None})
         return SemidConfig.from_dict(data)
+
+
+def _check_across_sections(model: ModelConfig, train: TrainConfig) -> None:
+    """Checks that need both sections, as one-line ValueErrors naming the field."""
+    balance_from = train.kmeans_balance_from
+    if balance_from and model.tokenizer != "rqkmeans":
+        raise ValueError(
+            f"train.kmeans_balance_from is {balance_from}; balanced levels need --tokenizer rqkmeans "
+            "(the RQ-VAE trains its codebooks after the k-means start; set 0)"
+        )
+    if balance_from > model.levels:
+        raise ValueError(
+            f"train.kmeans_balance_from is {balance_from}; expected a level in [0, {model.levels}] "
+            f"(model.levels is {model.levels})"
+        )
 
 
 def _build(kind: type[BaseModel], values: dict[str, Any], section: str) -> BaseModel:

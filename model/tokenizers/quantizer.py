@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semid.model.balanced_kmeans import balanced_kmeans
 from semid.model.kmeans import kmeans, squared_distances
 
 
@@ -35,6 +36,8 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("ema_count", torch.ones(levels, codebook_size))
         self.register_buffer("ema_sum", self.codebooks.detach().clone())
         self.register_buffer("usage", torch.zeros(levels, codebook_size))
+        # per-code offsets added to the squared distances before the nearest code is taken (balanced levels)
+        self.register_buffer("code_bias", torch.zeros(levels, codebook_size))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
@@ -47,19 +50,31 @@ class ResidualQuantizer(nn.Module):
         sample: int | None = None,
         restarts: int = 1,
         first_labels: torch.Tensor | None = None,
+        balance_from: int = 0,
     ) -> None:
         """Seeded k-means on each level's residuals, level by level.
+
+        With ``balance_from`` > 0, the levels from that one on (1: the first) are fitted by balanced
+        k-means instead, and their offsets are kept in ``code_bias`` (semid.model.balanced_kmeans).
 
         With ``first_labels`` (long [N], one per row of z) the first codebook is instead the mean
         of each label's rows (a label without rows gets a seeded random row), and the residuals
         passed on are taken from those labels.
         """
         residual = z.detach().to(torch.float32)
+        self.code_bias.zero_()
         for level in range(self.levels):
             if level == 0 and first_labels is not None:
                 centroids = _label_means(residual, first_labels, self.codebook_size, seed)
                 self.codebooks.data[level] = centroids
                 codes = first_labels
+            elif balance_from and level + 1 >= balance_from:
+                centroids, bias = balanced_kmeans(
+                    residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample, restarts=restarts
+                )
+                self.codebooks.data[level] = centroids
+                self.code_bias[level] = bias
+                codes = self._nearest_codes(residual, level)
             else:
                 centroids = kmeans(
                     residual, self.codebook_size, iters=iters, seed=seed + level, sample=sample, restarts=restarts
@@ -72,7 +87,12 @@ class ResidualQuantizer(nn.Module):
         self.initialized.fill_(True)
 
     def _nearest_codes(self, residual: torch.Tensor, level: int) -> torch.Tensor:
-        return squared_distances(residual, self.codebooks[level].detach()).argmin(dim=1)
+        return self._offset(squared_distances(residual, self.codebooks[level].detach()), level).argmin(dim=1)
+
+    def _offset(self, d: torch.Tensor, level: int) -> torch.Tensor:
+        """``d`` plus the level's offsets where it has any (a balanced level); ``d`` itself elsewhere."""
+        bias = self.code_bias[level]
+        return d + bias if bool(bias.any()) else d
 
     def forward(self, z: torch.Tensor, first_codes: torch.Tensor | None = None) -> QuantizedResult:
         """Quantize level by level; in training, ``first_codes`` (long [N], -1 = none) forces the
@@ -85,10 +105,10 @@ class ResidualQuantizer(nn.Module):
         for level in range(self.levels):
             book = self.codebooks[level]
             d = squared_distances(residual.detach(), book.detach())
-            best, idx = d.min(dim=1)
+            idx = self._offset(d, level).argmin(dim=1)
             if level == 0 and first_codes is not None and self.training:
                 idx = torch.where(first_codes >= 0, first_codes, idx)  # -1: no target, keep the nearest
-                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
+            best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             chosen = book[idx]
             if self.training:
                 inputs.append(residual.detach())
@@ -164,15 +184,16 @@ class ResidualQuantizer(nn.Module):
         alt = None
         for level in range(self.levels):
             d = squared_distances(residual, self.codebooks[level])
+            scores = self._offset(d, level)
             if level == self.levels - 1 and alternatives > 1:
                 k = min(alternatives, self.codebook_size)
-                best_k, alt = d.topk(k, dim=1, largest=False)
-                best, idx = best_k[:, 0], alt[:, 0]
+                alt = scores.topk(k, dim=1, largest=False).indices
+                idx = alt[:, 0]
             else:
-                best, idx = d.min(dim=1)
+                idx = scores.argmin(dim=1)
             if level == 0 and first_codes is not None:
                 idx = torch.where(first_codes >= 0, first_codes, idx)
-                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
+            best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             codes.append(idx)
             dists.append(best)
             residual = residual - self.codebooks[level][idx]

@@ -33,7 +33,7 @@ from semid.model.tokenizers.rqvae import SemanticTokenizer
 from semid.model.training.checkpoint import LoadedCheckpoint, save_checkpoint
 
 # Quantizer state indexed [level, code, ...]: every entry is permuted with the codebook rows.
-PER_CODE_STATE = ("codebooks", "ema_count", "ema_sum", "usage")
+PER_CODE_STATE = ("codebooks", "ema_count", "ema_sum", "usage", "code_bias")
 
 
 def max_weight_matching(weights: np.ndarray) -> np.ndarray:

@@ -137,6 +137,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     tokenizer = build_tokenizer(config.model, config.train)
     try:
         state = load_file(str(weights))
+        # written before balanced levels: no offsets, every code chosen by its distance alone, as then
+        state.setdefault("quantizer.code_bias", torch.zeros_like(tokenizer.quantizer.code_bias))
         tokenizer.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as err:
         raise CheckpointError(

@@ -104,6 +104,7 @@ def fit_rqkmeans(tokenizer: SemanticTokenizer, embeddings: np.ndarray, cfg: Semi
             seed=cfg.train.seed,
             sample=cfg.train.kmeans_sample,
             restarts=cfg.train.kmeans_restarts,
+            balance_from=cfg.train.kmeans_balance_from,
         )
     row = {"epoch": 1, "seconds": round(time.perf_counter() - start, 3)}
     row.update(evaluate(tokenizer, x, cfg.model.codebook_size))
