@@ -56,6 +56,10 @@ def settings(items: int, interactions: str) -> dict[str, list[str]]:
         "code_diversity only": [letter[1]],
         f"adaptive, {adaptive_codes(items)} codes [semid-rqvae-adaptive]": [f"--codebook-size={adaptive_codes(items)}"],
         "rqkmeans [semid-rqkmeans]": ["--tokenizer=rqkmeans"],
+        "rqkmeans, levels 2 and 3 balanced [semid-rqkmeans-balanced]": [
+            "--tokenizer=rqkmeans",
+            "--kmeans-balance-from=2",
+        ],
         f"rqkmeans, adaptive {adaptive_codes(items)} codes [semid-rqkmeans-adaptive]": [
             "--tokenizer=rqkmeans",
             f"--codebook-size={adaptive_codes(items)}",

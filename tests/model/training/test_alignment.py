@@ -75,12 +75,15 @@ def test_codes_out_of_range_are_refused():
         fit_alignment(np.array([[0, 4]]), np.array([[0, 1]]), 4)
 
 
-@pytest.fixture(scope="module", params=["rqvae", "rqkmeans"])
+@pytest.fixture(scope="module", params=["rqvae", "rqkmeans", "rqkmeans-balanced"])
 def two_seeds(request, tmp_path_factory, tiny_catalog):
-    """(old, new) checkpoints of one tokenizer kind trained with seeds 0 and 1."""
+    """(old, new) checkpoints of one tokenizer kind trained with seeds 0 and 1 (balanced: levels 2 and 3
+    balanced, whose per-code offsets are renamed with the codes)."""
     out = tmp_path_factory.mktemp(f"align-{request.param}")
+    kind, _, balanced = request.param.partition("-")
+    extra = {"kmeans_balance_from": 2} if balanced else {}
     for seed in (0, 1):
-        train_tokenizer(tiny_catalog.embeddings, tiny_config(request.param, seed=seed), out / f"seed{seed}")
+        train_tokenizer(tiny_catalog.embeddings, tiny_config(kind, seed=seed, **extra), out / f"seed{seed}")
     return load_checkpoint(out / "seed0"), load_checkpoint(out / "seed1"), out
 
 
