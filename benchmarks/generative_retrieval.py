@@ -101,7 +101,7 @@ from benchmarks.genrec_model import (  # noqa: E402
 )
 from benchmarks.genrec_published import published_for  # noqa: E402
 from benchmarks.genrec_report import write  # noqa: E402
-from benchmarks.genrec_rerank import log_counts, with_corrected_rows  # noqa: E402
+from benchmarks.genrec_rerank import UNCONSTRAINED, log_counts, with_corrected_rows  # noqa: E402
 from semid.model.config import TrainConfig  # noqa: E402
 from semid.model.data.catalog import read_catalog  # noqa: E402
 from semid.model.first_level.coliked import read_coliked  # noqa: E402
@@ -142,6 +142,7 @@ SOURCES: dict[str, str | None] = {
 }
 DEFAULT_TOKENIZERS = "semid-rqvae,semid-rqkmeans,faiss-rq,faiss-rqkmeans,semantic-id,random"
 ITEM_BASELINE, POPULARITY = "item-id (SASRec-style)", "popularity"
+WIDE = "wide_beams"  # a run's decodes with --wide-beams (the same model, a wider constrained beam)
 
 
 @dataclass(frozen=True)
@@ -362,6 +363,21 @@ def decode_items(model: ItemGenerator, split: Split, part: str, s: Settings) -> 
     }
 
 
+def with_wide_beam_rows(rows: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``rows`` with a ``<label> +beams N`` row right after every row whose runs were all also decoded with
+    ``--wide-beams N``: the same trained models, every part's lists from the wider beam (a paired comparison
+    of the beam width alone)."""
+    out: dict[str, list[dict]] = {}
+    for label, runs in rows.items():
+        out[label] = runs
+        wide = [r.get(WIDE) for r in runs]
+        beams = {w.get("beams") for w in wide if w is not None}
+        if runs and all(w is not None for w in wide) and len(beams) == 1:
+            twins = [{**{k: v for k, v in r.items() if k != WIDE}, **w} for r, w in zip(runs, wide, strict=True)]
+            out[f"{label} +beams {beams.pop()}"] = twins
+    return out
+
+
 def tune_candidates(decoded: dict, val: Split) -> dict:
     """The validation users' candidates and targets: what ``--pop-correction`` chooses its alpha on."""
     return {**decoded["candidates"], "target": val.valid_target}
@@ -404,11 +420,19 @@ def _gather(sids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def run_semantic(
-    name: str, sids: np.ndarray, split: Split, budget: Budget, s: Settings, parts: list[str], log=print
+    name: str,
+    sids: np.ndarray,
+    split: Split,
+    budget: Budget,
+    s: Settings,
+    parts: list[str],
+    log=print,
+    wide_beams: int = 0,
 ) -> dict:
     """Train one generator on a tokenizer's IDs (early stopping on the validation users' Recall@10) and
     decode every part; per-part ranks and figures. ``s.dedup_digit`` False: the generator reads and emits
-    the 3 base codes only (``generator_ids``)."""
+    the 3 base codes only (``generator_ids``). ``wide_beams``: also decode every part with that many beams
+    (constrained only), kept under ``WIDE`` for the ``+beams N`` twin row (``with_wide_beam_rows``)."""
     torch.manual_seed(budget.seed)
     sids = generator_ids(sids, s)
     width = sids.shape[1]
@@ -457,6 +481,12 @@ def run_semantic(
         decoded = decode_semantic(model, sids, id_items, split, part, s)
         out[part] = decoded
         log(f"  [{name}] {part}: decoded, unconstrained invalid rate {decoded['invalid_rate_unconstrained']}")
+    if wide_beams:  # the same model decoded again with a wider constrained beam (--wide-beams)
+        wide = replace(s, beams=wide_beams)
+        out[WIDE] = {"beams": wide_beams}
+        for part in parts:
+            decoded = decode_semantic(model, sids, id_items, split, part, wide, free=False)
+            out[WIDE][part] = {k: v for k, v in decoded.items() if k not in (*UNCONSTRAINED, "emitted")}
     return out
 
 
@@ -620,6 +650,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--history", type=int, default=Settings.history)
     ap.add_argument("--beams", type=int, default=Settings.beams)
+    ap.add_argument(
+        "--wide-beams",
+        type=int,
+        default=0,
+        help="decode-time lever: also decode each semantic-ID model with this many beams; the report adds its "
+        "'+beams N' row from the same trained models (not part of the row signature)",
+    )
     ap.add_argument("--train-items", type=int, default=0, help="learn from each user's N most recent training items")
     ap.add_argument("--min-rating", type=float, default=None, help="keep ratings >= this (default: every rating)")
     ap.add_argument("--max-users", type=int, default=None)
@@ -753,6 +790,8 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
 def check_levers(args: argparse.Namespace) -> None:
     if args.min_epochs < 0:
         raise SystemExit(f"error: --min-epochs must be 0 (patience may stop any epoch) or more, not {args.min_epochs}")
+    if args.wide_beams < 0:
+        raise SystemExit(f"error: --wide-beams must be 0 (off) or a number of beams, not {args.wide_beams}")
     if args.user_token < 0:
         raise SystemExit(f"error: --user-token must be 0 (none) or a number of buckets, not {args.user_token}")
     if args.user_token and args.generator != "tiger":
@@ -962,7 +1001,7 @@ def main(argv: list[str] | None = None) -> dict:
                 run = {"status": "ok", **run_items(split, len(raw), seed_budget, s, parts, epochs=item_epochs)}
             else:
                 ids = np.asarray(cat.item_ids)
-                run = _run_tokenizer(row_name, raw, x, ids, split, seed_budget, s, parts, fit, likes)
+                run = _run_tokenizer(row_name, raw, x, ids, split, seed_budget, s, parts, fit, likes, args.wide_beams)
             run["wall_s"] = round(time.perf_counter() - row_start, 1)
             run["load"] = [round(row_load, 2), round(os.getloadavg()[0], 2)]
             run["seed"] = seed
@@ -982,6 +1021,8 @@ def main(argv: list[str] | None = None) -> dict:
         del rows[ITEM_BASELINE]
     if args.pop_correction:
         rows = with_corrected_rows(rows, log_counts(popularity(split, len(raw))), max(KS))
+    if args.wide_beams:
+        rows = with_wide_beam_rows(rows)
     rows[POPULARITY].append({"status": "ok", **{p: {"lists": popularity_lists(split, len(raw))} for p in parts}})
 
     table = summarise(rows, split, parts, seed=0)
@@ -1017,7 +1058,7 @@ def main(argv: list[str] | None = None) -> dict:
     return {"data": data, "table": table, "rows": rows, "split": split}
 
 
-def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None, likes=None) -> dict:
+def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None, likes=None, wide_beams=0) -> dict:
     print(f"[{name}] seed {budget.seed}: fitting IDs (load {os.getloadavg()[0]:.2f})", flush=True)
     try:
         sids, info = fit_ids(name, raw, x, item_ids, budget.seed, fit, likes)
@@ -1025,7 +1066,7 @@ def _run_tokenizer(name, raw, x, item_ids, split, budget, s, parts, fit=None, li
         return {"status": "not installed", "error": f"{type(err).__name__}: {err}"}
     except Exception as err:  # one failing tokenizer must not lose the others' figures
         return {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-    run = run_semantic(name, sids, split, budget, s, parts)
+    run = run_semantic(name, sids, split, budget, s, parts, wide_beams=wide_beams)
     return {"status": "ok", "ids": info, "sids": sids, **run}
 
 
