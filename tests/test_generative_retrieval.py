@@ -750,3 +750,29 @@ def test_train_items_bounds_what_every_row_learns_and_the_report_says_so(tiny_da
     assert (saved["training_targets"], saved["all_training_targets"]) == (10 * 2, 10 * 7)
     md = (tmp_path / "bounded.md").read_text()
     assert "each user's 3 most recent training items only (`--train-items`: 20 of 70 training targets)" in md
+
+
+def test_wide_beams_add_a_twin_row_decoded_from_the_same_models(tiny_data):
+    root, item_ids = tiny_data
+    _implicit_csv(root / "implicit_wide.csv", item_ids, users=30, per_user=10)
+    out = root / "out_wide"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "implicit_wide.csv")]
+    argv += ["--out", str(out), "--tokenizers", "faiss-rq", "--generator", "tiger", "--no-item-baseline"]
+    argv += ["--tiny", "--threads", "1", "--name", "gr_wide", "--wide-beams", "8"]
+    result = gr.main(argv)
+    names = [r["generator"] for r in result["table"]]
+    assert names.index("faiss-rq +beams 8") == names.index("faiss-rq") + 1  # right after its own row
+    assert not any(n.startswith(gr.POPULARITY + " +beams") for n in names)  # nothing decoded: no twin
+    run, twin = result["rows"]["faiss-rq"][0], result["rows"]["faiss-rq +beams 8"][0]
+    sids = run["sids"]
+    assert twin["train"] == run["train"] and twin["sids"] is sids  # the same trained model and IDs
+    assert run["test"]["candidates"]["items"].shape[1] == 5 and twin["test"]["candidates"]["items"].shape[1] == 8
+    lists = twin["test"]["lists"]
+    assert ((lists[:, :5] >= 0) & (lists[:, :5] < len(sids))).all()  # every wide beam's ID is an item's
+    assert "free_lists" not in twin["test"] and "invalid_rate_unconstrained" not in twin["test"]
+    # the twin is kept with its row: a merge of the saved rows gives it back
+    merged = gr.main([*argv, "--merge-only"])
+    np.testing.assert_array_equal(merged["rows"]["faiss-rq +beams 8"][0]["test"]["lists"], lists)
+    assert "| faiss-rq +beams 8 |" in (out / "gr_wide.md").read_text()
+    with pytest.raises(SystemExit, match="--wide-beams must be 0"):
+        gr.main([*argv, "--wide-beams", "-1"])
