@@ -105,10 +105,13 @@ class ResidualQuantizer(nn.Module):
         for level in range(self.levels):
             book = self.codebooks[level]
             d = squared_distances(residual.detach(), book.detach())
-            idx = self._offset(d, level).argmin(dim=1)
+            scores = self._offset(d, level)
+            best, idx = scores.min(dim=1)
             if level == 0 and first_codes is not None and self.training:
                 idx = torch.where(first_codes >= 0, first_codes, idx)  # -1: no target, keep the nearest
-            best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
+                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
+            elif scores is not d:  # a balanced level: the chosen code's distance, not its score
+                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             chosen = book[idx]
             if self.training:
                 inputs.append(residual.detach())
@@ -187,13 +190,15 @@ class ResidualQuantizer(nn.Module):
             scores = self._offset(d, level)
             if level == self.levels - 1 and alternatives > 1:
                 k = min(alternatives, self.codebook_size)
-                alt = scores.topk(k, dim=1, largest=False).indices
-                idx = alt[:, 0]
+                best_k, alt = scores.topk(k, dim=1, largest=False)
+                best, idx = best_k[:, 0], alt[:, 0]
             else:
-                idx = scores.argmin(dim=1)
+                best, idx = scores.min(dim=1)
             if level == 0 and first_codes is not None:
                 idx = torch.where(first_codes >= 0, first_codes, idx)
-            best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
+                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
+            elif scores is not d:  # a balanced level: report the chosen code's distance, not its score
+                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             codes.append(idx)
             dists.append(best)
             residual = residual - self.codebooks[level][idx]
