@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from semid.model.kmeans import kmeans, squared_distances
+from semid.model.kmeans import kmeans, move_to_means, sample_rows, squared_distances
 
 # entropy temperature as a share of the mean squared distance: small enough that the plan is nearly hard
 TEMPERATURE = 0.02
@@ -57,17 +57,11 @@ def balanced_kmeans(
     ``iters`` Lloyd steps with balanced assignments. Same inputs and seed give the same result."""
     x = x.detach().to(torch.float32)
     centroids = kmeans(x, k, iters=iters, seed=seed, sample=sample, restarts=restarts)
-    if sample is not None and x.shape[0] > sample:
-        generator = torch.Generator().manual_seed(seed)
-        x = x[torch.randperm(x.shape[0], generator=generator)[:sample]]
+    x = sample_rows(x, sample, torch.Generator().manual_seed(seed))  # the rows kmeans fitted on
     if x.shape[0] < k:  # fewer points than codes: nothing to balance
         return centroids, torch.zeros(k)
     bias, g = sinkhorn_bias(squared_distances(x, centroids), FIRST_SINKHORN_ITERS)
     for _ in range(iters):
-        codes = balanced_codes(x, centroids, bias)
-        counts = torch.bincount(codes, minlength=k)
-        sums = torch.zeros_like(centroids).index_add_(0, codes, x)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+        move_to_means(x, balanced_codes(x, centroids, bias), centroids)
         bias, g = sinkhorn_bias(squared_distances(x, centroids), WARM_SINKHORN_ITERS, g)
     return centroids, bias

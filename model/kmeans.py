@@ -64,8 +64,7 @@ def kmeans(
         raise ValueError(f"kmeans needs a non-empty 2-d tensor, got shape {tuple(x.shape)}")
     x = x.detach().to(torch.float32)
     generator = torch.Generator().manual_seed(seed)
-    if sample is not None and x.shape[0] > sample:
-        x = x[torch.randperm(x.shape[0], generator=generator)[:sample]]
+    x = sample_rows(x, sample, generator)
     if x.shape[0] < k:  # too few points: repeat them with a little noise so every code has a centre
         reps = -(-k // x.shape[0])
         x = x.repeat(reps, 1)
@@ -79,14 +78,27 @@ def kmeans(
     return best
 
 
+def sample_rows(x: torch.Tensor, sample: int | None, generator: torch.Generator) -> torch.Tensor:
+    """At most ``sample`` rows of x, a seeded random subset (the first draw of ``generator``); x itself if it
+    has no more rows than that."""
+    if sample is not None and x.shape[0] > sample:
+        return x[torch.randperm(x.shape[0], generator=generator)[:sample]]
+    return x
+
+
+def move_to_means(x: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Move every centroid that owns rows of x (by ``codes``) to their mean, in place; returns which did."""
+    counts = torch.bincount(codes, minlength=centroids.shape[0])
+    sums = torch.zeros_like(centroids).index_add_(0, codes, x)
+    filled = counts > 0
+    centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+    return filled
+
+
 def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
-    k = centroids.shape[0]
     for _ in range(iters):
         codes, dists = nearest(x, centroids)
-        counts = torch.bincount(codes, minlength=k)
-        sums = torch.zeros_like(centroids).index_add_(0, codes, x)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1).to(x.dtype)
+        filled = move_to_means(x, codes, centroids)
         empty = (~filled).nonzero().squeeze(1)
         if empty.numel():
             far = dists.argsort(descending=True)[: empty.numel()]

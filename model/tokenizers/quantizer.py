@@ -107,10 +107,10 @@ class ResidualQuantizer(nn.Module):
             d = squared_distances(residual.detach(), book.detach())
             scores = self._offset(d, level)
             best, idx = scores.min(dim=1)
-            if level == 0 and first_codes is not None and self.training:
+            forced = level == 0 and first_codes is not None and self.training
+            if forced:
                 idx = torch.where(first_codes >= 0, first_codes, idx)  # -1: no target, keep the nearest
-                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
-            elif scores is not d:  # a balanced level: the chosen code's distance, not its score
+            if forced or scores is not d:  # the chosen code's own distance, not the smallest score
                 best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             chosen = book[idx]
             if self.training:
@@ -194,10 +194,10 @@ class ResidualQuantizer(nn.Module):
                 best, idx = best_k[:, 0], alt[:, 0]
             else:
                 best, idx = scores.min(dim=1)
-            if level == 0 and first_codes is not None:
+            forced = level == 0 and first_codes is not None
+            if forced:
                 idx = torch.where(first_codes >= 0, first_codes, idx)
-                best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
-            elif scores is not d:  # a balanced level: report the chosen code's distance, not its score
+            if forced or scores is not d:  # the chosen code's own distance, not the smallest score
                 best = d.gather(1, idx.unsqueeze(1)).squeeze(1)
             codes.append(idx)
             dists.append(best)

@@ -47,6 +47,7 @@ def train_tokenizer(
     graph; the checkpoint's metrics record which interactions were used (``interactions``). ``note``: called
     with one line per phase (for a run without a progress bar). Training picks its own torch thread count
     (semid.model.training.cpu_threads) and gives the caller's back when it returns or raises."""
+    config = config.validate()  # checks across fields and sections again: a config may be edited after it was built
     check_options(config, interactions=coliked is not None)
     if coliked is not None:
         check_trainable(config)

@@ -110,3 +110,10 @@ def test_a_checkpoint_written_before_offsets_existed_still_loads(plain_and_balan
 def test_balanced_levels_the_tokenizer_cannot_have_are_refused(model, train, message):
     with pytest.raises(ValueError, match=message):
         SemidConfig.from_dict({"model": model, "train": train})
+
+
+def test_a_config_edited_after_it_was_built_is_checked_again_before_training(tiny_catalog, tmp_path):
+    cfg = tiny_config("rqvae")
+    cfg.train.kmeans_balance_from = 2  # each field is valid alone; together with the RQ-VAE it is not
+    with pytest.raises(ValueError, match="need --tokenizer rqkmeans"):
+        train_tokenizer(tiny_catalog.embeddings, cfg, tmp_path / "out")
