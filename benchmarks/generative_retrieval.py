@@ -65,6 +65,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import MOVIELENS  # noqa: E402
 from benchmarks.compare_tokenizers import CODEBOOK, LEVELS, TOKENIZERS, Fitted, _semid  # noqa: E402
+from benchmarks.genrec_carry import carried_row  # noqa: E402
 from benchmarks.genrec_data import (  # noqa: E402
     IdItems,
     Split,
@@ -708,6 +709,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--merge-only", action="store_true", help="only report the rows already in --rows-dir (train nothing)"
     )
     ap.add_argument(
+        "--carry-from",
+        default=None,
+        metavar="DIRS",
+        help="comma-separated --rows-dir directories of the same run with another --min-epochs: a row there whose "
+        "training patience did not stop before this run's --min-epochs (its validation curve replayed) is this "
+        "run's row and is saved to --rows-dir instead of training it again (benchmarks/genrec_carry.py)",
+    )
+    ap.add_argument(
         "--holdout-share",
         type=float,
         default=None,
@@ -897,6 +906,21 @@ def _load_row(path: Path, signature: dict) -> dict | None:
     return saved["run"] if saved.get("signature") == signature else None
 
 
+def _carried(dirs: str, name: str, seed: int, signature: dict) -> dict | None:
+    """This job's row from a ``--carry-from`` directory, if one there trained as this run would (genrec_carry)."""
+    for d in [p.strip() for p in dirs.split(",") if p.strip()]:
+        if not Path(d).is_dir():
+            raise SystemExit(f"error: --carry-from {d} is not a directory")
+        run = carried_row(_row_file(Path(d), name, seed), signature)
+        if run is not None:
+            return run
+    return None
+
+
+def _carried_min_epochs(runs: list[dict]) -> list[int]:
+    return sorted({r["carried_from"]["min_epochs"] for r in runs if r.get("carried_from")})
+
+
 def _save_row(path: Path, signature: dict, run: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -985,12 +1009,19 @@ def main(argv: list[str] | None = None) -> dict:
     labels = {n: row_label(n, asdict(s)) for n in wanted}
     labels[ITEM_BASELINE] = ITEM_BASELINE
     rows.update({labels[n]: [] for n in wanted})
+    carried: dict[str, list[int]] = {}  # rows carried over this time (--carry-from), by label
     jobs = [(n, seed) for seed in seeds for n in wanted]
     if not args.no_item_baseline:
         jobs += [(ITEM_BASELINE, seed) for seed in seeds]
     for row_name, seed in jobs:
         path = _row_file(rows_dir, row_name, seed)
         run = _load_row(path, signature) if args.reuse or args.merge_only else None
+        if run is None and args.carry_from:
+            run = _carried(args.carry_from, row_name, seed, signature)
+            if run is not None:
+                _save_row(path, signature, run)
+                carried.setdefault(labels[row_name], []).append(seed)
+                print(f"[{row_name}] seed {seed}: carried over from {run['carried_from']['path']}", flush=True)
         if run is None and args.merge_only:
             run = {"status": "not run", "error": f"no saved row {path.name} with these settings"}
             print(f"[{row_name}] seed {seed}: not run (no saved row)", flush=True)
@@ -1009,6 +1040,10 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
         elif args.reuse or args.merge_only:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
+        if run.get("carried_from"):
+            carried.setdefault(labels[row_name], [])
+            if seed not in carried[labels[row_name]]:
+                carried[labels[row_name]].append(seed)
         rows[labels[row_name]].append(run)
     if args.compare_to:
         compared = compared_rows(args.compare_to, signature, seeds, set(rows), wanted)
@@ -1045,6 +1080,10 @@ def main(argv: list[str] | None = None) -> dict:
         "run_s": round(time.perf_counter() - started, 1),
         "row_wall_s": {n: [r.get("wall_s") for r in runs] for n, runs in rows.items()},
         "published": published_for(args.catalog),
+        "carried": {
+            label: {"seeds": sorted(got), "from_min_epochs": _carried_min_epochs(rows[label])}
+            for label, got in carried.items()
+        },
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
     data["by_popularity"] = by_popularity(table, split, len(raw))

@@ -203,6 +203,22 @@ def lever_notes(table: list[dict]) -> str:
     return "".join(notes)
 
 
+def carried_note(data: dict) -> str:
+    """Which rows were not trained again but carried over from a run with another ``--min-epochs`` (empty: none)."""
+    carried = data.get("carried") or {}
+    if not carried:
+        return ""
+    rows = "; ".join(
+        f"{label} seed(s) {', '.join(map(str, c['seeds']))}" for label, c in sorted(carried.items()) if c["seeds"]
+    )
+    origins = sorted({m for c in carried.values() for m in c.get("from_min_epochs", [])})
+    return (
+        f"Carried over from the same run with --min-epochs {', '.join(map(str, origins))} (`--carry-from`; "
+        "benchmarks/genrec_carry.py: patience did not stop them before this run's --min-epochs, so their training "
+        f"is the one this run would do): {rows}. "
+    )
+
+
 def markdown(data: dict, table: list[dict]) -> str:
     lines = results_table(table, "test")
     d = data["data"]
@@ -247,7 +263,7 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"{list(s.get('item_lrs', []))} x "
             f"{list(s.get('item_dropouts', []))} chosen on validation. Beam search with "
             f"{s['beams']} beams over the {LEVELS + 1} tokens of the next item's ID (3 x {CODEBOOK} codes + semid's "
-            "dedup digit), constrained by `SemanticIdTrie`. " + lever_notes(table) + "Seeds: "
+            "dedup digit), constrained by `SemanticIdTrie`. " + lever_notes(table) + carried_note(data) + "Seeds: "
             f"{data['seeds']} (metrics averaged per user over seeds). Run time {data['run_s'] / 60:.1f} min "
             f"(rows reused from earlier processes count their own time below); load average "
             f"{data.get('load_avg_start')} at start, {data['load_avg_end']} at end.",
