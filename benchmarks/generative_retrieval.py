@@ -1047,6 +1047,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows[labels[row_name]].append(run)
     if args.compare_to:
         compared = compared_rows(args.compare_to, signature, seeds, set(rows), wanted)
+        for label, runs in compared.items():  # rows an earlier merge carried over into a compared rows dir
+            for r in runs:
+                if r.get("carried_from") and r.get("seed") not in carried.get(label, []):
+                    carried.setdefault(label, []).append(r.get("seed"))
         for label in compared:  # a scheme this run never ran shows up once, as the compared row
             own = label.split(" ")[0]
             if own in rows and all(r.get("status") == "not run" for r in rows[own]):
