@@ -1009,7 +1009,7 @@ def main(argv: list[str] | None = None) -> dict:
     labels = {n: row_label(n, asdict(s)) for n in wanted}
     labels[ITEM_BASELINE] = ITEM_BASELINE
     rows.update({labels[n]: [] for n in wanted})
-    carried: dict[str, list[int]] = {}  # rows carried over this time (--carry-from), by label
+    carried: dict[str, list[int]] = {}  # seeds of rows carried over (--carry-from), by label
     jobs = [(n, seed) for seed in seeds for n in wanted]
     if not args.no_item_baseline:
         jobs += [(ITEM_BASELINE, seed) for seed in seeds]
@@ -1020,7 +1020,6 @@ def main(argv: list[str] | None = None) -> dict:
             run = _carried(args.carry_from, row_name, seed, signature)
             if run is not None:
                 _save_row(path, signature, run)
-                carried.setdefault(labels[row_name], []).append(seed)
                 print(f"[{row_name}] seed {seed}: carried over from {run['carried_from']['path']}", flush=True)
         if run is None and args.merge_only:
             run = {"status": "not run", "error": f"no saved row {path.name} with these settings"}
@@ -1040,10 +1039,8 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
         elif args.reuse or args.merge_only:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
-        if run.get("carried_from"):
-            carried.setdefault(labels[row_name], [])
-            if seed not in carried[labels[row_name]]:
-                carried[labels[row_name]].append(seed)
+        if run.get("carried_from"):  # carried over now or by an earlier merge into --rows-dir
+            carried.setdefault(labels[row_name], []).append(seed)
         rows[labels[row_name]].append(run)
     if args.compare_to:
         compared = compared_rows(args.compare_to, signature, seeds, set(rows), wanted)
