@@ -917,8 +917,18 @@ def _carried(dirs: str, name: str, seed: int, signature: dict) -> dict | None:
     return None
 
 
-def _carried_min_epochs(runs: list[dict]) -> list[int]:
-    return sorted({r["carried_from"]["min_epochs"] for r in runs if r.get("carried_from")})
+def carried_rows(rows: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each row label's carried-over seeds (``--carry-from``, now or by an earlier merge, into --rows-dir or a
+    --compare-to dir) and the --min-epochs they came from."""
+    out = {}
+    for label, runs in rows.items():
+        carried = [r for r in runs if r.get("carried_from")]
+        if carried:
+            out[label] = {
+                "seeds": sorted(r["seed"] for r in carried),
+                "from_min_epochs": sorted({r["carried_from"]["min_epochs"] for r in carried}),
+            }
+    return out
 
 
 def _save_row(path: Path, signature: dict, run: dict) -> None:
@@ -1009,7 +1019,6 @@ def main(argv: list[str] | None = None) -> dict:
     labels = {n: row_label(n, asdict(s)) for n in wanted}
     labels[ITEM_BASELINE] = ITEM_BASELINE
     rows.update({labels[n]: [] for n in wanted})
-    carried: dict[str, list[int]] = {}  # seeds of rows carried over (--carry-from), by label
     jobs = [(n, seed) for seed in seeds for n in wanted]
     if not args.no_item_baseline:
         jobs += [(ITEM_BASELINE, seed) for seed in seeds]
@@ -1039,15 +1048,9 @@ def main(argv: list[str] | None = None) -> dict:
             gc.collect()
         elif args.reuse or args.merge_only:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
-        if run.get("carried_from"):  # carried over now or by an earlier merge into --rows-dir
-            carried.setdefault(labels[row_name], []).append(seed)
         rows[labels[row_name]].append(run)
     if args.compare_to:
         compared = compared_rows(args.compare_to, signature, seeds, set(rows), wanted)
-        for label, runs in compared.items():  # rows an earlier merge carried over into a compared rows dir
-            for r in runs:
-                if r.get("carried_from") and r.get("seed") not in carried.get(label, []):
-                    carried.setdefault(label, []).append(r.get("seed"))
         for label in compared:  # a scheme this run never ran shows up once, as the compared row
             own = label.split(" ")[0]
             if own in rows and all(r.get("status") == "not run" for r in rows[own]):
@@ -1055,6 +1058,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.update(compared)
     if args.no_item_baseline:
         del rows[ITEM_BASELINE]
+    carried = carried_rows(rows)  # before the decode-time twins, which are not rows of their own
     if args.pop_correction:
         rows = with_corrected_rows(rows, log_counts(popularity(split, len(raw))), max(KS))
     if args.wide_beams:
@@ -1081,10 +1085,7 @@ def main(argv: list[str] | None = None) -> dict:
         "run_s": round(time.perf_counter() - started, 1),
         "row_wall_s": {n: [r.get("wall_s") for r in runs] for n, runs in rows.items()},
         "published": published_for(args.catalog),
-        "carried": {
-            label: {"seeds": sorted(got), "from_min_epochs": _carried_min_epochs(rows[label])}
-            for label, got in carried.items()
-        },
+        "carried": carried,
     }
     data["comparisons"] = comparisons(table, "test", seed=0)
     data["by_popularity"] = by_popularity(table, split, len(raw))

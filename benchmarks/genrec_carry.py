@@ -17,6 +17,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+from benchmarks.genrec_model import Patience
+
 MAX_EXACT_USERS = 10_000  # a Recall@10 over at most this many users survives rounding to 4 decimals
 
 
@@ -24,22 +26,17 @@ def replays_the_same(train: dict, *, patience: int, min_epochs: int) -> bool:
     """Whether a saved training record (``valid_recall10_curve``, ``epochs_run``, ``stopped``) would have stopped
     at the same epoch for the same reason under this ``min_epochs`` (everything else as it was trained).
 
-    The loop of ``genrec_model.train``: after each epoch, a validation score above the best resets the count of
-    evaluations without improvement, any other adds one; patience stops training once the count reaches
-    ``patience`` and the epoch is at least ``min_epochs``. Epochs past the saved run's last are unknown: a replay
-    that needs one is not the same."""
+    The rule is ``genrec_model.train``'s own (:class:`genrec_model.Patience`). Epochs past the saved run's last are
+    unknown: a replay that needs one is not the same."""
     curve = {int(epoch): float(value) for epoch, value in train.get("valid_recall10_curve") or []}
     ran, stopped = int(train.get("epochs_run", 0)), train.get("stopped")
     if not curve or not ran:
         return False
-    best, bad = float("-inf"), 0
+    rule = Patience(patience, min_epochs)
     for epoch in range(1, ran + 1):
         if epoch in curve:
-            if curve[epoch] > best:
-                best, bad = curve[epoch], 0
-            else:
-                bad += 1
-        if bad >= patience and epoch >= min_epochs:
+            rule.score(epoch, curve[epoch])
+        if rule.stops(epoch):
             return epoch == ran and stopped == "patience"
     return stopped != "patience"  # ran to its end (max_epochs or the time cap) as before
 

@@ -362,6 +362,30 @@ def _batches(examples: int, size: int, gen: torch.Generator, lengths: torch.Tens
     return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
 
+@dataclass
+class Patience:
+    """Early stopping on a validation score: a score above the best so far resets the count of evaluations
+    without improvement, any other adds one; training stops once the count reaches ``patience`` at an epoch of at
+    least ``min_epochs``. :func:`train` follows it, and benchmarks/genrec_carry.py replays saved curves with it."""
+
+    patience: int
+    min_epochs: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    bad: int = 0
+
+    def score(self, epoch: int, value: float) -> bool:
+        """Record the validation score of this epoch (1-based); True when it is the new best."""
+        if value > self.best:
+            self.best, self.best_epoch, self.bad = value, epoch, 0
+            return True
+        self.bad += 1
+        return False
+
+    def stops(self, epoch: int) -> bool:
+        return self.bad >= self.patience and epoch >= self.min_epochs
+
+
 def train(
     model: nn.Module, examples: int, loss_of, budget: Budget, evaluate=None, log=print, label="", lengths=None
 ) -> dict:
@@ -379,7 +403,7 @@ def train(
     per_epoch = max(1, math.ceil(examples / budget.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / per_epoch))
     losses, curve, start, cpu_start = [], [], time.perf_counter(), time.process_time()
-    best, best_state, best_epoch, bad, stopped = -1.0, None, 0, 0, "max_epochs"
+    rule, best_state, stopped = Patience(budget.patience, budget.min_epochs), None, "max_epochs"
     bar = tqdm(total=budget.epochs * per_epoch, desc=label, mininterval=10, dynamic_ncols=True, leave=False)
     for epoch in range(budget.epochs):
         model.train()
@@ -400,13 +424,10 @@ def train(
             value = float(evaluate())
             curve.append([epoch + 1, round(value, 4)])
             line += f" valid Recall@10 {value:.4f}"
-            if value > best:
-                best, best_epoch, bad = value, epoch + 1, 0
+            if rule.score(epoch + 1, value):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
         log(line + f" ({time.perf_counter() - start:.0f} s)")
-        if bad >= budget.patience and epoch + 1 >= budget.min_epochs:
+        if rule.stops(epoch + 1):
             stopped = "patience"
             break
         if budget.budget_s is not None and time.process_time() - cpu_start > budget.budget_s:
@@ -419,8 +440,8 @@ def train(
     return {
         "loss_per_epoch": losses,
         "valid_recall10_curve": curve,
-        "best_epoch": best_epoch,
-        "best_valid_recall10": round(best, 4),
+        "best_epoch": rule.best_epoch,
+        "best_valid_recall10": round(rule.best, 4),
         "epochs_run": len(losses),
         "stopped": stopped,
         "train_s": round(time.perf_counter() - start, 2),
