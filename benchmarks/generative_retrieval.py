@@ -91,6 +91,7 @@ from benchmarks.genrec_metrics import (  # noqa: E402
     summarise,
 )
 from benchmarks.genrec_model import (  # noqa: E402
+    LR_DECAYS,
     TIGER,
     Budget,
     ItemGenerator,
@@ -143,6 +144,7 @@ SOURCES: dict[str, str | None] = {
 }
 DEFAULT_TOKENIZERS = "semid-rqvae,semid-rqkmeans,faiss-rq,faiss-rqkmeans,semantic-id,random"
 ITEM_BASELINE, POPULARITY = "item-id (SASRec-style)", "popularity"
+ITEM_EPOCHS = 200  # the item-id model's default epoch cap (--item-epochs)
 WIDE = "wide_beams"  # a run's decodes with --wide-beams (the same model, a wider constrained beam)
 
 
@@ -497,7 +499,7 @@ def generator_ids(sids: np.ndarray, s: Settings) -> np.ndarray:
     return sids if s.dedup_digit else np.ascontiguousarray(sids[:, :LEVELS])
 
 
-def item_budget(budget: Budget, epochs: int = 200) -> Budget:
+def item_budget(budget: Budget, epochs: int = ITEM_EPOCHS) -> Budget:
     """SASRec's usual shape (width 64, 2 layers, batches of 128 windows) with the run's stopping rule and its
     own epoch cap (``--item-epochs``: a small model over few windows needs far more epochs than the generator)."""
     return replace(
@@ -508,11 +510,12 @@ def item_budget(budget: Budget, epochs: int = 200) -> Budget:
         eval_every=budget.eval_every,
         seed=budget.seed,
         budget_s=budget.budget_s,
+        lr_decay=budget.lr_decay,
     )
 
 
 def run_items(
-    split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print, epochs: int = 200
+    split: Split, items: int, budget: Budget, s: Settings, parts: list[str], log=print, epochs: int = ITEM_EPOCHS
 ) -> dict:
     """The item-id baseline: one early-stopped model per (lr, dropout) of the grid; the one with the best
     validation Recall@10 is scored."""
@@ -627,7 +630,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="most epochs (default: 8 small, 60 tiger); early stopping usually stops sooner",
     )
-    ap.add_argument("--item-epochs", type=int, default=200, help="most epochs of the item-id model")
+    ap.add_argument("--item-epochs", type=int, default=ITEM_EPOCHS, help="most epochs of the item-id model")
+    ap.add_argument(
+        "--lr-decay",
+        choices=LR_DECAYS,
+        default="constant",
+        help="the learning rate after the first epoch's warm-up, for every model: constant, or a cosine decay to 0 "
+        "at the last of --epochs (the item-id model: of --item-epochs)",
+    )
     ap.add_argument("--patience", type=int, default=Budget.patience, help="evaluations without improvement")
     ap.add_argument(
         "--min-epochs",
@@ -773,6 +783,7 @@ def settings_of(args: argparse.Namespace) -> tuple[Budget, Settings]:
         min_epochs=args.min_epochs,
         eval_every=args.eval_every,
         budget_s=None if args.budget_minutes is None else 60 * args.budget_minutes,
+        lr_decay=args.lr_decay,
     )
     s = Settings(
         generator=args.generator,
@@ -821,18 +832,21 @@ def row_label(name: str, settings: dict) -> str:
 
 
 def budget_signature(budget: Budget) -> dict:
-    """The budget as saved rows are matched on: without the seed, and without ``min_epochs`` at 0 (rows saved
-    before it existed match)."""
+    """The budget as saved rows are matched on: without the seed, and without ``min_epochs`` at 0 or
+    ``lr_decay`` constant (rows saved before they existed match)."""
     out = asdict(replace(budget, seed=0))
     if not out["min_epochs"]:
         del out["min_epochs"]
+    if out["lr_decay"] == "constant":
+        del out["lr_decay"]
     return out
 
 
-# how long a model trains and what stops it: a compared row may differ in these (its label says how); its data,
-# model and test users may not
-STOPPING = ("epochs", "min_epochs", "patience", "budget_s")
+# how long a model trains, at what rate, and what stops it: a compared row may differ in these (its label says
+# how); its data, model and test users may not
+STOPPING = ("epochs", "min_epochs", "patience", "budget_s", "lr_decay")
 STOPPING_SETTINGS = ("val_users",)
+STOPPING_TOP = ("item_epochs",)  # signature keys outside budget and settings (present when not the default)
 
 
 def _without_levers(signature: dict) -> dict:
@@ -841,7 +855,8 @@ def _without_levers(signature: dict) -> dict:
     dropped = (*LEVER_DEFAULTS, *STOPPING_SETTINGS)
     settings = {k: v for k, v in signature["settings"].items() if k not in dropped}
     budget = {k: v for k, v in signature["budget"].items() if k not in STOPPING}
-    return {**signature, "settings": settings, "budget": budget}
+    rest = {k: v for k, v in signature.items() if k not in STOPPING_TOP}
+    return {**rest, "settings": settings, "budget": budget}
 
 
 def compared_label(name: str, theirs: dict, signature: dict) -> str:
@@ -850,6 +865,9 @@ def compared_label(name: str, theirs: dict, signature: dict) -> str:
     reach the same epoch cap; the row's own stopping is in the report)."""
     label = row_label(name, theirs["settings"])
     mine, its = signature["budget"], theirs["budget"]
+    if name == ITEM_BASELINE:  # its own epoch cap
+        mine = {**mine, "epochs": signature.get("item_epochs", ITEM_EPOCHS)}
+        its = {**its, "epochs": theirs.get("item_epochs", ITEM_EPOCHS)}
     if its.get("epochs") != mine.get("epochs"):
         label += f" (max {its.get('epochs')} epochs)"
     if its.get("min_epochs", 0) != mine.get("min_epochs", 0):
@@ -862,6 +880,9 @@ def compared_label(name: str, theirs: dict, signature: dict) -> str:
     cap = its.get("budget_s")
     if cap != mine.get("budget_s"):
         label += f" (cap {cap / 60:g} CPU-min)" if cap else " (no time cap)"
+    decay = its.get("lr_decay", "constant")
+    if decay != mine.get("lr_decay", "constant"):
+        label += f" ({decay} lr)"
     return label
 
 
@@ -878,6 +899,7 @@ def compared_rows(
             raise SystemExit(f"error: --compare-to {folder} is not a directory")
         for path in sorted(folder.glob("*.seed*.pkl")):
             name, _, seed = path.name[: -len(".pkl")].rpartition(".seed")
+            name = ITEM_BASELINE if name == "item-id" else name
             if name not in tokenizers or not seed.isdigit() or int(seed) not in seeds:
                 continue
             with open(path, "rb") as fh:
@@ -1014,6 +1036,7 @@ def main(argv: list[str] | None = None) -> dict:
         "budget": budget_signature(budget),
         "settings": signature_settings(s),
         "holdout": args.holdout_share,
+        **({"item_epochs": item_epochs} if item_epochs != ITEM_EPOCHS else {}),
     }
     rows: dict[str, list[dict]] = {ITEM_BASELINE: [], POPULARITY: []}
     labels = {n: row_label(n, asdict(s)) for n in wanted}
@@ -1050,7 +1073,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[{row_name}] seed {seed}: reused {path}", flush=True)
         rows[labels[row_name]].append(run)
     if args.compare_to:
-        compared = compared_rows(args.compare_to, signature, seeds, set(rows), wanted)
+        compared_names = wanted if args.no_item_baseline else [*wanted, ITEM_BASELINE]
+        compared = compared_rows(args.compare_to, signature, seeds, set(rows), compared_names)
         for label in compared:  # a scheme this run never ran shows up once, as the compared row
             own = label.split(" ")[0]
             if own in rows and all(r.get("status") == "not run" for r in rows[own]):

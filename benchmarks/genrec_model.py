@@ -40,6 +40,7 @@ class Budget:
     eval_every: int = 1  # epochs between validation evaluations
     budget_s: float | None = None  # cap on training in this process's CPU seconds (quick runs only)
     min_epochs: int = 0  # patience cannot stop training before this epoch (early plateaus)
+    lr_decay: str = "constant"  # after the warm-up: "constant", or "cosine" (to 0 at the end of ``epochs``)
 
 
 TIGER = dict(width=128, layers=4, heads=6, ff=1024, d_kv=64, dropout=0.1, lr=1e-3, batch_size=256, epochs=60)
@@ -386,22 +387,40 @@ class Patience:
         return self.bad >= self.patience and epoch >= self.min_epochs
 
 
+LR_DECAYS = ("constant", "cosine")
+
+
+def lr_factor(step: int, per_epoch: int, budget: Budget) -> float:
+    """The learning rate of optimizer step ``step`` (from 0) as a share of ``budget.lr``: a linear warm-up over
+    the first epoch, then constant, or with ``budget.lr_decay == "cosine"`` a half cosine from 1 after the
+    warm-up to 0 at the last step of ``budget.epochs`` epochs (a time cap or early stopping may end training
+    sooner, at a rate not yet at 0)."""
+    if step < per_epoch:
+        return (step + 1) / per_epoch
+    if budget.lr_decay == "constant":
+        return 1.0
+    if budget.lr_decay != "cosine":
+        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, not {budget.lr_decay!r}")
+    span = max(1, (budget.epochs - 1) * per_epoch)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step + 1 - per_epoch) / span)))
+
+
 def train(
     model: nn.Module, examples: int, loss_of, budget: Budget, evaluate=None, log=print, label="", lengths=None
 ) -> dict:
-    """AdamW (linear warm-up over the first epoch, then constant) over shuffled examples; ``loss_of(index
-    tensor)`` is the mean loss of those examples. With ``evaluate`` (a no-argument function returning the
-    validation Recall@10), early stopping: evaluated every ``budget.eval_every`` epochs, stops after
-    ``budget.patience`` evaluations without a better value (not before epoch ``budget.min_epochs``) or at
-    ``budget.epochs``, and keeps the best state. ``budget.budget_s`` also stops it (recorded as ``stopped:
-    budget``); it counts the process's CPU seconds, not wall time, so other jobs on a shared machine do not cut
-    a row short."""
+    """AdamW (linear warm-up over the first epoch, then constant or a cosine decay: :func:`lr_factor`) over
+    shuffled examples; ``loss_of(index tensor)`` is the mean loss of those examples. With ``evaluate`` (a
+    no-argument function returning the validation Recall@10), early stopping: evaluated every
+    ``budget.eval_every`` epochs, stops after ``budget.patience`` evaluations without a better value (not before
+    epoch ``budget.min_epochs``) or at ``budget.epochs``, and keeps the best state. ``budget.budget_s`` also stops
+    it (recorded as ``stopped: budget``); it counts the process's CPU seconds, not wall time, so other jobs on a
+    shared machine do not cut a row short."""
     from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(budget.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=budget.lr, weight_decay=0.01)
     per_epoch = max(1, math.ceil(examples / budget.batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, per_epoch, budget))
     losses, curve, start, cpu_start = [], [], time.perf_counter(), time.process_time()
     rule, best_state, stopped = Patience(budget.patience, budget.min_epochs), None, "max_epochs"
     bar = tqdm(total=budget.epochs * per_epoch, desc=label, mininterval=10, dynamic_ncols=True, leave=False)

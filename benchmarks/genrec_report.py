@@ -203,6 +203,13 @@ def lever_notes(table: list[dict]) -> str:
     return "".join(notes)
 
 
+def decay_note(budget: dict) -> str:
+    """How the learning rate moves after the warm-up (``--lr-decay``), for the report's generator line."""
+    if budget.get("lr_decay", "constant") == "constant":
+        return ""
+    return f", then a {budget['lr_decay']} decay to 0 at the last epoch of the cap (every model, item IDs too)"
+
+
 def carried_note(data: dict) -> str:
     """Which rows were not trained again but carried over from a run with another ``--min-epochs`` (empty: none)."""
     carried = data.get("carried") or {}
@@ -251,7 +258,8 @@ def markdown(data: dict, table: list[dict]) -> str:
             f"history capped at the last {s['history']} items.",
             "",
             f"Generator (same for every ID row): {gen}. AdamW lr {b['lr']}, batches of {b['batch_size']}, linear "
-            f"warm-up over the first epoch; at most {b['epochs']} epochs, early stopping on the Recall@10 of "
+            f"warm-up over the first epoch{decay_note(b)}; at most {b['epochs']} epochs, early stopping on the "
+            "Recall@10 of "
             + (f"{s['val_users']} validation users (a fixed sample)" if s.get("val_users") else "every validation user")
             + f" every {b['eval_every']} epoch(s), "
             f"patience {b['patience']}"

@@ -776,3 +776,78 @@ def test_wide_beams_add_a_twin_row_decoded_from_the_same_models(tiny_data):
     assert "| faiss-rq +beams 8 |" in (out / "gr_wide.md").read_text()
     with pytest.raises(SystemExit, match="--wide-beams must be 0"):
         gr.main([*argv, "--wide-beams", "-1"])
+
+
+def test_cosine_decay_warms_up_as_before_then_falls_to_zero_at_the_last_step():
+    from benchmarks.genrec_model import lr_factor
+
+    per_epoch, budget = 5, Budget(epochs=4)
+    steps = range(4 * per_epoch)
+    constant = [lr_factor(i, per_epoch, budget) for i in steps]
+    assert constant == [min(1.0, (i + 1) / per_epoch) for i in steps]  # the schedule every saved row trained with
+    cosine = [lr_factor(i, per_epoch, replace(budget, lr_decay="cosine")) for i in steps]
+    assert cosine[:per_epoch] == constant[:per_epoch]
+    after = cosine[per_epoch - 1 :]
+    assert all(a > b for a, b in zip(after, after[1:], strict=False)) and after[-1] == 0.0
+    assert lr_factor(10**6, per_epoch, replace(budget, lr_decay="cosine")) == 0.0  # past the cap: still 0
+    with pytest.raises(ValueError, match="lr_decay"):
+        lr_factor(per_epoch, per_epoch, replace(budget, lr_decay="linear"))
+
+
+def test_cosine_decay_leaves_the_last_step_without_an_update():
+    """One step an epoch: with the cosine decay the third (last) step has rate 0, so the weights after epoch 3 are
+    those after epoch 2; at a constant rate they move."""
+
+    def weights_per_epoch(decay: str) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model, seen = torch.nn.Linear(2, 1), []
+
+        def evaluate():
+            seen.append(model.weight.detach().clone())
+            return float(len(seen))  # always better: nothing stops it, the last state is kept
+
+        budget = Budget(epochs=3, batch_size=4, patience=5, lr=0.1, lr_decay=decay)
+        train(model, 4, lambda idx: (model(torch.ones(len(idx), 2)) - 3).pow(2).mean(), budget, evaluate, print)
+        return seen
+
+    cosine, constant = weights_per_epoch("cosine"), weights_per_epoch("constant")
+    torch.testing.assert_close(cosine[2], cosine[1], rtol=0, atol=0)
+    assert not torch.equal(cosine[1], cosine[0]) and not torch.equal(constant[2], constant[1])
+    torch.testing.assert_close(cosine[0], constant[0], rtol=0, atol=0)  # the same warm-up step
+
+
+def test_lr_decay_is_in_the_signature_only_when_it_decays_and_the_item_model_gets_it_too():
+    budget = Budget(epochs=16)
+    assert "lr_decay" not in gr.budget_signature(budget)  # rows saved before the flag still match
+    cosine = replace(budget, lr_decay="cosine")
+    assert gr.budget_signature(cosine)["lr_decay"] == "cosine"
+    assert gr.item_budget(cosine, 16).lr_decay == "cosine" and gr.item_budget(cosine, 16).epochs == 16
+    base = ["--catalog", "c.parquet", "--interactions", "i.csv", "--out", "out"]
+    assert gr.settings_of(gr.parse([*base, "--lr-decay", "cosine"]))[0].lr_decay == "cosine"
+    with pytest.raises(SystemExit):
+        gr.parse([*base, "--lr-decay", "step"])
+
+
+def test_a_cosine_run_pairs_with_the_constant_rows_item_ids_included(tiny_data):
+    root, item_ids = tiny_data
+    _implicit_csv(root / "decay.csv", item_ids, users=30, per_user=10)
+    out = root / "out_decay"
+    argv = ["--catalog", str(root / "items.parquet"), "--interactions", str(root / "decay.csv"), "--out", str(out)]
+    argv += ["--generator", "tiger", "--tiny", "--threads", "1", "--tokenizers", "semid-rqkmeans"]
+    gr.main([*argv, "--rows-dir", str(out / "constant"), "--name", "constant"])
+    cosine = gr.main([*argv, "--rows-dir", str(out / "cosine"), "--name", "cosine", "--lr-decay", "cosine"])
+    assert cosine["data"]["budget"]["lr_decay"] == "cosine" and cosine["data"]["item_budget"]["lr_decay"] == "cosine"
+    merged = gr.main(
+        [*argv, "--rows-dir", str(out / "cosine"), "--name", "all", "--lr-decay", "cosine", "--merge-only"]
+        + ["--compare-to", str(out / "constant")]
+    )
+    names = {r["generator"] for r in merged["table"]}
+    assert {"semid-rqkmeans", "semid-rqkmeans (constant lr)", gr.ITEM_BASELINE} <= names
+    assert f"{gr.ITEM_BASELINE} (constant lr)" in names
+    pairs = {(c["semid"], c["other"]) for c in merged["data"]["comparisons"]}
+    assert ("semid-rqkmeans", "semid-rqkmeans (constant lr)") in pairs
+    assert ("semid-rqkmeans", f"{gr.ITEM_BASELINE} (constant lr)") in pairs
+    assert "cosine decay to 0" in (out / "all.md").read_text()
+    # the decayed rows are not the constant ones: neither reused nor carried over as them
+    plain = gr.main([*argv, "--rows-dir", str(out / "cosine"), "--name", "plain", "--merge-only"])
+    assert [r["status"] for r in plain["rows"]["semid-rqkmeans"]] == ["not run"]
