@@ -851,3 +851,11 @@ def test_a_cosine_run_pairs_with_the_constant_rows_item_ids_included(tiny_data):
     # the decayed rows are not the constant ones: neither reused nor carried over as them
     plain = gr.main([*argv, "--rows-dir", str(out / "cosine"), "--name", "plain", "--merge-only"])
     assert [r["status"] for r in plain["rows"]["semid-rqkmeans"]] == ["not run"]
+
+
+def test_a_compared_item_id_row_is_labelled_with_its_own_epoch_cap_and_rate():
+    mine = {"budget": {"epochs": 16, "lr_decay": "cosine"}, "settings": {}, "item_epochs": 16}
+    theirs = {"budget": {"epochs": 16}, "settings": {}}  # saved before either flag: 200 item epochs, constant
+    assert gr.compared_label(gr.ITEM_BASELINE, theirs, mine) == f"{gr.ITEM_BASELINE} (max 200 epochs) (constant lr)"
+    assert gr.compared_label("semid-rqkmeans", theirs, mine) == "semid-rqkmeans (constant lr)"  # the generators' cap
+    assert gr._without_levers(theirs) == gr._without_levers(mine)  # comparable: only training length and rate differ
