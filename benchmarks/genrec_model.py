@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+LR_DECAYS = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -41,6 +43,10 @@ class Budget:
     budget_s: float | None = None  # cap on training in this process's CPU seconds (quick runs only)
     min_epochs: int = 0  # patience cannot stop training before this epoch (early plateaus)
     lr_decay: str = "constant"  # after the warm-up: "constant", or "cosine" (to 0 at the end of ``epochs``)
+
+    def __post_init__(self) -> None:
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay must be one of {LR_DECAYS}, not {self.lr_decay!r}")
 
 
 TIGER = dict(width=128, layers=4, heads=6, ff=1024, d_kv=64, dropout=0.1, lr=1e-3, batch_size=256, epochs=60)
@@ -387,9 +393,6 @@ class Patience:
         return self.bad >= self.patience and epoch >= self.min_epochs
 
 
-LR_DECAYS = ("constant", "cosine")
-
-
 def lr_factor(step: int, per_epoch: int, budget: Budget) -> float:
     """The learning rate of optimizer step ``step`` (from 0) as a share of ``budget.lr``: a linear warm-up over
     the first epoch, then constant, or with ``budget.lr_decay == "cosine"`` a half cosine from 1 after the
@@ -399,8 +402,6 @@ def lr_factor(step: int, per_epoch: int, budget: Budget) -> float:
         return (step + 1) / per_epoch
     if budget.lr_decay == "constant":
         return 1.0
-    if budget.lr_decay != "cosine":
-        raise ValueError(f"lr_decay must be one of {LR_DECAYS}, not {budget.lr_decay!r}")
     span = max(1, (budget.epochs - 1) * per_epoch)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step + 1 - per_epoch) / span)))
 
